@@ -1,0 +1,72 @@
+"""The ``cxrbench`` command line (Contract 1). Thin: parses, calls the modules, maps errors.
+
+Each command lives in ``cxrbench.commands.<name>`` and registers itself on :data:`app`; heavy
+imports (torch, timm) happen inside the command bodies so ``cxrbench --help`` stays fast.
+Exit status: 0 success, 2 usage or input error (one line: what, where, how to fix), 1 internal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from cxrbench import __version__
+from cxrbench.commands import COMMAND_MODULES
+from cxrbench.errors import CxrbenchError
+
+
+def _print_error(err: CxrbenchError) -> None:
+    click.echo(f"error: {err.one_line()}", err=True)
+
+
+class CxrbenchGroup(TyperGroup):
+    """Catches :class:`CxrbenchError` anywhere below and turns it into one line + exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CxrbenchError as err:
+            _print_error(err)
+            ctx.exit(err.exit_code)
+
+
+app = typer.Typer(
+    cls=CxrbenchGroup,
+    name="cxrbench",
+    help="Train and compare chest-radiograph classifiers across pretrained initializations.\n\n"
+    "Pipeline: phantom/index -> prepare -> train -> evaluate -> compare; `study run` does it all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """cxrbench command line."""
+
+
+for _module in COMMAND_MODULES:
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except CxrbenchError as err:  # raised outside a command (e.g. while registering)
+        _print_error(err)
+        sys.exit(err.exit_code)

@@ -1,0 +1,17 @@
+"""One module per command group; each exposes ``register(app)``."""
+
+from cxrbench.commands import (
+    compare,
+    demo,
+    describe,
+    evaluate,
+    index,
+    phantom,
+    predict,
+    prepare,
+    study,
+    train,
+    weights,
+)
+
+COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, predict, study, demo, weights)
