@@ -79,8 +79,8 @@ def write_tiny_cache(out: Path, n_patients: int = 60, size: int = 32, seed: int 
     })
     write_index(df, out / "index.parquet", list(findings))
     manifest = {"format": "cxrbench-cache", "format_version": 1, "shape": [n_patients, size, size],
-                "recipe": {"size": size, "resize": "stretch", "equalize": True}, "counts": {"images": n_patients},
-                "failures": []}
+                "recipe": {"size": size, "resize": "stretch", "equalize": True},
+                "counts": {"images": n_patients}, "failures": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -232,6 +232,8 @@ def offline_weights(tmp_path, monkeypatch) -> FakeHub:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run trained once per session on a tiny cache (random-vit-test, 32 px, 4 epochs): (run, cache)."""
+    import torch
+
     from cxrbench.train import train
     from cxrbench.trainconfig import TrainConfig
 
@@ -239,5 +241,10 @@ def tiny_run(tmp_path_factory):
     cache = write_tiny_cache(root / "cache", n_patients=80)
     cfg = TrainConfig(cache=str(cache), init="random-vit-test", out=str(root / "run"), epochs=4, batch_size=8,
                       lr=1e-3, workers=0, log_every=1, seed=0)
-    train(cfg, quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared machine
+    try:
+        train(cfg, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     return root / "run", cache

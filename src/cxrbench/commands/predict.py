@@ -1,7 +1,44 @@
-"""`cxrbench predict` (placeholder until its issue lands)."""
+"""`cxrbench predict`: probabilities per finding for new PNG/JPEG/DICOM files."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
+
+HELP = """Predict the run's findings on image files (PNG 8/16-bit, JPEG, DICOM).
+
+Every file is decoded and preprocessed exactly like the run's training cache (size, resize mode,
+equalization recorded in RUN/best.json), then scored by the best checkpoint. The CSV has one row
+per file: `file`, `p_<finding>` (probability) and, when the run was evaluated (`cxrbench evaluate`
+wrote thresholds chosen on the validation split), `pred_<finding>` (positive/negative) and
+`threshold_<finding>`.
+
+Example:
+
+  cxrbench predict runs/nih-dinov2 scan1.dcm scan2.png --out predictions.csv
+"""
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to app."""
+
+    @app.command("predict", help=HELP, no_args_is_help=True)
+    def predict_command(
+        run: Path = typer.Argument(..., help="Trained run folder (holds best.safetensors + best.json)."),
+        images: list[Path] = typer.Argument(..., help="Image files: .png, .jpg/.jpeg, .dcm."),
+        out: Path = typer.Option(None, "--out", "-o", help="Write the CSV here (default: stdout)."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass."),
+        device: str = typer.Option(None, "--device",
+                                   help="cpu, cuda or cuda:N (default: cuda if available)."),
+    ) -> None:
+        from cxrbench.fileio import atomic_write_text
+        from cxrbench.predict import predict_files
+
+        df = predict_files(run, images, batch_size=batch_size, device=device)
+        text = df.to_csv(index=False, float_format="%.6g")
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            atomic_write_text(out, text)
+            typer.echo(f"wrote {len(df)} prediction(s) to {out}", err=True)

@@ -1,7 +1,146 @@
-"""`cxrbench train` (placeholder until its issue lands)."""
+"""`cxrbench train`: fine-tune (or linear-probe) a backbone on a cache; resumes an existing run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
+
+HELP = """Fine-tune a backbone on a prepared cache and write the run folder RUN (--out).
+
+Trains on the cache's train split, scores the val split after every epoch (mean AUROC over the
+findings), keeps the best epoch in RUN/best.safetensors + best.json and stops early after
+--patience epochs without improvement. The test split is never read.
+
+Defaults are the reference study's: AdamW, lr 1e-5, weight decay 0, batch 30, 100 epochs, flip +
+rotation 7 degrees, BCE with per-finding positive weights. --batch-size is the global batch (all
+processes and accumulation micro-steps together), so results do not depend on the GPU count.
+
+Resume: running train again on an existing RUN continues from RUN/checkpoints/last.pt (exactly:
+same batches, augmentations and updates). Options you leave out are taken from RUN/config.yaml;
+options you give must match it (else --overwrite restarts the run). `cxrbench train --out RUN`
+alone resumes.
+
+Many GPUs: torchrun --nproc_per_node=N -m cxrbench train ... (DDP; NCCL on GPU, gloo on CPU).
+
+Examples:
+
+  cxrbench train --cache cache/nih --init dinov2-vitb14 --out runs/nih-dinov2
+
+  cxrbench train --cache cache/nih --init imagenet21k-vitb16 --out runs/nih-in21k --lr 3e-5
+  --schedule cosine --warmup-epochs 1 --layer-decay 0.75 --epochs 30
+
+  cxrbench train --cache cache/vindr --init checkpoint:runs/mimic/best.safetensors --keep-shared-head
+  --out runs/vindr-mimic
+"""
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to app."""
+
+    @app.command("train", help=HELP, no_args_is_help=True)
+    def train_command(
+        out: Path = typer.Option(None, "--out", "-o", show_default=False,
+                                 help="Run folder to create or resume."),
+        cache: Path = typer.Option(None, "--cache", help="Prepared cache directory (`cxrbench prepare`)."),
+        init: str = typer.Option(None, "--init", help="Initialization: dinov2-vitb14, imagenet21k-vitb16, "
+                                 "random-<arch>, timm:<name>, checkpoint:PATH (`cxrbench weights list`)."),
+        config: Path = typer.Option(None, "--config", help="YAML with train options (a run's config.yaml "
+                                    "works); command-line options override it."),
+        findings: str = typer.Option(None, "--findings",
+                                     help="Comma-separated subset of the cache's findings (default: all)."),
+        image_size: int = typer.Option(None, "--image-size",
+                                       help="Model input side in px (default: the cache's size)."),
+        epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default: 100)."),
+        batch_size: int = typer.Option(None, "--batch-size",
+                                       help="Global images per optimizer step (default: 30)."),
+        grad_accum: int = typer.Option(None, "--grad-accum",
+                                       help="Micro-steps per optimizer step (default: 1)."),
+        lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: 1e-5)."),
+        min_lr: float = typer.Option(None, "--min-lr", help="Cosine floor (default: 0)."),
+        weight_decay: float = typer.Option(None, "--weight-decay",
+                                           help="AdamW weight decay, not on biases/norms (default: 0)."),
+        schedule: str = typer.Option(None, "--schedule", help="constant or cosine (default: constant)."),
+        warmup_epochs: float = typer.Option(None, "--warmup-epochs",
+                                            help="Linear warmup, epochs (default: 0)."),
+        layer_decay: float = typer.Option(None, "--layer-decay",
+                                          help="Layer-wise lr decay factor, e.g. 0.75 (default: off)."),
+        linear_probe: bool = typer.Option(None, "--linear-probe/--full-finetune",
+                                          help="Train the head only, backbone frozen (default: full)."),
+        precision: str = typer.Option(None, "--precision",
+                                      help="auto, fp32, bf16, fp16 (default: auto = bf16 on CUDA, fp32 on "
+                                           "CPU)."),
+        clip_grad: float = typer.Option(None, "--clip-grad",
+                                        help="Clip the global grad norm (default: off)."),
+        compile_: bool = typer.Option(None, "--compile/--no-compile",
+                                      help="torch.compile the model (default: off)."),
+        pos_weight: bool = typer.Option(None, "--pos-weight/--no-pos-weight",
+                                        help="BCE pos_weight = negatives/positives per finding "
+                                             "(default: on)."),
+        augment: bool = typer.Option(None, "--augment/--no-augment",
+                                     help="Training augmentation (default: on)."),
+        hflip: float = typer.Option(None, "--hflip", help="Horizontal flip probability (default: 0.5)."),
+        rotate: float = typer.Option(None, "--rotate", help="Max rotation in degrees (default: 7)."),
+        patience: int = typer.Option(None, "--patience",
+                                     help="Stop after N epochs without val improvement; 0 = never "
+                                          "(default: 10)."),
+        seed: int = typer.Option(None, "--seed",
+                                 help="Seed of head init, shuffling, augmentation (default: 0)."),
+        keep_shared_head: bool = typer.Option(None, "--keep-shared-head",
+                                              help="checkpoint: inits: keep head rows of shared findings."),
+        allow_overlap: bool = typer.Option(None, "--allow-overlap", help="checkpoint: inits: accept patients "
+                                           "shared with the checkpoint's training cache."),
+        workers: int = typer.Option(None, "--workers", help="Data loader processes (default: min(8, CPUs))."),
+        device: str = typer.Option(None, "--device",
+                                   help="cpu, cuda or cuda:N (default: cuda if available)."),
+        log_every: int = typer.Option(None, "--log-every",
+                                      help="Optimizer steps per log line (default: 10)."),
+        checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Also save last.pt every N "
+                                             "optimizer steps (default: 0 = at epoch ends only)."),
+        deterministic: bool = typer.Option(None, "--deterministic",
+                                           help="Deterministic algorithms: bit-exact reruns, slower on GPU."),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Delete RUN's previous training outputs and start over."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    ) -> None:
+        from cxrbench.errors import InputError
+        from cxrbench.trainconfig import TrainConfig, load_config_file
+
+        if out is None:
+            raise InputError("--out is required", where="cxrbench train",
+                             fix="give the run folder with --out RUN")
+        merged: dict[str, Any] = {}
+        saved_path = out / "config.yaml"
+        if saved_path.is_file() and not overwrite:
+            merged.update(load_config_file(saved_path))
+        if config is not None:
+            merged.update(load_config_file(config))
+        merged.update(_given(
+            cache=None if cache is None else str(cache), init=init, findings=findings,
+            image_size=image_size, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+            min_lr=min_lr, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+            layer_decay=layer_decay,
+            linear_probe=linear_probe, precision=precision, clip_grad=clip_grad, compile=compile_,
+            pos_weight=pos_weight, augment=augment, hflip=hflip, rotate=rotate, patience=patience, seed=seed,
+            keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, workers=workers, device=device,
+            log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic))
+        merged["out"] = str(out)
+        for key in ("cache", "init"):
+            if key not in merged:
+                raise InputError(f"--{key} is required for a new run", where=str(out),
+                                 fix=f"give --{key} (or point --out at an existing run to resume it)")
+        cfg = TrainConfig.from_dict(merged, where="cxrbench train")
+
+        from cxrbench.train import train
+
+        result = train(cfg, overwrite=overwrite, quiet=quiet)
+        if not quiet and result.best_epoch > 0:
+            typer.echo(f"best val mean AUROC {result.best_metric:.4f} at epoch {result.best_epoch} "
+                       f"({result.epochs_done} epochs, {result.steps} steps"
+                       f"{', stopped early' if result.stopped_early else ''}); weights: "
+                       f"{Path(cfg.out) / 'best.safetensors'}", err=True)
