@@ -1,0 +1,159 @@
+"""``generate()``: a synthetic dataset laid out like an official release, plus its ground truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.errors import InputError
+from cxrbench.phantom.anatomy import sample_params
+from cxrbench.phantom.cohort import check_prevalence, check_views, sample_cohort
+from cxrbench.phantom.formats import FORMATS
+from cxrbench.phantom.render import render
+from cxrbench.phantom.style import site_style
+from cxrbench.progress import make_progress
+from cxrbench.schema import validate_index, write_index
+from cxrbench.validation import check_choice
+
+MARKER_DIR = "_phantom"
+TRUTH_FILE = "truth.parquet"
+
+
+def format_options(fmt: str) -> dict[str, Any]:
+    """Option name -> (default, help) of a format: for ``--help`` and error messages."""
+    cls = FORMATS[check_choice("--format", fmt, FORMATS)]
+    return {o.name: (o.default, o.help) for o in cls.all_options()}
+
+
+def truth_findings(fmt: str) -> tuple[str, ...]:
+    """The finding columns of the truth frame of ``fmt``."""
+    return FORMATS[check_choice("--format", fmt, FORMATS)].truth_findings
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", where=str(out), fix="choose a directory path")
+    if out.is_dir():
+        entries = [p for p in out.iterdir() if not p.name.startswith(".phantom-")]
+        if entries and not overwrite:
+            raise InputError(
+                "output directory is not empty",
+                where=str(out),
+                fix="choose an empty or new directory, or pass --overwrite",
+            )
+        if entries and (out / MARKER_DIR / TRUTH_FILE).is_file():
+            for p in entries:  # a previous phantom: replace it whole
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".phantom-*"):  # staging folders of interrupted runs
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def generate(
+    out: str | os.PathLike,
+    fmt: str,
+    n_patients: int,
+    size: int = 256,
+    site: str = "A",
+    seed: int = 0,
+    **options: Any,
+) -> pd.DataFrame:
+    """Write a phantom dataset shaped like the official release of ``fmt`` under ``out``.
+
+    Returns the ground truth as a valid Contract-2 index (also written with ``write_index`` to
+    ``out/_phantom/truth.parquet``): ``path`` relative to ``out``, ``split`` the official split where
+    the format has one, finding columns (float32 0/1) as listed in ``truth_findings(fmt)``.
+    Options (see docs/phantom.md): common ``prevalence``, ``views``, ``images_per_patient``,
+    ``mild_rate``, ``val_fraction``/``test_fraction`` (where the format has that split), ``batch_size``,
+    ``quiet``, ``overwrite``; plus the format's own (``format_options(fmt)``).
+    Everything but ``_phantom/phantom.json`` is byte-identical for identical arguments.
+    """
+    fmt = check_choice("--format", fmt, FORMATS)
+    cls = FORMATS[fmt]
+    opts = cls.resolve_options(options)
+    if isinstance(n_patients, bool) or not isinstance(n_patients, int | np.integer) or n_patients < 1:
+        raise InputError(
+            f"number of patients is {n_patients!r}", where="--patients", fix="give an integer >= 1"
+        )
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not 32 <= size <= 4096:
+        raise InputError(f"image size is {size!r}", where="--size", fix="give an integer between 32 and 4096")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed is {seed!r}", where="--seed", fix="give an integer >= 0")
+    style = site_style(site)
+    check_prevalence(opts["prevalence"], cls.drawn)  # validate everything before touching the disk
+    check_views(opts["views"])
+    out = Path(out)
+    _prepare_out(out, bool(opts["overwrite"]))
+    t0 = time.perf_counter()
+
+    rng_cohort, rng_plan, rng_anat, rng_tables = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0xC4B]).spawn(4)
+    )
+    writer = cls(opts, int(size), int(seed))
+    cohort = sample_cohort(
+        int(n_patients),
+        rng_cohort,
+        prevalence=opts["prevalence"],
+        views=opts["views"],
+        images_per_patient=float(opts["images_per_patient"]),
+        mild_rate=float(opts["mild_rate"]),
+        allowed=cls.drawn,
+        one_image_per_patient=cls.one_image_per_patient,
+        one_image_per_study=cls.one_image_per_study,
+    )
+    plan = writer.plan(cohort, rng_plan).reset_index(drop=True)
+    params = sample_params(plan, rng_anat)
+
+    staging = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out))
+    try:
+        records = plan.to_dict("records")
+        batch = int(opts["batch_size"])
+        with make_progress(bool(opts["quiet"])) as progress:
+            task = progress.add_task(f"phantom {fmt}", total=len(plan))
+            for start in range(0, len(plan), batch):
+                chunk = params.iloc[start : start + batch]
+                if cls.needs_boxes:
+                    imgs, boxes = render(chunk, int(size), style, batch_size=batch, return_boxes=True)
+                else:
+                    imgs, boxes = render(chunk, int(size), style, batch_size=batch), None
+                for j in range(len(chunk)):
+                    b = None
+                    if boxes is not None:
+                        b = {
+                            k: (None if np.isnan(v[j, 0]) else tuple(float(x) for x in v[j]))
+                            for k, v in boxes.items()
+                        }
+                    writer.write_image(staging, records[start + j], imgs[j], b)
+                progress.advance(task, len(chunk))
+        writer.finish(staging, plan, rng_tables)
+        truth = writer.truth(plan)
+        validate_index(truth, list(cls.truth_findings), where=f"phantom truth ({fmt})")
+        (staging / MARKER_DIR).mkdir(exist_ok=True)
+        write_index(truth, staging / MARKER_DIR / TRUTH_FILE, list(cls.truth_findings))
+        info = {
+            "format": fmt,
+            "n_patients": int(n_patients),
+            "n_images": len(truth),
+            "size": int(size),
+            "site": style.name,
+            "seed": int(seed),
+            "options": {k: v for k, v in opts.items() if k not in ("quiet", "overwrite")},
+            "findings": list(cls.truth_findings),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        (staging / MARKER_DIR / "phantom.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        # Publish: move every top-level entry into place; the truth folder last (it marks completion).
+        entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER_DIR)
+        for entry in entries:
+            os.replace(entry, out / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return truth
