@@ -1,7 +1,141 @@
-"""`cxrbench study` (placeholder until its issue lands)."""
+"""`cxrbench study run|report`: the whole matrix of a study config, resumable, shardable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import typer
 
+HELP = """Run a whole study from one YAML config: datasets x recipes x initializations x seeds.
+
+The config (see docs/study.md and configs/study-2024.yaml) names the datasets, preprocessing
+recipes, initializations (any --init, plus domain:DATASET = first trained supervised on that
+dataset), the training recipe, seeds, evaluation, comparisons and external validations.
+"""
+
+RUN_HELP = """Plan and run every step of the study; skip what is done; resume what was interrupted.
+
+Steps: index -> cache (per dataset and recipe) -> domain pretraining -> fine-tuning -> evaluation
+-> external validation -> comparisons -> report (STUDY_OUT/report/index.html). Each step is keyed
+by a hash of its settings and inputs: an unchanged step is skipped, a changed one (and everything
+after it) is recomputed, its old output set aside under STUDY_OUT/.stale/. A killed study resumes
+where it stopped (training from its last checkpoint).
+
+--dry-run prints the plan (what is done, what would run) and exits.
+
+Several machines: give each the same config and --shard i/n (i = 1..n); each trains and evaluates
+only its share of the runs (plus the indexes and caches those need), then run
+`cxrbench study report STUDY.yaml` once on the gathered STUDY_OUT. Several GPUs in one machine:
+either one process per GPU with --shard (CUDA_VISIBLE_DEVICES=k), or DDP per run with
+`torchrun --nproc_per_node=N -m cxrbench study run STUDY.yaml`.
+
+Examples:
+
+  cxrbench study run configs/study-2024.yaml --dry-run
+
+  cxrbench study run configs/study-2024.yaml --out /scratch/study-2024
+
+  CUDA_VISIBLE_DEVICES=1 cxrbench study run configs/study-2024.yaml --shard 2/4
+"""
+
+REPORT_HELP = """Gather every finished result of a study into its report (after sharded runs, or any time).
+
+Runs the comparisons whose evaluations all exist and renders STUDY_OUT/report/: index.html
+(self-contained), report.md and results.csv (one row per dataset x init x finding, mean included).
+Missing results are listed at the top of the report.
+"""
+
+
+def _load(config: Path, out: Path | None):
+    from cxrbench.study.config import load_study
+
+    return load_study(config, out=out)
+
 
 def register(app: typer.Typer) -> None:
-    """Add the command to app."""
+    """Add the `study` command group to app."""
+    study_app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
+
+    @study_app.command("run", help=RUN_HELP, no_args_is_help=True)
+    def run_command(
+        config: Path = typer.Argument(..., help="The study YAML file.", show_default=False),
+        dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan and exit."),
+        shard: str = typer.Option(
+            None, "--shard", help="Run only shard i of n of the training runs, e.g. 2/4.", show_default=False
+        ),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="Study output folder [the config's 'out'].", show_default=False
+        ),
+        device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N [auto].", show_default=False),
+        only: str = typer.Option(
+            None,
+            "--only",
+            help="Only these step kinds (and what they need), comma-"
+            "separated: index, cache, pretrain, train, eval, external, compare, report.",
+            show_default=False,
+        ),
+        keep_going: bool = typer.Option(
+            False, "--keep-going", "-k", help="After a failed step, go on with the steps that do not need it."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ) -> None:
+        from cxrbench.errors import InputError
+        from cxrbench.study.plan import KINDS, build_plan, parse_shard
+        from cxrbench.study.runner import describe_plan, run_study
+        from cxrbench.validation import check_choice
+
+        shard_t = parse_shard(shard) if shard else None
+        study = _load(config, out)
+        kinds = None
+        if only:
+            kinds = tuple(check_choice("--only", k.strip(), KINDS) for k in only.split(",") if k.strip())
+        if dry_run:
+            typer.echo(describe_plan(build_plan(study), shard_t, kinds))
+            return
+        summary = run_study(
+            study, shard=shard_t, kinds=kinds, quiet=quiet, device=device, keep_going=keep_going
+        )
+        if summary.failed:
+            for sid, msg in summary.failed.items():
+                typer.echo(f"failed: {sid}: {msg}", err=True)
+            raise InputError(
+                f"{len(summary.failed)} step(s) failed, {len(summary.blocked)} could not run",
+                where=str(config),
+                fix="fix the errors above and run the same command again (finished steps are kept)",
+            )
+        report = study.out / "report" / "index.html"
+        if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
+            typer.echo(
+                f"{len(summary.executed)} step(s) run, {len(summary.skipped)} up to date, "
+                f"{summary.seconds:.1f} s"
+            )
+            if shard_t is not None:
+                typer.echo(
+                    f"shard {shard_t[0]}/{shard_t[1]} finished; when every shard has finished, run: "
+                    f"cxrbench study report {config}" + (f" --out {out}" if out else "")
+                )
+            elif report.is_file():
+                typer.echo(f"report: {report}")
+
+    @study_app.command("report", help=REPORT_HELP, no_args_is_help=True)
+    def report_command(
+        config: Path = typer.Argument(..., help="The study YAML file.", show_default=False),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="Study output folder [the config's 'out'].", show_default=False
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ) -> None:
+        from cxrbench.study.runner import report_study
+
+        study = _load(config, out)
+        path, summary = report_study(study, quiet=quiet)
+        if summary.blocked and not quiet:
+            typer.echo(
+                f"{len(summary.blocked)} comparison(s) wait for missing evaluations: "
+                + ", ".join(summary.blocked[:5]),
+                err=True,
+            )
+        typer.echo(f"report: {path}")
+
+    app.add_typer(study_app, name="study")

@@ -1,0 +1,577 @@
+"""The study configuration: one YAML file describes the whole matrix, validated before anything runs.
+
+A study is datasets x preprocessing recipes x initializations x seeds, trained with one recipe,
+evaluated with one bootstrap protocol, compared against a reference initialization (or all pairs)
+and optionally validated externally (trained on A, tested on B over the findings both share).
+See docs/study.md for the reference of every key. Every unknown key or bad value raises one
+:class:`~cxrbench.errors.InputError` naming the file, the YAML line and the key path, with the
+closest valid key when the key looks like a typo.
+
+Paths in the file (dataset roots, ``out``) may use ``~``, ``$VAR``, ``${VAR}`` and
+``${VAR:-default}``; relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrbench.errors import InputError
+from cxrbench.provenance import stable_hash
+from cxrbench.schema import VIEWS
+from cxrbench.validation import closest
+
+ADAPTERS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
+PHANTOM_FORMATS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
+DOMAIN_PREFIX = "domain:"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+# Train keys the study sets itself, per run; a study may not set them.
+_RUN_OWNED = ("cache", "init", "out", "findings")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhantomSpec(_Strict):
+    """Generate this dataset with the phantom generator instead of reading a real one."""
+
+    format: Literal["nih", "chexpert", "mimic", "padchest", "vindr", "csv"] | None = Field(
+        None, description="official layout to imitate; the dataset's adapter when unset"
+    )
+    patients: int = Field(200, ge=4, le=10_000_000, description="number of synthetic patients")
+    size: int = Field(256, ge=16, le=4096, description="image side, px")
+    site: str = Field("A", description="acquisition site (contrast, noise and prevalence profile)")
+    seed: int = Field(0, ge=0)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of phantom.generate"
+    )
+
+
+class DatasetSpec(_Strict):
+    """One dataset: where it is, how to read it, which labels and views to use, how to split it.
+
+    ``labels``, ``uncertain``, ``views``, ``split_seed`` and ``options`` are the options of
+    ``cxrbench index`` (``options`` takes the rest by their Python names: ``blank``,
+    ``split_mode``, ``split_fractions``, ``readers``, ``labeler``, ``labels_file``, ``mapping``...).
+    """
+
+    adapter: Literal["nih", "chexpert", "mimic", "padchest", "vindr", "csv"]
+    root: str | None = Field(
+        None, description="dataset folder (official layout); <out>/data/<name> for phantoms"
+    )
+    labels: str = Field("all", description="label preset or comma list (docs/datasets.md)")
+    uncertain: Literal["zeros", "ones", "ignore"] = Field("zeros", description="uncertain (-1) label policy")
+    views: str = Field("frontal", description="views kept: frontal, all, or a list such as PA,AP")
+    split_seed: int = Field(0, ge=0, description="seed of the patient-level split where none is official")
+    findings: tuple[str, ...] | None = Field(None, description="train and evaluate on this subset only")
+    options: dict[str, Any] = Field(default_factory=dict, description="further `cxrbench index` options")
+    phantom: PhantomSpec | None = None
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views(cls, v: Any) -> Any:
+        items = [s.strip() for s in (v.split(",") if isinstance(v, str) else v or ()) if str(s).strip()]
+        if not items:
+            raise ValueError("must name at least one view (frontal, all, or e.g. PA,AP)")
+        for view in items:
+            if view not in (*VIEWS, "frontal", "all"):
+                hint = closest(str(view), (*VIEWS, "frontal", "all"))
+                raise ValueError(
+                    f"unknown view {view!r}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    + f"; allowed: frontal, all, {', '.join(VIEWS)}"
+                )
+        return ",".join(items)
+
+    @field_validator("findings", mode="before")
+    @classmethod
+    def _findings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list without repeats")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import dataclasses
+
+        try:
+            from cxrbench.sources.base import IndexOptions
+        except ImportError:  # the dataset sources are not installed: nothing to check against
+            return v
+        allowed = [
+            f.name
+            for f in dataclasses.fields(IndexOptions)
+            if f.name not in ("labels", "uncertain", "views", "split_seed")
+        ]
+        for k in v:
+            if k not in allowed:
+                hint = closest(k, allowed)
+                raise ValueError(
+                    f"unknown index option {k!r}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    + f"; allowed: {', '.join(allowed)}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _root_or_phantom(self) -> DatasetSpec:
+        if self.root is None and self.phantom is None:
+            raise ValueError("needs 'root' (the dataset folder) or a 'phantom' section")
+        return self
+
+
+class RecipeSpec(_Strict):
+    """Offline preprocessing of the image cache (``cxrbench prepare``)."""
+
+    size: int = Field(224, ge=16, le=4096, description="square side, px")
+    resize: Literal["stretch", "pad", "crop"] = "stretch"
+    equalize: bool = Field(True, description="histogram equalization")
+
+
+class InitSpec(_Strict):
+    """One initialization arm of the study."""
+
+    init: str = Field(
+        description="a registry name (`cxrbench weights list`), checkpoint:PATH, or domain:DATASET"
+    )
+    base: str | None = Field(
+        None, description="for domain:DATASET, the init of the supervised pretraining run"
+    )
+    recipes: tuple[str, ...] | None = Field(None, description="recipes this init runs with; all when unset")
+    datasets: tuple[str, ...] | None = Field(
+        None, description="datasets this init is trained on; all when unset"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "domain: arms only: per target dataset, the label set (preset or comma list) of the pretraining "
+            "and fine-tuning runs; the findings target and source share when unset"
+        ),
+    )
+    train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
+    recipe_train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
+    )
+    pretrain: dict[str, Any] = Field(
+        default_factory=dict, description="overrides for the domain pretraining run"
+    )
+
+    @property
+    def domain(self) -> str | None:
+        """The source dataset of a ``domain:`` init, else None."""
+        return self.init[len(DOMAIN_PREFIX) :] if self.init.startswith(DOMAIN_PREFIX) else None
+
+    @model_validator(mode="after")
+    def _check(self) -> InitSpec:
+        if not self.init.strip():
+            raise ValueError("init must not be empty")
+        if self.domain is None and (self.base is not None or self.pretrain or self.labels):
+            raise ValueError("'base', 'pretrain' and 'labels' only apply to init: domain:DATASET")
+        if self.domain is not None and not self.domain:
+            raise ValueError("domain: needs a dataset name, e.g. domain:mimic")
+        if self.domain is not None and not self.base:
+            raise ValueError(
+                f"{self.init} needs 'base: <init>', the initialization of the supervised "
+                "pretraining run (the study used imagenet21k-vitb16)"
+            )
+        if self.base is not None and self.base.startswith(DOMAIN_PREFIX):
+            raise ValueError("'base' cannot itself be a domain: init")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """How every run is evaluated (``cxrbench evaluate``)."""
+
+    split: Literal["test", "val"] = "test"
+    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="bootstrap resamples (0 = none)")
+    cluster: Literal["image", "patient"] = Field("patient", description="bootstrap sampling unit")
+    threshold: Literal["val", "test", "fixed"] = Field(
+        "val", description="where the Youden-J threshold is chosen; 'test' reproduces the reference code"
+    )
+    fixed_threshold: float = Field(0.5, gt=0, lt=1, description="with threshold: fixed")
+    ci: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
+    seed: int = Field(0, ge=0, description="bootstrap seed: the same resamples for every model (paired)")
+    batch_size: int = Field(64, ge=1, description="inference batch size")
+
+
+class ComparisonSpec(_Strict):
+    """Which pairs of initializations are tested, and how."""
+
+    reference: str | None = Field(None, description="compare every init against this one")
+    all_pairs: bool = Field(False, description="compare every pair of inits")
+    method: Literal["bootstrap", "delong"] = Field(
+        "bootstrap", description="p-value of the main table: paired bootstrap (the study's) or DeLong"
+    )
+    alternative: Literal["two-sided", "greater"] = Field(
+        "two-sided", description="'greater' = one-sided 'init better than reference' as the reference code"
+    )
+    fdr: Literal["bh", "none"] = Field("bh", description="Benjamini-Hochberg over the per-finding family")
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class ExternalSpec(_Strict):
+    """Models trained on ``train`` evaluated on the test split of each ``test`` dataset."""
+
+    train: str
+    test: tuple[str, ...]
+    inits: tuple[str, ...] | None = Field(None, description="init labels to validate; all when unset")
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class StudyConfig(_Strict):
+    """A whole study (see docs/study.md)."""
+
+    name: str = Field(description="short name, used in folder names and the report title")
+    title: str | None = Field(None, description="report title; the name when unset")
+    description: str | None = None
+    out: str | None = Field(None, description="output folder; ./<name> beside the config when unset")
+    seeds: tuple[int, ...] = Field((0,), description="training seeds; each run once per seed")
+    datasets: dict[str, DatasetSpec]
+    preprocess: dict[str, RecipeSpec] = Field(default_factory=lambda: {"r224": RecipeSpec()})
+    inits: dict[str, InitSpec]
+    train: dict[str, Any] = Field(default_factory=dict, description="training recipe: `cxrbench train` keys")
+    evaluation: EvaluationSpec = EvaluationSpec()
+    comparisons: ComparisonSpec = ComparisonSpec()
+    external: tuple[ExternalSpec, ...] | Literal["all"] = ()
+    prepare_workers: int | None = Field(None, ge=1, le=256, description="workers of the cache build")
+
+    @field_validator("inits", mode="before")
+    @classmethod
+    def _inits(cls, v: Any) -> Any:
+        # a list of registry names is shorthand for {name: {init: name}}
+        if isinstance(v, list | tuple):
+            out: dict[str, Any] = {}
+            for item in v:
+                if isinstance(item, str):
+                    label = item.replace(DOMAIN_PREFIX, "domain-").replace(":", "-")
+                    out[label] = {"init": item}
+                else:
+                    raise ValueError(
+                        "a list of inits holds names; use a mapping label: {init: ...} for options"
+                    )
+            return out
+        if isinstance(v, dict):
+            return {k: ({"init": s} if isinstance(s, str) else s) for k, s in v.items()}
+        return v
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, int) else v
+        if not v or len(set(v)) != len(v) or any(not isinstance(s, int) or s < 0 for s in v):
+            raise ValueError("must be a non-empty list of distinct non-negative integers")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudyConfig:
+        for kind, names in (
+            ("study name", [self.name]),
+            ("dataset", self.datasets),
+            ("recipe", self.preprocess),
+            ("init label", self.inits),
+        ):
+            for n in names:
+                if not _NAME.match(n):
+                    raise ValueError(f"{kind} {n!r} may hold only letters, digits, '_', '-' and '.'")
+        if not self.datasets:
+            raise ValueError("'datasets' is empty: name at least one dataset")
+        if not self.inits:
+            raise ValueError("'inits' is empty: name at least one initialization")
+        if not self.preprocess:
+            raise ValueError("'preprocess' is empty: name at least one recipe")
+        for label, spec in self.inits.items():
+            if spec.domain is not None and spec.domain not in self.datasets:
+                raise ValueError(_unknown(f"inits.{label}.init: domain dataset", spec.domain, self.datasets))
+            for r in (*(spec.recipes or ()), *spec.recipe_train):
+                if r not in self.preprocess:
+                    raise ValueError(_unknown(f"inits.{label}.recipes: recipe", r, self.preprocess))
+            for d in (*(spec.datasets or ()), *spec.labels):
+                if d not in self.datasets:
+                    raise ValueError(_unknown(f"inits.{label}: dataset", d, self.datasets))
+        c = self.comparisons
+        if c.reference is not None and c.reference not in self.inits:
+            raise ValueError(_unknown("comparisons.reference: init", c.reference, self.inits))
+        if c.reference is None and not c.all_pairs and len(self.inits) > 1:
+            raise ValueError("comparisons: set 'reference: <init label>' or 'all_pairs: true'")
+        if self.external != "all":
+            for e in self.external:
+                for d in (e.train, *e.test):
+                    if d not in self.datasets:
+                        raise ValueError(_unknown("external: dataset", d, self.datasets))
+                for i in e.inits or ():
+                    if i not in self.inits:
+                        raise ValueError(_unknown("external.inits: init", i, self.inits))
+        return self
+
+    # --- derived views ------------------------------------------------------------------------------
+
+    def recipes_for(self, init_label: str) -> list[str]:
+        """Recipe names an init runs with (config order)."""
+        wanted = self.inits[init_label].recipes
+        return [r for r in self.preprocess if wanted is None or r in wanted]
+
+    def external_pairs(self) -> list[tuple[str, str, tuple[str, ...] | None]]:
+        """(train dataset, test dataset, init labels or None = all) for every external evaluation."""
+        if self.external == "all":
+            return [(a, b, None) for a in self.datasets for b in self.datasets if a != b]
+        return [(e.train, t, e.inits) for e in self.external for t in e.test if t != e.train]
+
+    def config_hash(self) -> str:
+        """Content hash of the validated config (what the report calls the config hash)."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+class LoadedStudy(BaseModel):
+    """A validated config plus where it came from and its resolved paths."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: StudyConfig
+    path: Path
+    out: Path
+    roots: dict[str, Path]
+    train: dict[str, Any]
+
+
+def _unknown(what: str, value: str, allowed: Any) -> str:
+    hint = closest(value, list(allowed))
+    return (
+        f"{what} {value!r} is not defined"
+        + (f" (did you mean {hint!r}?)" if hint else "")
+        + f"; defined: {', '.join(allowed)}"
+    )
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key, keyed by its path."""
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = prefix + (k.value,)
+            out[key] = k.start_mark.line + 1
+            _key_lines(v, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[prefix + (i,)] = v.start_mark.line + 1
+            _key_lines(v, prefix + (i,), out)
+    return out
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def expand_path(value: str, base: Path, where: str) -> Path:
+    """Expand ``~`` and ``$VAR``/``${VAR}``/``${VAR:-default}``; relative paths are relative to ``base``."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return m.group(2)
+        raise InputError(
+            f"environment variable ${name} is not set",
+            where=where,
+            fix=f"export {name}=/path/to/data, or write ${{{name}:-default}} in the config",
+        )
+
+    p = Path(os.path.expanduser(_ENV.sub(sub, value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _validation_error(err: ValidationError, where: str, lines: dict[tuple, int]) -> InputError:
+    errors = err.errors()
+    # a typo makes two errors (unknown key + missing key): report the typo, it is the cause
+    first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+    loc = tuple(first.get("loc", ()))
+    # pydantic adds the union branch/literal name to the location; keep the key path only
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("tuple[", "literal[", "dict["))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(lines, loc)
+    at = f"{where}, line {line}" if line else where
+    kind = first.get("type")
+    if kind == "extra_forbidden":
+        parent_model = _model_at(loc[:-1])
+        hint = closest(str(loc[-1]), parent_model.model_fields) if parent_model else None
+        fix = (
+            f"did you mean {hint!r}?"
+            if hint
+            else (
+                f"remove it; allowed keys here: {', '.join(parent_model.model_fields)}"
+                if parent_model
+                else "remove it"
+            )
+        )
+        return InputError(f"unknown key {key!r}", where=at, fix=fix)
+    if kind == "missing":
+        return InputError(f"key {key!r} is required", where=at, fix="add it (see docs/study.md)")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+    return InputError(f"{key}: {msg}{shown}", where=at, fix="correct the value (see docs/study.md)")
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that a key path points into (for 'did you mean' hints)."""
+    model: type[BaseModel] | None = StudyConfig
+    i = 0
+    while model is not None and i < len(loc):
+        name = loc[i]
+        field = model.model_fields.get(str(name))
+        if field is None:
+            return None
+        ann = field.annotation
+        text = str(ann)
+        nxt: type[BaseModel] | None = None
+        for cand in (
+            DatasetSpec,
+            RecipeSpec,
+            InitSpec,
+            EvaluationSpec,
+            ComparisonSpec,
+            ExternalSpec,
+            PhantomSpec,
+        ):
+            if cand.__name__ in text or ann is cand:
+                nxt = cand
+                break
+        if nxt is None:
+            return None
+        # dict[str, Model] and tuple[Model, ...] consume one more path element (the key or index)
+        if "dict[" in text or "tuple[" in text:
+            i += 1
+        model, i = nxt, i + 1
+    return model
+
+
+def parse_study(data: Any, where: str = "study config", lines: dict[tuple, int] | None = None) -> StudyConfig:
+    """Validate a study mapping; one InputError (file, line, key, fix) on the first problem."""
+    if not isinstance(data, dict):
+        raise InputError(
+            "the top level is not a mapping", where=where, fix="write `name: ...`, `datasets: ...` lines"
+        )
+    try:
+        cfg = StudyConfig(**data)
+    except ValidationError as e:
+        raise _validation_error(e, where, lines or {}) from None
+    _check_train_keys(cfg, where, lines or {})
+    return cfg
+
+
+def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
+    """Validate the train sections against the training config schema (unknown keys, bad values)."""
+    from cxrbench.trainconfig import TrainConfig
+
+    sections: list[tuple[tuple, dict]] = [(("train",), cfg.train)]
+    for label, spec in cfg.inits.items():
+        sections += [(("inits", label, "train"), spec.train), (("inits", label, "pretrain"), spec.pretrain)]
+        sections += [
+            (("inits", label, "recipe_train", r), {**spec.train, **o}) for r, o in spec.recipe_train.items()
+        ]
+    for loc, section in sections:
+        for k in section:
+            if k in _RUN_OWNED:
+                line = _line_of(lines, loc + (k,))
+                raise InputError(
+                    f"{'.'.join(map(str, loc))}.{k} is set by the study for every run",
+                    where=f"{where}, line {line}" if line else where,
+                    fix="remove it (datasets, recipes and inits define it)",
+                )
+        merged = {**cfg.train, **section} if loc != ("train",) else section
+        try:
+            TrainConfig(cache="x", init="x", out="x", **merged)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = str(first.get("loc", ("?",))[0])
+            line = _line_of(lines, loc + (key,)) or _line_of(lines, ("train", key))
+            at = f"{where}, line {line}" if line else where
+            dotted = ".".join(map(str, loc)) + "." + key
+            if first.get("type") == "extra_forbidden":
+                hint = closest(key, [f for f in TrainConfig.model_fields if f not in _RUN_OWNED])
+                raise InputError(
+                    f"unknown training key {dotted!r}",
+                    where=at,
+                    fix=f"did you mean {hint!r}?" if hint else "see `cxrbench train --help`",
+                ) from None
+            msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+            raise InputError(
+                f"{dotted}: {msg} (got {first.get('input')!r})",
+                where=at,
+                fix="correct the value (see `cxrbench train --help`)",
+            ) from None
+
+
+def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> LoadedStudy:
+    """Read and validate a study YAML file; resolve its output folder and dataset roots.
+
+    Args:
+        path: the STUDY.yaml file.
+        out: overrides the config's ``out`` (relative to the current directory).
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise InputError(
+            "study config not found", where=where, fix="check the path (e.g. configs/study-2024.yaml)"
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}, line {mark.line + 1}" if mark is not None else where
+        raise InputError(
+            f"invalid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})",
+            where=at,
+            fix="fix the YAML syntax (indentation, colons, quotes)",
+        ) from None
+    lines = _key_lines(node) if node is not None else {}
+    cfg = parse_study(data, where, lines)
+    return resolve(cfg, path, out)
+
+
+def resolve(cfg: StudyConfig, path: str | os.PathLike, out: str | os.PathLike | None = None) -> LoadedStudy:
+    """Resolve the output folder and the dataset roots of a validated config loaded from ``path``."""
+    path = Path(path)
+    base = path.resolve().parent
+    where = str(path)
+    if out is not None:
+        out_dir = Path(out).resolve()
+    elif cfg.out is not None:
+        out_dir = expand_path(cfg.out, base, f"{where}: out").resolve()
+    else:
+        out_dir = base / cfg.name
+    roots: dict[str, Path] = {}
+    for name, ds in cfg.datasets.items():
+        if ds.root is not None:
+            roots[name] = expand_path(ds.root, base, f"{where}: datasets.{name}.root").resolve()
+        else:
+            roots[name] = out_dir / "data" / name
+    return LoadedStudy(config=cfg, path=path.resolve(), out=out_dir, roots=roots, train=dict(cfg.train))

@@ -1,0 +1,417 @@
+"""Collect a study's finished results from its folder into a :class:`~cxrbench.report.results.StudyResults`.
+
+Reads only files the stages wrote: ``metrics.json`` and ``predictions.parquet`` of every
+evaluation, ``comparison.json`` of every comparison, ``log.jsonl`` of every run, the indexes, and
+the weight files (hashed once, remembered by path, size and modification time). Results that are
+not there yet are listed as missing; the report shows what exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.fileio import atomic_write_json, file_sha256
+from cxrbench.provenance import git_commit, now_iso, package_versions
+from cxrbench.report.results import MEAN, StudyResults, adjust_main_family
+from cxrbench.study.plan import INDEX_FILE, Plan, Step
+
+_ROC_POINTS = 200
+_THRESHOLD_METRICS = ("sensitivity", "specificity", "accuracy", "f1")
+
+
+def _metric_rows(metrics: dict, keys: dict[str, Any]) -> list[dict[str, Any]]:
+    """results rows (findings + mean) from a metrics.json dict."""
+    rows = []
+    for f, entry in (metrics.get("per_finding") or {}).items():
+        m = entry.get("metrics") or {}
+        a = m.get("auroc") or {}
+        row = {
+            **keys,
+            "finding": f,
+            "auroc": _num(a.get("value")),
+            "auroc_lo": _num(a.get("ci_low")),
+            "auroc_hi": _num(a.get("ci_high")),
+            "auroc_std": _num(a.get("std")),
+            "n": entry.get("n"),
+            "n_positive": entry.get("n_positive"),
+            "threshold": _num(entry.get("threshold")),
+        }
+        for t in _THRESHOLD_METRICS:
+            row[t] = _num((m.get(t) or {}).get("value"))
+        rows.append(row)
+    macro = (metrics.get("macro") or {}).get("metrics") or {}
+    a = macro.get("auroc") or {}
+    mean = {
+        **keys,
+        "finding": MEAN,
+        "auroc": _num(a.get("value")),
+        "auroc_lo": _num(a.get("ci_low")),
+        "auroc_hi": _num(a.get("ci_high")),
+        "auroc_std": _num(a.get("std")),
+        "n": metrics.get("n_images"),
+        "n_findings": a.get("n_findings", len((metrics.get("macro") or {}).get("findings") or [])),
+    }
+    for t in _THRESHOLD_METRICS:
+        mean[t] = _num((macro.get(t) or {}).get("value"))
+    rows.append(mean)
+    return rows
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _roc(pred: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """ROC points of one finding, at most ~200 (step-preserving subsample of large curves)."""
+    import warnings
+
+    from cxrbench.metrics import not_estimable_reason, roc_curve
+
+    y = pred[f"y_{finding}"].to_numpy(dtype=np.float64)
+    s = pred[f"p_{finding}"].to_numpy(dtype=np.float64)
+    if not_estimable_reason(y):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fpr, tpr, _ = roc_curve(y, s)
+    if fpr.size > _ROC_POINTS:
+        grid = np.linspace(0.0, 1.0, _ROC_POINTS)
+        idx = np.searchsorted(fpr, grid, side="right") - 1
+        fpr, tpr = np.r_[grid, 1.0], np.r_[tpr[np.clip(idx, 0, tpr.size - 1)], 1.0]
+    return fpr.astype(np.float32), tpr.astype(np.float32)
+
+
+def _curves(run_dir: Path, keys: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per epoch: validation mean AUROC and the mean of the logged training losses."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    losses: dict[int, list[float]] = {}
+    epochs: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "step" and rec.get("loss") is not None:
+            losses.setdefault(int(rec["epoch"]), []).append(float(rec["loss"]))
+        elif rec.get("kind") == "epoch":
+            epochs[int(rec["epoch"])] = _num(rec.get("val_mean_auroc"))
+    return [
+        {
+            **keys,
+            "epoch": e,
+            "val_mean_auroc": epochs.get(e, float("nan")),
+            "train_loss": float(np.mean(losses[e])) if e in losses else float("nan"),
+        }
+        for e in sorted(set(epochs) | set(losses))
+    ]
+
+
+def _dataset_summary(plan: Plan, dataset: str, findings: list[str]) -> tuple[list[dict], list[dict]]:
+    from cxrbench.schema import read_index
+
+    path = plan.study.out / "index" / dataset / INDEX_FILE
+    if not path.is_file():
+        return [], []
+    df, have = read_index(path)
+    summ, prev = [], []
+    for split in ("train", "val", "test"):
+        part = df[df["split"] == split]
+        if part.empty:
+            continue
+        summ.append(
+            {
+                "dataset": dataset,
+                "split": split,
+                "images": len(part),
+                "patients": int(part["patient_id"].nunique()),
+            }
+        )
+        for f in findings:
+            if f not in have:
+                continue
+            y = part[f].to_numpy(dtype=np.float64, na_value=np.nan)
+            n, pos = int((~np.isnan(y)).sum()), int((y == 1).sum())
+            prev.append(
+                {
+                    "dataset": dataset,
+                    "split": split,
+                    "finding": f,
+                    "n": n,
+                    "n_positive": pos,
+                    "prevalence": pos / n if n else float("nan"),
+                }
+            )
+    return summ, prev
+
+
+class _HashCache:
+    """SHA-256 of weight files, remembered by (path, size, mtime) in ``OUT/.cache/hashes.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = _read(path) or {}
+        self.dirty = False
+
+    def sha(self, file: Path) -> str | None:
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.data:
+            self.data[key] = file_sha256(file)
+            self.dirty = True
+        return self.data[key]
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_json(self.path, self.data)
+
+
+def weight_files(init: str) -> tuple[Path | None, str]:
+    """The weight file an init loads (None for random inits or weights not on disk) and a note."""
+    if init.startswith("random-"):
+        return None, "random initialization (no weights)"
+    try:
+        from cxrbench import models as md
+        from cxrbench import weights as wt
+
+        r = md.resolve_init(init)
+    except Exception as e:  # an init the registry cannot resolve here: say so in the report
+        return None, f"not resolvable here ({e.__class__.__name__})"
+    if not r.pretrained:
+        return None, "random initialization (no weights)"
+    if r.checkpoint is not None:
+        return Path(r.checkpoint), "checkpoint"
+    if r.source is not None:
+        loc = wt.locate(r.source)
+        return (loc.path, loc.origin) if loc is not None else (None, "weights not on this machine")
+    return None, r.kind
+
+
+def gather_results(plan: Plan) -> StudyResults:
+    """Everything the report shows, from the study folder (missing results are listed, not fatal)."""
+    study = plan.study
+    cfg = study.config
+    rows: list[dict[str, Any]] = []
+    roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    curves: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for s in plan.of_kind("eval"):
+        p = s.params
+        keys = {"dataset": p["dataset"], "recipe": p["recipe"], "seed": p["seed"], "init": p["label"]}
+        if s.status != "done":
+            missing.append(s.id)
+            continue
+        metrics = _read(s.out / "metrics.json")
+        if metrics is None:
+            missing.append(s.id)
+            continue
+        rows += _metric_rows(metrics, keys)
+        pred = pd.read_parquet(s.out / "predictions.parquet")
+        for f in metrics.get("findings") or []:
+            if f"y_{f}" in pred.columns:
+                curve = _roc(pred, f)
+                if curve is not None:
+                    roc[(p["dataset"], p["recipe"], p["seed"], p["label"], f)] = curve
+        curves += _curves(Path(p["run"]), keys)
+    table = pd.DataFrame(
+        rows,
+        columns=None
+        if rows
+        else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo", "auroc_hi"],
+    )
+    pairs = _apply_comparisons(plan, table, missing)
+    table = pairs.pop("table")
+    table = adjust_main_family(table) if cfg.comparisons.fdr == "bh" else table
+
+    ext_rows = []
+    for s in plan.of_kind("external"):
+        if s.status != "done":
+            missing.append(s.id)
+            continue
+        m = _read(s.out / "metrics.json") or {}
+        a = ((m.get("macro") or {}).get("metrics") or {}).get("auroc") or {}
+        p = s.params
+        ext_rows.append(
+            {
+                "train_dataset": p["train_dataset"],
+                "test_dataset": p["test_dataset"],
+                "recipe": p["recipe"],
+                "seed": p["seed"],
+                "init": p["label"],
+                "n_findings": len(p["findings"] or []),
+                "auroc": _num(a.get("value")),
+                "auroc_lo": _num(a.get("ci_low")),
+                "auroc_hi": _num(a.get("ci_high")),
+            }
+        )
+
+    summaries, prevalence = [], []
+    for d in cfg.datasets:
+        findings = (
+            list(dict.fromkeys(table.loc[(table["dataset"] == d) & (table["finding"] != MEAN), "finding"]))
+            if len(table)
+            else []
+        )
+        sm, pv = _dataset_summary(plan, d, findings)
+        summaries += sm
+        prevalence += pv
+
+    hashes = _HashCache(study.out / ".cache" / "hashes.json")
+    weights: dict[str, dict[str, Any]] = {}
+    for label, spec in cfg.inits.items():
+        if spec.domain is not None:
+            runs = [
+                s
+                for s in plan.of_kind("pretrain")
+                if s.id.startswith(f"pretrain/{label}/") and s.status == "done"
+            ]
+            base_file, note = weight_files(spec.base or "")
+            weights[label] = {
+                "init": f"{spec.init} from {spec.base}",
+                "file": str(base_file) if base_file else note,
+                "sha256": hashes.sha(base_file) if base_file else None,
+            }
+            for r in runs:
+                f = r.out / "best.safetensors"
+                weights[f"{label} ({r.id.split('/', 3)[-1]})"] = {
+                    "init": "domain pretraining run",
+                    "file": str(f),
+                    "sha256": hashes.sha(f),
+                }
+            continue
+        file, note = weight_files(spec.init)
+        weights[label] = {
+            "init": spec.init,
+            "file": str(file) if file else note,
+            "sha256": hashes.sha(file) if file else None,
+        }
+    hashes.save()
+
+    ev = cfg.evaluation
+    provenance = {
+        "config_hash": cfg.config_hash(),
+        "study_config": str(study.path),
+        "git_commit": git_commit(),
+        "created": now_iso(),
+        "versions": package_versions(),
+        "bootstrap": {
+            "seed": ev.seed,
+            "n_resamples": ev.bootstrap,
+            "cluster": ev.cluster,
+            "ci": ev.ci,
+            "threshold": ev.threshold,
+        },
+        "weights": weights,
+    }
+    protocol = {
+        "train": {**_train_defaults(), **study.train},
+        "evaluation": ev.model_dump(mode="json"),
+        "comparisons": cfg.comparisons.model_dump(mode="json"),
+        "preprocess": {k: v.model_dump(mode="json") for k, v in cfg.preprocess.items()},
+    }
+    used_recipes = [r for r in cfg.preprocess if len(table) and r in set(table["recipe"])]
+    return StudyResults(
+        name=cfg.name,
+        title=cfg.title,
+        description=cfg.description,
+        inits=list(cfg.inits),
+        init_names={k: v.init for k, v in cfg.inits.items()},
+        reference=cfg.comparisons.reference,
+        datasets=list(cfg.datasets),
+        recipes=used_recipes or list(cfg.preprocess),
+        seeds=list(cfg.seeds),
+        ci_level=ev.ci,
+        alpha=cfg.comparisons.alpha,
+        table=table,
+        pairs=pairs["pairs"],
+        roc=roc,
+        curves=pd.DataFrame(curves),
+        external=pd.DataFrame(ext_rows),
+        summaries=pd.DataFrame(summaries),
+        prevalence=pd.DataFrame(prevalence),
+        provenance=provenance,
+        protocol=protocol,
+        missing=missing,
+        notes=list(plan.notes and [n for n in plan.notes if "not trained on its own source" in n]),
+    )
+
+
+def _train_defaults() -> dict[str, Any]:
+    from cxrbench.trainconfig import TrainConfig
+
+    return {
+        k: v
+        for k, v in TrainConfig(cache="-", init="-", out="-").to_dict().items()
+        if k not in ("cache", "init", "out", "workers", "device")
+    }
+
+
+def _apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> dict[str, pd.DataFrame]:
+    """Add p-values and differences versus the reference to ``table``; all-pairs rows go apart."""
+    cfg = plan.study.config
+    use_delong = cfg.comparisons.method == "delong"
+    pcol, acol = ("p_delong", "p_delong_adjusted") if use_delong else ("p_bootstrap", "p_adjusted")
+    extra: dict[tuple, dict[str, float]] = {}
+    pair_rows: list[dict[str, Any]] = []
+    for s in plan.of_kind("compare"):
+        step: Step = s
+        if step.status != "done":
+            missing.append(step.id)
+            continue
+        doc = _read(step.out / "comparison.json") or {}
+        p = step.params
+        for r in doc.get("rows") or []:
+            k = (p["dataset"], p["recipe"], p["seed"], r["model_a"], r["finding"])
+            vals = {
+                "diff_vs_reference": _num(r.get("diff")),
+                "diff_lo": _num(r.get("diff_lo")),
+                "diff_hi": _num(r.get("diff_hi")),
+                "p_vs_reference": _num(r.get(pcol)),
+                "p_adjusted": _num(r.get(acol)),
+                "p_delong": _num(r.get("p_delong")),
+            }
+            if cfg.comparisons.reference is not None and r.get("model_b") == cfg.comparisons.reference:
+                extra[k] = vals
+            else:
+                pair_rows.append(
+                    {
+                        "dataset": p["dataset"],
+                        "recipe": p["recipe"],
+                        "seed": p["seed"],
+                        "init_a": r["model_a"],
+                        "init_b": r["model_b"],
+                        "finding": r["finding"],
+                        "diff": vals["diff_vs_reference"],
+                        "diff_lo": vals["diff_lo"],
+                        "diff_hi": vals["diff_hi"],
+                        "p": vals["p_vs_reference"],
+                        "p_adjusted": vals["p_adjusted"],
+                    }
+                )
+    t = table.copy()
+    for col in ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong"):
+        t[col] = np.nan
+    if len(t):
+        keys = list(zip(t["dataset"], t["recipe"], t["seed"], t["init"], t["finding"], strict=True))
+        for col in ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong"):
+            t[col] = [extra.get(k, {}).get(col, np.nan) for k in keys]
+    return {"table": t, "pairs": pd.DataFrame(pair_rows)}

@@ -1,0 +1,430 @@
+"""Execute a study's plan: skip what is done, resume what was interrupted, redo what went stale.
+
+:func:`run_study` loops: plan, pick the next step of this invocation whose inputs are done,
+execute it under a lock, mark it done, re-plan (findings become known once indexes exist). Each
+step writes a marker ``OUT/.steps/<id>.json`` (``running`` before, ``done`` or ``failed`` after),
+so a killed study resumes where it stopped: an interrupted training run resumes from its
+``last.pt``, an interrupted cache build from its finished chunks.
+
+Under ``torchrun`` every rank runs the loop: training steps run on all ranks (DDP), every other
+step on rank 0 while the other ranks wait for its marker. With ``--shard i/n`` an invocation runs
+only its share of the training runs (plus the indexes and caches they need; shared work is
+guarded by file locks, so shards on one filesystem never build the same cache twice); comparisons
+and the report are left to ``cxrbench study report``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrbench.errors import CxrbenchError, InputError
+from cxrbench.fileio import atomic_write_json, atomic_write_text
+from cxrbench.progress import console
+from cxrbench.provenance import now_iso
+from cxrbench.study.config import LoadedStudy
+from cxrbench.study.plan import (
+    STALE_DIR,
+    Plan,
+    Step,
+    build_plan,
+    marker_path,
+    read_marker,
+    select_shard,
+    shard_assignment,
+)
+from cxrbench.study.stages import EXECUTORS, Context, Executor
+
+GATHER_KINDS = ("compare", "report")
+_DIST_KINDS = ("train", "pretrain")  # run on every torchrun rank
+_WAIT_POLL_S = 2.0
+
+
+@dataclass
+class RunSummary:
+    """What one invocation did."""
+
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    plan: Plan | None = None
+
+
+def _rank() -> tuple[int, int]:
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def selected_steps(plan: Plan, shard: tuple[int, int] | None, kinds: tuple[str, ...] | None) -> list[Step]:
+    """The steps this invocation is responsible for, in order."""
+    steps = select_shard(plan, shard)
+    if shard is not None:
+        steps = [s for s in steps if s.kind not in GATHER_KINDS]
+    if kinds is not None:
+        keep = plan.closure({s.id for s in steps if s.kind in kinds})
+        steps = [s for s in steps if s.id in keep]
+    return steps
+
+
+def run_study(
+    study: LoadedStudy,
+    *,
+    shard: tuple[int, int] | None = None,
+    kinds: tuple[str, ...] | None = None,
+    quiet: bool = False,
+    device: str | None = None,
+    keep_going: bool = False,
+    executors: dict[str, Executor] | None = None,
+) -> RunSummary:
+    """Run (or resume) the study; returns what was executed, skipped and failed.
+
+    Args:
+        study: the loaded config.
+        shard: ``(i, n)``: only shard i of n of the training runs (1-based); no comparisons/report.
+        kinds: only these step kinds (plus what they need), e.g. ``("compare", "report")``.
+        quiet: no progress lines (errors still raise).
+        device: training/inference device (``cpu``, ``cuda``, ``cuda:1``); automatic when None.
+        keep_going: after a failed step, continue with the steps that do not depend on it.
+        executors: step kind -> function (tests replace them); defaults to :data:`EXECUTORS`.
+    """
+    execs = {**EXECUTORS, **(executors or {})}
+    rank, world = _rank()
+    main = rank == 0
+    say = (lambda *a, **k: None) if (quiet or not main) else console.print
+    study.out.mkdir(parents=True, exist_ok=True)
+    if main:
+        _write_study_copy(study)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    done_here: set[str] = set()
+    failed: set[str] = set()
+    seen_skip: set[str] = set()
+    plan = build_plan(study)
+    total = sum(1 for s in selected_steps(plan, shard, kinds) if s.status != "done")
+    n = 0
+    if shard is not None:
+        say(f"[bold]shard {shard[0]}/{shard[1]}[/bold]: {_shard_line(plan, shard)}")
+    with _process_group(world, device):
+        while True:
+            steps = selected_steps(plan, shard, kinds)
+            for s in steps:
+                if s.status == "done" and s.id not in done_here and s.id not in seen_skip:
+                    seen_skip.add(s.id)
+                    summary.skipped.append(s.id)
+            step = _next_step(plan, steps, done_here, failed)
+            if step is None:
+                break
+            n += 1
+            total = max(total, n)
+            say(
+                f"[bold cyan][{n}/{total}][/bold cyan] {step.kind:<8} {step.id.split('/', 1)[-1]}"
+                + ("  [yellow](stale: recomputing)[/yellow]" if step.status == "stale" else "")
+                + ("  (resuming)" if _was_started(study, step) else "")
+            )
+            t = time.perf_counter()
+            ctx = Context(study=study, plan=plan, quiet=quiet or not main, device=device)
+            try:
+                ran = _execute(step, ctx, execs[step.kind], main=main, world=world, say=say)
+            except CxrbenchError as err:
+                failed.add(step.id)
+                summary.failed[step.id] = err.one_line()
+                if not keep_going:
+                    raise
+                say(f"  [red]failed[/red]: {err.one_line()}")
+                ran = False
+            done_here.add(step.id)
+            if ran:
+                summary.executed.append(step.id)
+                say(f"  done in {_fmt_s(time.perf_counter() - t)}")
+            elif step.id not in failed:
+                summary.skipped.append(step.id)
+            plan = build_plan(study)
+    summary.blocked = [
+        s.id for s in selected_steps(plan, shard, kinds) if s.status != "done" and s.id not in failed
+    ]
+    summary.seconds = time.perf_counter() - t0
+    summary.plan = plan
+    if summary.blocked and not summary.failed and main:
+        raise InputError(
+            f"{len(summary.blocked)} step(s) could not run: {', '.join(summary.blocked[:5])}",
+            where=str(study.path),
+            fix="their inputs are missing; run the steps they need (e.g. every shard) first",
+        )
+    return summary
+
+
+@contextlib.contextmanager
+def _process_group(world: int, device: str | None) -> Iterator[None]:
+    """Under torchrun: one process group for the whole study, kept open across training runs.
+
+    ``train()`` joins an existing group; its own tear-down is suspended meanwhile, because
+    re-creating the default group for every run races on the rendezvous store when the ranks
+    reach it at different times (they poll step markers in between).
+    """
+    if world <= 1:
+        yield
+        return
+    from cxrbench import distributed as dist_
+
+    env = dist_.detect()
+    env = dist_.init(dist_.device_for(env, device), env)
+    destroy = dist_.destroy
+    dist_.destroy = lambda env: None
+    try:
+        yield
+    finally:
+        dist_.destroy = destroy
+        destroy(env)
+
+
+def _next_step(plan: Plan, steps: list[Step], done_here: set[str], failed: set[str]) -> Step | None:
+    for s in steps:
+        if s.status == "done" or s.id in done_here or s.deferred:
+            continue
+        if any(d in failed for d in plan.closure({s.id}) - {s.id}):
+            continue
+        # done_here: finished in this process (on torchrun ranks > 0 the marker may still be on its way)
+        if all(plan.by_id[d].status == "done" or d in done_here for d in s.deps):
+            return s
+    return None
+
+
+def _was_started(study: LoadedStudy, step: Step) -> bool:
+    m = read_marker(study.out, step.id)
+    return step.status == "pending" and m is not None and m.get("key") == step.key
+
+
+def _execute(step: Step, ctx: Context, fn: Executor, *, main: bool, world: int, say) -> bool:
+    """Run one step with its marker and lock; False when another process finished it meanwhile."""
+    out = ctx.study.out
+    if world > 1 and not main:
+        if step.kind not in _DIST_KINDS:
+            _wait_for(out, step, ("done", "failed"))
+            return False
+        # DDP: every rank trains, rank 0 writes; start once rank 0 has set the folder up
+        if _wait_for(out, step, ("running", "done", "failed")) == "done":
+            return False
+        fn(step, ctx)
+        return True
+    with _lock(out, step.id, say):
+        m = read_marker(out, step.id)
+        if (
+            m is not None
+            and m.get("key") == step.key
+            and m.get("status") == "done"
+            and all((step.out / c).exists() for c in step.complete)
+        ):
+            return False  # another shard finished it while we waited for the lock
+        if step.status == "stale":
+            _set_aside(out, step)
+        started = now_iso()
+        t = time.perf_counter()
+        _write_marker(out, step, "running", started=started)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn(step, ctx)
+            _show_warnings(caught, say)
+        except CxrbenchError as err:
+            _write_marker(out, step, "failed", started=started, error=err.one_line())
+            raise
+        except BaseException as err:
+            _write_marker(out, step, "failed", started=started, error=f"{type(err).__name__}: {err}")
+            raise
+        missing = [c for c in step.complete if not (step.out / c).exists()]
+        if missing:
+            _write_marker(out, step, "failed", started=started, error=f"missing outputs {missing}")
+            raise RuntimeError(f"step {step.id} finished without writing {missing}")
+        _write_marker(out, step, "done", started=started, seconds=round(time.perf_counter() - t, 3))
+    return True
+
+
+def _show_warnings(caught: list, say, limit: int = 6) -> None:
+    """One line per distinct warning of a step (the stages also record them in their outputs)."""
+    msgs = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    for m in msgs[:limit]:
+        say(f"  [yellow]warning[/yellow]: {m}", highlight=False, soft_wrap=True)
+    if len(msgs) > limit:
+        say(f"  [yellow]... and {len(msgs) - limit} more warning(s)[/yellow]")
+
+
+def _write_marker(out: Path, step: Step, status: str, **extra: Any) -> None:
+    atomic_write_json(
+        marker_path(out, step.id),
+        {
+            "id": step.id,
+            "kind": step.kind,
+            "key": step.key,
+            "status": status,
+            "out": str(step.out),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "updated": now_iso(),
+            **extra,
+            "config": step.config,
+            "deps": list(step.deps),
+        },
+    )
+
+
+def _set_aside(out: Path, step: Step) -> None:
+    """Move a stale output to ``OUT/.stale/<id>-<time>`` (never deleted: it may hold days of training).
+
+    The report is cheap and simply re-rendered in place (its old figures are removed)."""
+    if step.kind == "report":
+        shutil.rmtree(step.out / "figures", ignore_errors=True)
+    elif step.out.exists():
+        dest = out / STALE_DIR / f"{step.id.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(step.out), str(dest))
+    marker_path(out, step.id).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _lock(out: Path, step_id: str, say) -> Iterator[None]:
+    """An exclusive advisory lock per step (shards sharing a filesystem never run a step twice)."""
+    path = out / ".locks" / f"{step_id.replace('/', '__')}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; shards must not share prerequisites there
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            say(f"  waiting: another process is running {step_id}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for(out: Path, step: Step, statuses: tuple[str, ...]) -> str:
+    """torchrun ranks > 0: wait until rank 0's marker of this step has one of ``statuses``."""
+    while True:
+        m = read_marker(out, step.id)
+        if m is not None and m.get("key") == step.key and m.get("status") in statuses:
+            if m["status"] == "failed":
+                raise InputError(f"rank 0 failed on {step.id}: {m.get('error')}", where=str(out))
+            return str(m["status"])
+        time.sleep(_WAIT_POLL_S)
+
+
+def _write_study_copy(study: LoadedStudy) -> None:
+    """``OUT/study.yaml``: the validated config as it was run (with its hash)."""
+    import yaml
+
+    doc = {
+        "config_hash": study.config.config_hash(),
+        "source": str(study.path),
+        "config": study.config.model_dump(mode="json", exclude_none=True),
+    }
+    path = study.out / "study.yaml"
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def _shard_line(plan: Plan, shard: tuple[int, int]) -> str:
+    groups = shard_assignment(plan, shard[1])
+    runs = [s for s in plan.of_kind("train", "pretrain") if groups.get(s.group) == shard[0]]
+    return f"{len(runs)} of {len(plan.of_kind('train', 'pretrain'))} training runs"
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+# --- the dry-run view ---------------------------------------------------------------------------------
+
+
+def describe_plan(
+    plan: Plan, shard: tuple[int, int] | None = None, kinds: tuple[str, ...] | None = None
+) -> str:
+    """A plain-text view of the plan: counts per kind and status, then every step with its status."""
+    steps = selected_steps(plan, shard, kinds)
+    groups = shard_assignment(plan, shard[1]) if shard else {}
+    lines = [
+        f"study {plan.study.config.name}: {len(steps)} steps"
+        + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+        + f" -> {plan.study.out}",
+        f"config hash {plan.study.config.config_hash()}",
+        "",
+    ]
+    statuses = ("done", "pending", "stale", "deferred")
+    lines.append(f"{'kind':<10}" + "".join(f"{s:>10}" for s in statuses))
+    for kind in dict.fromkeys(s.kind for s in steps):
+        row = [sum(1 for s in steps if s.kind == kind and s.status == st) for st in statuses]
+        lines.append(f"{kind:<10}" + "".join(f"{v:>10}" for v in row))
+    lines.append("")
+    mark = {"done": "=", "pending": "+", "stale": "~", "deferred": "?"}
+    for s in steps:
+        shard_txt = f"  shard {groups[s.group]}" if s.group in groups else ""
+        lines.append(f" {mark[s.status]} {s.id:<58} {s.status:<8} {s.key[:10]}{shard_txt}")
+    lines.append("")
+    lines.append(
+        "= done (skipped)   + to run   ~ stale (config changed: set aside, recomputed)   "
+        "? known after indexing"
+    )
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def report_study(
+    study: LoadedStudy, *, quiet: bool = False, executors: dict[str, Executor] | None = None
+) -> tuple[Path, RunSummary]:
+    """Gather: run the comparisons whose evaluations exist (all shards' results), then the report.
+
+    Comparisons with missing evaluations are left out and listed in the report; the report itself
+    is always re-rendered. Returns the report's index.html and what was done.
+    """
+    execs = {**EXECUTORS, **(executors or {})}
+    say = (lambda *a, **k: None) if quiet else console.print
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    plan = build_plan(study)
+    for step in plan.of_kind("compare"):
+        if step.status == "done":
+            summary.skipped.append(step.id)
+        elif all(plan.by_id[d].status == "done" for d in step.deps):
+            say(f"[bold cyan]compare[/bold cyan]  {step.id.split('/', 1)[-1]}")
+            ctx = Context(study=study, plan=plan, quiet=quiet)
+            if _execute(step, ctx, execs["compare"], main=True, world=1, say=say):
+                summary.executed.append(step.id)
+        else:
+            summary.blocked.append(step.id)
+    plan = build_plan(study)
+    report = plan["report"]
+    say(f"[bold cyan]report[/bold cyan]   {report.out}")
+    report.status = "stale" if report.status == "done" else report.status
+    if report.status == "stale":
+        marker_path(study.out, report.id).unlink(missing_ok=True)
+        report.status = "pending"
+    _execute(
+        report, Context(study=study, plan=plan, quiet=quiet), execs["report"], main=True, world=1, say=say
+    )
+    summary.executed.append(report.id)
+    summary.seconds = time.perf_counter() - t0
+    summary.plan = build_plan(study)
+    return report.out / "index.html", summary
