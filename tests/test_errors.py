@@ -19,6 +19,7 @@ def test_check_choice_suggests_closest():
 
 def test_check_columns_names_every_missing_column():
     with pytest.raises(InputError) as info:
-        check_columns(["Image Index", "Patient ID"], ["Image Index", "Finding Labels", "View Position"], "x.csv")
+        required = ["Image Index", "Finding Labels", "View Position"]
+        check_columns(["Image Index", "Patient ID"], required, "x.csv")
     msg = info.value.one_line()
     assert "'Finding Labels'" in msg and "'View Position'" in msg and msg.startswith("x.csv:")

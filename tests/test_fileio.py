@@ -39,3 +39,14 @@ def test_read_json_errors(tmp_path):
     bad.write_text("{")
     with pytest.raises(InputError, match="invalid JSON"):
         read_json(bad)
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "report.html"
+    atomic_write_json(target, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask

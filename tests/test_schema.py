@@ -9,7 +9,8 @@ from cxrbench.schema import check_no_leakage, read_index, validate_index, write_
 def _frame():
     return pd.DataFrame({
         "image_id": ["a", "b", "c"], "patient_id": ["p1", "p1", "p2"], "study_id": [None, None, None],
-        "path": ["x/a.png", "x/b.png", "c.png"], "view": ["PA", "AP", "PA"], "split": ["train", "train", "test"],
+        "path": ["x/a.png", "x/b.png", "c.png"], "view": ["PA", "AP", "PA"],
+        "split": ["train", "train", "test"],
         "dataset": ["nih"] * 3, "cardiomegaly": [1.0, 0.0, np.nan],
     })
 

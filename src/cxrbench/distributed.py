@@ -28,6 +28,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    owns_group: bool = False  # True when init() created the process group (and destroy() may end it)
 
     @property
     def enabled(self) -> bool:
@@ -83,15 +84,18 @@ def init(device: torch.device, env: DistEnv | None = None) -> DistEnv:
     if not env.enabled:
         return env
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
                                 device_id=device if device.type == "cuda" else None)
-    return DistEnv(env.rank, env.world_size, env.local_rank, backend)
+    else:  # joined a group someone else holds (e.g. the study runner across many runs)
+        backend = dist.get_backend()
+    return DistEnv(env.rank, env.world_size, env.local_rank, backend, owns_group=created)
 
 
 def destroy(env: DistEnv) -> None:
-    """Tear down the process group created by :func:`init` (no-op for one process)."""
-    if env.enabled and dist.is_initialized():
+    """Tear down the process group if :func:`init` created it; a joined group is left to its owner."""
+    if env.enabled and env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

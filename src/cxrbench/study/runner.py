@@ -169,9 +169,9 @@ def run_study(
 def _process_group(world: int, device: str | None) -> Iterator[None]:
     """Under torchrun: one process group for the whole study, kept open across training runs.
 
-    ``train()`` joins an existing group; its own tear-down is suspended meanwhile, because
-    re-creating the default group for every run races on the rendezvous store when the ranks
-    reach it at different times (they poll step markers in between).
+    ``train()`` joins this group and leaves it open (``distributed.destroy`` only ends a group its
+    own ``init`` created): re-creating the default group for every run would race on the
+    rendezvous store when the ranks reach it at different times (they poll step markers between).
     """
     if world <= 1:
         yield
@@ -180,13 +180,10 @@ def _process_group(world: int, device: str | None) -> Iterator[None]:
 
     env = dist_.detect()
     env = dist_.init(dist_.device_for(env, device), env)
-    destroy = dist_.destroy
-    dist_.destroy = lambda env: None
     try:
         yield
     finally:
-        dist_.destroy = destroy
-        destroy(env)
+        dist_.destroy(env)
 
 
 def _next_step(plan: Plan, steps: list[Step], done_here: set[str], failed: set[str]) -> Step | None:
