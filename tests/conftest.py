@@ -248,3 +248,14 @@ def tiny_run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return root / "run", cache
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine stays usable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,14 +10,7 @@ from cxrbench.inference import load_run_model, predict_split, resolve_device, ru
 from cxrbench.metrics import auroc
 from cxrbench.schema import read_index
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def test_load_run_model_rebuilds_the_best_weights(tiny_run):
     run, _ = tiny_run

@@ -13,15 +13,7 @@ from cxrbench.predict import predict_files, run_thresholds
 
 FINDINGS = ["cardiomegaly", "pleural_effusion"]
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def real_files(real_cxr_dir):
     files = sorted(p for p in real_cxr_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".dcm"))

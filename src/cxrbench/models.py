@@ -489,18 +489,8 @@ def _from_checkpoint(init: str, path_text: str) -> ResolvedInit:
         raise InputError(
             "checkpoint: needs a path", where=where, fix="e.g. checkpoint:runs/mimic/best.safetensors"
         )
-    path = Path(path_text).expanduser()
-    if path.is_dir():
-        found = next((path / n for n in _CHECKPOINT_FILES if (path / n).is_file()), None)
-        if found is None:
-            raise InputError(
-                f"folder holds none of {', '.join(_CHECKPOINT_FILES)}",
-                where=str(path),
-                fix="point to the weight file, e.g. checkpoint:RUN/best.safetensors",
-            )
-        path = found
-    if not path.is_file():
-        raise InputError("checkpoint file not found", where=str(path), fix="check the path")
+    path = wt.weight_file(Path(path_text).expanduser(), _CHECKPOINT_FILES,
+                          fix="point to the weight file, e.g. checkpoint:RUN/best.safetensors")
     meta_path = path.with_suffix(".json")
     config_path = path.parent / "config.json"
     if meta_path.is_file() and meta_path != config_path:

@@ -28,7 +28,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,6 +508,18 @@ def as_safetensors(path: str | os.PathLike) -> Iterator[Path]:
 # --------------------------------------------------------------------------- import
 
 
+
+def weight_file(path: Path, names: Sequence[str], fix: str) -> Path:
+    """``path`` itself when it is a file, else the first of ``names`` inside the folder ``path``."""
+    if path.is_dir():
+        inner = next((path / n for n in names if (path / n).is_file()), None)
+        if inner is None:
+            raise InputError(f"folder holds none of {', '.join(names)}", where=str(path), fix=fix)
+        path = inner
+    if not path.is_file():
+        raise InputError("file not found", where=str(path), fix="check the path")
+    return path
+
 def import_weights(
     source: WeightSource,
     init: str,
@@ -529,18 +541,7 @@ def import_weights(
             where=f"init {init}",
             fix="for a local copy of a hub repository use `--init checkpoint:FOLDER`",
         )
-    src = Path(file).expanduser()
-    if src.is_dir():
-        inner = next((src / n for n in HF_WEIGHT_FILES if (src / n).is_file()), None)
-        if inner is None:
-            raise InputError(
-                f"folder holds none of {', '.join(HF_WEIGHT_FILES)}",
-                where=str(src),
-                fix="point to the weight file itself",
-            )
-        src = inner
-    if not src.is_file():
-        raise InputError("file not found", where=str(src), fix="check the path")
+    src = weight_file(Path(file).expanduser(), HF_WEIGHT_FILES, fix="point to the weight file itself")
     dest_dir = imported_dir(source.key)
     dest = dest_dir / SAFETENSORS_NAME
     if dest.exists() and not force:

@@ -116,6 +116,11 @@ COMMON_OPTIONS: tuple[Option, ...] = (
 )
 
 
+# CheXpert and MIMIC share the CheXpert labeler's -1.0 (uncertain) value.
+UNCERTAIN_RATE = Option("uncertain_rate", 0.0, float, "share of positive labels written as -1.0 (uncertain)",
+                        low=0.0, high=1.0)
+
+
 class PhantomFormat:
     """Base class of one official dataset layout. Subclasses fill the class attributes and methods."""
 

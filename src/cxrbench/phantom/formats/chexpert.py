@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxrbench.phantom.encode import jpeg, to_uint8
 from cxrbench.phantom.formats.base import (
+    UNCERTAIN_RATE,
     Box,
     Option,
     PhantomFormat,
@@ -67,14 +68,7 @@ class CheXpert(PhantomFormat):
     images_per_patient = 3.0
     split_defaults = {"val": 0.1, "test": 0.0}
     options = (
-        Option(
-            "uncertain_rate",
-            0.0,
-            float,
-            "share of positive labels written as -1.0 (uncertain)",
-            low=0.0,
-            high=1.0,
-        ),
+        UNCERTAIN_RATE,
         Option("test_set", False, bool, "also write the CheXlocalize test set (test_labels.csv, test/)"),
         Option("prefix", "CheXpert-v1.0-small", str, "distribution prefix of the Path column"),
     )

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cxrbench.phantom.encode import equalize_hist, jpeg, to_uint8
 from cxrbench.phantom.formats.base import (
+    UNCERTAIN_RATE,
     Box,
     Option,
     PhantomFormat,
@@ -63,14 +64,7 @@ class MIMIC(PhantomFormat):
     images_per_patient = 3.0
     split_defaults = {"val": 0.1, "test": 0.1}
     options = (
-        Option(
-            "uncertain_rate",
-            0.0,
-            float,
-            "share of positive labels written as -1.0 (uncertain)",
-            low=0.0,
-            high=1.0,
-        ),
+        UNCERTAIN_RATE,
         Option(
             "missing_view_rate", 0.03, float, "share of images with a blank ViewPosition", low=0.0, high=1.0
         ),
