@@ -125,3 +125,12 @@ def test_state_dict_cpu_copies():
     with torch.no_grad():
         model.weight.add_(1.0)
     assert not torch.equal(sd["weight"], model.weight)
+
+
+def test_missing_run_folder_is_named(tmp_path):
+    from cxrbench.checkpoint import read_best_meta
+    from cxrbench.errors import InputError
+
+    with pytest.raises(InputError, match="run folder or checkpoint not found") as info:
+        read_best_meta(tmp_path / "runX")
+    assert str(tmp_path / "runX") in info.value.one_line()

@@ -104,6 +104,9 @@ def save_best(run_dir: str | os.PathLike, weights: dict[str, torch.Tensor], meta
 def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
     """``best.json`` for a run folder, a ``best.safetensors`` path or a ``best.json`` path."""
     path = Path(path)
+    if not path.exists():
+        raise InputError("run folder or checkpoint not found", where=str(path),
+                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
     meta_path = path / BEST_META if path.is_dir() else path.with_name(BEST_META)
     if not meta_path.is_file():
         raise InputError("no best.json beside the weights", where=str(meta_path),
