@@ -314,14 +314,14 @@ def _default_chunk(n: int, workers: int) -> int:
 
 
 def _load_index(index, findings: list[str] | None) -> tuple[pd.DataFrame, list[str], str | None]:
-    from cxrbench.findings import ALL_FINDINGS
+    from cxrbench.findings import is_canonical
     from cxrbench.schema import read_index, validate_index
 
     if isinstance(index, pd.DataFrame):
         df, source = index, None
         names = findings if findings is not None else df.attrs.get("findings")
         if names is None:
-            names = [c for c in df.columns if c in ALL_FINDINGS]
+            names = [c for c in df.columns if is_canonical(c)]  # incl. _left/_right variants
         names = list(names)
     else:
         df, names = read_index(index)
