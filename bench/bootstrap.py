@@ -20,7 +20,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxrbench import bootstrap as bs
+from cxrbench.stats import bootstrap as bs
 
 
 def make_data(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

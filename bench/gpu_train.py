@@ -55,7 +55,7 @@ def forward_flops(init: str, size: int, device: torch.device) -> float:
     """Forward FLOPs for one image (matmuls, convolutions, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cxrbench.models import create_model
+    from cxrbench.models.build import create_model
 
     model, _ = create_model(init, 14, image_size=size)
     model.to(device).eval()
@@ -66,8 +66,8 @@ def forward_flops(init: str, size: int, device: torch.device) -> float:
 
 
 def run_mode(cache: Path, out: Path, args, options: dict) -> float:
-    from cxrbench.train import train
-    from cxrbench.trainconfig import TrainConfig
+    from cxrbench.train.config import TrainConfig
+    from cxrbench.train.loop import train
 
     device = torch.device(args.device)
     total = args.steps

@@ -72,7 +72,7 @@ def bare(files: dict[str, Path]) -> dict[str, tuple[float, float, int]]:
 def index(files: dict[str, Path], out: Path | None) -> dict[str, tuple[float, float, int]]:
     """Per file: (wall s, CPU s, images) of build_index, writing the index and its report to ``out``
     (what `cxrbench index` does) or, with ``out=None``, building the validated frame only."""
-    from cxrbench.indexing import build_index
+    from cxrbench.index.build import build_index
 
     res = {}
     for name, path in files.items():
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best time is reported")
     args = ap.parse_args()
 
-    import cxrbench.indexing  # noqa: F401  (import cost is not part of either side)
+    import cxrbench.index.build  # noqa: F401  (import cost is not part of either side)
 
     data = args.data or xrv_data()
     with tempfile.TemporaryDirectory() as tmp:

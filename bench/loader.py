@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrbench.common.layout import CACHE_IMAGES, CACHE_INDEX, CACHE_MANIFEST
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SYNTHETIC_FINDINGS = ["cardiomegaly", "pleural_effusion", "pneumonia", "atelectasis", "no_finding",
@@ -87,7 +89,7 @@ def make_images(work: Path, n: int, size: int, source: str) -> tuple[Path, pd.Da
     per patient, linked into one flat folder as the reference's loader expects; ``synthetic``:
     bench/_synthetic.py pictures with random labels. Reused when already there.
     """
-    from cxrbench.schema import read_index, write_index
+    from cxrbench.index.schema import read_index, write_index
 
     image_dir = work / "jpg"
     stamp = work / f"jpg-{source}-{n}-{size}.done"
@@ -150,8 +152,8 @@ def make_caches(work: Path, df: pd.DataFrame, findings: list[str], size: int, ro
                 source: str) -> dict[int, Path]:
     """A real cache of the images, and for each larger row count a cache whose first slots are those
     images and whose other slots (sparse, never read) belong to the extra index rows."""
-    from cxrbench.cache import prepare_cache
-    from cxrbench.schema import write_index
+    from cxrbench.cache.build import prepare_cache
+    from cxrbench.index.schema import write_index
 
     base = work / f"cache-{source}-{len(df)}-{size}"
     t = time.perf_counter()
@@ -166,18 +168,18 @@ def make_caches(work: Path, df: pd.DataFrame, findings: list[str], size: int, ro
             caches[rows] = base
             continue
         out = work / f"cache-{source}-{len(df)}-{size}-rows{rows}"
-        if not (out / "manifest.json").exists():
+        if not (out / CACHE_MANIFEST).exists():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            shutil.copyfile(base / "images.u8", out / "images.u8")
-            with open(out / "images.u8", "r+b") as f:
+            shutil.copyfile(base / CACHE_IMAGES, out / CACHE_IMAGES)
+            with open(out / CACHE_IMAGES, "r+b") as f:
                 f.truncate(rows * size * size)
             full = extend_index(df, rows, findings)
             full["cache_row"] = np.arange(rows, dtype=np.int64)
-            write_index(full, out / "index.parquet", findings)
-            m = json.loads((base / "manifest.json").read_text())
+            write_index(full, out / CACHE_INDEX, findings)
+            m = json.loads((base / CACHE_MANIFEST).read_text())
             m["shape"] = [rows, size, size]
-            (out / "manifest.json").write_text(json.dumps(m))
+            (out / CACHE_MANIFEST).write_text(json.dumps(m))
         caches[rows] = out
     return caches
 
@@ -208,7 +210,8 @@ def loader_figures(args, image_dir: Path, df: pd.DataFrame, findings: list[str],
     import torch
     from torch.utils.data import DataLoader
 
-    from cxrbench.data import CacheDataset, make_loader
+    from cxrbench.data.dataset import CacheDataset
+    from cxrbench.data.loader import make_loader
 
     ids = list(df["image_id"])
     print(f"\n[1] training batches/s, batch {args.batch_size}, {args.workers} loader worker(s), "
@@ -241,8 +244,9 @@ def augment_figures(args, image_dir: Path, caches: dict[int, Path], df: pd.DataF
     import torch
     from torch.utils.data import DataLoader
 
-    from cxrbench.augment import AugmentConfig, BatchTransform
-    from cxrbench.data import CacheDataset, make_loader
+    from cxrbench.data.augment import AugmentConfig, BatchTransform
+    from cxrbench.data.dataset import CacheDataset
+    from cxrbench.data.loader import make_loader
 
     n = min(args.ref_images, len(df))
     ds = CacheDataset(caches[args.rows[0]], split="train")
@@ -313,7 +317,8 @@ def memory_child(kind: str, cache: str, image_dir: str, rows: int, batch_size: i
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    from cxrbench.data import CacheDataset, make_loader
+    from cxrbench.data.dataset import CacheDataset
+    from cxrbench.data.loader import make_loader
 
     base = _smaps(os.getpid())
     if kind == "cxrbench":
@@ -323,9 +328,9 @@ def memory_child(kind: str, cache: str, image_dir: str, rows: int, batch_size: i
         ds = torch.utils.data.TensorDataset(torch.zeros(30 * batch_size, 1))
         loader = DataLoader(ds, batch_size=batch_size, num_workers=1, persistent_workers=True)
     else:
-        from cxrbench.schema import read_index
+        from cxrbench.index.schema import read_index
 
-        df, findings = read_index(Path(cache) / "index.parquet")
+        df, findings = read_index(Path(cache) / CACHE_INDEX)
         ids = list(df["image_id"][df["split"] == "train"])
         ds = ReferenceDataset(df.drop(columns=["cache_row"]), Path(image_dir), ids, findings)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=1,
@@ -407,7 +412,7 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     image_dir, df, findings = make_images(work, args.images, args.size, args.source)
     caches = make_caches(work, df, findings, args.size, args.rows, args.source)
-    warm([*sorted(image_dir.iterdir()), caches[args.rows[0]] / "images.u8"])
+    warm([*sorted(image_dir.iterdir()), caches[args.rows[0]] / CACHE_IMAGES])
     loader_figures(args, image_dir, df, findings, caches)
     augment_figures(args, image_dir, caches, df, findings)
     if not args.skip_memory:

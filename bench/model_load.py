@@ -38,11 +38,11 @@ def main() -> None:
     import timm
     import torch
 
-    from cxrbench import models
-    from cxrbench.weights import save_state_dict
+    from cxrbench.models import build, registry
+    from cxrbench.models.safeload import save_state_dict
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    spec = models.get_init(args.init)
+    spec = registry.get_init(args.init)
     with tempfile.TemporaryDirectory(prefix="cxrbench-bench-") as tmp:
         tmp = Path(tmp)
         source = timm.create_model(spec.timm_name, num_classes=0, **dict(spec.timm_kwargs))
@@ -66,7 +66,7 @@ def main() -> None:
             )
 
         def ours() -> None:
-            models.create_model(args.init, args.num_classes, image_size=args.image_size)
+            build.create_model(args.init, args.num_classes, image_size=args.image_size)
 
         bare(), ours()  # warm-up: imports, allocator, page cache
         times: dict[str, list[float]] = {"timm": [], "cxrbench": []}

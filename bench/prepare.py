@@ -40,7 +40,7 @@ def make_pngs(work: Path, n: int, size: int, bits: int, source: str) -> tuple[Pa
     ``phantom``: NIH-shaped (8-bit) or PadChest-shaped (16-bit, 12-bit values) phantoms from
     ``cxrbench.phantom.generate``, one image per patient; ``synthetic``: bench/_synthetic.py pictures.
     """
-    from cxrbench.schema import read_index, write_index
+    from cxrbench.index.schema import read_index, write_index
 
     root = work / f"{source}-{n}-{size}-{bits}"
     index = root / "bench-index.parquet"
@@ -97,9 +97,9 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cxrbench-bench-prepare"))
     args = p.parse_args()
 
-    from cxrbench.cache import prepare_cache
-    from cxrbench.imageio import read_image
-    from cxrbench.preprocess import preprocess, resize_to
+    from cxrbench.cache.build import prepare_cache
+    from cxrbench.cache.decode import read_image
+    from cxrbench.cache.preprocess import preprocess, resize_to
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.source is None:
@@ -114,7 +114,7 @@ def main() -> None:
           f"-> {args.size}x{args.size}  repeat={args.repeat}  load average {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores")
     root, index = make_pngs(args.workdir, args.images, args.source_size, args.bits, args.source)
-    from cxrbench.schema import read_index
+    from cxrbench.index.schema import read_index
 
     files = [root / rel for rel in read_index(index)[0]["path"]]
     for f in files:  # warm page cache: decoding, not the disk, is measured

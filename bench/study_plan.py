@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.schema import write_index
-from cxrbench.study.config import load_study
-from cxrbench.study.plan import build_plan, marker_path
+from cxrbench.index.schema import write_index
+from cxrbench.study.load import load_study
+from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import describe_plan
+from cxrbench.study.state import marker_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "study-2024.yaml"
@@ -91,7 +92,7 @@ def setup(tmp: Path, scale: float) -> tuple[Path, Path]:
     study = load_study(CONFIG, out=out)
     rng = np.random.default_rng(0)
     plan = build_plan(study)
-    from cxrbench.study.plan import static_findings
+    from cxrbench.study.facts import static_findings
 
     for d in study.config.datasets:
         findings = static_findings(study, d) or ["cardiomegaly"]

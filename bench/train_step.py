@@ -16,7 +16,6 @@ loss normalization, schedule, NaN checks, progress bookkeeping) at most 5%.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -30,17 +29,14 @@ FINDINGS = ["cardiomegaly", "pleural_effusion", "pneumothorax"]
 
 
 def write_cache(out: Path, n_train: int, n_val: int, size: int, seed: int = 0) -> Path:
-    """A synthetic Contract-3 cache: uint8 noise images, random labels with some NaN."""
+    """A synthetic Contract-3 cache (the library's cache writer): uint8 noise images, random labels."""
     import pandas as pd
 
-    from cxrbench.schema import write_index
+    from cxrbench.cache.build import write_cache as write_library_cache
 
     rng = np.random.default_rng(seed)
     n = n_train + n_val
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "images.u8", "wb") as f:
-        for i in range(0, n, 256):
-            f.write(rng.integers(0, 256, (min(256, n - i), size, size), dtype=np.uint8).tobytes())
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     labels = (rng.random((n, len(FINDINGS))) < 0.3).astype(np.float32)
     labels[rng.random(labels.shape) < 0.05] = np.nan
     labels[:2], labels[n_train:n_train + 2] = [1, 1, 1], [0, 0, 0]  # both classes everywhere
@@ -49,13 +45,9 @@ def write_cache(out: Path, n_train: int, n_val: int, size: int, seed: int = 0) -
         "image_id": [f"i{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)], "study_id": None,
         "path": [f"{i}.png" for i in range(n)], "view": "PA",
         "split": ["train"] * n_train + ["val"] * n_val, "dataset": "bench", "sex": None, "age": np.nan,
-        **{f: labels[:, k] for k, f in enumerate(FINDINGS)}, "cache_row": np.arange(n, dtype=np.int64),
+        **{f: labels[:, k] for k, f in enumerate(FINDINGS)},
     })
-    write_index(df, out / "index.parquet", FINDINGS)
-    manifest = {"format": "cxrbench-cache", "format_version": 1, "shape": [n, size, size],
-                "recipe": {"size": size, "resize": "stretch", "equalize": True}, "counts": {"images": n},
-                "failures": []}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_library_cache(out, images, df, FINDINGS)
     return out
 
 
@@ -72,9 +64,10 @@ def _mark() -> tuple[float, float]:
 
 def bare_loop(cache: Path, args) -> tuple[float, float]:
     """The minimal loop: loader -> augment -> forward -> BCE -> backward -> AdamW step."""
-    from cxrbench.augment import AugmentConfig, BatchTransform
-    from cxrbench.data import CacheDataset, ResumableSampler, make_loader
-    from cxrbench.models import create_model
+    from cxrbench.data.augment import AugmentConfig, BatchTransform
+    from cxrbench.data.dataset import CacheDataset
+    from cxrbench.data.loader import ResumableSampler, make_loader
+    from cxrbench.models.build import create_model
 
     ds = CacheDataset(cache, split="train")
     model, info = create_model(args.init, len(ds.findings), image_size=args.size, seed=0)
@@ -98,8 +91,8 @@ def bare_loop(cache: Path, args) -> tuple[float, float]:
 
 def cxrbench_loop(cache: Path, out: Path, args) -> tuple[float, float]:
     """cxrbench.train.train for one epoch, each optimizer step timed (the end-of-epoch validation is not)."""
-    from cxrbench.train import train
-    from cxrbench.trainconfig import TrainConfig
+    from cxrbench.train.config import TrainConfig
+    from cxrbench.train.loop import train
 
     marks: list[tuple[float, float]] = []
     full_steps = args.images // args.batch

@@ -46,16 +46,15 @@ def cli_runner():
 def write_tiny_cache(out: Path, n_patients: int = 60, size: int = 32, seed: int = 0,
                      findings: tuple[str, ...] = ("cardiomegaly", "pleural_effusion"), nan_rate: float = 0.05,
                      dataset: str = "nih", patient_prefix: str = "p") -> Path:
-    """A learnable hand-made cache (Contract 3) in a blink: finding k brightens region k of noise.
+    """A learnable cache (Contract 3, written by the library's cache writer) in a blink: finding k
+    brightens region k of noise.
 
     One image per patient; patients split 60/20/20 into train/val/test. Used by the training tests.
     """
-    import json
-
     import numpy as np
     import pandas as pd
 
-    from cxrbench.schema import write_index
+    from cxrbench.cache.build import write_cache
 
     rng = np.random.default_rng(seed)
     labels = (rng.random((n_patients, len(findings))) < 0.4).astype(np.float32)
@@ -64,8 +63,6 @@ def write_tiny_cache(out: Path, n_patients: int = 60, size: int = 32, seed: int 
     band = size // max(1, len(findings))
     for k in range(len(findings)):
         images[np.nan_to_num(labels[:, k]) == 1, k * band:(k + 1) * band, : size // 2] += 70
-    out.mkdir(parents=True, exist_ok=True)
-    np.clip(images, 0, 255).astype(np.uint8).tofile(out / "images.u8")
     split = np.array(["train"] * n_patients, dtype=object)
     split[int(0.6 * n_patients):int(0.8 * n_patients)] = "val"
     split[int(0.8 * n_patients):] = "test"
@@ -75,13 +72,8 @@ def write_tiny_cache(out: Path, n_patients: int = 60, size: int = 32, seed: int 
         "study_id": None, "path": [f"img/{patient_prefix}{i:04d}.png" for i in range(n_patients)],
         "view": "PA", "split": split, "dataset": dataset, "sex": "F", "age": 50.0,
         **{f: labels[:, k] for k, f in enumerate(findings)},
-        "cache_row": np.arange(n_patients, dtype=np.int64),
     })
-    write_index(df, out / "index.parquet", list(findings))
-    manifest = {"format": "cxrbench-cache", "format_version": 1, "shape": [n_patients, size, size],
-                "recipe": {"size": size, "resize": "stretch", "equalize": True},
-                "counts": {"images": n_patients}, "failures": []}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_cache(out, np.clip(images, 0, 255).astype(np.uint8), df, list(findings))
     return out
 
 
@@ -133,7 +125,7 @@ def write_image_dataset(root: Path, n: int = 12, shape: tuple[int, int] = (48, 4
     import pandas as pd
     from PIL import Image
 
-    from cxrbench.schema import write_index
+    from cxrbench.index.schema import write_index
 
     rng = np.random.default_rng(seed)
     kinds = ("png8", "png16", "jpg", "dcm")
@@ -234,8 +226,8 @@ def tiny_run(tmp_path_factory):
     """A run trained once per session on a tiny cache (random-vit-test, 32 px, 4 epochs): (run, cache)."""
     import torch
 
-    from cxrbench.train import train
-    from cxrbench.trainconfig import TrainConfig
+    from cxrbench.train.config import TrainConfig
+    from cxrbench.train.loop import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     cache = write_tiny_cache(root / "cache", n_patients=80)

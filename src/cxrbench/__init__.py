@@ -1,6 +1,57 @@
 """cxrbench: which pretrained initialization makes the best chest-radiograph classifier?
 
-Data flows one way: official metadata -> index -> cache -> run -> evaluation -> report.
+Data flows one way: official metadata -> index -> cache -> run -> evaluation -> report. The
+package has one folder per stage (``common``, ``index``, ``phantom``, ``cache``, ``data``,
+``models``, ``stats``, ``train``, ``evaluate``, ``report``, ``study``, ``commands``); a stage
+imports only the stages before it. The front doors below are imported lazily, so
+``import cxrbench`` (and ``cxrbench --help``) stays free of torch::
+
+    import cxrbench
+    study = cxrbench.load_study("configs/study-2024.yaml")
+    cxrbench.run_study(study)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# name -> module that defines it
+_FRONT_DOORS: dict[str, str] = {
+    "build_index": "cxrbench.index.build",
+    "IndexOptions": "cxrbench.index.sources.base",
+    "prepare_cache": "cxrbench.cache.build",
+    "open_cache": "cxrbench.cache.read",
+    "create_model": "cxrbench.models.build",
+    "list_inits": "cxrbench.models.registry",
+    "train": "cxrbench",  # the callable package cxrbench.train (see its docstring)
+    "TrainConfig": "cxrbench.train.config",
+    "evaluate_run": "cxrbench.evaluate.run_eval",
+    "evaluate_predictions": "cxrbench.evaluate.scoring",
+    "compare_predictions": "cxrbench.evaluate.compare",
+    "predict_files": "cxrbench.evaluate.predict",
+    "run_study": "cxrbench.study.runner",
+    "load_study": "cxrbench.study.load",
+    "generate_phantom": "cxrbench.phantom.generate",
+}
+_ALIASES = {"generate_phantom": "generate"}
+
+__all__ = ["__version__", *_FRONT_DOORS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _FRONT_DOORS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cxrbench' has no attribute {name!r}")
+    if name == "train":
+        value = importlib.import_module("cxrbench.train")
+    else:
+        value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FRONT_DOORS))

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from cxrbench import __version__
 from cxrbench.commands import COMMAND_MODULES
-from cxrbench.errors import CxrbenchError
+from cxrbench.common.errors import CxrbenchError
 
 
 def _print_error(err: CxrbenchError) -> None:

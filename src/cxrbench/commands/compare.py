@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
 import typer
 
-from cxrbench.commands.evaluate import fold_paragraphs
-from cxrbench.errors import InputError
+from cxrbench.commands._help import fold_paragraphs
+from cxrbench.common.errors import InputError
 
 HELP = """Compare the AUROCs of two or more runs evaluated on the same images.
 
@@ -52,7 +51,13 @@ def register(app: typer.Typer) -> None:
         ci: float = typer.Option(0.95, "--ci", min=0.5, max=0.999, help="Confidence level of the intervals."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table on stdout."),
     ) -> None:
-        from cxrbench.compare import compare_predictions, load_run_predictions, resample_settings, run_names
+        from cxrbench.evaluate.compare import (
+            compare_predictions,
+            load_run_predictions,
+            resample_settings,
+            run_names,
+            write_comparison,
+        )
 
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"--out {str(out)!r} has an unknown extension", where="--out",
@@ -82,20 +87,6 @@ def _reference_name(reference: str | None, runs: list[Path], names: list[str]) -
             return name
     raise InputError(f"--reference {reference!r} is not one of the compared runs", where="--reference",
                      fix=f"use one of {', '.join(names)}")
-
-
-def write_comparison(table, out: Path, runs: dict[str, str]) -> None:
-    """CSV (one row per pair and finding, plus ``mean``) or JSON (settings + rows), atomically."""
-    from cxrbench.fileio import atomic_path, atomic_write_json
-    from cxrbench.provenance import provenance
-
-    if out.suffix.lower() == ".csv":
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.10g")
-        return
-    records = json.loads(table.to_json(orient="records"))
-    atomic_write_json(out, {"format": "cxrbench.compare/1", "settings": dict(table.attrs), "runs": runs,
-                            "rows": records, "provenance": provenance()})
 
 
 def _p(p: float, n_used: float) -> str:

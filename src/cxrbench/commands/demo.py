@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table and path."),
     ) -> None:
-        from cxrbench.demo import run_demo
+        from cxrbench.study.demo import run_demo
 
         result = run_demo(out, tiny=tiny, quiet=quiet, device=device)
         for line in result.skipped:

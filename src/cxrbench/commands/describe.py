@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         path: Path = typer.Argument(..., help="An index .parquet file or a cache directory."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
-        from cxrbench.describe import format_summary, load, summarize, to_json
+        from cxrbench.index.describe import format_summary, load, summarize, to_json
 
         df, findings, ctx = load(path)
         summary = summarize(df, findings, ctx)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from cxrbench.errors import InputError
+from cxrbench.commands._help import fold_paragraphs
+from cxrbench.common.errors import InputError
 
 HELP = """Evaluate a trained run on one split: write RUN/eval/SPLIT/predictions.parquet and metrics.json.
 
@@ -27,11 +28,6 @@ or fixed values: --threshold 0.5 and/or --threshold cardiomegaly=0.3.
 Resamples are a function of (--seed, --bootstrap, --cluster, the images): every run evaluated on
 the same images gets the same resamples, so `cxrbench compare` can pair them.
 """
-
-
-def fold_paragraphs(text: str) -> str:
-    """Join the lines of each paragraph (the help renderer keeps single newlines as line breaks)."""
-    return "\n\n".join(" ".join(par.split()) for par in text.strip().split("\n\n"))
 
 
 def parse_thresholds(values: list[str] | None) -> float | dict[str, float] | None:
@@ -84,8 +80,9 @@ def register(app: typer.Typer) -> None:
                                             help="Also write the metrics JSON to this file ('-' = stdout)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, only warnings and errors."),
     ) -> None:
-        from cxrbench.evaluate import METRICS_FILE, eval_dir, evaluate_run
-        from cxrbench.fileio import atomic_write_text
+        from cxrbench.common.fileio import atomic_write_text
+        from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
+        from cxrbench.evaluate.run_eval import evaluate_run
 
         fixed = parse_thresholds(threshold)
         predict_kwargs = {"cache_dir": cache, "batch_size": batch_size, "device": device}

@@ -102,28 +102,16 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     ) -> None:
-        from cxrbench.indexing import build_index, report_path
+        from cxrbench.common.layout import index_report_path
+        from cxrbench.index.build import build_index
+        from cxrbench.index.sources.base import IndexOptions
 
-        df, findings, report = build_index(
-            dataset,
-            root,
-            out=out,
-            labels=labels,
-            uncertain=uncertain,
-            blank=blank,
-            views=views,
-            split_mode=split_mode,
-            split_seed=split_seed,
-            split_fractions=split_fractions,
-            readers=readers,
-            labeler=labeler,
-            radiologist_test=radiologist_test,
-            labels_file=labels_file,
-            mapping=mapping,
-            check_files=check_files,
-            drop_missing=drop_missing,
-            quiet=quiet,
-        )
+        options = IndexOptions.from_dict(dict(
+            labels=labels, uncertain=uncertain, blank=blank, views=views, split_mode=split_mode,
+            split_seed=split_seed, split_fractions=split_fractions, readers=readers, labeler=labeler,
+            radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
+            check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
+        df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
         missing = (report.get("images") or {}).get("missing")
@@ -136,5 +124,6 @@ def register(app: typer.Typer) -> None:
             parts = ", ".join(f"{s} {int(counts.get(s, 0)):,}" for s in ("train", "val", "test"))
             typer.echo(
                 f"wrote {out}: {len(df):,} images, {df['patient_id'].nunique():,} patients ({parts}), "
-                f"{len(findings)} findings; split {report['split']['method']}; report {report_path(out)}"
+                f"{len(findings)} findings; split {report['split']['method']}; "
+                f"report {index_report_path(out)}"
             )

@@ -22,7 +22,7 @@ _EPILOG = (
 
 
 def _parse_options(items: list[str]) -> dict[str, str]:
-    from cxrbench.errors import InputError
+    from cxrbench.common.errors import InputError
 
     out: dict[str, str] = {}
     for item in items:

@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device",
                                    help="cpu, cuda or cuda:N (default: cuda if available)."),
     ) -> None:
-        from cxrbench.fileio import atomic_write_text
-        from cxrbench.predict import predict_files
+        from cxrbench.common.fileio import atomic_write_text
+        from cxrbench.evaluate.predict import predict_files
 
         df = predict_files(run, images, batch_size=batch_size, device=device)
         text = df.to_csv(index=False, float_format="%.6g")

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild a cache that has another recipe."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages."),
     ) -> None:
-        from cxrbench.cache import prepare_cache
+        from cxrbench.cache.build import prepare_cache
 
         manifest = prepare_cache(index, root, out, size=size, resize=resize, equalize=equalize,
                                  workers=workers, skip_bad=skip_bad, quiet=quiet, overwrite=overwrite)

@@ -48,7 +48,7 @@ Missing results are listed at the top of the report.
 
 
 def _load(config: Path, out: Path | None):
-    from cxrbench.study.config import load_study
+    from cxrbench.study.load import load_study
 
     return load_study(config, out=out)
 
@@ -80,10 +80,10 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
-        from cxrbench.errors import InputError
+        from cxrbench.common.errors import InputError
+        from cxrbench.common.validation import check_choice
         from cxrbench.study.plan import KINDS, build_plan, parse_shard
         from cxrbench.study.runner import describe_plan, run_study
-        from cxrbench.validation import check_choice
 
         shard_t = parse_shard(shard) if shard else None
         study = _load(config, out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -34,10 +33,6 @@ Examples:
   cxrbench train --cache cache/vindr --init checkpoint:runs/mimic/best.safetensors --keep-shared-head
   --out runs/vindr-mimic
 """
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def register(app: typer.Typer) -> None:
@@ -108,19 +103,13 @@ def register(app: typer.Typer) -> None:
                                        help="Delete RUN's previous training outputs and start over."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     ) -> None:
-        from cxrbench.errors import InputError
-        from cxrbench.trainconfig import TrainConfig, load_config_file
+        from cxrbench.common.errors import InputError
+        from cxrbench.train.config import TrainConfig
 
         if out is None:
             raise InputError("--out is required", where="cxrbench train",
                              fix="give the run folder with --out RUN")
-        merged: dict[str, Any] = {}
-        saved_path = out / "config.yaml"
-        if saved_path.is_file() and not overwrite:
-            merged.update(load_config_file(saved_path))
-        if config is not None:
-            merged.update(load_config_file(config))
-        merged.update(_given(
+        cfg = TrainConfig.for_run(out, dict(
             cache=None if cache is None else str(cache), init=init, findings=findings,
             image_size=image_size, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
             min_lr=min_lr, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
@@ -128,19 +117,15 @@ def register(app: typer.Typer) -> None:
             linear_probe=linear_probe, precision=precision, clip_grad=clip_grad, compile=compile_,
             pos_weight=pos_weight, augment=augment, hflip=hflip, rotate=rotate, patience=patience, seed=seed,
             keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, workers=workers, device=device,
-            log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic))
-        merged["out"] = str(out)
-        for key in ("cache", "init"):
-            if key not in merged:
-                raise InputError(f"--{key} is required for a new run", where=str(out),
-                                 fix=f"give --{key} (or point --out at an existing run to resume it)")
-        cfg = TrainConfig.from_dict(merged, where="cxrbench train")
+            log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic),
+            config_file=config, overwrite=overwrite, where="cxrbench train")
 
-        from cxrbench.train import train
+        from cxrbench.common.layout import RUN_BEST_WEIGHTS
+        from cxrbench.train.loop import train
 
         result = train(cfg, overwrite=overwrite, quiet=quiet)
         if not quiet and result.best_epoch > 0:
             typer.echo(f"best val mean AUROC {result.best_metric:.4f} at epoch {result.best_epoch} "
                        f"({result.epochs_done} epochs, {result.steps} steps"
                        f"{', stopped early' if result.stopped_early else ''}); weights: "
-                       f"{Path(cfg.out) / 'best.safetensors'}", err=True)
+                       f"{Path(cfg.out) / RUN_BEST_WEIGHTS}", err=True)

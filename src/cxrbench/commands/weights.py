@@ -15,7 +15,7 @@ _HELP = (
 
 
 def _norm_name(mean, std) -> str:
-    from cxrbench.models import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+    from cxrbench.models.registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 
     if tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:
         return "imagenet"
@@ -33,12 +33,12 @@ def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
 
 def list_rows(pattern: str | None = None) -> list[dict[str, str]]:
     """One row per registered init: name, timm model, patch, resolution, normalization, license, presence."""
-    from cxrbench import models
-    from cxrbench import weights as wt
+    from cxrbench.models import registry
+    from cxrbench.models import store as wt
 
     rows = []
-    for name in models.list_inits(pattern):
-        spec = models.INITS[name]
+    for name in registry.list_inits(pattern):
+        spec = registry.INITS[name]
         found = wt.locate(spec.weight_source)
         rows.append(
             {
@@ -108,11 +108,11 @@ def register(app: typer.Typer) -> None:
 
         Uses huggingface_hub (token from HF_TOKEN or `hf auth login` for gated repositories;
         HF_ENDPOINT for a mirror). Afterwards training works offline (HF_HUB_OFFLINE=1)."""
-        from cxrbench import models
-        from cxrbench import weights as wt
-        from cxrbench.errors import InputError
+        from cxrbench.common.errors import InputError
+        from cxrbench.models import resolve
+        from cxrbench.models import store as wt
 
-        source = models.weight_source(name)
+        source = resolve.weight_source(name)
         if source is None:
             raise InputError(
                 f"{name!r} has no pretrained weights to fetch",
@@ -151,11 +151,11 @@ def register(app: typer.Typer) -> None:
         An imported copy is used before the Hugging Face cache."""
         from pathlib import Path
 
-        from cxrbench import models
-        from cxrbench import weights as wt
-        from cxrbench.errors import InputError
+        from cxrbench.common.errors import InputError
+        from cxrbench.models import build, resolve
+        from cxrbench.models import store as wt
 
-        resolved = models.resolve_init(name)
+        resolved = resolve.resolve_init(name)
         if resolved.kind not in ("registered", "timm") or resolved.source is None:
             raise InputError(
                 f"{name!r} takes no imported weights",
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
             )
 
         def check(path: Path) -> None:
-            models.check_weights_file(name, path)
+            build.check_weights_file(name, path)
 
         found = wt.import_weights(resolved.source, name, file, verify=check if verify else None, force=force)
         record = wt.import_record(resolved.source.key) or {}

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import InputError
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import closest
 from cxrbench.phantom.anatomy import SEVERITY_COLUMNS
-from cxrbench.validation import closest
 
 # Findings the phantom draws, by canonical name (cxrbench.findings).
 FINDINGS: tuple[str, ...] = (

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import InputError
+from cxrbench.common.errors import InputError
+from cxrbench.common.progress import make_progress
+from cxrbench.common.validation import check_choice
+from cxrbench.index.schema import validate_index, write_index
 from cxrbench.phantom.anatomy import sample_params
 from cxrbench.phantom.cohort import check_prevalence, check_views, sample_cohort
 from cxrbench.phantom.formats import FORMATS
 from cxrbench.phantom.render import render
 from cxrbench.phantom.style import site_style
-from cxrbench.progress import make_progress
-from cxrbench.schema import validate_index, write_index
-from cxrbench.validation import check_choice
 
 MARKER_DIR = "_phantom"
 TRUTH_FILE = "truth.parquet"

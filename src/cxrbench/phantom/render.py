@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import InputError
+from cxrbench.common.errors import InputError
 from cxrbench.phantom.anatomy import AP_MAGNIFICATION, SEVERITY_COLUMNS, VIEWS_RENDERED, heart_geometry
 from cxrbench.phantom.style import SiteStyle, apply_style, site_style
 

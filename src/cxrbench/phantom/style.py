@@ -15,7 +15,7 @@ import hashlib
 import numpy as np
 from scipy import ndimage
 
-from cxrbench.errors import InputError
+from cxrbench.common.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.stats import benjamini_hochberg
+from cxrbench.stats.significance import benjamini_hochberg
 
 MEAN = "mean"
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.fileio import atomic_write_json, file_sha256
-from cxrbench.provenance import git_commit, now_iso, package_versions
+from cxrbench.common.fileio import atomic_write_json, file_sha256
+from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
+from cxrbench.common.provenance import git_commit, now_iso, package_versions
 from cxrbench.report.results import MEAN, StudyResults, adjust_main_family
-from cxrbench.study.plan import INDEX_FILE, Plan, Step
+from cxrbench.study.steps import Plan, Step
 
 _ROC_POINTS = 200
 _THRESHOLD_METRICS = ("sensitivity", "specificity", "accuracy", "f1")
@@ -80,7 +81,7 @@ def _roc(pred: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.ndarray] | No
     """ROC points of one finding, at most ~200 (step-preserving subsample of large curves)."""
     import warnings
 
-    from cxrbench.metrics import not_estimable_reason, roc_curve
+    from cxrbench.stats.metrics import not_estimable_reason, roc_curve
 
     y = pred[f"y_{finding}"].to_numpy(dtype=np.float64)
     s = pred[f"p_{finding}"].to_numpy(dtype=np.float64)
@@ -98,7 +99,7 @@ def _roc(pred: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.ndarray] | No
 
 def _curves(run_dir: Path, keys: dict[str, Any]) -> list[dict[str, Any]]:
     """Per epoch: validation mean AUROC and the mean of the logged training losses."""
-    path = run_dir / "log.jsonl"
+    path = run_dir / RUN_LOG
     if not path.is_file():
         return []
     losses: dict[int, list[float]] = {}
@@ -124,9 +125,9 @@ def _curves(run_dir: Path, keys: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _dataset_summary(plan: Plan, dataset: str, findings: list[str]) -> tuple[list[dict], list[dict]]:
-    from cxrbench.schema import read_index
+    from cxrbench.index.schema import read_index
 
-    path = plan.study.out / "index" / dataset / INDEX_FILE
+    path = plan.study.layout.index_file(dataset)
     if not path.is_file():
         return [], []
     df, have = read_index(path)
@@ -187,13 +188,13 @@ class _HashCache:
 
 def weight_files(init: str) -> tuple[Path | None, str]:
     """The weight file an init loads (None for random inits or weights not on disk) and a note."""
-    if init.startswith("random-"):
-        return None, "random initialization (no weights)"
-    try:
-        from cxrbench import models as md
-        from cxrbench import weights as wt
+    from cxrbench.models.resolve import parse_init, resolve_init
+    from cxrbench.models.store import locate
 
-        r = md.resolve_init(init)
+    try:
+        if parse_init(init).kind == "random":
+            return None, "random initialization (no weights)"
+        r = resolve_init(init)
     except Exception as e:  # an init the registry cannot resolve here: say so in the report
         return None, f"not resolvable here ({e.__class__.__name__})"
     if not r.pretrained:
@@ -201,7 +202,7 @@ def weight_files(init: str) -> tuple[Path | None, str]:
     if r.checkpoint is not None:
         return Path(r.checkpoint), "checkpoint"
     if r.source is not None:
-        loc = wt.locate(r.source)
+        loc = locate(r.source)
         return (loc.path, loc.origin) if loc is not None else (None, "weights not on this machine")
     return None, r.kind
 
@@ -216,22 +217,22 @@ def gather_results(plan: Plan) -> StudyResults:
     missing: list[str] = []
     for s in plan.of_kind("eval"):
         p = s.params
-        keys = {"dataset": p["dataset"], "recipe": p["recipe"], "seed": p["seed"], "init": p["label"]}
+        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label}
         if s.status != "done":
             missing.append(s.id)
             continue
-        metrics = _read(s.out / "metrics.json")
+        metrics = _read(s.out / METRICS_FILE)
         if metrics is None:
             missing.append(s.id)
             continue
         rows += _metric_rows(metrics, keys)
-        pred = pd.read_parquet(s.out / "predictions.parquet")
+        pred = pd.read_parquet(s.out / PREDICTIONS_FILE)
         for f in metrics.get("findings") or []:
             if f"y_{f}" in pred.columns:
                 curve = _roc(pred, f)
                 if curve is not None:
-                    roc[(p["dataset"], p["recipe"], p["seed"], p["label"], f)] = curve
-        curves += _curves(Path(p["run"]), keys)
+                    roc[(p.dataset, p.recipe, p.seed, p.label, f)] = curve
+        curves += _curves(Path(p.run), keys)
     table = pd.DataFrame(
         rows,
         columns=None
@@ -247,17 +248,17 @@ def gather_results(plan: Plan) -> StudyResults:
         if s.status != "done":
             missing.append(s.id)
             continue
-        m = _read(s.out / "metrics.json") or {}
+        m = _read(s.out / METRICS_FILE) or {}
         a = ((m.get("macro") or {}).get("metrics") or {}).get("auroc") or {}
         p = s.params
         ext_rows.append(
             {
-                "train_dataset": p["train_dataset"],
-                "test_dataset": p["test_dataset"],
-                "recipe": p["recipe"],
-                "seed": p["seed"],
-                "init": p["label"],
-                "n_findings": len(p["findings"] or []),
+                "train_dataset": p.train_dataset,
+                "test_dataset": p.test_dataset,
+                "recipe": p.recipe,
+                "seed": p.seed,
+                "init": p.label,
+                "n_findings": len(p.findings or []),
                 "auroc": _num(a.get("value")),
                 "auroc_lo": _num(a.get("ci_low")),
                 "auroc_hi": _num(a.get("ci_high")),
@@ -275,7 +276,7 @@ def gather_results(plan: Plan) -> StudyResults:
         summaries += sm
         prevalence += pv
 
-    hashes = _HashCache(study.out / ".cache" / "hashes.json")
+    hashes = _HashCache(study.layout.weight_hashes)
     weights: dict[str, dict[str, Any]] = {}
     for label, spec in cfg.inits.items():
         if spec.domain is not None:
@@ -291,7 +292,7 @@ def gather_results(plan: Plan) -> StudyResults:
                 "sha256": hashes.sha(base_file) if base_file else None,
             }
             for r in runs:
-                f = r.out / "best.safetensors"
+                f = r.out / RUN_BEST_WEIGHTS
                 weights[f"{label} ({r.id.split('/', 3)[-1]})"] = {
                     "init": "domain pretraining run",
                     "file": str(f),
@@ -356,7 +357,7 @@ def gather_results(plan: Plan) -> StudyResults:
 
 
 def _train_defaults() -> dict[str, Any]:
-    from cxrbench.trainconfig import TrainConfig
+    from cxrbench.train.config import TrainConfig
 
     return {
         k: v
@@ -380,7 +381,7 @@ def _apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> d
         doc = _read(step.out / "comparison.json") or {}
         p = step.params
         for r in doc.get("rows") or []:
-            k = (p["dataset"], p["recipe"], p["seed"], r["model_a"], r["finding"])
+            k = (p.dataset, p.recipe, p.seed, r["model_a"], r["finding"])
             vals = {
                 "diff_vs_reference": _num(r.get("diff")),
                 "diff_lo": _num(r.get("diff_lo")),
@@ -394,9 +395,9 @@ def _apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> d
             else:
                 pair_rows.append(
                     {
-                        "dataset": p["dataset"],
-                        "recipe": p["recipe"],
-                        "seed": p["seed"],
+                        "dataset": p.dataset,
+                        "recipe": p.recipe,
+                        "seed": p.seed,
                         "init_a": r["model_a"],
                         "init_b": r["model_b"],
                         "finding": r["finding"],

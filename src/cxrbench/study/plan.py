@@ -1,580 +1,268 @@
 """The study's step graph: what has to be computed, in which order, and what is already done.
 
-Steps flow one way::
-
-    phantom -> index -> cache (per recipe) -> pretrain (domain:) -> train -> eval -> external
-                                                                              \\-> compare -> report
-
 Every step has an identity ``config`` (a JSON-able dict: what it computes, never where) and a
-content ``key``: the hash of its kind, config and the keys of the steps it reads. A step is
-*done* when its marker ``OUT/.steps/<id>.json`` records that key with status ``done`` and its
-completion files exist (a cache's manifest.json, a run's best.json, an evaluation's metrics.json);
-otherwise it is *pending* (never run, or interrupted: the step resumes), or *stale* (its output
-was made from another config: it is set aside into ``OUT/.stale/`` and recomputed). Changing one
+content ``key``: the hash of its kind, config and the keys of the steps it reads. Changing one
 setting therefore recomputes exactly the steps downstream of it. Keys never contain absolute
-paths, so a study folder can be moved or copied between machines.
+paths, so a study folder can be moved or copied between machines. :func:`build_plan` calls one
+small builder per step kind over the study's :class:`~cxrbench.study.layout.StudyLayout`;
+statuses come from :mod:`cxrbench.study.state`, sharding from :mod:`cxrbench.study.shard`.
 
-Sharding (``--shard i/n``) assigns the training runs, with their evaluations, to shards from the
-config alone (so every machine agrees without talking to the others): runs that share a domain
-pretraining run stay together; groups are dealt out largest first to the least loaded shard.
+Key stability is a contract: a study finished by an earlier cxrbench must show every step done
+(tests/study/test_step_keys.py guards the keys of fixed configs).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cxrbench.errors import InputError
-from cxrbench.provenance import stable_hash
-from cxrbench.study.config import LoadedStudy
-
-PLAN_VERSION = 1
-KINDS: tuple[str, ...] = (
-    "phantom",
-    "index",
-    "cache",
-    "pretrain",
-    "train",
-    "eval",
-    "external",
-    "compare",
-    "report",
+from cxrbench.common.layout import (
+    CACHE_MANIFEST,
+    INDEX_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_BEST_META,
+    RUN_BEST_WEIGHTS,
 )
-STEPS_DIR = ".steps"
-STALE_DIR = ".stale"
-INDEX_FILE = "index.parquet"
-_META_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".json", ".yaml", ".yml", ".txt")
-_FINGERPRINT_MAX_ENTRIES = 2000  # a folder with more entries is an image folder: not scanned
-# runtime-only training keys: they change how a run executes, not what it computes
-_RUNTIME_TRAIN_KEYS = ("workers", "device", "log_every", "checkpoint_every", "deterministic")
+from cxrbench.common.provenance import stable_hash
+from cxrbench.study.config import InitSpec, LoadedStudy
+from cxrbench.study.facts import index_findings, shared_findings, source_fingerprint
+from cxrbench.study.shard import parse_shard, select_shard, shard_assignment
+from cxrbench.study.state import marker_path, read_marker, refresh_status
+from cxrbench.study.steps import (
+    KINDS,
+    PLAN_VERSION,
+    CacheParams,
+    CompareParams,
+    EvalParams,
+    ExternalParams,
+    IndexParams,
+    PhantomParams,
+    Plan,
+    Step,
+    TrainParams,
+)
+
+__all__ = ["INDEX_FILE", "KINDS", "PLAN_VERSION", "Plan", "Step", "build_plan", "marker_path", "parse_shard",
+           "read_marker", "refresh_status", "select_shard", "shard_assignment"]
+
+_RUN_COMPLETE = (RUN_BEST_META, RUN_BEST_WEIGHTS)
+_EVAL_COMPLETE = (METRICS_FILE, PREDICTIONS_FILE)
 
 
 @dataclass
-class Step:
-    """One node of the graph.
-
-    Attributes:
-        id: unique readable name, e.g. ``train/nih/r224/dinov2/s0``.
-        kind: one of :data:`KINDS`.
-        out: the folder it writes (nothing else is written by it).
-        config: what it computes (hashed).
-        deps: ids of the steps whose outputs it reads.
-        complete: files under ``out`` that exist once it has finished.
-        params: what the executor needs besides ``config`` (paths...; not hashed).
-        group: shard group of training runs and their evaluations; None for shared prerequisites.
-        deferred: its config cannot be known yet (findings known only after indexing).
-        key: content hash, set by :func:`build_plan`.
-        status: ``done``, ``pending``, ``stale`` or ``deferred``, set by :func:`refresh_status`.
-    """
-
-    id: str
-    kind: str
-    out: Path
-    config: dict[str, Any]
-    deps: tuple[str, ...] = ()
-    complete: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-    group: str | None = None
-    deferred: bool = False
-    key: str = ""
-    status: str = "pending"
-
-
-@dataclass
-class Plan:
-    """Steps in execution order (every step after the steps it reads)."""
+class _Builder:
+    """What the step builders share: the study, its folder layout, the steps so far, notes."""
 
     study: LoadedStudy
-    steps: list[Step]
+    steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.by_id = {s.id: s for s in self.steps}
+        self.cfg = self.study.config
+        self.layout = self.study.layout
 
-    def __getitem__(self, step_id: str) -> Step:
-        return self.by_id[step_id]
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        return step
 
-    def of_kind(self, *kinds: str) -> list[Step]:
-        """Steps of the given kinds, in order."""
-        return [s for s in self.steps if s.kind in kinds]
+    @property
+    def recipes_used(self) -> list[str]:
+        return [r for r in self.cfg.preprocess if any(r in self.cfg.recipes_for(i) for i in self.cfg.inits)]
 
-    def counts(self) -> dict[str, int]:
-        """Number of steps per status."""
-        out: dict[str, int] = {}
-        for s in self.steps:
-            out[s.status] = out.get(s.status, 0) + 1
-        return out
+    def train_identity(self, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The hashed training settings of one run (see TrainConfig.step_identity)."""
+        from cxrbench.train.config import TrainConfig
 
-    def closure(self, ids: set[str]) -> set[str]:
-        """``ids`` plus every step they read, transitively."""
-        todo, seen = list(ids), set()
-        while todo:
-            i = todo.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            todo.extend(self.by_id[i].deps)
-        return seen
+        merged = {**self.study.train, **overrides, "seed": seed}
+        return TrainConfig(cache="-", init="-", out="-", **merged).step_identity()
 
+    def train_runtime(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The runtime-only training keys of one run (workers, device, compile, ...): not hashed."""
+        from cxrbench.train.config import RUNTIME_KEYS
 
-# --- markers ---------------------------------------------------------------------------------------
-
-
-def marker_path(out: Path, step_id: str) -> Path:
-    """``OUT/.steps/<id>.json`` (the id's slashes become folders)."""
-    return out / STEPS_DIR / f"{step_id}.json"
-
-
-def read_marker(out: Path, step_id: str) -> dict[str, Any] | None:
-    """The step's marker, or None when missing or unreadable (an unreadable marker = not done)."""
-    path = marker_path(out, step_id)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def refresh_status(plan: Plan) -> Plan:
-    """Set every step's status from its marker and completion files (cheap: stats and small reads)."""
-    out = plan.study.out
-    for s in plan.steps:
-        if s.deferred:
-            s.status = "deferred"
-            continue
-        m = read_marker(out, s.id)
-        if m is not None and m.get("key") == s.key:
-            finished = m.get("status") == "done" and all((s.out / c).exists() for c in s.complete)
-            s.status = "done" if finished else "pending"
-        elif m is not None or (s.out.exists() and _non_empty(s.out) and s.kind not in ("phantom", "report")):
-            s.status = "stale"
-        else:
-            s.status = "pending"
-    return plan
-
-
-def _non_empty(path: Path) -> bool:
-    if path.is_file():
-        return True
-    try:
-        return any(path.iterdir())
-    except OSError:
-        return False
-
-
-# --- dataset facts the plan needs ---------------------------------------------------------------------
-
-
-def source_fingerprint(root: Path) -> list[list[Any]]:
-    """(relative path, size, mtime_ns) of the metadata files of a dataset root (depth <= 2).
-
-    Image folders (more than a few thousand entries) are not listed, so this stays fast on
-    datasets of hundreds of thousands of images; a changed or replaced CSV changes the index key.
-    """
-    rows: list[list[Any]] = []
-
-    def scan(folder: Path, depth: int) -> None:
-        entries = []
-        try:
-            with os.scandir(folder) as it:
-                for n, e in enumerate(it):
-                    if n >= _FINGERPRINT_MAX_ENTRIES:
-                        return
-                    entries.append(e)
-        except OSError:
-            return
-        for e in sorted(entries, key=lambda e: e.name):
-            if e.name.startswith("."):
-                continue
-            if e.is_file() and e.name.lower().endswith(_META_SUFFIXES):
-                st = e.stat()
-                rows.append([os.path.relpath(e.path, root), st.st_size, st.st_mtime_ns])
-            elif e.is_dir() and depth < 2 and e.name != "_phantom":
-                scan(Path(e.path), depth + 1)
-
-    scan(root, 1)
-    return rows
-
-
-def static_findings(study: LoadedStudy, dataset: str) -> list[str] | None:
-    """A dataset's findings known from its config alone (label preset or list), else None."""
-    from cxrbench import findings as fd
-
-    spec = study.config.datasets[dataset]
-    found: list[str] | None = None
-    presets = getattr(fd, "PRESETS", {})
-    if spec.labels in presets:
-        found = list(presets[spec.labels])
-    elif spec.labels != "all" and ("," in spec.labels or spec.labels in fd.ALL_FINDINGS):
-        found = [s.strip() for s in spec.labels.split(",") if s.strip()]
-    if spec.findings is not None:
-        return (
-            [f for f in spec.findings if found is None or f in found]
-            if found is not None
-            else list(spec.findings)
-        )
-    return found
-
-
-@functools.lru_cache(maxsize=256)
-def _findings_in(path: str, mtime_ns: int, size: int) -> list[str] | None:
-    """The finding list in an index's Parquet metadata (cached per file version); None if unreadable."""
-    from cxrbench.schema import read_findings
-
-    try:
-        return read_findings(path)
-    except (InputError, OSError, ValueError):
-        return None
-
-
-def index_findings(study: LoadedStudy, dataset: str) -> list[str] | None:
-    """A dataset's findings: from its built index when present, else from its config, else None."""
-    path = study.out / "index" / dataset / INDEX_FILE
-    spec = study.config.datasets[dataset]
-    if path.is_file():
-        st = path.stat()
-        found = _findings_in(str(path), st.st_mtime_ns, st.st_size)
-        if found is not None:
-            if spec.findings is not None:
-                missing = [f for f in spec.findings if f not in found]
-                if missing:
-                    raise InputError(
-                        f"datasets.{dataset}.findings lists {', '.join(missing)}, which the index "
-                        "does not have",
-                        where=str(study.path),
-                        fix=f"the index has: {', '.join(found)}",
-                    )
-                return list(spec.findings)
-            return list(found)
-    return static_findings(study, dataset)
-
-
-def shared_findings(study: LoadedStudy, label: str, target: str, *, static: bool = False) -> list[str] | None:
-    """Findings of a ``domain:`` arm on ``target``: the init's ``labels`` for it, else the
-    findings the target and the source dataset share (target order); None when not known yet."""
-    from cxrbench import findings as fd
-
-    spec = study.config.inits[label]
-    explicit = spec.labels.get(target)
-    if explicit is not None:
-        presets = getattr(fd, "PRESETS", {})
-        if explicit in presets:
-            return list(presets[explicit])
-        return [s.strip() for s in explicit.split(",") if s.strip()]
-    get = static_findings if static else index_findings
-    t, s = get(study, target), get(study, spec.domain)
-    if t is None or s is None:
-        return None
-    shared = [f for f in t if f in set(s)]
-    if not shared and not static:
-        raise InputError(
-            f"{target} and {spec.domain} share no finding, so init {label!r} ({spec.init}) "
-            f"cannot be used on {target}",
-            where=f"{study.path}: inits.{label}",
-            fix=f"set inits.{label}.labels.{target} or restrict the init with 'datasets:'",
-        )
-    return shared
-
-
-# --- building the graph ------------------------------------------------------------------------------
-
-
-def _train_identity(study: LoadedStudy, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-    from cxrbench.trainconfig import TrainConfig
-
-    merged = {**study.train, **overrides, "seed": seed}
-    cfg = TrainConfig(cache="-", init="-", out="-", **merged)
-    ident = {
-        k: v
-        for k, v in cfg.to_dict().items()
-        if k not in ("cache", "out", "init", "findings") and k not in _RUNTIME_TRAIN_KEYS
-    }
-    return ident
-
-
-def _train_runtime(study: LoadedStudy, overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = {**study.train, **overrides}
-    return {k: merged[k] for k in _RUNTIME_TRAIN_KEYS if k in merged}
+        merged = {**self.study.train, **overrides}
+        return {k: merged[k] for k in sorted(RUNTIME_KEYS - {"cache", "out"}) if k in merged}
 
 
 def build_plan(study: LoadedStudy) -> Plan:
     """The full step graph of a study, keyed and with each step's status."""
-    cfg = study.config
-    out = study.out
-    steps: list[Step] = []
-    notes: list[str] = []
-    add = steps.append
-
-    # datasets: phantom -> index -> caches
-    recipes_used = [r for r in cfg.preprocess if any(r in cfg.recipes_for(i) for i in cfg.inits)]
-    for name, ds in cfg.datasets.items():
-        root = study.roots[name]
-        deps: tuple[str, ...] = ()
-        if ds.phantom is not None:
-            ph = ds.phantom.model_dump(mode="json")
-            ph["format"] = ph["format"] or ds.adapter
-            add(
-                Step(f"phantom/{name}", "phantom", root, ph, complete=("_phantom",), params={"dataset": name})
-            )
-            deps = (f"phantom/{name}",)
-            fingerprint: Any = "phantom"
-        else:
-            fingerprint = source_fingerprint(root)
-            if not root.is_dir():
-                notes.append(f"dataset {name}: root {root} does not exist (yet)")
-        index_cfg = {
-            "adapter": ds.adapter,
-            "labels": ds.labels,
-            "uncertain": ds.uncertain,
-            "views": ds.views,
-            "split_seed": ds.split_seed,
-            "options": ds.options,
-            "source": fingerprint,
-        }
-        add(
-            Step(
-                f"index/{name}",
-                "index",
-                out / "index" / name,
-                index_cfg,
-                deps,
-                complete=(INDEX_FILE,),
-                params={"dataset": name, "root": str(root)},
-            )
-        )
-        for r in recipes_used:
-            add(
-                Step(
-                    f"cache/{name}/{r}",
-                    "cache",
-                    out / "cache" / name / r,
-                    cfg.preprocess[r].model_dump(mode="json"),
-                    (f"index/{name}",),
-                    complete=("manifest.json",),
-                    params={
-                        "dataset": name,
-                        "recipe": r,
-                        "root": str(root),
-                        "index": str(out / "index" / name / INDEX_FILE),
-                        "workers": cfg.prepare_workers,
-                    },
-                )
-            )
-
-    # training runs (domain pretraining first) and their evaluations
-    ev = cfg.evaluation.model_dump(mode="json")
-    pretrain_ids: dict[tuple, str] = {}
-    train_steps: list[Step] = []
-    for label, spec in cfg.inits.items():
-        for r in cfg.recipes_for(label):
-            overrides = {**spec.train, **spec.recipe_train.get(r, {})}
-            for name in cfg.datasets:
-                if spec.datasets is not None and name not in spec.datasets:
-                    continue
-                if spec.domain is not None and spec.domain == name:
-                    notes.append(
-                        f"init {label} ({spec.init}) is not trained on its own source dataset {name}"
-                    )
-                    continue
-                for seed in cfg.seeds:
-                    deps = (f"cache/{name}/{r}",)
-                    findings: list[str] | None = (
-                        list(cfg.datasets[name].findings) if cfg.datasets[name].findings is not None else None
-                    )
-                    init_ident: Any = spec.init
-                    init_value = spec.init
-                    deferred = False
-                    group = f"run/{name}/{r}/{label}/s{seed}"
-                    if spec.domain is not None:
-                        findings = shared_findings(study, label, name)
-                        static = shared_findings(study, label, name, static=True)
-                        group = f"domain/{label}/{r}/s{seed}/" + (stable_hash(static, 8) if static else "*")
-                        deferred = findings is None
-                        fkey = stable_hash(findings, 8) if findings is not None else "pending"
-                        pid = f"pretrain/{label}/{r}/{fkey}/s{seed}"
-                        if (label, r, fkey, seed) not in pretrain_ids:
-                            pretrain_ids[(label, r, fkey, seed)] = pid
-                            pconf = {
-                                "init": spec.base,
-                                "findings": findings,
-                                "train": _train_identity(study, {**overrides, **spec.pretrain}, seed),
-                            }
-                            add(
-                                Step(
-                                    pid,
-                                    "pretrain",
-                                    out / "pretrain" / label / r / fkey / f"s{seed}",
-                                    pconf,
-                                    (f"cache/{spec.domain}/{r}",),
-                                    complete=("best.json", "best.safetensors"),
-                                    params={
-                                        "cache": str(out / "cache" / spec.domain / r),
-                                        "init": spec.base,
-                                        "findings": findings,
-                                        "runtime": _train_runtime(study, {**overrides, **spec.pretrain}),
-                                    },
-                                    group=group,
-                                    deferred=deferred,
-                                )
-                            )
-                        deps = deps + (pid,)
-                        init_ident = {"pretrained": pid}
-                        init_value = "checkpoint:" + str(
-                            out / "pretrain" / label / r / fkey / f"s{seed}" / "best.safetensors"
-                        )
-                    arm = dict(overrides)
-                    if (
-                        spec.domain is not None
-                        and "allow_overlap" not in {**study.train, **overrides}
-                        and study.roots[spec.domain] != study.roots[name]
-                    ):
-                        # different releases: equal patient ids are a naming coincidence, not a leak
-                        arm = {**arm, "allow_overlap": True}
-                    tid = f"train/{name}/{r}/{label}/s{seed}"
-                    run_dir = out / "runs" / name / r / label / f"s{seed}"
-                    tconf = {
-                        "init": init_ident,
-                        "findings": findings,
-                        "train": _train_identity(study, arm, seed),
-                    }
-                    step = Step(
-                        tid,
-                        "train",
-                        run_dir,
-                        tconf,
-                        deps,
-                        complete=("best.json", "best.safetensors"),
-                        params={
-                            "cache": str(out / "cache" / name / r),
-                            "init": init_value,
-                            "findings": findings,
-                            "runtime": _train_runtime(study, arm),
-                            "dataset": name,
-                            "recipe": r,
-                            "label": label,
-                            "seed": seed,
-                        },
-                        group=group,
-                        deferred=deferred,
-                    )
-                    add(step)
-                    train_steps.append(step)
-                    add(
-                        Step(
-                            f"eval/{name}/{r}/{label}/s{seed}",
-                            "eval",
-                            run_dir / "eval" / ev["split"],
-                            ev,
-                            (tid,),
-                            complete=("metrics.json", "predictions.parquet"),
-                            params={
-                                "run": str(run_dir),
-                                "dataset": name,
-                                "recipe": r,
-                                "label": label,
-                                "seed": seed,
-                            },
-                            group=group,
-                            deferred=deferred,
-                        )
-                    )
-
-    # external validation: a run of dataset A evaluated on dataset B's split
-    by_arm = {
-        (s.params["dataset"], s.params["recipe"], s.params["label"], s.params["seed"]): s for s in train_steps
-    }
-    for a, b, labels in cfg.external_pairs():
-        for (ds_a, r, label, seed), t in by_arm.items():
-            if ds_a != a or (labels is not None and label not in labels):
-                continue
-            b_findings = index_findings(study, b)
-            deferred = (
-                t.deferred
-                or b_findings is None
-                or t.params["findings"] is None
-                and index_findings(study, a) is None
-            )
-            run_findings = (
-                t.params["findings"] if t.params["findings"] is not None else index_findings(study, a)
-            )
-            shared = [f for f in (run_findings or []) if f in set(b_findings or [])] if not deferred else None
-            if shared is not None and not shared:
-                notes.append(f"external {a} -> {b} ({label}): no shared finding, skipped")
-                continue
-            add(
-                Step(
-                    f"external/{a}-on-{b}/{r}/{label}/s{seed}",
-                    "external",
-                    out / "external" / f"{a}-on-{b}" / r / label / f"s{seed}",
-                    {**ev, "findings": shared},
-                    (t.id, "eval/" + t.id.split("/", 1)[1], f"cache/{b}/{r}"),
-                    complete=("metrics.json", "predictions.parquet"),
-                    params={
-                        "run": str(t.out),
-                        "cache": str(out / "cache" / b / r),
-                        "train_dataset": a,
-                        "test_dataset": b,
-                        "recipe": r,
-                        "label": label,
-                        "seed": seed,
-                        "findings": shared,
-                    },
-                    group=t.group,
-                    deferred=deferred,
-                )
-            )
-
-    # comparisons per dataset x recipe x seed, then the report
-    comp = cfg.comparisons.model_dump(mode="json")
-    for name in cfg.datasets:
-        for r in recipes_used:
-            for seed in cfg.seeds:
-                evals = [
-                    s
-                    for s in steps
-                    if s.kind == "eval"
-                    and s.params["dataset"] == name
-                    and s.params["recipe"] == r
-                    and s.params["seed"] == seed
-                ]
-                if len(evals) < 2:
-                    continue
-                add(
-                    Step(
-                        f"compare/{name}/{r}/s{seed}",
-                        "compare",
-                        out / "compare" / name / r / f"s{seed}",
-                        {**comp, "evaluation": ev},
-                        tuple(s.id for s in evals),
-                        complete=("comparison.json",),
-                        params={
-                            "dataset": name,
-                            "recipe": r,
-                            "seed": seed,
-                            "runs": {s.params["label"]: s.params["run"] for s in evals},
-                        },
-                        deferred=any(s.deferred for s in evals),
-                    )
-                )
-    gathered = tuple(s.id for s in steps if s.kind in ("eval", "external", "compare"))
-    add(
-        Step(
-            "report",
-            "report",
-            out / "report",
-            {"version": PLAN_VERSION, "config_hash": cfg.config_hash()},
-            gathered,
-            complete=("index.html", "report.md", "results.csv"),
-        )
-    )
-
-    plan = Plan(study, steps, notes)
+    b = _Builder(study)
+    for name in b.cfg.datasets:
+        _dataset_steps(b, name)
+    train_steps = [t for label, spec in b.cfg.inits.items() for t in _init_steps(b, label, spec)]
+    _external_steps(b, train_steps)
+    _compare_steps(b)
+    _report_step(b)
+    plan = Plan(study, b.steps, b.notes)
     _assign_keys(plan)
     return refresh_status(plan)
+
+
+# --- one builder per step kind ----------------------------------------------------------------------
+
+
+def _dataset_steps(b: _Builder, name: str) -> None:
+    """phantom (synthetic datasets) -> index -> one cache per recipe in use."""
+    ds = b.cfg.datasets[name]
+    root = b.study.roots[name]
+    deps: tuple[str, ...] = ()
+    if ds.phantom is not None:
+        ph = ds.phantom.model_dump(mode="json")
+        ph["format"] = ph["format"] or ds.adapter
+        b.add(Step(f"phantom/{name}", "phantom", root, ph, complete=("_phantom",),
+                   params=PhantomParams(name)))
+        deps = (f"phantom/{name}",)
+        fingerprint: Any = "phantom"
+    else:
+        fingerprint = source_fingerprint(root)
+        if not root.is_dir():
+            b.notes.append(f"dataset {name}: root {root} does not exist (yet)")
+    index_cfg = {
+        "adapter": ds.adapter,
+        "labels": ds.labels,
+        "uncertain": ds.uncertain,
+        "views": ds.views,
+        "split_seed": ds.split_seed,
+        "options": ds.options,
+        "source": fingerprint,
+    }
+    b.add(Step(f"index/{name}", "index", b.layout.index_dir(name), index_cfg, deps, complete=(INDEX_FILE,),
+               params=IndexParams(name, str(root))))
+    for r in b.recipes_used:
+        b.add(Step(f"cache/{name}/{r}", "cache", b.layout.cache_dir(name, r),
+                   b.cfg.preprocess[r].model_dump(mode="json"), (f"index/{name}",),
+                   complete=(CACHE_MANIFEST,),
+                   params=CacheParams(name, r, str(root), str(b.layout.index_file(name)),
+                                      b.cfg.prepare_workers)))
+
+
+def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
+    """For one init arm: per recipe, dataset and seed, (its domain pretraining,) the run, its eval."""
+    runs = []
+    for r in b.cfg.recipes_for(label):
+        overrides = {**spec.train, **spec.recipe_train.get(r, {})}
+        for name in b.cfg.datasets:
+            if spec.datasets is not None and name not in spec.datasets:
+                continue
+            if spec.domain is not None and spec.domain == name:
+                b.notes.append(f"init {label} ({spec.init}) is not trained on its own source dataset {name}")
+                continue
+            for seed in b.cfg.seeds:
+                runs.append(_run_steps(b, label, spec, r, name, seed, overrides))
+    return runs
+
+
+def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, overrides: dict[str, Any],
+                   findings: list[str] | None, group: str) -> Step:
+    """The supervised pretraining run of a ``domain:`` arm on its source (one per label set)."""
+    fkey = stable_hash(findings, 8) if findings is not None else "pending"
+    pid = f"pretrain/{label}/{r}/{fkey}/s{seed}"
+    existing = next((s for s in b.steps if s.id == pid), None)
+    if existing is not None:
+        return existing
+    pconf = {"init": spec.base, "findings": findings,
+             "train": b.train_identity({**overrides, **spec.pretrain}, seed)}
+    return b.add(Step(
+        pid, "pretrain", b.layout.pretrain_dir(label, r, fkey, seed), pconf, (f"cache/{spec.domain}/{r}",),
+        complete=_RUN_COMPLETE,
+        params=TrainParams(cache=str(b.layout.cache_dir(spec.domain, r)), init=spec.base, findings=findings,
+                           runtime=b.train_runtime({**overrides, **spec.pretrain}), dataset=spec.domain,
+                           recipe=r, label=label, seed=seed),
+        group=group, deferred=findings is None))
+
+
+def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed: int,
+               overrides: dict[str, Any]) -> Step:
+    """One fine-tuning run (after its domain pretraining, for ``domain:`` arms) and its evaluation."""
+    study = b.study
+    deps: tuple[str, ...] = (f"cache/{name}/{r}",)
+    ds_findings = b.cfg.datasets[name].findings
+    findings = list(ds_findings) if ds_findings is not None else None
+    init_ident: Any = spec.init
+    init_value = spec.init
+    deferred = False
+    group = f"run/{name}/{r}/{label}/s{seed}"
+    arm = dict(overrides)
+    if spec.domain is not None:
+        findings = shared_findings(study, label, name)
+        static = shared_findings(study, label, name, static=True)
+        group = f"domain/{label}/{r}/s{seed}/" + (stable_hash(static, 8) if static else "*")
+        deferred = findings is None
+        pre = _pretrain_step(b, label, spec, r, seed, overrides, findings, group)
+        deps = deps + (pre.id,)
+        init_ident = {"pretrained": pre.id}
+        init_value = "checkpoint:" + str(pre.out / RUN_BEST_WEIGHTS)
+        other_release = study.roots[spec.domain] != study.roots[name]
+        if "allow_overlap" not in {**study.train, **overrides} and other_release:
+            # different releases: equal patient ids are a naming coincidence, not a leak
+            arm = {**arm, "allow_overlap": True}
+    tid = f"train/{name}/{r}/{label}/s{seed}"
+    run_dir = b.layout.run_dir(name, r, label, seed)
+    tconf = {"init": init_ident, "findings": findings, "train": b.train_identity(arm, seed)}
+    step = b.add(Step(tid, "train", run_dir, tconf, deps, complete=_RUN_COMPLETE,
+                      params=TrainParams(cache=str(b.layout.cache_dir(name, r)), init=init_value,
+                                         findings=findings, runtime=b.train_runtime(arm), dataset=name,
+                                         recipe=r, label=label, seed=seed),
+                      group=group, deferred=deferred))
+    ev = b.cfg.evaluation.model_dump(mode="json")
+    b.add(Step(f"eval/{name}/{r}/{label}/s{seed}", "eval", run_dir / "eval" / ev["split"], ev, (tid,),
+               complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed),
+               group=group, deferred=deferred))
+    return step
+
+
+def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
+    """External validation: a run of dataset A scored on dataset B, over the findings both share."""
+    study = b.study
+    ev = b.cfg.evaluation.model_dump(mode="json")
+    for a, target, labels in b.cfg.external_pairs():
+        for t in train_steps:
+            p: TrainParams = t.params
+            if p.dataset != a or (labels is not None and p.label not in labels):
+                continue
+            b_findings = index_findings(study, target)
+            a_unknown = p.findings is None and index_findings(study, a) is None
+            deferred = t.deferred or b_findings is None or a_unknown
+            run_findings = p.findings if p.findings is not None else index_findings(study, a)
+            shared = [f for f in (run_findings or []) if f in set(b_findings or [])] if not deferred else None
+            if shared is not None and not shared:
+                b.notes.append(f"external {a} -> {target} ({p.label}): no shared finding, skipped")
+                continue
+            b.add(Step(
+                f"external/{a}-on-{target}/{p.recipe}/{p.label}/s{p.seed}", "external",
+                b.layout.external_dir(a, target, p.recipe, p.label, p.seed), {**ev, "findings": shared},
+                (t.id, "eval/" + t.id.split("/", 1)[1], f"cache/{target}/{p.recipe}"),
+                complete=_EVAL_COMPLETE,
+                params=ExternalParams(run=str(t.out), cache=str(b.layout.cache_dir(target, p.recipe)),
+                                      train_dataset=a, test_dataset=target, recipe=p.recipe, label=p.label,
+                                      seed=p.seed, findings=shared),
+                group=t.group, deferred=deferred))
+
+
+def _compare_steps(b: _Builder) -> None:
+    """Paired comparisons of the inits per dataset x recipe x seed (when two or more were evaluated)."""
+    ev = b.cfg.evaluation.model_dump(mode="json")
+    comp = b.cfg.comparisons.model_dump(mode="json")
+    for name in b.cfg.datasets:
+        for r in b.recipes_used:
+            for seed in b.cfg.seeds:
+                evals = [s for s in b.steps if s.kind == "eval" and s.params.dataset == name
+                         and s.params.recipe == r and s.params.seed == seed]
+                if len(evals) < 2:
+                    continue
+                b.add(Step(f"compare/{name}/{r}/s{seed}", "compare", b.layout.compare_dir(name, r, seed),
+                           {**comp, "evaluation": ev}, tuple(s.id for s in evals),
+                           complete=("comparison.json",),
+                           params=CompareParams(name, r, seed, {s.params.label: s.params.run for s in evals}),
+                           deferred=any(s.deferred for s in evals)))
+
+
+def _report_step(b: _Builder) -> None:
+    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare"))
+    b.add(Step("report", "report", b.layout.report_dir,
+               {"version": PLAN_VERSION, "config_hash": b.cfg.config_hash()}, gathered,
+               complete=("index.html", "report.md", "results.csv")))
 
 
 def _assign_keys(plan: Plan) -> None:
@@ -592,54 +280,3 @@ def _assign_keys(plan: Plan) -> None:
             },
             24,
         )
-
-
-# --- sharding -----------------------------------------------------------------------------------------
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 1 <= i <= n (shards are numbered from 1)."""
-    try:
-        i_text, n_text = text.split("/")
-        i, n = int(i_text), int(n_text)
-    except ValueError:
-        raise InputError(
-            f"--shard got {text!r}", where="--shard", fix="write i/n, e.g. --shard 1/4"
-        ) from None
-    if n < 1 or not 1 <= i <= n:
-        raise InputError(
-            f"--shard {text}: shard {i} of {n} does not exist",
-            where="--shard",
-            fix=f"use 1/{max(n, 1)} ... {max(n, 1)}/{max(n, 1)}",
-        )
-    return i, n
-
-
-def shard_assignment(plan: Plan, n: int) -> dict[str, int]:
-    """Shard (1..n) of every group of training runs: largest group first to the least loaded shard.
-
-    Depends on the config only (group names and sizes), so every machine computes the same split.
-    """
-    sizes: dict[str, int] = {}
-    for s in plan.steps:
-        if s.group is not None and s.kind in ("train", "pretrain"):
-            sizes[s.group] = sizes.get(s.group, 0) + (2 if s.kind == "pretrain" else 1)
-    load = [0] * n
-    out: dict[str, int] = {}
-    for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
-        k = min(range(n), key=lambda j: (load[j], j))
-        out[g] = k + 1
-        load[k] += sizes[g]
-    return out
-
-
-def select_shard(plan: Plan, shard: tuple[int, int] | None) -> list[Step]:
-    """The steps one invocation executes: with a shard, its runs, their evaluations and what they
-    read; without one, everything."""
-    if shard is None:
-        return list(plan.steps)
-    i, n = shard
-    groups = shard_assignment(plan, n)
-    mine = {s.id for s in plan.steps if s.group is not None and groups.get(s.group) == i}
-    keep = plan.closure(mine)
-    return [s for s in plan.steps if s.id in keep]

@@ -17,31 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from cxrbench.errors import CxrbenchError, InputError
-from cxrbench.fileio import atomic_write_json, atomic_write_text
-from cxrbench.progress import console
-from cxrbench.provenance import now_iso
+from cxrbench.common.errors import CxrbenchError, InputError
+from cxrbench.common.fileio import atomic_write_text
+from cxrbench.common.progress import console
+from cxrbench.common.provenance import now_iso
 from cxrbench.study.config import LoadedStudy
-from cxrbench.study.plan import (
-    STALE_DIR,
-    Plan,
-    Step,
-    build_plan,
-    marker_path,
-    read_marker,
-    select_shard,
-    shard_assignment,
-)
-from cxrbench.study.stages import EXECUTORS, Context, Executor
+from cxrbench.study.executors import EXECUTORS, Context, Executor
+from cxrbench.study.plan import build_plan
+from cxrbench.study.shard import select_shard, shard_assignment
+from cxrbench.study.state import is_finished, marker_path, read_marker, set_aside, step_lock, write_marker
+from cxrbench.study.steps import Plan, Step
 
 GATHER_KINDS = ("compare", "report")
 _DIST_KINDS = ("train", "pretrain")  # run on every torchrun rank
@@ -176,7 +167,7 @@ def _process_group(world: int, device: str | None) -> Iterator[None]:
     if world <= 1:
         yield
         return
-    from cxrbench import distributed as dist_
+    from cxrbench.common import distributed as dist_
 
     env = dist_.detect()
     env = dist_.init(dist_.device_for(env, device), env)
@@ -215,36 +206,30 @@ def _execute(step: Step, ctx: Context, fn: Executor, *, main: bool, world: int, 
             return False
         fn(step, ctx)
         return True
-    with _lock(out, step.id, say):
-        m = read_marker(out, step.id)
-        if (
-            m is not None
-            and m.get("key") == step.key
-            and m.get("status") == "done"
-            and all((step.out / c).exists() for c in step.complete)
-        ):
+    with step_lock(out, step.id, on_busy=lambda: say(f"  waiting: another process is running {step.id}")):
+        if is_finished(out, step):
             return False  # another shard finished it while we waited for the lock
         if step.status == "stale":
-            _set_aside(out, step)
+            set_aside(out, step)
         started = now_iso()
         t = time.perf_counter()
-        _write_marker(out, step, "running", started=started)
+        write_marker(out, step, "running", started=started)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 fn(step, ctx)
             _show_warnings(caught, say)
         except CxrbenchError as err:
-            _write_marker(out, step, "failed", started=started, error=err.one_line())
+            write_marker(out, step, "failed", started=started, error=err.one_line())
             raise
         except BaseException as err:
-            _write_marker(out, step, "failed", started=started, error=f"{type(err).__name__}: {err}")
+            write_marker(out, step, "failed", started=started, error=f"{type(err).__name__}: {err}")
             raise
         missing = [c for c in step.complete if not (step.out / c).exists()]
         if missing:
-            _write_marker(out, step, "failed", started=started, error=f"missing outputs {missing}")
+            write_marker(out, step, "failed", started=started, error=f"missing outputs {missing}")
             raise RuntimeError(f"step {step.id} finished without writing {missing}")
-        _write_marker(out, step, "done", started=started, seconds=round(time.perf_counter() - t, 3))
+        write_marker(out, step, "done", started=started, seconds=round(time.perf_counter() - t, 3))
     return True
 
 
@@ -257,58 +242,10 @@ def _show_warnings(caught: list, say, limit: int = 6) -> None:
         say(f"  [yellow]... and {len(msgs) - limit} more warning(s)[/yellow]")
 
 
-def _write_marker(out: Path, step: Step, status: str, **extra: Any) -> None:
-    atomic_write_json(
-        marker_path(out, step.id),
-        {
-            "id": step.id,
-            "kind": step.kind,
-            "key": step.key,
-            "status": status,
-            "out": str(step.out),
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "updated": now_iso(),
-            **extra,
-            "config": step.config,
-            "deps": list(step.deps),
-        },
-    )
 
 
-def _set_aside(out: Path, step: Step) -> None:
-    """Move a stale output to ``OUT/.stale/<id>-<time>`` (never deleted: it may hold days of training).
-
-    The report is cheap and simply re-rendered in place (its old figures are removed)."""
-    if step.kind == "report":
-        shutil.rmtree(step.out / "figures", ignore_errors=True)
-    elif step.out.exists():
-        dest = out / STALE_DIR / f"{step.id.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(step.out), str(dest))
-    marker_path(out, step.id).unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _lock(out: Path, step_id: str, say) -> Iterator[None]:
-    """An exclusive advisory lock per step (shards sharing a filesystem never run a step twice)."""
-    path = out / ".locks" / f"{step_id.replace('/', '__')}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; shards must not share prerequisites there
-        yield
-        return
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            say(f"  waiting: another process is running {step_id}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _wait_for(out: Path, step: Step, statuses: tuple[str, ...]) -> str:
@@ -331,7 +268,7 @@ def _write_study_copy(study: LoadedStudy) -> None:
         "source": str(study.path),
         "config": study.config.model_dump(mode="json", exclude_none=True),
     }
-    path = study.out / "study.yaml"
+    path = study.layout.study_copy
     text = yaml.safe_dump(doc, sort_keys=False)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)

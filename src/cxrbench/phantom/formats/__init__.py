@@ -2,7 +2,7 @@
 
 from cxrbench.phantom.formats.base import PhantomFormat
 from cxrbench.phantom.formats.chexpert import CheXpert
-from cxrbench.phantom.formats.csvfmt import CsvFormat
+from cxrbench.phantom.formats.custom import CsvFormat
 from cxrbench.phantom.formats.mimic import MIMIC
 from cxrbench.phantom.formats.nih import NIH
 from cxrbench.phantom.formats.padchest import PadChest

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from cxrbench.errors import InputError
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import closest
 from cxrbench.phantom.cohort import FINDINGS, POSITIVE
-from cxrbench.validation import closest
 
 Box = tuple[float, float, float, float]
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.index.splits import hash_split
 from cxrbench.phantom.cohort import POSITIVE
 from cxrbench.phantom.encode import png16
 from cxrbench.phantom.formats.base import (
@@ -32,7 +33,6 @@ from cxrbench.phantom.formats.base import (
     with_no_finding,
     write_bytes,
 )
-from cxrbench.splits import hash_split
 
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 COLUMNS = [

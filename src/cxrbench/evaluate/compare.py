@@ -1,0 +1,302 @@
+"""Comparison of runs evaluated on the same images: paired bootstrap and DeLong per finding, BH-FDR.
+
+:func:`compare_predictions` is the engine (the study runner and the report call it);
+:func:`load_run_predictions` and :func:`resample_settings` read run folders for ``cxrbench compare``;
+:func:`write_comparison` / :func:`read_comparison` are the one comparison file format (``.json``
+with settings and rows, or ``.csv`` rows), written by ``cxrbench compare --out`` and the study.
+
+Pairs: every pair of models (``A`` before ``B`` in the given order), or each model versus a
+``reference`` (then ``B`` is the reference). ``diff = AUROC(A) - AUROC(B)``.
+Family for Benjamini-Hochberg: ``"pair"`` (default) = the per-finding tests of one pair of models;
+``"all"`` = every per-finding test of every pair. The macro-mean row is one pre-specified test and
+is not part of the family (its ``p_adjusted`` is empty).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import check_choice
+from cxrbench.evaluate.predictions import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    PredictionSet,
+    eval_dir,
+    read_predictions,
+)
+from cxrbench.evaluate.run_eval import read_metrics
+from cxrbench.stats import bootstrap as bs
+from cxrbench.stats import metrics as mt
+from cxrbench.stats.significance import ALTERNATIVES, benjamini_hochberg, delong_test, paired_bootstrap
+
+FAMILIES: tuple[str, ...] = ("pair", "all")
+MEAN_ROW = "mean"
+COLUMNS: tuple[str, ...] = (
+    "model_a", "model_b", "finding", "auroc_a", "auroc_b", "diff", "diff_lo", "diff_hi",
+    "p_bootstrap", "p_delong", "p_adjusted", "p_delong_adjusted", "diff_mean", "diff_std",
+    "z_delong", "delong_lo", "delong_hi", "n", "n_positive", "n_negative",
+    "n_resamples_used", "n_resamples_excluded", "note", "alternative", "family",
+    "n_resamples", "seed", "cluster",
+)
+
+
+def check_same_images(sets: Mapping[str, PredictionSet]) -> None:
+    """Refuse prediction sets made on different images, or with different labels or patients."""
+    names = list(sets)
+    first = sets[names[0]]
+    for name in names[1:]:
+        other = sets[name]
+        if not np.array_equal(first.image_ids, other.image_ids):
+            a, b = set(first.image_ids), set(other.image_ids)
+            only_a, only_b = sorted(a - b), sorted(b - a)
+            detail = (f"{len(only_a)} image(s) only in {names[0]!r} (e.g. {', '.join(only_a[:3])}); "
+                      f"{len(only_b)} only in {name!r} (e.g. {', '.join(only_b[:3])})")
+            raise InputError(f"runs were evaluated on different images: {detail}",
+                             where=f"{names[0]} vs {name}",
+                             fix="evaluate every run on the same split of the same index/cache")
+        if not np.array_equal(first.patient_ids, other.patient_ids):
+            i = int(np.flatnonzero(first.patient_ids != other.patient_ids)[0])
+            raise InputError(f"image {str(first.image_ids[i])!r} has patient {str(first.patient_ids[i])!r} "
+                             f"in {names[0]!r} but {str(other.patient_ids[i])!r} in {name!r}",
+                             where=f"{names[0]} vs {name}", fix="evaluate every run on the same index")
+        for f in first.findings:
+            if f not in other.findings:
+                continue
+            ya, yb = first.labels[:, first.column(f)], other.labels[:, other.column(f)]
+            differ = ~((ya == yb) | (np.isnan(ya) & np.isnan(yb)))
+            if differ.any():
+                i = int(np.flatnonzero(differ)[0])
+                raise InputError(f"labels of finding {f!r} differ at image {str(first.image_ids[i])!r} "
+                                 f"({float(ya[i])} vs {float(yb[i])}; {int(differ.sum())} image(s) in total)",
+                                 where=f"{names[0]} vs {name}",
+                                 fix="evaluate every run with the same label policy (index/cache)")
+
+
+def _pairs(names: list[str], reference: str | None) -> list[tuple[str, str]]:
+    if reference is None:
+        return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    if reference not in names:
+        check_choice("--reference", reference, names)
+    return [(name, reference) for name in names if name != reference]
+
+
+def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], reference: str | None = None, *,
+                        findings: list[str] | None = None, n_resamples: int = 1000, seed: int = 0,
+                        cluster: str = "image", alternative: str = "two-sided", family: str = "pair",
+                        ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
+    """Paired comparison of the AUROCs of several models' predictions on the same images.
+
+    ``preds``: model name -> Contract-4 predictions frame. One row per (pair, finding) plus a
+    ``mean`` row per pair (macro AUROC over the pair's common estimable findings), with the columns
+    of :data:`COLUMNS`. Resamples follow (seed, n_resamples, cluster) exactly as in ``evaluate``, so
+    the per-model numbers agree with each run's metrics.json. ``df.attrs`` holds the settings.
+    """
+    check_choice("--alternative", alternative, ALTERNATIVES)
+    check_choice("--family", family, FAMILIES)
+    check_choice("--cluster", cluster, bs.CLUSTERS)
+    if int(n_resamples) < 1:
+        raise InputError(f"bootstrap count {n_resamples} must be at least 1", where="--bootstrap",
+                         fix="e.g. --bootstrap 1000")
+    names = [str(n) for n in preds]
+    if len(names) < 2:
+        raise InputError(f"need at least two runs to compare, got {len(names)}", where="compare",
+                         fix="give two or more runs")
+    sets = {str(name): PredictionSet.from_frame(df, where=_where(df, name)) for name, df in preds.items()}
+    if findings is not None:
+        for name, ps in sets.items():
+            missing = [f for f in findings if f not in ps.findings]
+            if missing:
+                raise InputError(f"finding(s) {', '.join(missing)} not in the predictions", where=name,
+                                 fix=f"available: {', '.join(ps.findings)}")
+    check_same_images(sets)
+    pairs = _pairs(names, reference)
+    resamples = sets[names[0]].resamples(int(n_resamples), int(seed), cluster)
+    boot = {name: bs.bootstrap_auroc(ps.labels, ps.scores, resamples, memory_bytes=memory_bytes)
+            for name, ps in sets.items() if any(name in p for p in pairs)}
+    rows: list[dict[str, Any]] = []
+    for a, b in pairs:
+        sa, sb = sets[a], sets[b]
+        common = [f for f in sa.findings if f in sb.findings and (findings is None or f in findings)]
+        if not common:
+            raise InputError(f"runs {a!r} and {b!r} share no finding", where="compare",
+                             fix="compare runs trained on overlapping label sets")
+        used_a, used_b = [], []
+        for f in common:
+            ia, ib = sa.column(f), sb.column(f)
+            y = sa.labels[:, ia]
+            row: dict[str, Any] = {"model_a": a, "model_b": b, "finding": f, **mt.class_counts(y)}
+            row.pop("n_unknown")
+            why = mt.not_estimable_reason(y)
+            if why:
+                row["note"] = f"not estimable: {why}"
+                rows.append(row)
+                continue
+            dl = delong_test(y, sa.scores[:, ia], sb.scores[:, ib], alternative, ci_level)
+            pb = paired_bootstrap(boot[a][:, ia], boot[b][:, ib], dl["auroc_a"], dl["auroc_b"],
+                                  alternative, ci_level)
+            row.update({"auroc_a": dl["auroc_a"], "auroc_b": dl["auroc_b"], **pb, "p_delong": dl["p_delong"],
+                        "z_delong": dl["z"], "delong_lo": dl["delong_lo"], "delong_hi": dl["delong_hi"]})
+            if pb["n_resamples_excluded"]:
+                row["note"] = f"{pb['n_resamples_excluded']} resample(s) with one class excluded"
+            rows.append(row)
+            used_a.append(ia)
+            used_b.append(ib)
+        rows.append(_mean_row(a, b, rows[-len(common):], boot[a][:, used_a], boot[b][:, used_b],
+                              alternative, ci_level))
+    out = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in out.columns:
+            out[col] = np.nan
+    out["alternative"], out["family"] = alternative, family
+    out["n_resamples"], out["seed"], out["cluster"] = int(n_resamples), int(seed), cluster
+    out["note"] = out["note"].astype(object).where(out["note"].notna(), "")
+    _adjust(out, family)
+    out = out[list(COLUMNS)]
+    out.attrs.update({"family": family, "alternative": alternative, "reference": reference,
+                      "pairs": [list(p) for p in pairs], "bootstrap": resamples.describe(),
+                      "ci_level": ci_level})
+    return out
+
+
+def _mean_row(a: str, b: str, finding_rows: list[dict], boot_a: np.ndarray, boot_b: np.ndarray,
+              alternative: str, ci_level: float) -> dict[str, Any]:
+    """Macro-mean AUROC over the estimable common findings; a resample where any is undefined is excluded."""
+    ok = [r for r in finding_rows if "auroc_a" in r]
+    row: dict[str, Any] = {"model_a": a, "model_b": b, "finding": MEAN_ROW,
+                           "note": f"macro mean over {len(ok)} finding(s); DeLong not computed for the mean"}
+    if not ok:
+        row["note"] = "no estimable finding"
+        return row
+    pa = float(np.mean([r["auroc_a"] for r in ok]))
+    pb_ = float(np.mean([r["auroc_b"] for r in ok]))
+    row.update({"auroc_a": pa, "auroc_b": pb_,
+                **paired_bootstrap(boot_a.mean(axis=1), boot_b.mean(axis=1), pa, pb_, alternative, ci_level)})
+    return row
+
+
+def _adjust(out: pd.DataFrame, family: str) -> None:
+    """Benjamini-Hochberg over each family of per-finding tests (the mean rows stay unadjusted)."""
+    out["p_adjusted"] = np.nan
+    out["p_delong_adjusted"] = np.nan
+    tests = out["finding"] != MEAN_ROW
+    groups = [tests] if family == "all" else [
+        tests & (out["model_a"] == a) & (out["model_b"] == b)
+        for a, b in out.loc[tests, ["model_a", "model_b"]].drop_duplicates().itertuples(index=False)]
+    for mask in groups:
+        for raw, adj in (("p_bootstrap", "p_adjusted"), ("p_delong", "p_delong_adjusted")):
+            out.loc[mask, adj] = benjamini_hochberg(out.loc[mask, raw].to_numpy(dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+
+def predictions_path(run: str | os.PathLike, split: str) -> Path:
+    """``RUN/eval/SPLIT/predictions.parquet``, or ``run`` itself when it is a Parquet file."""
+    run = Path(run)
+    if run.suffix == ".parquet":
+        return run
+    return eval_dir(run, split) / PREDICTIONS_FILE
+
+
+def run_names(runs: list[str | os.PathLike]) -> list[str]:
+    """Short unique display names: the folder name, extended with parents until unique."""
+    paths = [Path(r).resolve() for r in runs]
+    if len(set(paths)) != len(paths):
+        dup = next(str(r) for r, p in zip(runs, paths, strict=True) if paths.count(p) > 1)
+        raise InputError(f"run {dup!r} is given twice", where="compare", fix="list each run once")
+    stems = [p.parent.parent.parent if p.suffix == ".parquet" and p.parent.parent.name == "eval" else p
+             for p in paths]
+    depth = 1
+    while True:
+        names = ["/".join(p.parts[-depth:]) for p in stems]
+        if len(set(names)) == len(names) or depth > 8:
+            return names
+        depth += 1
+
+
+def load_run_predictions(runs: list[str | os.PathLike], split: str = "test"
+                         ) -> tuple[dict[str, pd.DataFrame], dict[str, dict | None]]:
+    """Predictions frames and metrics.json contents (None when absent) of each run, by display name."""
+    names = run_names(runs)
+    preds: dict[str, pd.DataFrame] = {}
+    stored: dict[str, dict | None] = {}
+    for name, run in zip(names, runs, strict=True):
+        path = predictions_path(run, split)
+        df = read_predictions(path)
+        df.attrs["where"] = str(path)
+        preds[name] = df
+        metrics_path = path.parent / METRICS_FILE
+        stored[name] = read_metrics(metrics_path) if metrics_path.is_file() else None
+    return preds, stored
+
+
+def resample_settings(stored: Mapping[str, dict | None], seed: int | None = None,
+                      n_resamples: int | None = None, cluster: str | None = None) -> dict[str, Any]:
+    """Bootstrap seed, count and cluster: the command-line value, else the one stored with every
+    evaluation (they must agree), else the defaults (seed 0, 1000, image)."""
+    given = {"seed": seed, "n_resamples": n_resamples, "cluster": cluster}
+    defaults = {"seed": 0, "n_resamples": 1000, "cluster": "image"}
+    flags = {"seed": "--seed", "n_resamples": "--bootstrap", "cluster": "--cluster"}
+    out: dict[str, Any] = {}
+    for key in given:
+        if given[key] is not None:
+            out[key] = given[key]
+            continue
+        values = {name: (m.get("bootstrap") or {}).get(key) for name, m in stored.items() if m}
+        values = {k: v for k, v in values.items() if v is not None}
+        if len(set(values.values())) > 1:
+            listing = ", ".join(f"{k}: {v}" for k, v in values.items())
+            raise InputError(f"the runs were evaluated with different bootstrap {key} ({listing})",
+                             where="compare", fix=f"choose one with {flags[key]}")
+        out[key] = next(iter(values.values())) if values else defaults[key]
+    return out
+
+
+def _where(df: pd.DataFrame | PredictionSet, name: str) -> str:
+    attrs = getattr(df, "attrs", None) or {}
+    return str(attrs.get("where") or f"predictions of {name}")
+
+
+COMPARISON_FORMAT = "cxrbench.compare/1"
+
+
+def write_comparison(table: pd.DataFrame, out: str | os.PathLike, *, runs: Mapping[str, str] | None = None,
+                     context: Mapping[str, Any] | None = None) -> None:
+    """Write a :func:`compare_predictions` table atomically: ``.csv`` (one row per pair and finding,
+    plus ``mean``) or ``.json`` (``format``, ``settings`` = the table's attrs, ``runs``, ``rows``,
+    ``provenance``, plus any ``context`` keys such as the study's dataset, recipe and seed)."""
+    import json
+
+    from cxrbench.common.fileio import atomic_path, atomic_write_json
+    from cxrbench.common.provenance import provenance
+
+    out = Path(out)
+    if out.suffix.lower() == ".csv":
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.10g")
+        return
+    if out.suffix.lower() != ".json":
+        raise InputError(f"{str(out)!r} has an unknown extension", where=str(out),
+                         fix="use a .csv or .json file name")
+    records = json.loads(table.to_json(orient="records"))
+    atomic_write_json(out, {"format": COMPARISON_FORMAT, **dict(context or {}), "settings": dict(table.attrs),
+                            "runs": dict(runs or {}), "rows": records, "provenance": provenance()})
+
+
+def read_comparison(path: str | os.PathLike) -> dict[str, Any]:
+    """A comparison ``.json`` (this format, or a study's before it had one): a dict with ``rows``."""
+    from cxrbench.common.fileio import read_json
+
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise InputError("not a cxrbench comparison file (no 'rows')", where=str(path),
+                         fix="re-run the comparison (`cxrbench compare ... --out FILE.json`)")
+    return doc

@@ -1,0 +1,106 @@
+"""Predict findings on new image files (PNG, JPEG, DICOM) with a trained run.
+
+Each file goes through exactly the pixels path of the run's cache: :func:`cxrbench.cache.decode.read_image`
+then :func:`cxrbench.cache.preprocess.preprocess` with the recipe recorded in ``best.json`` (size, resize
+mode, equalization), then the model's resize + normalization. When the run has been evaluated and
+the evaluation chose decision thresholds on the validation split, each finding is also called
+positive or negative at its threshold (``s >= t``, the metrics module's convention).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import read_json
+from cxrbench.common.layout import metrics_path
+
+THRESHOLD_SPLITS = ("val", "test")
+
+
+def run_thresholds(run_dir: str | os.PathLike, findings: list[str],
+                   ) -> tuple[dict[str, float | None] | None, str | None]:
+    """Decision thresholds of the run's evaluation that were *not* chosen on the test set.
+
+    Reads ``eval/val/metrics.json`` (any threshold policy: chosen on the validation split itself),
+    then ``eval/test/metrics.json`` when its policy is ``val`` (Youden's J on validation) or
+    ``fixed``; a test evaluation with ``--threshold-from test`` (the reference study's optimistic
+    protocol) is never used. Returns ``({finding: threshold or None}, description)`` or
+    ``(None, None)`` when the run has no usable evaluation. The format is the one
+    :mod:`cxrbench.evaluate.scoring` writes: ``per_finding.<f>.threshold`` and ``threshold_policy.source``.
+    """
+    for split in THRESHOLD_SPLITS:
+        path = metrics_path(run_dir, split)
+        if not path.is_file():
+            continue
+        metrics = read_json(path)
+        per = metrics.get("per_finding") if isinstance(metrics, dict) else None
+        policy = metrics.get("threshold_policy") if isinstance(metrics, dict) else None
+        source = policy.get("source") if isinstance(policy, dict) else None
+        if not isinstance(per, dict) or source is None:
+            raise InputError("metrics.json lacks per_finding thresholds or threshold_policy", where=str(path),
+                             fix="re-run `cxrbench evaluate` on this run")
+        if split == "test" and source == "test":
+            continue  # chosen on the test set itself: not a threshold to deploy
+        missing = [f for f in findings if f not in per]
+        if missing:
+            raise InputError(f"metrics.json has no entry for finding(s) {', '.join(missing)}",
+                             where=str(path), fix="re-run `cxrbench evaluate` on this run")
+        out = {f: (None if per[f].get("threshold") is None else float(per[f]["threshold"])) for f in findings}
+        how = "fixed" if source == "fixed" else "Youden's J on the validation split"
+        return out, f"{how} ({path})"
+    return None, None
+
+
+def load_pixels(paths: list[Path], recipe: dict[str, Any]) -> np.ndarray:
+    """uint8 ``[N, S, S]``: each file decoded and preprocessed with the cache ``recipe``."""
+    from cxrbench.cache.decode import read_image
+    from cxrbench.cache.preprocess import preprocess
+
+    size, resize, equalize = int(recipe["size"]), str(recipe["resize"]), bool(recipe["equalize"])
+    return np.stack([preprocess(read_image(p), size=size, resize=resize, equalize=equalize) for p in paths])
+
+
+def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], batch_size: int = 16,
+                  device: str | torch.device | None = None) -> pd.DataFrame:
+    """One row per file: ``file``, ``p_<finding>`` (probability) for each finding and, when the run
+    has thresholds from :func:`run_thresholds`, ``pred_<finding>`` (``positive``/``negative``, empty
+    where the finding has no threshold) and ``threshold_<finding>``.
+    """
+    from cxrbench.common.distributed import resolve_device
+    from cxrbench.data.augment import BatchTransform
+    from cxrbench.evaluate.inference import load_run_model
+
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise InputError("no image files given", where="cxrbench predict",
+                         fix="pass one or more PNG/JPEG/DICOM files")
+    dev = resolve_device(device)
+    model, meta = load_run_model(run_dir, dev)
+    findings = list(meta["findings"])
+    recipe = meta.get("recipe")
+    if not recipe:
+        raise InputError("best.json has no cache recipe", where=str(run_dir),
+                         fix="re-train the run with this version of cxrbench")
+    thresholds, _ = run_thresholds(run_dir, findings)
+    tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(paths), batch_size):
+            x = torch.from_numpy(load_pixels(paths[i:i + batch_size], recipe)).to(dev)
+            probs.append(torch.sigmoid(model(tf(x)).float()).cpu().numpy())
+    p = np.concatenate(probs)
+    cols: dict[str, Any] = {"file": [str(f) for f in paths]}
+    cols.update({f"p_{f}": p[:, k] for k, f in enumerate(findings)})
+    if thresholds is not None:
+        for k, f in enumerate(findings):
+            t = thresholds[f]  # None: no threshold (finding not estimable on validation)
+            cols[f"pred_{f}"] = "" if t is None else np.where(p[:, k] >= t, "positive", "negative")
+        cols.update({f"threshold_{f}": np.nan if thresholds[f] is None else thresholds[f] for f in findings})
+    return pd.DataFrame(cols)

@@ -1,0 +1,125 @@
+"""Evaluating a run folder: predictions when needed, metrics, and atomic writes of both.
+
+:func:`evaluate_run` predicts (through :func:`cxrbench.evaluate.inference.predict_split`) when
+``RUN/eval/SPLIT/predictions.parquet`` is missing or older than the run's weights, scores it with
+:func:`cxrbench.evaluate.scoring.evaluate_predictions` and writes ``metrics.json``. Every input is
+checked and every number computed before anything is written, so a failed evaluation never
+damages an earlier one.
+"""
+
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json
+from cxrbench.common.provenance import provenance
+from cxrbench.common.validation import check_choice
+from cxrbench.evaluate.predictions import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    WEIGHTS_FILE,
+    PredictionSet,
+    eval_dir,
+    predictions_meta,
+    read_predictions,
+    write_predictions,
+)
+from cxrbench.evaluate.scoring import METRICS_FORMAT, evaluate_predictions, threshold_source
+from cxrbench.stats import bootstrap as bs
+
+PredictFn = Callable[..., pd.DataFrame]
+
+
+def get_predictions(run_dir: str | os.PathLike, split: str, *, repredict: bool = False,
+                    predict_fn: PredictFn | None = None, predict_kwargs: Mapping[str, Any] | None = None
+                    ) -> tuple[pd.DataFrame, dict | None]:
+    """The split's predictions frame, and the metadata to write with it when freshly made (else None).
+
+    Existing ``eval/SPLIT/predictions.parquet`` is reused unless ``repredict`` or the run's
+    ``best.safetensors`` changed since it was written (its SHA-256 is stored in the file). Fresh
+    predictions come from ``predict_fn`` (default :func:`cxrbench.evaluate.inference.predict_split`).
+    """
+    run_dir = Path(run_dir)
+    path = eval_dir(run_dir, split) / PREDICTIONS_FILE
+    weights = run_dir / WEIGHTS_FILE
+    weights_sha = file_sha256(weights) if weights.is_file() else None
+    if path.is_file() and not repredict:
+        stored = predictions_meta(path).get("weights_sha256")
+        if weights_sha is None or stored == weights_sha:
+            return read_predictions(path), None
+    if weights_sha is None:
+        raise InputError(f"no predictions for split {split!r} and no trained weights ({WEIGHTS_FILE})",
+                         where=str(run_dir),
+                         fix=f"train the run first, or write Contract-4 predictions to {path}")
+    if predict_fn is None:
+        try:
+            from cxrbench.evaluate.inference import predict_split as predict_fn
+        except ImportError as e:
+            raise InputError(f"cannot make predictions: cxrbench.inference is not available ({e})",
+                             where=str(run_dir), fix=f"write Contract-4 predictions to {path}") from None
+    df = predict_fn(run_dir, split, **dict(predict_kwargs or {}))
+    meta = {"weights_sha256": weights_sha, "split": split, "provenance": provenance()}
+    return df, meta
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples: int = 1000, seed: int = 0,
+                 cluster: str = "image", threshold_from: str | None = None,
+                 thresholds: float | Mapping[str, float] | None = None, ci_level: float = 0.95,
+                 repredict: bool = False, predict_fn: PredictFn | None = None,
+                 predict_kwargs: Mapping[str, Any] | None = None,
+                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> dict:
+    """Predict (when needed), evaluate and write ``RUN/eval/SPLIT/{predictions.parquet,metrics.json}``.
+
+    Every input is checked and every number computed before anything is written, and each file is
+    replaced atomically, so a failed evaluation never damages an earlier one. Returns the metrics dict.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError("run folder not found", where=str(run_dir),
+                         fix="give the folder made by `cxrbench train`")
+    check_choice("--split", split, ("train", "val", "test"))
+    source = threshold_source(threshold_from, thresholds)
+    test_df, test_meta = get_predictions(run_dir, split, repredict=repredict, predict_fn=predict_fn,
+                                         predict_kwargs=predict_kwargs)
+    test_ps = PredictionSet.from_frame(test_df, where=f"{split} predictions of {run_dir}")
+    val_df, val_meta, val_ps = None, None, None
+    if source == "val":
+        if split == "val":
+            val_ps = test_ps
+        else:
+            val_df, val_meta = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
+                                               predict_kwargs=predict_kwargs)
+            val_ps = PredictionSet.from_frame(val_df, where=f"val predictions of {run_dir}")
+    result = evaluate_predictions(test_ps, val_ps, n_resamples=n_resamples, seed=seed, cluster=cluster,
+                                  threshold_from=threshold_from, thresholds=thresholds, ci_level=ci_level,
+                                  memory_bytes=memory_bytes)
+    if source == "val" and split == "val":
+        result["threshold_policy"]["description"] += " (here the evaluated split is the validation split)"
+    out_dir = eval_dir(run_dir, split)
+    if val_meta is not None:
+        write_predictions(val_df, eval_dir(run_dir, "val") / PREDICTIONS_FILE, val_meta)
+    if test_meta is not None:
+        write_predictions(test_df, out_dir / PREDICTIONS_FILE, test_meta)
+    result = {"run": str(run_dir), "split": split, **result,
+              "predictions_sha256": file_sha256(out_dir / PREDICTIONS_FILE),
+              "provenance": provenance()}
+    atomic_write_json(out_dir / METRICS_FILE, result)  # json_safe: NaN -> null, inf -> "inf"
+    return result
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    """Read a metrics.json written by :func:`evaluate_run` (format checked)."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != METRICS_FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else None
+        raise InputError(f"not a cxrbench metrics file (format {fmt!r})", where=str(path),
+                         fix="re-run `cxrbench evaluate`")
+    return data
+

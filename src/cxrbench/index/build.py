@@ -1,0 +1,82 @@
+"""``build_index``: official metadata -> a validated Contract-2 index (+ a report beside it).
+
+The index is written with :func:`cxrbench.index.schema.write_index`; the report (source files,
+options, dropped rows by reason, unknown terms, label-value counts, split method, image checks,
+provenance) goes to ``<index stem>.report.json`` next to it, so ``cxrbench describe`` can show
+what was left out and why. Images are never opened; see :mod:`cxrbench.index.sources.base`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_write_json, file_sha256
+from cxrbench.common.layout import index_report_path
+from cxrbench.common.provenance import provenance
+from cxrbench.index.schema import write_index
+from cxrbench.index.sources import get_source
+from cxrbench.index.sources.base import IndexOptions, finalize
+from cxrbench.index.sources.files import check_image_files
+
+report_path = index_report_path  # where the report of an index lives (older name)
+
+
+def build_index(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    options: IndexOptions | None = None,
+    quiet: bool = True,
+    **option_values: Any,
+) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """Index ``dataset`` under ``root``; returns (index frame, finding columns, report).
+
+    The options are an :class:`IndexOptions` (``options=``) or its fields as keywords
+    (``labels="study-cxr14", uncertain="zeros", ...``: the options of ``cxrbench index``). With
+    ``out`` the index is written there (atomically) and the report beside it
+    (:func:`cxrbench.common.layout.index_report_path`); ``quiet`` hides the progress bar of the
+    image-file check. Every bad input raises :class:`~cxrbench.common.errors.InputError`.
+    """
+    if options is not None and option_values:
+        raise InputError("give either options= or option keywords, not both", where="build_index",
+                         fix="put every option into the IndexOptions")
+    opts = options.validated() if options is not None else IndexOptions.from_dict(option_values,
+                                                                                   where="build_index")
+    adapter = get_source(dataset)
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(
+            "dataset root is not a folder", where=str(root), fix="pass the folder holding the release"
+        )
+    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping)):
+        if value is not None and not Path(value).is_file():
+            raise InputError(f"{name} file not found", where=str(value), fix="check the path")
+    data = adapter(root, opts)
+    df, findings, report = finalize(data, opts)
+    if opts.check_files or opts.drop_missing:
+        keep, checked = check_image_files(root, df["path"], drop=opts.drop_missing, quiet=quiet)
+        report["images"] = {**report.get("images", {}), **checked}
+        if not keep.all():
+            df = df.loc[keep].reset_index(drop=True)
+            if df.empty:
+                raise InputError("no image file found under --root", where=str(root), fix="check --root")
+    report = {
+        "dataset": data.dataset,
+        "root": str(root),
+        "images_indexed": len(df),
+        "patients_indexed": int(df["patient_id"].nunique()),
+        "options": opts.report(),
+        **report,
+    }
+    if out is not None:
+        write_index(df, out, findings)
+        report["index_sha256"] = file_sha256(out)
+        report["provenance"] = provenance()
+        atomic_write_json(index_report_path(out), report)
+    return df, findings, report

@@ -1,0 +1,296 @@
+"""What every source shares: the index options, the adapter's output and :func:`finalize`.
+
+An adapter (one module per dataset) reads the files exactly as released and returns a
+:class:`SourceData`: one row per image with Contract-2 metadata and the *official* split when the
+release has one, and a float32 label block with one column per native finding coded as
+:mod:`cxrbench.index.sources.labels` describes. :func:`finalize` (called by
+:func:`cxrbench.index.build.build_index`) then applies the :class:`IndexOptions` in a fixed order:
+views -> label policy -> derived findings -> ``no_finding`` consistency -> ``--labels`` -> splits
+-> leakage check -> Contract-2 validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import check_choice, closest
+from cxrbench.index.schema import FRONTAL_VIEWS, SPLITS, VIEWS
+from cxrbench.index.sources.labels import (
+    BLANK_POLICIES,
+    UNCERTAIN_POLICIES,
+    apply_label_policy,
+    reconcile_no_finding,
+)
+from cxrbench.index.sources.tables import row_of
+
+READER_RULES: tuple[str, ...] = ("majority", "any")
+LABELERS: tuple[str, ...] = ("chexpert", "negbio")
+SPLIT_MODES: tuple[str, ...] = ("official", "hash")
+_FLAGS = {"split_mode": "--splits"}  # options whose command-line flag is not --<name>
+
+
+class IndexOptions(BaseModel):
+    """Every option of ``cxrbench index``, the single list used by the CLI, the Python API
+    (:func:`cxrbench.index.build.build_index`) and a study's ``datasets.<name>`` section.
+
+    Frozen and validated: an unknown option or a bad value raises one InputError naming it
+    (``--uncertain got 'zero'... did you mean 'zeros'?``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    labels: str = "all"
+    uncertain: str = "zeros"
+    blank: str = "zeros"
+    views: str = "frontal"
+    split_mode: str = "official"
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    readers: str = "majority"
+    labeler: str = "chexpert"
+    radiologist_test: bool = False
+    labels_file: Path | None = None
+    mapping: Path | None = None
+    check_files: bool = False
+    drop_missing: bool = False
+
+    @field_validator("split_fractions", mode="before")
+    @classmethod
+    def _fractions(cls, v: Any) -> Any:
+        from cxrbench.index.splits import parse_fractions
+
+        return parse_fractions(v)
+
+    @field_validator("split_seed", mode="before")
+    @classmethod
+    def _seed(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not str(v).lstrip("-").isdigit():
+            raise InputError(f"--split-seed got {v!r}", where="--split-seed", fix="give an integer")
+        return int(v)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "index options") -> IndexOptions:
+        """Validate ``values`` (keys are the field names); unknown keys and bad values -> InputError."""
+        unknown = [k for k in values if k not in cls.model_fields]
+        if unknown:
+            hint = closest(unknown[0], cls.model_fields)
+            raise InputError(f"unknown index option {unknown[0]!r}", where=where,
+                             fix=(f"did you mean {hint!r}? " if hint else "")
+                             + f"options: {', '.join(cls.model_fields)}")
+        try:
+            opts = cls(**values)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = str(first.get("loc", ("option",))[0])
+            msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+            raise InputError(f"{_FLAGS.get(key, '--' + key.replace('_', '-'))}: {msg} "
+                             f"(got {first.get('input')!r})", where=where, fix="correct the value") from None
+        return opts.validated()
+
+    def validated(self) -> IndexOptions:
+        """Raise InputError on an unknown choice; return self."""
+        check_choice("--uncertain", self.uncertain, UNCERTAIN_POLICIES)
+        check_choice("--blank", self.blank, BLANK_POLICIES)
+        check_choice("--readers", self.readers, READER_RULES)
+        check_choice("--labeler", self.labeler, LABELERS)
+        check_choice("--splits", self.split_mode, SPLIT_MODES)
+        parse_views(self.views)
+        return self
+
+    def report(self) -> dict[str, Any]:
+        """The options as the index report records them (paths as strings)."""
+        out = self.model_dump()
+        out["split_fractions"] = list(self.split_fractions)
+        for key in ("labels_file", "mapping"):
+            out[key] = str(out[key]) if out[key] is not None else None
+        return out
+
+
+# Columns of SourceData.frame besides the findings. ``official_split`` holds train/val/test or
+# NA; ``frontal`` marks images the source calls frontal even when the projection is unknown.
+FRAME_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "patient_id",
+    "study_id",
+    "path",
+    "view",
+    "sex",
+    "age",
+    "official_split",
+    "frontal",
+)
+
+
+@dataclass
+class SourceData:
+    """What an adapter hands to the indexer (see the module docstring for the coding).
+
+    ``derive`` names findings computed *after* the label policy from other columns of the frame:
+    ``("or", parts)`` (three-valued OR) or ``("none_of", parts)`` (1 when all parts are 0, 0 when
+    any is 1); ``hidden`` columns feed a derivation but are not findings of the index. ``keep``
+    masks rows the adapter drops (one filtering pass together with the view filter).
+    """
+
+    dataset: str
+    frame: pd.DataFrame  # FRAME_COLUMNS, one row per image
+    findings: list[str]
+    labels: np.ndarray  # float32 (N, K), column k = findings[k], coded 1/0/-1/NaN
+    blank_is_unknown: bool = False  # NaN means "not mentioned": the --blank policy applies
+    report: dict[str, Any] = field(default_factory=dict)
+    derive: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()
+    keep: np.ndarray | None = None  # rows the adapter drops (already counted in the report)
+
+
+def register_file(report: dict[str, Any], role: str, path: Path) -> None:
+    """Record a source file read (role -> path) in the report."""
+    report.setdefault("files", {})[role] = str(path)
+
+
+Adapter = Callable[[Path, IndexOptions], SourceData]
+
+
+def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """Views -> label policy -> derived findings -> no_finding consistency -> --labels ->
+    splits -> leakage check -> Contract-2 validation. Returns (index, findings, report)."""
+    from cxrbench.index.findings import derivable, kleene_or, resolve_labels
+    from cxrbench.index.schema import META_COLUMNS, validate_index
+    from cxrbench.index.splits import assign_splits, check_leakage
+
+    report = data.report
+    report.setdefault("dropped", {})
+    files = ", ".join(str(p) for p in report.get("files", {}).values()) or data.dataset
+    frame, keep, report["dropped"]["views"] = filter_views(data.frame, opts.views, data.keep)
+    if frame.empty:
+        raise InputError(
+            f"no image left after --views {opts.views} (and the rows the source drops)",
+            where=files,
+            fix="check --views (e.g. frontal, all, PA,AP)",
+        )
+
+    cols = list(data.findings)
+    block = np.array(data.labels if keep is None else data.labels[keep], dtype=np.float32)
+    report["label_values"] = apply_label_policy(block, opts.uncertain, opts.blank, data.blank_is_unknown)
+    values = {f: block[:, i] for i, f in enumerate(cols)}
+    for name, (op, parts) in data.derive.items():
+        ored = kleene_or([values[p] for p in parts])
+        values[name] = ored if op == "or" else np.where(np.isnan(ored), np.nan, 1.0 - ored).astype(np.float32)
+    available = [f for f in values if f not in data.hidden]
+    if available == cols:
+        full = block
+    elif available:
+        full = np.column_stack([values[f] for f in available])
+    else:
+        full = np.zeros((len(frame), 0), np.float32)
+    report["no_finding"] = reconcile_no_finding(full, available)
+    values = {f: full[:, i] for i, f in enumerate(available)}
+
+    findings = resolve_labels(opts.labels, available, data.dataset)
+    for name, parts in derivable(available).items():
+        if name in findings:
+            values[name] = kleene_or([values[p] for p in parts])
+
+    split, report["split"] = assign_splits(
+        frame["patient_id"], frame["official_split"], opts.split_mode, opts.split_seed, opts.split_fractions
+    )
+    out = pd.DataFrame(
+        {
+            "image_id": frame["image_id"].astype(str),
+            "patient_id": frame["patient_id"].astype(str),
+            "study_id": pd.Series(frame["study_id"], dtype="str"),  # missing -> null
+            "path": frame["path"].astype(str),
+            "view": frame["view"].astype(str),
+            "split": pd.Series(split, index=frame.index).astype(str),
+            "dataset": data.dataset,
+            "sex": pd.Series(frame["sex"], dtype="str"),
+            "age": pd.to_numeric(frame["age"], errors="coerce").astype("float64"),
+        }
+    )
+    out = pd.concat(
+        [out, pd.DataFrame({f: values[f].astype(np.float32) for f in findings}, index=out.index)], axis=1
+    )
+    assert list(out.columns[: len(META_COLUMNS)]) == list(META_COLUMNS)
+    check_leakage(out, where=f"split of {files}")
+    validate_index(out, findings, where=files)
+    report["findings"] = findings
+    return out, findings, report
+
+
+def parse_views(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, bool]:
+    """``--views`` -> (allowed views or None for all, keep source-frontal images of unknown projection).
+
+    ``frontal`` (default) = PA, AP, AP_SUPINE plus images the source marks frontal without a known
+    projection (CheXpert decubitus/CheXlocalize test). ``all`` keeps everything.
+    """
+    if spec is None:
+        spec = "frontal"
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise InputError("--views is empty", fix="use frontal, all, or a list such as PA,AP")
+    if items == ["all"] or items == ["*"]:
+        return None, True
+    frontal = "frontal" in items
+    views = set(FRONTAL_VIEWS) if frontal else set()
+    for item in items:
+        if item == "frontal":
+            continue
+        views.add(check_choice("--views", item.upper(), VIEWS))
+    return tuple(v for v in VIEWS if v in views), frontal
+
+
+def filter_views(
+    frame: pd.DataFrame, spec: str, keep: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None, dict[str, int]]:
+    """Keep the rows whose view is asked for (and ``keep``, rows the adapter keeps): (kept frame,
+    row mask or None when all are kept, dropped rows per view among the adapter's kept rows)."""
+    views, frontal = parse_views(spec)
+    base = np.ones(len(frame), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if views is None:
+        by_view = base
+    else:
+        by_view = frame["view"].isin(views).to_numpy()
+        if frontal:
+            by_view = by_view | frame["frontal"].to_numpy(dtype=bool)
+    mask = base & by_view
+    if mask.all():
+        return frame, None, {}
+    dropped = frame["view"][base & ~by_view].value_counts().to_dict()
+    return frame.loc[mask].reset_index(drop=True), mask, {str(k): int(v) for k, v in dropped.items()}
+
+
+def make_frame(n: int, **columns: Any) -> pd.DataFrame:
+    """A SourceData frame with every FRAME_COLUMNS entry (missing ones filled with None / False)."""
+    unknown = set(columns) - set(FRAME_COLUMNS)
+    assert not unknown, unknown
+    data: dict[str, Any] = {}
+    for c in FRAME_COLUMNS:
+        value = columns.get(c)
+        if value is None:
+            value = np.zeros(n, dtype=bool) if c == "frontal" else np.full(n, None, dtype=object)
+        data[c] = value
+    return pd.DataFrame(data)
+
+
+def official_split_values(
+    values: pd.Series, mapping: Mapping[str, str], where: str, column: str
+) -> pd.Series:
+    """Map a release's split names onto train/val/test; an unknown value is an InputError."""
+    out = values.map(mapping)
+    bad = (out.isna() & values.notna()).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"unknown split value {values.iloc[row]!r} in column {column!r}",
+            where=f"{where} row {row_of(row)}",
+            fix=f"expected one of {', '.join(sorted(mapping))}",
+        )
+    assert set(out.dropna().unique()) <= set(SPLITS)
+    return out

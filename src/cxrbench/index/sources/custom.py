@@ -1,0 +1,384 @@
+"""Generic CSV source for private datasets (e.g. the study's UKA-CXR), driven by a YAML mapping.
+
+The mapping (``--mapping FILE.yaml``, validated with pydantic; an unknown key is an error naming
+it) says which columns hold the image path, patient, and optionally study, view, split, sex and
+age, and how each label column becomes a finding::
+
+    name: uka_cxr                 # the index's `dataset` value (snake_case)
+    file: labels.csv              # relative to --root (or absolute); --labels-file overrides
+    separator: ","                # optional
+    path_prefix: images/          # optional, prepended to the path column
+    columns: {path: image_path, patient: patient_id, study: exam_id, view: view, split: split,
+              sex: sex, age: age, image_id: image_id}    # image_id defaults to the path
+    views: {"PA": PA, "AP liegend": AP_SUPINE}            # raw value -> Contract-2 view
+    default_view: PA              # when there is no view column
+    splits: {training: train, validation: val, test: test}  # default: train/val/test/validate
+    sex_values: {m: M, w: F}      # default: M/F/O, male/female/other
+    labels:
+      cardiomegaly: {column: cardiomegaly, positive_at: 3}          # graded 0-4: >= 3 positive
+      pleural_effusion: {left: effusion_left, right: effusion_right, positive_at: 3,
+                         sides: separate}                           # -> pleural_effusion_left/_right
+      congestion: {column: congestion, values: {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, -1: uncertain}}
+      no_finding: {derive: none_of_the_others}   # after --uncertain, from all other findings
+    extra_findings: []            # non-canonical finding names you mean to use
+
+Per label: ``column`` or ``left`` + ``right``; exactly one of ``positive_at`` (numeric: value >=
+threshold is positive, below is negative), ``values`` (raw value -> 1, 0, ``uncertain`` or
+``unknown``) or ``derive: none_of_the_others`` (no_finding only: 1 when every other finding is
+0, 0 when any is 1, unknown otherwise); ``uncertain`` lists raw values meaning uncertain (they
+follow ``--uncertain``); ``blank`` = ``unknown`` (default: NaN, masked), ``negative`` or
+``error``; ``sides`` = ``separate`` (default: ``<name>_left`` / ``<name>_right``), ``merge`` (one
+column, left OR right) or ``both``. A raw value the mapping does not cover is an error naming the
+row and column. Without a split column: hash split by patient; a split column without val gets a
+val carved by patient from train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrbench.common.errors import InputError
+from cxrbench.index.findings import NOT_ABNORMAL, check_finding_name, sort_findings
+from cxrbench.index.schema import SPLITS, VIEWS
+from cxrbench.index.sources.base import (
+    IndexOptions,
+    SourceData,
+    make_frame,
+    official_split_values,
+    register_file,
+)
+from cxrbench.index.sources.files import clean_relative_paths
+from cxrbench.index.sources.labels import SEX_VALUES, label_block
+from cxrbench.index.sources.tables import check_unique, read_csv, row_of
+
+DEFAULT_SPLITS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+LabelValue = Literal[0, 1, "uncertain", "unknown"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Columns(_Strict):
+    """Which CSV column holds what (only ``path`` and ``patient`` are required)."""
+
+    path: str
+    patient: str
+    image_id: str | None = None
+    study: str | None = None
+    view: str | None = None
+    split: str | None = None
+    sex: str | None = None
+    age: str | None = None
+
+
+class LabelSpec(_Strict):
+    """How one finding is read from one column or a left/right pair of columns."""
+
+    column: str | None = None
+    left: str | None = None
+    right: str | None = None
+    positive_at: float | None = None
+    values: dict[str, LabelValue] | None = None
+    uncertain: list[str] = Field(default_factory=list)
+    blank: Literal["unknown", "negative", "error"] = "unknown"
+    sides: Literal["separate", "merge", "both"] = "separate"
+    derive: Literal["none_of_the_others"] | None = None
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: Any) -> Any:
+        return {str(k).strip(): val for k, val in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("uncertain", mode="before")
+    @classmethod
+    def _uncertain_as_text(cls, v: Any) -> Any:
+        return [str(x).strip() for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _one_source_one_rule(self) -> LabelSpec:
+        if self.derive is not None:
+            if self.column or self.left or self.right or self.positive_at is not None or self.values:
+                raise ValueError("derive takes no column, left/right, positive_at or values")
+            return self
+        if bool(self.column) == bool(self.left or self.right):
+            raise ValueError("give either column, or left and right")
+        if (self.left is None) != (self.right is None):
+            raise ValueError("left and right come together")
+        if (self.positive_at is None) == (self.values is None):
+            raise ValueError("give exactly one of positive_at or values")
+        return self
+
+
+class Mapping(_Strict):
+    """The YAML mapping of a private CSV dataset (see the module docstring)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    file: str | None = None
+    separator: str = ","
+    path_prefix: str = ""
+    columns: Columns
+    views: dict[str, str] | None = None
+    default_view: str = "UNKNOWN"
+    splits: dict[str, str] | None = None
+    sex_values: dict[str, str] | None = None
+    labels: dict[str, LabelSpec]
+    extra_findings: list[str] = Field(default_factory=list)
+
+    @field_validator("views")
+    @classmethod
+    def _views_known(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for raw, view in (v or {}).items():
+            if view not in VIEWS:
+                raise ValueError(f"view {view!r} (for {raw!r}) is not one of {', '.join(VIEWS)}")
+        return v
+
+    @field_validator("default_view")
+    @classmethod
+    def _default_view_known(cls, v: str) -> str:
+        if v not in VIEWS:
+            raise ValueError(f"{v!r} is not one of {', '.join(VIEWS)}")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_known(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for raw, split in (v or {}).items():
+            if split not in SPLITS:
+                raise ValueError(f"split {split!r} (for {raw!r}) is not one of {', '.join(SPLITS)}")
+        return v
+
+
+def load_mapping(path: Path) -> Mapping:
+    """Read and validate a YAML mapping; every problem is one InputError naming the key."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("mapping file not found", where=str(path), fix="check --mapping") from None
+    except yaml.YAMLError as e:
+        raise InputError(
+            f"not valid YAML ({str(e).splitlines()[0]})", where=str(path), fix="fix the YAML syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(
+            "the mapping must be a YAML dictionary",
+            where=str(path),
+            fix="see docs/datasets.md, section 'csv'",
+        )
+    try:
+        mapping = Mapping.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise InputError(
+            f"{key}: {msg}", where=str(path), fix="see the mapping schema in docs/datasets.md, section 'csv'"
+        ) from None
+    for name, spec in mapping.labels.items():
+        check_finding_name(name, where=f"{path}: labels.{name}", extra=mapping.extra_findings)
+        if spec.derive and name != "no_finding":
+            raise InputError(
+                f"labels.{name}: derive is only for no_finding",
+                where=str(path),
+                fix="read the finding from a column",
+            )
+    return mapping
+
+
+def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np.ndarray:
+    """Raw strings -> float32 1/0/-1/NaN under ``spec``; an uncovered value is an InputError."""
+    text = raw.str.strip()
+    blank = text.isna() | (text == "")
+    out = np.full(len(raw), np.nan, dtype=np.float32)
+    unc = text.isin(spec.uncertain).to_numpy() & ~blank.to_numpy()
+    rest = ~blank.to_numpy() & ~unc
+    if spec.positive_at is not None:
+        num = pd.to_numeric(text.where(rest), errors="coerce").to_numpy(dtype=np.float64)
+        bad = rest & np.isnan(num)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"non-numeric value {raw.iloc[row]!r} in column {column!r}",
+                where=f"{where} row {row_of(row)}",
+                fix="graded labels must be numbers, or list the value under uncertain",
+            )
+        out[rest] = (num[rest] >= spec.positive_at).astype(np.float32)
+    else:
+        codes = {"1": 1.0, "0": 0.0, "uncertain": -1.0, "unknown": np.nan}
+        table = {k: codes[str(v)] for k, v in (spec.values or {}).items()}
+        numeric = {}
+        for k, v in table.items():
+            try:
+                numeric[float(k)] = v
+            except ValueError:
+                pass
+        uniques = pd.unique(text[rest])
+        lookup = {}
+        for u in uniques:
+            if u in table:
+                lookup[u] = table[u]
+                continue
+            try:
+                lookup[u] = numeric[float(u)]
+                continue
+            except (ValueError, KeyError):
+                row = int(np.flatnonzero(rest & (text == u).to_numpy())[0])
+                raise InputError(
+                    f"unknown label value {u!r} in column {column!r}",
+                    where=f"{where} row {row_of(row)}",
+                    fix=f"add it to the mapping's values for this label ({', '.join(table)})",
+                ) from None
+        out[rest] = text[rest].map(lookup).to_numpy(dtype=np.float32)
+    out[unc] = -1.0
+    if spec.blank == "negative":
+        out[blank.to_numpy()] = 0.0
+    elif spec.blank == "error" and blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0])
+        raise InputError(
+            f"blank value in column {column!r}",
+            where=f"{where} row {row_of(row)}",
+            fix="fill it, or set blank: unknown / negative for this label",
+        )
+    return out
+
+
+def read(root: Path, opts: IndexOptions) -> SourceData:
+    """Read a CSV dataset described by ``opts.mapping`` (see module docstring)."""
+    if opts.mapping is None:
+        raise InputError(
+            "--dataset csv needs --mapping FILE.yaml", fix="write a mapping (docs/datasets.md, 'csv')"
+        )
+    m = load_mapping(opts.mapping)
+    report: dict = {"mapping": str(opts.mapping)}
+    if opts.labels_file is not None:
+        path = opts.labels_file
+    elif m.file is not None:
+        path = Path(m.file) if Path(m.file).is_absolute() else root / m.file
+    else:
+        raise InputError(
+            "no label file", where=str(opts.mapping), fix="set `file:` in the mapping or pass --labels-file"
+        )
+    register_file(report, "labels", path)
+    c = m.columns
+    meta_cols = [x for x in (c.path, c.patient, c.image_id, c.study, c.view, c.split, c.sex, c.age) if x]
+    label_cols = [x for s in m.labels.values() for x in (s.column, s.left, s.right) if x]
+    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols)), sep=m.separator)
+    where = str(path)
+    for col in (c.path, c.patient):
+        blank = df[col].isna().to_numpy()
+        if blank.any():
+            raise InputError(
+                f"column {col!r} is blank",
+                where=f"{where} row {row_of(int(np.flatnonzero(blank)[0]))}",
+                fix="every image needs a path and a patient",
+            )
+    paths = clean_relative_paths(m.path_prefix + df[c.path].str.strip(), where, c.path)
+    image_id = df[c.image_id].str.strip() if c.image_id else paths
+    check_unique(image_id, path, c.image_id or c.path)
+
+    labels: dict[str, np.ndarray] = {}
+    derive: dict[str, tuple[str, tuple[str, ...]]] = {}
+    hidden: list[str] = []
+    for name, spec in m.labels.items():
+        if spec.derive:
+            continue
+        if spec.column:
+            labels[name] = _code_column(df[spec.column], spec, where, spec.column)
+            continue
+        sides = (f"{name}_left", f"{name}_right")
+        labels[sides[0]] = _code_column(df[spec.left], spec, where, spec.left)
+        labels[sides[1]] = _code_column(df[spec.right], spec, where, spec.right)
+        if spec.sides in ("merge", "both"):
+            derive[name] = ("or", sides)  # computed after --uncertain, like every derived finding
+        if spec.sides == "merge":
+            hidden += sides
+    outputs = [f for f in labels if f not in hidden] + list(derive)
+    for name, spec in m.labels.items():
+        if spec.derive:
+            parts = tuple(f for f in outputs if f not in NOT_ABNORMAL and f != name)
+            if not parts:
+                raise InputError(
+                    f"labels.{name}: nothing to derive from",
+                    where=str(opts.mapping),
+                    fix="map at least one other finding",
+                )
+            derive[name] = ("none_of", parts)
+    findings = sort_findings(labels)
+
+    if c.view:
+        raw = df[c.view].str.strip()
+        table = dict(m.views or {})
+        view = raw.map(table) if table else raw.str.upper().where(raw.str.upper().isin(VIEWS))
+        bad = (view.isna() & raw.notna()).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"unknown view {raw.iloc[row]!r} in column {c.view!r}",
+                where=f"{where} row {row_of(row)}",
+                fix=f"map it under `views:` in the mapping (to one of {', '.join(VIEWS)})",
+            )
+        view = view.fillna("UNKNOWN")
+    else:
+        view = pd.Series(m.default_view, index=df.index, dtype=object)
+    official = None
+    if c.split:
+        table = m.splits or DEFAULT_SPLITS
+        official = official_split_values(
+            df[c.split].str.strip().str.lower() if not m.splits else df[c.split].str.strip(),
+            table,
+            where,
+            c.split,
+        )
+        if official.isna().any():
+            row = int(np.flatnonzero(official.isna().to_numpy())[0])
+            raise InputError(
+                f"blank split in column {c.split!r}",
+                where=f"{where} row {row_of(row)}",
+                fix="give every row a split, or drop `split` from the mapping for a hash split",
+            )
+    sex = None
+    if c.sex:
+        sex_table = {k.upper(): v for k, v in (m.sex_values or SEX_VALUES).items()}
+        sex = df[c.sex].str.strip().str.upper().map(sex_table).astype(object).where(lambda s: s.notna(), None)
+    age = pd.to_numeric(df[c.age], errors="coerce").astype("float64") if c.age else None
+    frame = make_frame(
+        len(df),
+        image_id=image_id,
+        patient_id=df[c.patient].str.strip(),
+        study_id=df[c.study].str.strip() if c.study else None,
+        path=paths,
+        view=view,
+        sex=sex,
+        age=age,
+        official_split=official,
+    )
+    report["rows_read"] = len(df)
+    report["images"] = {"located": False, "note": "paths come from the CSV; use --check-files to verify"}
+    block = label_block(len(df), findings, labels)
+    return SourceData(
+        m.name,
+        frame,
+        findings,
+        block,
+        blank_is_unknown=False,
+        report=report,
+        derive=derive,
+        hidden=tuple(hidden),
+    )

@@ -1,0 +1,230 @@
+"""Reading official metadata files exactly as released: CSV/TSV (gzipped or not) by column
+name, with explicit missing-value tokens, numeric columns checked, ids unique, rows numbered as
+the file's own data records (1 = the first record after the header)."""
+
+
+from __future__ import annotations
+
+import gzip
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import check_columns
+
+
+def row_of(row: int) -> int:
+    """1-based record number of 0-based data row ``row`` (the header is not counted; a record may
+    span several physical lines when a quoted field holds newlines, as in PadChest)."""
+    return int(row) + 1
+
+
+def find_file(
+    dirs: Sequence[Path],
+    names: Sequence[str],
+    what: str,
+    option: str | None = "--labels-file",
+    required: bool = True,
+) -> Path | None:
+    """The first of ``names`` (plain or ``.gz``) present in one of ``dirs``."""
+    for d in dirs:
+        for name in names:
+            for candidate in (name, f"{name}.gz", name.removesuffix(".gz")):
+                p = Path(d) / candidate
+                if p.is_file():
+                    return p
+    if not required:
+        return None
+    fix = f"expected {' or '.join(names)} (optionally .gz) in {', '.join(str(d) for d in dirs)}"
+    if option:
+        fix += f", or pass {option} FILE"
+    raise InputError(f"{what} not found", where=str(dirs[0]), fix=fix)
+
+
+def read_csv(
+    path: Path,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+    numeric: Sequence[str] = (),
+    ids: Sequence[str] | None = None,
+    text: Sequence[str] = (),
+    sep: str = ",",
+    engine: str = "pandas",
+) -> pd.DataFrame:
+    """Read the named columns of an official CSV (plain or gz); blanks become NaN.
+
+    Column names are stripped and ``rename`` maps header variants onto one spelling before
+    ``required`` is checked; ``optional`` columns are read when present. ``numeric`` columns are
+    parsed as float32 by the C parser (a non-numeric value is an InputError naming its row).
+    ``ids`` columns are parsed as text exactly as written (``None``: every column; for identifiers
+    that inference would corrupt: huge numbers, leading zeros). The other columns are
+    type-inferred, which is much faster than forcing text; those listed in ``text`` are turned back
+    into text when inferred as numbers (integers without decimals), and columns inferred as
+    neither text nor numbers (all blank, mixed) become text. Never reads by position.
+    ``engine="arrow"`` parses with pyarrow (faster for wide files read in part, such as PadChest's),
+    falling back to pandas, whose errors name the row, when pyarrow refuses the file.
+    """
+    rename = dict(rename or {})
+    header = _read(path, nrows=0, index_col=False, sep=sep).columns
+    names = {c: rename.get(c.strip(), c.strip()) for c in header}
+    check_columns(set(names.values()), required, where=str(path))
+    wanted = set(required) | set(optional)
+    seen: set[str] = set()
+    use = []
+    for raw, name in names.items():
+        if name in wanted and name not in seen:
+            use.append(raw)
+            seen.add(name)
+    forced = None if ids is None else set(ids)
+    dtype = {
+        raw: "float32" if names[raw] in numeric else str
+        for raw in use
+        if names[raw] in numeric or forced is None or names[raw] in forced
+    }
+    kwargs = dict(usecols=use, index_col=False, sep=sep)
+    df = _read_arrow(path, use, dtype, sep) if engine == "arrow" else None
+    try:
+        if df is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+                df = pd.read_csv(path, dtype=dtype, **kwargs)
+    except ValueError:  # a non-numeric label value: read as text to name its row
+        df = _read(path, dtype=str, **kwargs)
+        read_numeric(df, path, [raw for raw in use if names[raw] in numeric])
+    except Exception:
+        df = _read(path, dtype=str, **kwargs)  # re-raise through _read's clear message
+    df = df.rename(columns={raw: names[raw] for raw in use})
+    for col in df.columns:
+        s = df[col]
+        if col in numeric or s.dtype == "str":
+            continue
+        if pd.api.types.is_numeric_dtype(s.dtype) and s.notna().any() and col not in text:
+            continue
+        df[col] = as_text(s)
+    return df
+
+
+# pandas.read_csv's default missing-value spellings, so both readers agree
+NA_VALUES = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
+
+
+def _read_arrow(path: Path, use: list[str], dtype: Mapping[str, str], sep: str) -> pd.DataFrame | None:
+    """pyarrow's CSV reader on the ``use`` columns (``dtype``: str or float32); None when it fails."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    types = {c: pa.float32() if t == "float32" else pa.string() for c, t in dtype.items()}
+    try:
+        table = pcsv.read_csv(
+            path,
+            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=use, column_types=types, strings_can_be_null=True, null_values=NA_VALUES
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError):
+        return None
+    return table.to_pandas()
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Text of a column read as numbers (``10000032.0`` -> ``10000032``) or mixed; blanks stay NaN."""
+    if s.dtype == "str":
+        return s
+    if pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        return s.astype(str)
+    values = s.to_numpy(dtype=object)
+    out = np.full(len(s), None, dtype=object)
+    for i, v in enumerate(values):  # rare: all-blank or mixed columns, and floats with blanks
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        out[i] = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    return pd.Series(out, index=s.index, dtype="str")
+
+
+def header_columns(path: Path) -> list[str]:
+    """The stripped column names of a CSV (reads the header only)."""
+    return [c.strip() for c in _read(path, nrows=0).columns]
+
+
+def _read(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path), fix="check the path") from None
+    except ValueError as e:  # a non-numeric value in a numeric column, a bad usecols ...
+        raise InputError(
+            f"cannot parse the file ({str(e).splitlines()[0]})",
+            where=str(path),
+            fix="check that this is the official file, unmodified",
+        ) from None
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        EOFError,
+        gzip.BadGzipFile,
+        zlib.error,
+    ) as e:
+        raise InputError(
+            f"not a readable CSV ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            where=str(path),
+            fix="check that this is the official file, unmodified",
+        ) from None
+
+
+def read_numeric(df: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
+    """Convert string columns to float in place; a non-numeric non-blank value is an InputError."""
+    for col in columns:
+        raw = df[col]
+        num = pd.to_numeric(raw, errors="coerce")
+        bad = num.isna().to_numpy() & raw.notna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"column {col!r} has non-numeric value {raw.iloc[row]!r}",
+                where=f"{path} row {row_of(row)}",
+                fix="check the file",
+            )
+        df[col] = num.astype("float32")
+
+
+def check_unique(ids: pd.Series, path: Path | str, column: str) -> None:
+    """Raise InputError naming the first duplicated id and the lines where it occurs."""
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = ids.iloc[int(np.flatnonzero(dup)[0])]
+        rows = np.flatnonzero((ids == first).to_numpy())[:3]
+        raise InputError(
+            f"duplicated {column} {first!r} (rows {', '.join(str(row_of(r)) for r in rows)})",
+            where=str(path),
+            fix="each image must appear once; remove the duplicate rows",
+        )
+

@@ -1,0 +1,253 @@
+"""The registry of named initializations: one frozen :class:`InitSpec` per name (timm
+``pretrained_cfg`` style: weight source, architecture, mean/std, input size, licence, paper).
+
+:data:`INITS` is the table, :func:`list_inits` the lister (shell wildcards), :func:`get_init` the
+lookup with closest-name errors. :data:`RANDOM_ALIASES` are the short architectures accepted after
+``random-``. Every other spelling of an init is parsed by :mod:`cxrbench.models.resolve`.
+"""
+
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cxrbench.common.errors import InputError
+from cxrbench.models import store as wt
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+
+
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+INCEPTION_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+INCEPTION_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+_DINOV2_PAPER = (
+    "Oquab et al., DINOv2: Learning Robust Visual Features without Supervision, TMLR 2024, arXiv:2304.07193"
+)
+
+
+_REG_PAPER = "Darcet et al., Vision Transformers Need Registers, ICLR 2024, arXiv:2309.16588"
+
+
+_AUGREG_PAPER = (
+    "Steiner et al., How to train your ViT? Data, Augmentation, and Regularization in Vision "
+    "Transformers, TMLR 2022, arXiv:2106.10270"
+)
+
+
+_DINOV3_PAPER = "Simeoni et al., DINOv3, arXiv:2508.10104 (2025)"
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """One registered initialization (timm ``pretrained_cfg`` style; frozen).
+
+    ``image_size`` is the pretraining resolution in pixels (the default when ``create_model`` gets
+    no ``image_size``); ``patch_size`` is None for convolutional networks; ``timm_kwargs`` are the
+    build options the init needs (e.g. DINOv3 ViTs pool the CLS token as upstream); ``files`` are the
+    weight files of ``hf_repo``, preferred first.
+    """
+
+    name: str
+    timm_name: str
+    family: str
+    architecture: str
+    patch_size: int | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    license: str
+    paper: str
+    hf_repo: str
+    files: tuple[str, ...] = wt.HF_WEIGHT_FILES
+    timm_kwargs: tuple[tuple[str, Any], ...] = ()
+    fixed_input_size: bool = True
+    url: str | None = None
+    notes: str = ""
+
+    @property
+    def arch(self) -> str:
+        """The timm architecture without the tag."""
+        return self.timm_name.split(".", 1)[0]
+
+    @property
+    def pooling(self) -> str:
+        """The pooling the model uses (an override from ``timm_kwargs`` or the architecture's default)."""
+        return dict(self.timm_kwargs).get("global_pool", "token" if self.patch_size else "avg")
+
+    @property
+    def weight_source(self) -> wt.WeightSource:
+        """Where its weights come from (see :mod:`cxrbench.weights`)."""
+        return wt.WeightSource(key=self.timm_name, hf_repo=self.hf_repo, files=self.files, url=self.url)
+
+
+def _dinov2(letter: str, size: str, width: str, reg: bool) -> InitSpec:
+    timm_name = f"vit_{size}_patch14{'_reg4' if reg else ''}_dinov2.lvd142m"
+    return InitSpec(
+        name=f"dinov2-vit{letter}14{'-reg' if reg else ''}",
+        timm_name=timm_name,
+        family="dinov2",
+        architecture=f"ViT-{letter.upper() if letter != 'g' else 'g'}/14{' +4 registers' if reg else ''}",
+        patch_size=14,
+        image_size=518,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        license="apache-2.0",
+        paper=_DINOV2_PAPER + ("; " + _REG_PAPER if reg else ""),
+        hf_repo=f"timm/{timm_name}",
+        url=f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{letter}14/dinov2_vit{letter}14"
+        f"{'_reg4' if reg else ''}_pretrain.pth",
+        notes=f"self-supervised on LVD-142M (142M curated natural images); {width}",
+    )
+
+
+def _dinov3_vit(letter: str, size: str, width: str) -> InitSpec:
+    timm_name = f"vit_{size}_patch16_dinov3.lvd1689m"
+    return InitSpec(
+        name=f"dinov3-vit{letter}16",
+        timm_name=timm_name,
+        family="dinov3",
+        architecture=f"ViT-{letter.upper()}/16",
+        patch_size=16,
+        image_size=256,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        license="dinov3-license",
+        paper=_DINOV3_PAPER,
+        hf_repo=f"timm/{timm_name}",
+        timm_kwargs=(("global_pool", "token"),),
+        notes=f"distilled from DINOv3 7B on LVD-1689M; RoPE + 4 registers; CLS pooling as upstream; {width}",
+    )
+
+
+def _dinov3_convnext(letter: str, size: str) -> InitSpec:
+    timm_name = f"convnext_{size}.dinov3_lvd1689m"
+    return InitSpec(
+        name=f"dinov3-convnext-{letter}",
+        timm_name=timm_name,
+        family="dinov3",
+        architecture=f"ConvNeXt-{letter.upper()}",
+        patch_size=None,
+        image_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        license="dinov3-license",
+        paper=_DINOV3_PAPER,
+        hf_repo=f"timm/{timm_name}",
+        fixed_input_size=False,
+        notes="distilled from DINOv3 7B on LVD-1689M; average pooling",
+    )
+
+
+def _augreg(name: str, tag: str, notes: str) -> InitSpec:
+    timm_name = f"vit_base_patch16_224.{tag}"
+    return InitSpec(
+        name=name,
+        timm_name=timm_name,
+        family="imagenet",
+        architecture="ViT-B/16",
+        patch_size=16,
+        image_size=224,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        license="apache-2.0",
+        paper=_AUGREG_PAPER,
+        hf_repo=f"timm/{timm_name}",
+        notes=notes,
+    )
+
+
+_SPECS: tuple[InitSpec, ...] = (
+    *(
+        _dinov2(letter, size, width, reg)
+        for reg in (False, True)
+        for letter, size, width in (
+            ("s", "small", "22M params"),
+            ("b", "base", "86M params"),
+            ("l", "large", "304M params"),
+            ("g", "giant", "1.1B params, SwiGLU"),
+        )
+    ),
+    _augreg(
+        "imagenet21k-vitb16",
+        "augreg_in21k",
+        "supervised on ImageNet-21k (AugReg); the reference study's ImageNet arm",
+    ),
+    _augreg(
+        "imagenet1k-vitb16",
+        "augreg_in21k_ft_in1k",
+        "the same AugReg ImageNet-21k run, fine-tuned on ImageNet-1k",
+    ),
+    *(
+        _dinov3_vit(letter, size, width)
+        for letter, size, width in (
+            ("s", "small", "21M params"),
+            ("b", "base", "86M params"),
+            ("l", "large", "300M params"),
+        )
+    ),
+    *(_dinov3_convnext(letter, size) for letter, size in (("t", "tiny"), ("s", "small"), ("b", "base"))),
+)
+
+
+INITS: Mapping[str, InitSpec] = {s.name: s for s in _SPECS}
+"""Every registered initialization by name."""
+
+
+RANDOM_ALIASES: Mapping[str, str] = {
+    "vit-tiny": "vit_tiny_patch16_224",  # ViT-Ti/16, 5.7M params
+    "vit-small": "vit_small_patch16_224",  # ViT-S/16, 22M
+    "vit-base": "vit_base_patch16_224",  # ViT-B/16, 86M (the study's architecture)
+    "vit-test": "test_vit",  # 0.3M params, 64-d, 6 blocks, patch 16: for tests
+    "convnext-test": "test_convnext",  # 0.4M params: for tests
+}
+"""Short names accepted after ``random-``."""
+
+
+def list_inits(pattern: str | None = None) -> list[str]:
+    """Registered init names, optionally filtered by a shell wildcard (``'dinov2*'``)."""
+    names = list(INITS)
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+
+
+def get_init(name: str) -> InitSpec:
+    """The registered :class:`InitSpec` called ``name`` (InputError with the closest names otherwise)."""
+    spec = INITS.get(name.strip().lower())
+    if spec is None:
+        raise _unknown_init(name)
+    return spec
+
+
+def _unknown_init(name: str) -> InputError:
+    import timm
+
+    if timm.is_model(name.split(".", 1)[0]):
+        return InputError(
+            f"{name!r} is a timm model, not a registered initialization",
+            where="init",
+            fix=f"say where its weights come from: timm:{name} (timm's pretrained weights) or "
+            f"random-{name.split('.', 1)[0]} (no pretrained weights)",
+        )
+    names = list(INITS) + [f"random-{a}" for a in RANDOM_ALIASES]
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+    starts = [n for n in INITS if n.startswith(name.lower())] if name else []
+    if len(starts) > 1:
+        what = f"initialization {name!r} is ambiguous: it could be {', '.join(starts)}"
+    else:
+        what = f"unknown initialization {name!r}" + (f"; closest: {', '.join(close)}" if close else "")
+    return InputError(
+        what,
+        where="init",
+        fix="use a registered name (`cxrbench weights list`) or a prefix: timm:<model>[.tag], "
+        "checkpoint:<path>, random-<arch>, hf-hub:<org>/<repo>",
+    )
+

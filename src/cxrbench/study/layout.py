@@ -1,0 +1,80 @@
+"""Every path of a study folder, in one place.
+
+::
+
+    OUT/study.yaml                              the validated config as run (with its hash)
+    OUT/data/<dataset>/                         a phantom dataset (when the config has no root)
+    OUT/index/<dataset>/index.parquet           the index (+ index.report.json)
+    OUT/cache/<dataset>/<recipe>/               the cache (Contract 3)
+    OUT/pretrain/<init>/<recipe>/<findings>/s<seed>/   a domain pretraining run (Contract 4)
+    OUT/runs/<dataset>/<recipe>/<init>/s<seed>/ a fine-tuning run (Contract 4), eval/ inside
+    OUT/external/<A>-on-<B>/<recipe>/<init>/s<seed>/   a run of A scored on B
+    OUT/compare/<dataset>/<recipe>/s<seed>/     comparison.json + comparison.csv
+    OUT/report/                                 index.html, report.md, results.csv, figures/
+    OUT/.steps/<step id>.json                   step markers (running, done, failed)
+    OUT/.stale/, OUT/.locks/, OUT/.cache/       set-aside outputs, step locks, the weight-hash cache
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrbench.common.layout import INDEX_FILE
+
+STEPS_DIR = ".steps"
+STALE_DIR = ".stale"
+LOCKS_DIR = ".locks"
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The paths of the study folder ``out`` (nothing is created here)."""
+
+    out: Path
+
+    @property
+    def study_copy(self) -> Path:
+        return self.out / "study.yaml"
+
+    def phantom_root(self, dataset: str) -> Path:
+        return self.out / "data" / dataset
+
+    def index_file(self, dataset: str) -> Path:
+        return self.out / "index" / dataset / INDEX_FILE
+
+    def index_dir(self, dataset: str) -> Path:
+        return self.out / "index" / dataset
+
+    def cache_dir(self, dataset: str, recipe: str) -> Path:
+        return self.out / "cache" / dataset / recipe
+
+    def pretrain_dir(self, label: str, recipe: str, findings_key: str, seed: int) -> Path:
+        return self.out / "pretrain" / label / recipe / findings_key / f"s{seed}"
+
+    def run_dir(self, dataset: str, recipe: str, label: str, seed: int) -> Path:
+        return self.out / "runs" / dataset / recipe / label / f"s{seed}"
+
+    def external_dir(self, train: str, test: str, recipe: str, label: str, seed: int) -> Path:
+        return self.out / "external" / f"{train}-on-{test}" / recipe / label / f"s{seed}"
+
+    def compare_dir(self, dataset: str, recipe: str, seed: int) -> Path:
+        return self.out / "compare" / dataset / recipe / f"s{seed}"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out / "report"
+
+    def marker(self, step_id: str) -> Path:
+        """``OUT/.steps/<id>.json`` (the id's slashes become folders)."""
+        return self.out / STEPS_DIR / f"{step_id}.json"
+
+    def lock(self, step_id: str) -> Path:
+        return self.out / LOCKS_DIR / f"{step_id.replace('/', '__')}.lock"
+
+    def stale_dir(self, step_id: str, stamp: str) -> Path:
+        return self.out / STALE_DIR / f"{step_id.replace('/', '__')}-{stamp}"
+
+    @property
+    def weight_hashes(self) -> Path:
+        return self.out / ".cache" / "hashes.json"

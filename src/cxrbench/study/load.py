@@ -1,0 +1,251 @@
+"""Loading a study YAML: line numbers of every key, ``$VAR`` expansion in paths, validation, and
+one InputError (file, line, key path, closest valid key) for the first problem.
+
+Paths in the file (dataset roots, ``out``) may use ``~``, ``$VAR``, ``${VAR}`` and
+``${VAR:-default}``; relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.validation import closest
+from cxrbench.study.config import (
+    ComparisonSpec,
+    DatasetSpec,
+    EvaluationSpec,
+    ExternalSpec,
+    InitSpec,
+    LoadedStudy,
+    PhantomSpec,
+    RecipeSpec,
+    StudyConfig,
+)
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key, keyed by its path."""
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = prefix + (k.value,)
+            out[key] = k.start_mark.line + 1
+            _key_lines(v, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[prefix + (i,)] = v.start_mark.line + 1
+            _key_lines(v, prefix + (i,), out)
+    return out
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def expand_path(value: str, base: Path, where: str) -> Path:
+    """Expand ``~`` and ``$VAR``/``${VAR}``/``${VAR:-default}``; relative paths are relative to ``base``."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return m.group(2)
+        raise InputError(
+            f"environment variable ${name} is not set",
+            where=where,
+            fix=f"export {name}=/path/to/data, or write ${{{name}:-default}} in the config",
+        )
+
+    p = Path(os.path.expanduser(_ENV.sub(sub, value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _validation_error(err: ValidationError, where: str, lines: dict[tuple, int]) -> InputError:
+    errors = err.errors()
+    # a typo makes two errors (unknown key + missing key): report the typo, it is the cause
+    first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+    loc = tuple(first.get("loc", ()))
+    # pydantic adds the union branch/literal name to the location; keep the key path only
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("tuple[", "literal[", "dict["))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(lines, loc)
+    at = f"{where}, line {line}" if line else where
+    kind = first.get("type")
+    if kind == "extra_forbidden":
+        parent_model = _model_at(loc[:-1])
+        hint = closest(str(loc[-1]), parent_model.model_fields) if parent_model else None
+        fix = (
+            f"did you mean {hint!r}?"
+            if hint
+            else (
+                f"remove it; allowed keys here: {', '.join(parent_model.model_fields)}"
+                if parent_model
+                else "remove it"
+            )
+        )
+        return InputError(f"unknown key {key!r}", where=at, fix=fix)
+    if kind == "missing":
+        return InputError(f"key {key!r} is required", where=at, fix="add it (see docs/study.md)")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+    return InputError(f"{key}: {msg}{shown}", where=at, fix="correct the value (see docs/study.md)")
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that a key path points into (for 'did you mean' hints)."""
+    model: type[BaseModel] | None = StudyConfig
+    i = 0
+    while model is not None and i < len(loc):
+        name = loc[i]
+        field = model.model_fields.get(str(name))
+        if field is None:
+            return None
+        ann = field.annotation
+        text = str(ann)
+        nxt: type[BaseModel] | None = None
+        for cand in (
+            DatasetSpec,
+            RecipeSpec,
+            InitSpec,
+            EvaluationSpec,
+            ComparisonSpec,
+            ExternalSpec,
+            PhantomSpec,
+        ):
+            if cand.__name__ in text or ann is cand:
+                nxt = cand
+                break
+        if nxt is None:
+            return None
+        # dict[str, Model] and tuple[Model, ...] consume one more path element (the key or index)
+        if "dict[" in text or "tuple[" in text:
+            i += 1
+        model, i = nxt, i + 1
+    return model
+
+
+def parse_study(data: Any, where: str = "study config", lines: dict[tuple, int] | None = None) -> StudyConfig:
+    """Validate a study mapping; one InputError (file, line, key, fix) on the first problem."""
+    if not isinstance(data, dict):
+        raise InputError(
+            "the top level is not a mapping", where=where, fix="write `name: ...`, `datasets: ...` lines"
+        )
+    try:
+        cfg = StudyConfig(**data)
+    except ValidationError as e:
+        raise _validation_error(e, where, lines or {}) from None
+    _check_train_keys(cfg, where, lines or {})
+    return cfg
+
+
+def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
+    """Validate the train sections against the training config schema (unknown keys, bad values)."""
+    from cxrbench.train.config import RUN_OWNED_KEYS, TrainConfig
+
+    sections: list[tuple[tuple, dict]] = [(("train",), cfg.train)]
+    for label, spec in cfg.inits.items():
+        sections += [(("inits", label, "train"), spec.train), (("inits", label, "pretrain"), spec.pretrain)]
+        sections += [
+            (("inits", label, "recipe_train", r), {**spec.train, **o}) for r, o in spec.recipe_train.items()
+        ]
+    for loc, section in sections:
+        for k in section:
+            if k in RUN_OWNED_KEYS:
+                line = _line_of(lines, loc + (k,))
+                raise InputError(
+                    f"{'.'.join(map(str, loc))}.{k} is set by the study for every run",
+                    where=f"{where}, line {line}" if line else where,
+                    fix="remove it (datasets, recipes and inits define it)",
+                )
+        merged = {**cfg.train, **section} if loc != ("train",) else section
+        try:
+            TrainConfig(cache="x", init="x", out="x", **merged)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = str(first.get("loc", ("?",))[0])
+            line = _line_of(lines, loc + (key,)) or _line_of(lines, ("train", key))
+            at = f"{where}, line {line}" if line else where
+            dotted = ".".join(map(str, loc)) + "." + key
+            if first.get("type") == "extra_forbidden":
+                hint = closest(key, [f for f in TrainConfig.model_fields if f not in RUN_OWNED_KEYS])
+                raise InputError(
+                    f"unknown training key {dotted!r}",
+                    where=at,
+                    fix=f"did you mean {hint!r}?" if hint else "see `cxrbench train --help`",
+                ) from None
+            msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+            raise InputError(
+                f"{dotted}: {msg} (got {first.get('input')!r})",
+                where=at,
+                fix="correct the value (see `cxrbench train --help`)",
+            ) from None
+
+
+def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> LoadedStudy:
+    """Read and validate a study YAML file; resolve its output folder and dataset roots.
+
+    Args:
+        path: the STUDY.yaml file.
+        out: overrides the config's ``out`` (relative to the current directory).
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise InputError(
+            "study config not found", where=where, fix="check the path (e.g. configs/study-2024.yaml)"
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}, line {mark.line + 1}" if mark is not None else where
+        raise InputError(
+            f"invalid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})",
+            where=at,
+            fix="fix the YAML syntax (indentation, colons, quotes)",
+        ) from None
+    lines = _key_lines(node) if node is not None else {}
+    cfg = parse_study(data, where, lines)
+    return resolve(cfg, path, out)
+
+
+def resolve(cfg: StudyConfig, path: str | os.PathLike, out: str | os.PathLike | None = None) -> LoadedStudy:
+    """Resolve the output folder and the dataset roots of a validated config loaded from ``path``."""
+    path = Path(path)
+    base = path.resolve().parent
+    where = str(path)
+    if out is not None:
+        out_dir = Path(out).resolve()
+    elif cfg.out is not None:
+        out_dir = expand_path(cfg.out, base, f"{where}: out").resolve()
+    else:
+        out_dir = base / cfg.name
+    roots: dict[str, Path] = {}
+    for name, ds in cfg.datasets.items():
+        if ds.root is not None:
+            roots[name] = expand_path(ds.root, base, f"{where}: datasets.{name}.root").resolve()
+        else:
+            roots[name] = out_dir / "data" / name
+    return LoadedStudy(config=cfg, path=path.resolve(), out=out_dir, roots=roots, train=dict(cfg.train))
+

@@ -1,0 +1,190 @@
+"""The nodes of a study's step graph: :class:`Step`, :class:`Plan` and one typed params object per
+step kind (what an executor needs besides the hashed ``config``: paths, labels; never hashed).
+
+Steps flow one way::
+
+    phantom -> index -> cache (per recipe) -> pretrain (domain:) -> train -> eval -> external
+                                                                              \\-> compare -> report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxrbench.study.config import LoadedStudy
+
+PLAN_VERSION = 1
+KINDS: tuple[str, ...] = (
+    "phantom",
+    "index",
+    "cache",
+    "pretrain",
+    "train",
+    "eval",
+    "external",
+    "compare",
+    "report",
+)
+
+
+# --- typed params, one per step kind ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    """Generate the synthetic dataset ``dataset`` into the step's folder (its root)."""
+
+    dataset: str
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """Index ``dataset`` from its official files under ``root``."""
+
+    dataset: str
+    root: str
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """Build the cache of ``dataset`` with ``recipe`` from ``index`` (images under ``root``)."""
+
+    dataset: str
+    recipe: str
+    root: str
+    index: str
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One training run (a domain pretraining run too): on ``cache`` from ``init``.
+
+    ``findings`` None means every finding of the cache; ``runtime`` holds the runtime-only train
+    keys (workers, device, ...). ``dataset``/``recipe``/``label``/``seed`` name the arm.
+    """
+
+    cache: str
+    init: str
+    findings: list[str] | None
+    runtime: dict[str, Any]
+    dataset: str
+    recipe: str
+    label: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """Evaluate the run folder ``run`` (the arm's dataset/recipe/label/seed)."""
+
+    run: str
+    dataset: str
+    recipe: str
+    label: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExternalParams:
+    """Score the run ``run`` (trained on ``train_dataset``) on ``cache`` of ``test_dataset``."""
+
+    run: str
+    cache: str
+    train_dataset: str
+    test_dataset: str
+    recipe: str
+    label: str
+    seed: int
+    findings: list[str] | None
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """Compare the evaluations of ``runs`` (init label -> run folder) on one dataset/recipe/seed."""
+
+    dataset: str
+    recipe: str
+    seed: int
+    runs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """Gather everything into the report (no parameters)."""
+
+
+StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | EvalParams | ExternalParams
+              | CompareParams | ReportParams)
+
+
+@dataclass
+class Step:
+    """One node of the graph.
+
+    Attributes:
+        id: unique readable name, e.g. ``train/nih/r224/dinov2/s0``.
+        kind: one of :data:`KINDS`.
+        out: the folder it writes (nothing else is written by it).
+        config: what it computes (hashed).
+        deps: ids of the steps whose outputs it reads.
+        complete: files under ``out`` that exist once it has finished.
+        params: what the executor needs besides ``config`` (a typed params object; not hashed).
+        group: shard group of training runs and their evaluations; None for shared prerequisites.
+        deferred: its config cannot be known yet (findings known only after indexing).
+        key: content hash, set by :func:`cxrbench.study.plan.build_plan`.
+        status: ``done``, ``pending``, ``stale`` or ``deferred``, set by
+            :func:`cxrbench.study.state.refresh_status`.
+    """
+
+    id: str
+    kind: str
+    out: Path
+    config: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    complete: tuple[str, ...] = ()
+    params: Any = field(default_factory=ReportParams)
+    group: str | None = None
+    deferred: bool = False
+    key: str = ""
+    status: str = "pending"
+
+
+@dataclass
+class Plan:
+    """Steps in execution order (every step after the steps it reads)."""
+
+    study: LoadedStudy
+    steps: list[Step]
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.by_id = {s.id: s for s in self.steps}
+
+    def __getitem__(self, step_id: str) -> Step:
+        return self.by_id[step_id]
+
+    def of_kind(self, *kinds: str) -> list[Step]:
+        """Steps of the given kinds, in order."""
+        return [s for s in self.steps if s.kind in kinds]
+
+    def counts(self) -> dict[str, int]:
+        """Number of steps per status."""
+        out: dict[str, int] = {}
+        for s in self.steps:
+            out[s.status] = out.get(s.status, 0) + 1
+        return out
+
+    def closure(self, ids: set[str]) -> set[str]:
+        """``ids`` plus every step they read, transitively."""
+        todo, seen = list(ids), set()
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            todo.extend(self.by_id[i].deps)
+        return seen

@@ -1,0 +1,145 @@
+"""Run-folder checkpoints: ``checkpoints/last.pt`` for exact resume, ``best.safetensors`` + ``best.json``.
+
+``last.pt`` is a plain dict of tensors and Python scalars (model, optimizer, grad scaler, schedule,
+RNG states per rank, sampler position, early-stopping state), written atomically with
+``torch.save`` and read back with ``torch.load(weights_only=True)``: no pickled code, ever.
+``best.safetensors`` holds the model weights (backbone and head) and ``best.json`` what is needed
+to use them: findings, image size, normalization, init, architecture, cache recipe, val metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_path, atomic_write_json, read_json
+from cxrbench.common.layout import RUN_BEST_META, RUN_BEST_WEIGHTS, RUN_LAST
+
+LAST = Path(RUN_LAST)
+BEST_WEIGHTS = RUN_BEST_WEIGHTS
+BEST_META = RUN_BEST_META
+FORMAT_VERSION = 1
+
+
+def save_last(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_last(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a ``last.pt`` with ``weights_only=True``; damaged or foreign files raise InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", where=str(path), fix="start the run without resuming")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # damaged, not a pickle that wants code
+            raise InputError(f"cannot read the checkpoint ({str(e).splitlines()[0][:200]})", where=str(path),
+                             fix="delete it and restart with --overwrite") from None
+        raise InputError("the checkpoint holds pickled objects besides tensors and plain containers; loading "
+                         "it could run arbitrary code, so it is refused (torch.load weights_only=True)",
+                         where=str(path), fix="only use last.pt files written by cxrbench; restart with "
+                                              "--overwrite") from None
+    except Exception as e:
+        raise InputError(f"cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                         where=str(path), fix="delete it and restart with --overwrite") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise InputError("not a cxrbench checkpoint of this version", where=str(path),
+                         fix="restart the run with --overwrite")
+    return state
+
+
+# --- RNG state --------------------------------------------------------------------------------------
+
+def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Global torch CPU/CUDA RNG states plus the named generators' states (CPU byte tensors)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["generators"] = {name: g.get_state() for name, g in (generators or {}).items()}
+    return state
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of :func:`capture_rng`; a generator missing from ``state`` raises InputError."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in (generators or {}).items():
+        if name not in state["generators"]:
+            raise InputError(f"checkpoint has no state for RNG {name!r}", where=str(LAST),
+                             fix="restart the run with --overwrite")
+        g.set_state(state["generators"][name])
+
+
+# --- best weights -----------------------------------------------------------------------------------
+
+def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as independent contiguous CPU tensors (safe for safetensors)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_best(run_dir: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``best.safetensors`` then ``best.json`` atomically; the epoch ties the pair together."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    header = {"cxrbench": json.dumps({"epoch": meta.get("epoch"), "findings": meta.get("findings"),
+                                      "arch": meta.get("arch"), "init": meta.get("init")})}
+    with atomic_path(run_dir / BEST_WEIGHTS) as tmp:
+        save_file(weights, str(tmp), metadata=header)
+    atomic_write_json(run_dir / BEST_META, meta)
+
+
+def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``best.json`` for a run folder, a ``best.safetensors`` path or a ``best.json`` path."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("run folder or checkpoint not found", where=str(path),
+                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
+    meta_path = path / BEST_META if path.is_dir() else path.with_name(BEST_META)
+    if not meta_path.is_file():
+        raise InputError("no best.json beside the weights", where=str(meta_path),
+                         fix="train the run until at least one validation has finished")
+    meta = read_json(meta_path)
+    for key in ("findings", "arch", "image_size", "mean", "std"):
+        if key not in meta:
+            raise InputError(f"best.json lacks key {key!r}", where=str(meta_path),
+                             fix="re-train the run with this version of cxrbench")
+    return meta
+
+
+def load_best(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a run's best checkpoint (run folder or ``best.safetensors`` path)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights_path = path / BEST_WEIGHTS if path.is_dir() else path
+    meta = read_best_meta(path)
+    if not weights_path.is_file():
+        raise InputError("best weights not found", where=str(weights_path),
+                         fix="train the run until at least one validation has finished")
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            header = json.loads((f.metadata() or {}).get("cxrbench", "{}"))
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise InputError(f"damaged safetensors file ({e})", where=str(weights_path),
+                         fix="re-train the run or restore the file") from None
+    if header and header.get("epoch") != meta.get("epoch"):
+        raise InputError(f"best.safetensors (epoch {header.get('epoch')}) and best.json (epoch "
+                         f"{meta.get('epoch')}) do not belong together", where=str(weights_path),
+                         fix="an interrupted write; resume the run to rewrite them")
+    return weights, meta

@@ -1,0 +1,263 @@
+"""The training configuration: one frozen, validated pydantic model (no globals).
+
+Defaults follow the reference study (Tayebi Arasteh et al. 2024): AdamW, lr 1e-5, weight decay 0,
+batch 30, up to 100 epochs, horizontal flip p=0.5 and rotation up to 7 degrees, BCE with per-finding
+positive weights. Every field is a key of ``config.yaml`` (section ``train``) in the run folder.
+
+Fields in :data:`RUNTIME_KEYS` change how a run executes but not what it computes (data loader
+workers, device, logging and checkpoint intervals, determinism, compilation; the cache path, whose
+content is checked by hash); every other field is part of the run's identity and must match when
+an existing run folder is resumed. :meth:`TrainConfig.for_run` is the one resume merge rule
+(options left out come from the run's ``config.yaml``), shared by the CLI, the Python API and the
+study; :meth:`TrainConfig.step_identity` is what a study hashes into a training step's key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import json_safe
+from cxrbench.common.validation import closest
+
+RUNTIME_KEYS: frozenset[str] = frozenset(
+    {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile"}
+)
+"""Keys that change how a run executes, not what it computes (never part of a run's identity)."""
+
+RUN_OWNED_KEYS: tuple[str, ...] = ("cache", "init", "out", "findings")
+"""Keys a study sets itself for every run (a study's ``train:`` sections may not set them)."""
+
+# The identity keys hashed into the step keys of studies made before a key was added. A study
+# step key must not move when cxrbench learns a new option, so a key outside this list is hashed
+# only when it differs from its default; ``compile`` was hashed (as false) before it became a
+# runtime key and stays in every key as false.
+_KEYED_V1: tuple[str, ...] = (
+    "image_size", "epochs", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas",
+    "schedule", "warmup_epochs", "layer_decay", "linear_probe", "precision", "clip_grad", "pos_weight",
+    "augment", "hflip", "rotate", "patience", "seed", "keep_shared_head", "allow_overlap",
+)
+_KEYED_CONSTANTS: dict[str, Any] = {"compile": False}
+
+
+class TrainConfig(BaseModel):
+    """Everything ``cxrbench train`` needs; immutable once built.
+
+    ``batch_size`` is the *global* batch: images per optimizer step over all processes and
+    gradient-accumulation micro-steps, so results do not depend on the number of GPUs.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    # what to train on, from what, into where
+    cache: str = Field(description="prepared cache directory (Contract 3)")
+    init: str = Field(description="initialization name (see `cxrbench weights list`)")
+    out: str = Field(description="run directory (Contract 4)")
+    findings: tuple[str, ...] | None = Field(None, description="subset of the cache's findings; all if unset")
+    image_size: int | None = Field(None, ge=16, le=4096, description="model input, px; the cache's if unset")
+
+    # optimization (study defaults)
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(30, ge=1, description="global images per optimizer step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    lr: float = Field(1e-5, gt=0, le=10.0)
+    min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length, epochs (fractions allowed)")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay; off if unset")
+    linear_probe: bool = Field(False, description="freeze the backbone, train the head only")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA")
+    clip_grad: float | None = Field(None, gt=0, description="max global grad norm; off when unset")
+    compile: bool = Field(False, description="torch.compile the model (runtime: may change on resume)")
+    pos_weight: bool = Field(True, description="BCE positive weight negatives/positives per finding")
+
+    # augmentation (study: hflip 0.5, rotation 7 degrees)
+    augment: bool = True
+    hflip: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
+    rotate: float = Field(7.0, ge=0, le=180, description="max rotation, degrees")
+
+    # selection and control
+    patience: int = Field(10, ge=0, description="epochs without val improvement before stopping; 0 = off")
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    # domain-supervised initialization (init = checkpoint:RUN/best.safetensors)
+    keep_shared_head: bool = Field(False, description="keep head rows of findings shared with the checkpoint")
+    allow_overlap: bool = Field(False, description="accept patients the checkpoint was trained on")
+
+    # runtime only (not part of the run's identity)
+    workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=0, le=256)
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; auto when unset")
+    log_every: int = Field(10, ge=1, description="optimizer steps between log.jsonl lines")
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between last.pt saves; 0 = per epoch")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bit-exact reruns")
+
+    @field_validator("findings", mode="before")
+    @classmethod
+    def _split_findings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        if v is not None and len(v) == 0:
+            raise ValueError("must name at least one finding")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("lists a finding twice")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return None
+        head, _, idx = v.partition(":")
+        if head not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()):
+            raise ValueError("must be cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
+
+    @field_validator("init", "cache", "out")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not str(v).strip():
+            raise ValueError("must not be empty")
+        return str(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.keep_shared_head and not _is_checkpoint(self.init):
+            raise ValueError("keep_shared_head needs init = checkpoint:PATH")
+        return self
+
+    # --- construction and comparison -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
+        """Validate ``data``; any unknown key or bad value raises one InputError naming the key."""
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise _to_input_error(e, where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict (tuples as lists)."""
+        return json_safe(self.model_dump())
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    def step_identity(self) -> dict[str, Any]:
+        """What a study hashes for a training step: :meth:`identity` without the keys the study
+        sets per run, stable across cxrbench versions (see ``_KEYED_V1``)."""
+        ident = self.identity()
+        defaults = _defaults()
+        out = {k: ident[k] for k in _KEYED_V1}
+        out.update(_KEYED_CONSTANTS)
+        for k, v in ident.items():
+            if k not in _KEYED_V1 and k not in RUN_OWNED_KEYS and v != defaults.get(k):
+                out[k] = v
+        return out
+
+    @classmethod
+    def for_run(cls, out: str | os.PathLike, options: dict[str, Any], *,
+                config_file: str | os.PathLike | None = None, overwrite: bool = False,
+                where: str = "train config") -> TrainConfig:
+        """The config of the run folder ``out``: the one resume merge rule.
+
+        Options left out come from ``out/config.yaml`` when the run exists (and is not being
+        restarted with ``overwrite``), then from ``config_file``; the ``options`` given win. A new
+        run needs ``cache`` and ``init``. Values equal to None count as not given.
+        """
+        from cxrbench.common.layout import RUN_CONFIG
+
+        merged: dict[str, Any] = {}
+        saved = Path(out) / RUN_CONFIG
+        if saved.is_file() and not overwrite:
+            merged.update(load_config_file(saved))
+        if config_file is not None:
+            merged.update(load_config_file(config_file))
+        merged.update({k: v for k, v in options.items() if v is not None})
+        merged["out"] = str(out)
+        for key in ("cache", "init"):
+            if key not in merged:
+                raise InputError(f"--{key} is required for a new run", where=str(out),
+                                 fix=f"give --{key} (or point --out at an existing run to resume it)")
+        return cls.from_dict(merged, where=where)
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Identity keys whose values differ, as ``key: saved X, given Y`` strings."""
+        a, b = self.identity(), other.identity()
+        return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images per process per micro-step; raises InputError when the batch does not divide."""
+        per = self.batch_size // self.grad_accum
+        if per % world_size:
+            raise InputError(
+                f"--batch-size {self.batch_size} / --grad-accum {self.grad_accum} = {per} images per "
+                f"micro-step cannot be split over {world_size} processes", where="batch_size",
+                fix=f"use a --batch-size divisible by {self.grad_accum * world_size}")
+        return per // world_size
+
+
+def _is_checkpoint(init: str) -> bool:
+    from cxrbench.models.resolve import parse_init
+
+    try:
+        return parse_init(init).is_checkpoint
+    except InputError:
+        return False
+
+
+def _defaults() -> dict[str, Any]:
+    return TrainConfig(cache="-", init="-", out="-").to_dict()
+
+
+def _to_input_error(err: ValidationError, where: str) -> InputError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first.get("loc", ())) or "config"
+    if first.get("type") == "extra_forbidden":
+        hint = closest(key, TrainConfig.model_fields)
+        fix = f"did you mean {hint!r}?" if hint else "remove it; see `cxrbench train --help` for the keys"
+        return InputError(f"unknown key {key!r}", where=where, fix=fix)
+    if first.get("type") == "missing":
+        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    field = TrainConfig.model_fields.get(key)
+    desc = f"; {field.description}" if field is not None and field.description else ""
+    return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML train config: either a run's ``config.yaml`` (its ``train`` section) or a flat mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", where=str(path), fix="check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"invalid YAML ({e.__class__.__name__})", where=str(path),
+                         fix="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
+    if "train" in data and isinstance(data["train"], dict):
+        data = data["train"]
+    return dict(data)

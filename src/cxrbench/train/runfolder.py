@@ -1,0 +1,178 @@
+"""The run folder (Contract 4): new, resumed or restarted; ``config.yaml``, ``best.json`` and the
+patient-overlap guard of checkpoint inits.
+
+:func:`check_run_dir` decides, without changing anything, whether a run starts, resumes (same
+identity keys and cache manifest) or is refused; :func:`start_run_dir` then makes the folder.
+:func:`read_run_config` is the one reader of a run's ``config.yaml``. :func:`build_run_model`
+builds the model and, for every init spelling that loads a checkpoint (``checkpoint:``,
+``local-dir:``), first checks that the checkpoint's training patients are not in this cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_write_text
+from cxrbench.common.layout import (
+    CACHE_INDEX,
+    RUN_CHECKPOINTS,
+    RUN_CONFIG,
+    RUN_LAST,
+    RUN_OUTPUTS,
+)
+from cxrbench.train.config import TrainConfig
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``RUN/config.yaml`` (InputError naming the file when missing or invalid)."""
+    import yaml
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise InputError(f"no {RUN_CONFIG} in the run folder", where=str(run_dir),
+                         fix="give the folder made by `cxrbench train`")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise InputError(f"{RUN_CONFIG} is not valid YAML", where=str(path),
+                         fix="restart the run with --overwrite") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{RUN_CONFIG} is not a mapping", where=str(path),
+                         fix="restart the run with --overwrite")
+    return doc
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, cache_sha: str) -> bool:
+    """New run, resume (True) or restart: check ``run_dir`` against ``cfg`` without changing anything."""
+    config_path = run_dir / RUN_CONFIG
+    resume = False
+    if config_path.is_file() and not overwrite:
+        saved = read_run_config(run_dir)
+        saved_cfg = TrainConfig.from_dict(saved.get("train", {}), where=str(config_path))
+        diffs = saved_cfg.differences(cfg)
+        if diffs:
+            raise InputError(f"this run folder was started with other settings ({'; '.join(diffs)})",
+                             where=str(run_dir), fix="pass the same options to resume it, --overwrite to "
+                             "restart it, or another --out for a new run")
+        saved_sha = (saved.get("cache") or {}).get("manifest_sha256")
+        if saved_sha != cache_sha:
+            raise InputError(f"the cache changed since this run started (manifest sha256 "
+                             f"{str(saved_sha)[:12]}..., now {cache_sha[:12]}...)", where=str(run_dir),
+                             fix="resume with the original cache, or restart with --overwrite")
+        resume = (run_dir / RUN_LAST).is_file()
+    elif run_dir.exists() and not config_path.is_file() and any(run_dir.iterdir()) and not overwrite:
+        raise InputError(f"the folder exists, is not empty and is not a cxrbench run (no {RUN_CONFIG})",
+                         where=str(run_dir), fix="choose a new or empty --out")
+    return resume
+
+
+def start_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Start a run folder: with ``overwrite``, delete a previous run's outputs (only those)."""
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    (run_dir / RUN_CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+
+
+def build_run_model(cfg: TrainConfig, findings: list[str], image_size: int):
+    """create_model (head drawn from the seed), after the patient-overlap check when the init loads
+    a checkpoint; returns ``(model, ModelInfo, note or None)``."""
+    from cxrbench.models.build import create_model
+    from cxrbench.models.resolve import parse_init, resolve_init
+
+    notes = []
+    if parse_init(cfg.init).is_checkpoint:
+        notes.append(check_overlap(resolve_init(cfg.init).checkpoint, cfg))
+    model, info = create_model(cfg.init, len(findings), image_size=image_size, seed=cfg.seed,
+                               keep_head_for=findings if cfg.keep_shared_head else None)
+    if cfg.keep_shared_head:
+        kept = ", ".join(info.head_rows_kept) or "none"
+        notes.append(f"kept the checkpoint's head rows of {len(info.head_rows_kept)} shared finding(s): "
+                     f"{kept}")
+    return model, info, "; ".join(notes) or None
+
+
+def check_overlap(source: Path, cfg: TrainConfig) -> str:
+    """Refuse (unless allowed) when the checkpoint's training cache shares patients with this cache.
+
+    Patients are compared by (dataset, patient_id) over every row of both caches' indexes.
+    """
+    from cxrbench.common.fileio import read_json
+    from cxrbench.index.schema import read_index
+
+    meta_path = source.with_suffix(".json")  # best.safetensors -> best.json
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    a_cache = (meta.get("cache") or {}).get("path") if isinstance(meta, dict) else None
+    if a_cache is None:
+        if cfg.allow_overlap:
+            return "patient overlap with the checkpoint's training data not checked (--allow-overlap)"
+        raise InputError(f"cannot check patient overlap: {meta_path.name} beside the checkpoint does not "
+                         "record the cache it was trained on", where=str(source),
+                         fix="use a checkpoint written by `cxrbench train`, or pass --allow-overlap if you "
+                             "know its training patients are not in this cache")
+    a_index_path = Path(a_cache) / CACHE_INDEX
+    if not a_index_path.is_file():
+        if cfg.allow_overlap:
+            return f"patient overlap not checked: {a_cache} is gone (--allow-overlap)"
+        raise InputError(f"cannot check patient overlap: the checkpoint's training cache {a_cache} is not "
+                         "available", where=str(source),
+                         fix="make that cache available at its recorded path, or pass --allow-overlap")
+    a_index, _ = read_index(a_index_path)
+    b_index, _ = read_index(Path(cfg.cache) / CACHE_INDEX)
+    a_keys = set(zip(a_index["dataset"].astype(str), a_index["patient_id"].astype(str), strict=True))
+    b_keys = set(zip(b_index["dataset"].astype(str), b_index["patient_id"].astype(str), strict=True))
+    shared = a_keys & b_keys
+    if shared and not cfg.allow_overlap:
+        ds, pid = sorted(shared)[0]
+        raise InputError(f"{len(shared)} patient(s) of this cache are also in the checkpoint's training "
+                         f"cache {a_cache} (e.g. {ds}/{pid}): its weights have seen them", where=cfg.init,
+                         fix="pretrain on data without these patients, or pass --allow-overlap to accept it")
+    if shared:
+        return f"{len(shared)} patient(s) shared with the checkpoint's training cache (--allow-overlap)"
+    return f"no patient shared with the checkpoint's training cache ({len(a_keys):,} patients checked)"
+
+
+def write_run_config(run_dir, cfg, env, train_ds, val_ds, info, image_size, cache_sha, derived) -> None:
+    """``config.yaml``: the train config, the cache it used, the model, derived figures, provenance."""
+    import yaml
+
+    from cxrbench.common.provenance import provenance
+
+    cache = str(Path(cfg.cache).resolve())
+    doc = {
+        "train": {**cfg.to_dict(), "cache": cache, "out": str(Path(cfg.out).resolve())},
+        "cache": {"path": cache, "manifest_sha256": cache_sha, "recipe": train_ds.recipe,
+                  "findings": list(train_ds.findings), "n_train": len(train_ds), "n_val": len(val_ds)},
+        "model": {"init": info.init, "arch": info.arch, "image_size": image_size,
+                  "patch_size": info.patch_size, "mean": list(info.mean), "std": list(info.std),
+                  "model_kwargs": info.model_kwargs, "weights": info.weights, "family": info.family},
+        "derived": {"world_size": env.world_size, **derived},
+        "provenance": {**provenance(), "seed": cfg.seed},
+    }
+    atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(doc, sort_keys=False))
+
+
+def best_meta(cfg, info, findings, image_size, train_ds, cache_sha, head_keys, val, epoch, step,
+               precision) -> dict[str, Any]:
+    """``best.json``: everything needed to use best.safetensors without the run's config."""
+    from cxrbench.common.provenance import now_iso
+
+    return {
+        "findings": list(findings), "num_classes": len(findings), "image_size": image_size,
+        "mean": list(info.mean), "std": list(info.std), "init": info.init, "arch": info.arch,
+        "patch_size": info.patch_size, "model_kwargs": info.model_kwargs, "head": head_keys,
+        "family": info.family, "pretrained_weights": info.weights, "license": info.license,
+        "recipe": dict(train_ds.recipe),
+        "metric": {"name": "val_mean_auroc", "value": val["mean_auroc"], "per_finding": val["auroc"]},
+        "epoch": epoch, "step": step, "linear_probe": cfg.linear_probe, "precision": precision,
+        "cache": {"path": str(Path(cfg.cache).resolve()), "manifest_sha256": cache_sha},
+        "created": now_iso(),
+    }
+

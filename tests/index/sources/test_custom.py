@@ -1,0 +1,166 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrbench.common.errors import InputError
+from cxrbench.index.build import build_index
+from cxrbench.index.sources.custom import load_mapping
+
+UKA = Path(__file__).resolve().parents[3] / "configs" / "uka-cxr.yaml"
+UKA_HEADER = (
+    "image_path,patient_id,exam_id,split,sex,age,cardiomegaly,congestion,pleural_effusion_left,"
+    "pleural_effusion_right,pneumonic_infiltrates_left,pneumonic_infiltrates_right,atelectasis_left,"
+    "atelectasis_right"
+)
+UKA_ROWS = [
+    "img/a.png,p1,e1,train,M,70,3,0,0,4,0,0,1,0",
+    "img/b.png,p1,e2,train,M,70,0,0,0,0,0,0,0,0",
+    "img/c.png,p2,e3,test,F,55,2,4,3,3,0,2,0,0",
+    "img/d.png,p3,e4,val,F,61,0,0,0,0,,0,0,0",
+]
+
+
+def uka(root, rows=UKA_ROWS, header=UKA_HEADER):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def mapping(tmp_path, text):
+    p = tmp_path / "m.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_uka_config_graded_sides_and_derived_healthy(tmp_path):
+    uka(tmp_path)
+    df, findings, _ = build_index("csv", tmp_path, mapping=UKA, views="all")
+    # `all` = the 9 mapped findings + the side-combined ones derivable from them
+    assert findings == [
+        "no_finding",
+        "atelectasis",
+        "atelectasis_left",
+        "atelectasis_right",
+        "cardiomegaly",
+        "pleural_effusion",
+        "pleural_effusion_left",
+        "pleural_effusion_right",
+        "pneumonia",
+        "pneumonia_left",
+        "pneumonia_right",
+        "congestion",
+    ]
+    d = df.set_index("image_id")
+    assert d.loc["img/a.png", "cardiomegaly"] == 1 and d.loc["img/a.png", "pleural_effusion_right"] == 1
+    assert d.loc["img/a.png", "atelectasis_left"] == 0  # grade 1 < 3
+    assert d.loc["img/b.png", "no_finding"] == 1 and d.loc["img/a.png", "no_finding"] == 0
+    assert np.isnan(d.loc["img/d.png", "pneumonia_left"])  # blank -> unknown (default)
+    assert np.isnan(d.loc["img/d.png", "no_finding"])  # an unknown finding leaves healthy unknown
+    assert (df["dataset"] == "uka_cxr").all() and (df["view"] == "AP_SUPINE").all()
+    assert d.loc["img/c.png", "split"] == "test" and d.loc["img/c.png", "study_id"] == "e3"
+
+
+def test_side_combined_findings_for_the_mimic_arm(tmp_path):
+    uka(tmp_path)
+    df, findings, _ = build_index(
+        "csv", tmp_path, mapping=UKA, labels="no_finding,cardiomegaly,pleural_effusion,pneumonia,atelectasis"
+    )
+    d = df.set_index("image_id")
+    assert d.loc["img/c.png", "pleural_effusion"] == 1 and d.loc["img/a.png", "pleural_effusion"] == 1
+    assert d.loc["img/b.png", "pneumonia"] == 0 and np.isnan(d.loc["img/d.png", "pneumonia"])
+
+
+def test_values_map_uncertain_merge_and_hash_split(tmp_path):
+    (tmp_path / "l.csv").write_text(
+        "file;pid;eff_l;eff_r;card\nx/1.png;a;yes;no;0\nx/2.png;b;no;no;?\nx/3.png;c;unsure;no;1\n"
+    )
+    m = mapping(
+        tmp_path,
+        """
+name: my_set
+file: l.csv
+separator: ";"
+columns: {path: file, patient: pid}
+default_view: PA
+labels:
+  pleural_effusion: {left: eff_l, right: eff_r, values: {"yes": 1, "no": 0, unsure: uncertain}, sides: merge}
+  cardiomegaly: {column: card, values: {0: 0, 1: 1}, uncertain: ["?"]}
+""",
+    )
+    for policy, want in (("zeros", 0.0), ("ones", 1.0), ("ignore", np.nan)):
+        df, findings, report = build_index("csv", tmp_path, mapping=m, uncertain=policy)
+        assert findings == ["cardiomegaly", "pleural_effusion"]  # sides merged, not kept
+        d = df.set_index("image_id")
+        np.testing.assert_equal(d.loc["x/3.png", "pleural_effusion"], want)
+        np.testing.assert_equal(d.loc["x/2.png", "cardiomegaly"], want)
+        assert d.loc["x/1.png", "pleural_effusion"] == 1
+        assert report["split"]["method"].startswith("hash")
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("name: x\ncolumns: {path: a, patient: b}\nlabels: {}\nextra: 1\n", "extra: unknown key"),
+        ("name: x\ncolumns: {path: a, patient: b, subject: c}\nlabels: {}\n", "columns.subject: unknown key"),
+        ("name: x\ncolumns: {path: a}\nlabels: {}\n", "columns.patient: Field required"),
+        ("name: X y\ncolumns: {path: a, patient: b}\nlabels: {}\n", "name: String should match"),
+        (
+            "name: x\ncolumns: {path: a, patient: b}\nlabels: {cardiomegaly: {column: c}}\n",
+            "exactly one of positive_at",
+        ),
+        (
+            "name: x\ncolumns: {path: a, patient: b}\nlabels: {cardiomegally: {column: c, positive_at: 3}}\n",
+            "did you mean 'cardiomegaly'",
+        ),
+        (
+            "name: x\ncolumns: {path: a, patient: b}\nviews: {lat: SIDE}\nlabels: {}\n",
+            "views: Value error|view 'SIDE'",
+        ),
+        (
+            "name: x\ncolumns: {path: a, patient: b}\nlabels: {cardiomegaly: {derive: none_of_the_others}}\n",
+            "derive is only for no_finding",
+        ),
+        ("[1, 2]\n", "must be a YAML dictionary"),
+        ("name: x\ncolumns: {path: a, patient: b\n", "not valid YAML"),
+    ],
+)
+def test_mapping_errors_name_the_key(tmp_path, text, match):
+    with pytest.raises(InputError, match=match):
+        load_mapping(mapping(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        (
+            UKA_ROWS + ["img/e.png,p4,e5,train,M,1,x,0,0,0,0,0,0,0"],
+            "row 5: non-numeric value 'x' in column 'cardiomegaly'",
+        ),
+        (UKA_ROWS + ["../e.png,p4,e5,train,M,1,0,0,0,0,0,0,0,0"], "escapes the dataset root"),
+        (UKA_ROWS + ["/abs/e.png,p4,e5,train,M,1,0,0,0,0,0,0,0,0"], "absolute"),
+        (UKA_ROWS + ["img/a.png,p9,e5,train,M,1,0,0,0,0,0,0,0,0"], "duplicated image_path 'img/a.png'"),
+        (UKA_ROWS + ["img/f.png,p1,e5,test,M,1,0,0,0,0,0,0,0,0"], "patient 'p1' is in splits test\\+train"),
+        (UKA_ROWS + ["img/g.png,p5,e6,holdout,M,1,0,0,0,0,0,0,0,0"], "unknown split value 'holdout'"),
+    ],
+)
+def test_bad_rows(tmp_path, rows, match):
+    uka(tmp_path, rows)
+    with pytest.raises(InputError, match=match):
+        build_index("csv", tmp_path, mapping=UKA)
+
+
+def test_unknown_value_in_values_map_and_missing_column(tmp_path):
+    (tmp_path / "l.csv").write_text("p,pid,c\na.png,1,maybe\n")
+    m = mapping(
+        tmp_path,
+        "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\n"
+        "labels: {cardiomegaly: {column: c, values: {yes: 1, no: 0}}}\n",
+    )
+    with pytest.raises(InputError, match="row 1: unknown label value 'maybe' in column 'c'"):
+        build_index("csv", tmp_path, mapping=m)
+    m2 = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: p, patient: patient}\nlabels: {}\n")
+    with pytest.raises(InputError, match="missing required column.*'patient'"):
+        build_index("csv", tmp_path, mapping=m2)
+    with pytest.raises(InputError, match="needs --mapping"):
+        build_index("csv", tmp_path)

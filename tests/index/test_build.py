@@ -1,0 +1,175 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from cxrbench.cli import app
+from cxrbench.common.errors import InputError
+from cxrbench.index.build import build_index, report_path
+from cxrbench.index.schema import read_index
+
+HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"
+ROWS = [
+    f"{p:08d}_{k:03d}.png,{lab},{k},{p},{40 + p % 30},{'MF'[p % 2]},{'PA' if k % 2 else 'AP'}"
+    for p in range(1, 41)
+    for k, lab in enumerate(["No Finding", "Mass|Nodule", "Effusion"][: 1 + p % 3])
+]
+
+
+@pytest.fixture
+def nih_root(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    (root / "Data_Entry_2017_v2020.csv").write_text("\n".join([HEADER, *ROWS]) + "\n")
+    return root
+
+
+def test_build_index_writes_index_and_report(nih_root, tmp_path):
+    out = tmp_path / "out" / "nih.parquet"
+    df, findings, report = build_index("nih", nih_root, out=out, labels="study-cxr14-mimic", split_seed=3)
+    back, back_findings = read_index(out)
+    assert (
+        back_findings
+        == findings
+        == [
+            "no_finding",
+            "atelectasis",
+            "cardiomegaly",
+            "consolidation",
+            "pleural_effusion",
+            "pneumonia",
+            "pneumothorax",
+        ]
+    )
+    assert len(back) == len(ROWS) and list(back["image_id"]) == list(df["image_id"])
+    assert back[findings].dtypes.eq(np.float32).all()
+    saved = json.loads(report_path(out).read_text())
+    assert saved["dataset"] == "nih" and saved["options"]["split_seed"] == 3
+    assert saved["images_indexed"] == len(ROWS) and saved["patients_indexed"] == 40
+    assert len(saved["index_sha256"]) == 64 and saved["provenance"]["versions"]["cxrbench"]
+    assert report_path("a/b.parquet").name == "b.report.json"
+
+
+def test_split_seed_changes_the_split_and_is_reproducible(nih_root):
+    a = build_index("nih", nih_root, split_seed=1)[0]["split"]
+    b = build_index("nih", nih_root, split_seed=1)[0]["split"]
+    c = build_index("nih", nih_root, split_seed=2, split_fractions="0.5,0.25,0.25")[0]["split"]
+    assert (a == b).all() and (a != c).any()
+
+
+def test_views_option(nih_root):
+    df, _, report = build_index("nih", nih_root, views="PA")
+    assert set(df["view"]) == {"PA"} and report["dropped"]["views"]["AP"] > 0
+    with pytest.raises(InputError, match="--views got 'SIDE'"):
+        build_index("nih", nih_root, views="PA,SIDE")
+    with pytest.raises(InputError, match="no image left after --views LATERAL"):
+        build_index("nih", nih_root, views="LATERAL")
+
+
+def test_check_files_and_drop_missing(nih_root):
+    img = nih_root / "images"
+    img.mkdir()
+    names = [r.split(",")[0] for r in ROWS]
+    for n in names[:-2]:
+        (img / n).write_bytes(b"x")
+    df, _, report = build_index("nih", nih_root)
+    assert report["images"]["missing"] == 2 and len(df) == len(ROWS)
+    with pytest.raises(InputError, match="2 image file\\(s\\) missing.*--drop-missing"):
+        build_index("nih", nih_root, check_files=True)
+    df, _, report = build_index("nih", nih_root, drop_missing=True)
+    assert len(df) == len(ROWS) - 2 and report["images"]["dropped"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"uncertain": "maybe"}, "--uncertain got 'maybe'"),
+        ({"readers": "all"}, "--readers got 'all'"),
+        ({"split_mode": "random"}, "--splits got 'random'"),
+        ({"labels": "study-vindr"}, "nih does not provide finding"),
+        ({"labels_file": "nope.csv"}, "--labels-file file not found"),
+    ({"split_seed": "one"}, "--split-seed got 'one'"),
+    ],
+)
+def test_bad_options(nih_root, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        build_index("nih", nih_root, **kwargs)
+
+
+def test_unknown_dataset_and_root(tmp_path):
+    with pytest.raises(InputError, match="did you mean 'padchest'"):
+        build_index("padchets", tmp_path)
+    with pytest.raises(InputError, match="not a folder"):
+        build_index("nih", tmp_path / "missing")
+
+
+def test_cli_index_writes_and_summarizes(cli_runner, nih_root, tmp_path):
+    out = tmp_path / "i.parquet"
+    result = cli_runner.invoke(
+        app,
+        ["index", "--dataset", "nih", "--root", str(nih_root), "--out", str(out), "--labels", "study-cxr14"],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout and "14 findings" in result.stdout
+    assert out.is_file() and report_path(out).is_file()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--dataset", "nih", "--uncertain", "sometimes"], "error: --uncertain got 'sometimes'"),
+        (["--dataset", "nhi"], "error: --dataset got 'nhi'.*did you mean 'nih'"),
+        (["--dataset", "chexpert"], "error: .*CheXpert train.csv not found"),
+    ],
+)
+def test_cli_index_errors_exit_2_with_one_line(cli_runner, nih_root, tmp_path, args, match):
+    result = cli_runner.invoke(
+        app, ["index", "--root", str(nih_root), "--out", str(tmp_path / "x.parquet"), *args]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert re.search(match, result.stderr), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_cli_index_help_lists_options(cli_runner):
+    result = cli_runner.invoke(app, ["index", "--help"])
+    assert result.exit_code == 0
+    for opt in (
+        "--dataset",
+        "--labels",
+        "--uncertain",
+        "--views",
+        "--split-seed",
+        "--readers",
+        "--mapping",
+        "--check-files",
+        "--labels-file",
+    ):
+        assert opt in result.stdout
+
+
+def test_image_names_escaping_the_root_are_refused(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    (root / "Data_Entry_2017_v2020.csv").write_text(HEADER + "\n../../etc/passwd,No Finding,0,1,40,M,PA\n")
+    with pytest.raises(InputError, match="path 'images/../../etc/passwd' at row 0 is absolute or escapes"):
+        build_index("nih", root)
+
+
+def test_index_options_are_the_single_list_of_options(tmp_path):
+    # the CLI, build_index(**kwargs) and a study's datasets.<name> all go through IndexOptions
+    from cxrbench.index.sources.base import IndexOptions
+
+    defaults = IndexOptions().model_dump()
+    assert IndexOptions.from_dict(defaults) == IndexOptions()
+    with pytest.raises(InputError, match="unknown index option 'split_seeds'.*did you mean 'split_seed'"):
+        build_index("nih", tmp_path, split_seeds=1)
+    with pytest.raises(InputError, match="--uncertain got 'sometimes'"):
+        IndexOptions.from_dict({"uncertain": "sometimes"})
+    with pytest.raises(InputError, match="--split-fractions"):
+        IndexOptions.from_dict({"split_fractions": "0.5,0.5"})
+    with pytest.raises(InputError, match="options= or option keywords"):
+        build_index("nih", tmp_path, options=IndexOptions(), labels="all")

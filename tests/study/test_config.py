@@ -1,0 +1,151 @@
+"""Study config: validation with one clear error per mistake (file, line, key, fix), path resolution."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cxrbench.common.errors import InputError
+from cxrbench.study.load import load_study, parse_study
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = """\
+name: mini
+datasets:
+  nih:
+    adapter: nih
+    root: data/nih
+    labels: study-cxr14
+  chex:
+    adapter: chexpert
+    root: ${MINI_DATA:-data}/chexpert
+inits:
+  dinov2: {init: dinov2-vits14}
+  ref: {init: imagenet21k-vitb16}
+  dom: {init: "domain:chex", base: imagenet21k-vitb16}
+comparisons: {reference: ref}
+train: {epochs: 3, lr: 3.0e-5}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / "cfg" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> InputError:
+    with pytest.raises(InputError) as e:
+        load_study(write(tmp_path, text))
+    return e.value
+
+
+def test_valid_config_resolves_paths_relative_to_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINI_DATA", raising=False)
+    study = load_study(write(tmp_path, BASE))
+    cfg = study.config
+    assert list(cfg.datasets) == ["nih", "chex"] and list(cfg.inits) == ["dinov2", "ref", "dom"]
+    assert study.roots["nih"] == (tmp_path / "cfg" / "data" / "nih").resolve()
+    assert study.roots["chex"] == (tmp_path / "cfg" / "data" / "chexpert").resolve()
+    assert study.out == (tmp_path / "cfg" / "mini").resolve()
+    assert cfg.inits["dom"].domain == "chex" and cfg.inits["ref"].domain is None
+    assert study.train == {"epochs": 3, "lr": 3e-5}
+
+
+def test_environment_variables_and_out_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINI_DATA", str(tmp_path / "elsewhere"))
+    study = load_study(write(tmp_path, BASE), out=tmp_path / "o")
+    assert study.roots["chex"] == (tmp_path / "elsewhere" / "chexpert").resolve()
+    assert study.out == (tmp_path / "o").resolve()
+    text = BASE.replace("${MINI_DATA:-data}", "$NOT_SET_ANYWHERE_42")
+    err = error_of(tmp_path, text)
+    assert "NOT_SET_ANYWHERE_42" in str(err) and "export" in str(err)
+
+
+def test_unknown_key_names_line_and_closest_key(tmp_path):
+    err = error_of(tmp_path, BASE.replace("    labels: study-cxr14", "    lables: study-cxr14"))
+    msg = str(err)
+    assert "line 6" in msg and "datasets.nih.lables" in msg and "did you mean 'labels'" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    err = error_of(tmp_path, BASE + "seeed: [1]\n")
+    assert "unknown key 'seeed'" in str(err) and "'seeds'" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("adapter: nih", "adapter: nihh"), "datasets.nih.adapter"),
+        (("reference: ref", "reference: reff"), "did you mean 'ref'"),
+        (("domain:chex", "domain:chexx"), "did you mean 'chex'"),
+        (("base: imagenet21k-vitb16}", "}"), "needs 'base"),
+        (("epochs: 3", "epochs: 0"), "train.epochs"),
+        (("epochs: 3", "epoch: 3"), "did you mean 'epochs'"),
+        (("epochs: 3", "cache: x"), "set by the study"),
+        (("labels: study-cxr14", "labels: study-cxr14\n    views: PA,LAT"), "unknown view 'LAT'"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, change, expected):
+    old, new = change
+    assert old in BASE
+    err = error_of(tmp_path, BASE.replace(old, new))
+    assert expected in str(err)
+    assert str(tmp_path / "cfg" / "study.yaml") in str(err)
+
+
+def test_comparisons_need_a_reference_or_all_pairs(tmp_path):
+    err = error_of(tmp_path, BASE.replace("comparisons: {reference: ref}\n", ""))
+    assert "all_pairs" in str(err)
+    study = load_study(write(tmp_path, BASE.replace("{reference: ref}", "{all_pairs: true}")))
+    assert study.config.comparisons.all_pairs
+
+
+def test_index_options_are_checked(tmp_path):
+    text = BASE.replace("    labels: study-cxr14", "    labels: study-cxr14\n    options: {split_mod: hash}")
+    err = error_of(tmp_path, text)
+    assert "split_mod" in str(err) and "split_mode" in str(err)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    err = error_of(tmp_path, "name: x\ndatasets: {a: [\n")
+    assert "invalid YAML" in str(err) and "line" in str(err)
+    with pytest.raises(InputError, match="not found"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_inits_list_shorthand_and_external_all():
+    cfg = parse_study(
+        {
+            "name": "s",
+            "datasets": {"a": {"adapter": "nih", "root": "/x"}, "b": {"adapter": "nih", "root": "/y"}},
+            "inits": ["random-vit-test"],
+            "external": "all",
+        }
+    )
+    assert list(cfg.inits) == ["random-vit-test"]
+    assert cfg.external_pairs() == [("a", "b", None), ("b", "a", None)]
+
+
+def test_config_hash_depends_on_content_only():
+    data = {"name": "s", "datasets": {"a": {"adapter": "nih", "root": "/x"}}, "inits": ["random-vit-test"]}
+    h1 = parse_study(data).config_hash()
+    assert parse_study(dict(reversed(list(data.items())))).config_hash() == h1
+    assert parse_study({**data, "seeds": [1]}).config_hash() != h1
+
+
+@pytest.mark.parametrize("name", ["study-2024.yaml", "study-dinov3.yaml"])
+def test_shipped_configs_validate(name):
+    study = load_study(REPO / "configs" / name)
+    assert len(study.config.datasets) >= 2 and len(study.config.inits) >= 3
+
+
+def test_study_2024_is_the_reference_matrix():
+    cfg = load_study(REPO / "configs" / "study-2024.yaml").config
+    assert set(cfg.datasets) == {"vindr", "cxr14", "chexpert", "mimic", "uka", "padchest"}
+    assert {s.init for s in cfg.inits.values()} == {"dinov2-vitb14", "imagenet21k-vitb16", "domain:mimic"}
+    assert cfg.train["lr"] == 1e-5 and cfg.train["batch_size"] == 30 and cfg.evaluation.bootstrap == 1000

@@ -1,0 +1,231 @@
+"""The step graph: structure, content keys, statuses from markers, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrbench.common.errors import InputError
+from cxrbench.index.schema import write_index
+from cxrbench.study.facts import source_fingerprint
+from cxrbench.study.load import load_study, parse_study, resolve
+from cxrbench.study.plan import build_plan, parse_shard, select_shard, shard_assignment
+from cxrbench.study.state import marker_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def study_2024(out: Path):
+    return load_study(REPO / "configs" / "study-2024.yaml", out=out)
+
+
+def mini(tmp_path: Path, **changes):
+    data = {
+        "name": "mini",
+        "datasets": {
+            "a": {"adapter": "nih", "root": str(tmp_path / "a"), "labels": "study-cxr14"},
+            "b": {"adapter": "nih", "root": str(tmp_path / "b"), "labels": "all"},
+            "src": {"adapter": "nih", "root": str(tmp_path / "src"), "labels": "all"},
+        },
+        "inits": {
+            "rand": {"init": "random-vit-test", "datasets": ["a", "b"]},
+            "dom": {"init": "domain:src", "base": "random-vit-test"},
+        },
+        "comparisons": {"reference": "rand"},
+        "train": {"epochs": 2},
+        "external": [{"train": "a", "test": ["b"]}],
+    }
+    for k, v in changes.items():
+        data[k] = v
+    return resolve(parse_study(data), tmp_path / "mini.yaml", out=tmp_path / "out")
+
+
+def write_fake_index(study, dataset: str, findings: list[str]) -> None:
+    n = 6
+    df = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "patient_id": [f"p{k}" for k in range(n)],
+            "study_id": None,
+            "path": [f"x/{k}.png" for k in range(n)],
+            "view": "PA",
+            "split": ["train", "train", "val", "val", "test", "test"],
+            "dataset": "nih",
+            "sex": "F",
+            "age": 50.0,
+            **{f: np.float32(1.0) for f in findings},
+        }
+    )
+    write_index(df, study.out / "index" / dataset / "index.parquet", findings)
+
+
+def mark_done(study, step) -> None:
+    path = marker_path(study.out, step.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"id": step.id, "key": step.key, "status": "done"}))
+    step.out.mkdir(parents=True, exist_ok=True)
+    for c in step.complete:
+        (step.out / c).touch()
+
+
+def test_study_2024_graph(tmp_path):
+    plan = build_plan(study_2024(tmp_path / "s"))
+    kinds = {
+        k: len(plan.of_kind(k)) for k in ("index", "cache", "pretrain", "train", "eval", "compare", "report")
+    }
+    # 6 datasets x 3 inits minus MIMIC pretraining applied to MIMIC itself = 17 runs; one MIMIC pretraining
+    # run per distinct shared label set (cxr14 and padchest share theirs) = 4.
+    assert kinds == {
+        "index": 6,
+        "cache": 6,
+        "pretrain": 4,
+        "train": 17,
+        "eval": 17,
+        "compare": 6,
+        "report": 1,
+    }
+    assert "train/mimic/r224/mimic/s0" not in plan.by_id
+    vindr = plan["train/vindr/r224/mimic/s0"]
+    pre = plan[next(d for d in vindr.deps if d.startswith("pretrain/"))]
+    assert vindr.params.findings == pre.config["findings"] and "lung_opacity" in vindr.params.findings
+    assert vindr.params.init.startswith("checkpoint:") and vindr.params.init.endswith(
+        "best.safetensors"
+    )
+    assert pre.deps == ("cache/mimic/r224",) and pre.config["init"] == "imagenet21k-vitb16"
+    order = {s.id: i for i, s in enumerate(plan.steps)}
+    assert all(order[d] < order[s.id] for s in plan.steps for d in s.deps)
+    assert all(s.status == "pending" for s in plan.steps)
+
+
+def test_keys_are_stable_and_path_independent(tmp_path):
+    a = build_plan(study_2024(tmp_path / "one"))
+    b = build_plan(study_2024(tmp_path / "two"))
+    assert [s.key for s in a.steps] == [s.key for s in b.steps]
+    assert len({s.key for s in a.steps}) == len(a.steps)
+
+
+def test_a_change_reruns_exactly_what_depends_on_it(tmp_path):
+    base = mini(tmp_path)
+    p0 = build_plan(base)
+    lr = build_plan(mini(tmp_path, train={"epochs": 2, "lr": 1e-3}))
+    changed = {s.id for s in lr.steps if s.key != p0[s.id].key}
+    assert changed and all(
+        s.split("/")[0] in ("pretrain", "train", "eval", "external", "compare", "report") for s in changed
+    )
+    assert {s.id for s in lr.of_kind("train")} <= changed
+    boot = build_plan(mini(tmp_path, evaluation={"bootstrap": 50}))
+    changed = {s.id for s in boot.steps if s.key != p0[s.id].key}
+    assert {s.split("/")[0] for s in changed} == {"eval", "external", "compare", "report"}
+    size = build_plan(mini(tmp_path, preprocess={"r224": {"size": 64}}))
+    changed = {s.id for s in size.steps if s.key != p0[s.id].key}
+    assert (
+        not any(s.startswith("index/") for s in changed) and {s.id for s in size.of_kind("cache")} <= changed
+    )
+
+
+def test_domain_findings_are_deferred_until_indexed(tmp_path):
+    study = mini(tmp_path)
+    plan = build_plan(study)
+    assert plan["train/a/r224/dom/s0"].deferred and plan["train/a/r224/dom/s0"].status == "deferred"
+    assert not plan["train/a/r224/rand/s0"].deferred
+    write_fake_index(study, "a", ["no_finding", "cardiomegaly", "edema"])
+    write_fake_index(study, "src", ["cardiomegaly", "edema", "fracture"])
+    plan = build_plan(study)
+    t = plan["train/a/r224/dom/s0"]
+    assert not t.deferred and t.params.findings == ["cardiomegaly", "edema"]
+    write_fake_index(study, "b", ["hernia"])
+    with pytest.raises(InputError, match="share no finding"):
+        build_plan(study)
+
+
+def test_statuses_follow_markers(tmp_path):
+    study = mini(tmp_path)
+    for d, f in (("a", ["cardiomegaly"]), ("b", ["cardiomegaly"]), ("src", ["cardiomegaly"])):
+        write_fake_index(study, d, f)
+    plan = build_plan(study)
+    cache = plan["cache/a/r224"]
+    mark_done(study, plan["index/a"])
+    mark_done(study, cache)
+    plan = build_plan(study)
+    assert plan["index/a"].status == "done" and plan["cache/a/r224"].status == "done"
+    # a missing completion file means not done (interrupted)
+    (cache.out / "manifest.json").unlink()
+    assert build_plan(study)["cache/a/r224"].status == "pending"
+    (cache.out / "manifest.json").touch()
+    # another recipe: the existing cache is stale, index untouched
+    plan = build_plan(mini(tmp_path, preprocess={"r224": {"size": 32}}))
+    assert plan["cache/a/r224"].status == "stale" and plan["index/a"].status == "done"
+
+
+def test_source_fingerprint_sees_metadata_not_images(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "Data_Entry_2017.csv").write_text("a,b\n1,2\n")
+    (root / "images" / "x.png").write_bytes(b"png")
+    fp = source_fingerprint(root)
+    assert [r[0] for r in fp] == ["Data_Entry_2017.csv"]
+    os.utime(root / "Data_Entry_2017.csv", ns=(1, 10**18))
+    assert source_fingerprint(root) != fp
+
+
+def test_sharding_is_a_deterministic_partition(tmp_path):
+    plan = build_plan(study_2024(tmp_path / "s"))
+    for n in (1, 2, 3, 5):
+        assign = shard_assignment(plan, n)
+        assert assign == shard_assignment(build_plan(study_2024(tmp_path / "t")), n)
+        groups = {s.group for s in plan.of_kind("train", "pretrain")}
+        assert set(assign) == groups and set(assign.values()) <= set(range(1, n + 1))
+        runs = [
+            [s.id for s in select_shard(plan, (i, n)) if s.kind in ("train", "pretrain")]
+            for i in range(1, n + 1)
+        ]
+        flat = [r for part in runs for r in part]
+        assert sorted(flat) == sorted(
+            s.id for s in plan.of_kind("train", "pretrain")
+        )  # each run exactly once
+        if n > 1:
+            assert all(part for part in runs)
+    # a fine-tune run and the domain pretraining it reads are always on the same shard
+    for i in (1, 2, 3):
+        mine = {s.id for s in select_shard(plan, (i, 3))}
+        for s in plan.of_kind("train"):
+            if s.id in mine:
+                assert set(s.deps) <= mine
+
+
+def test_parse_shard():
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "x", "1/0", "1-2"):
+        with pytest.raises(InputError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_presets_inside_comma_lists_expand_in_the_planner(tmp_path):
+    from cxrbench.index.findings import PRESETS
+
+    study = mini(tmp_path, datasets={
+        "a": {"adapter": "nih", "root": str(tmp_path / "a"), "labels": "study-mimic,edema"},
+        "src": {"adapter": "nih", "root": str(tmp_path / "src"), "labels": "study-mimic"},
+    }, inits={"rand": {"init": "random-vit-test"}, "dom": {"init": "domain:src", "base": "random-vit-test"}},
+        external=[])
+    plan = build_plan(study)
+    dom = plan["train/a/r224/dom/s0"]
+    assert not dom.deferred  # the findings are known from the config, presets expanded
+    assert dom.params.findings == list(PRESETS["study-mimic"])  # shared with the source: edema is not
+
+
+def test_runtime_train_keys_do_not_move_step_keys(tmp_path):
+    def keys(plan):  # the report's key holds the config hash: it re-renders (cheap) on any change
+        return {s.id: s.key for s in plan.steps if s.kind != "report"}
+
+    base = keys(build_plan(mini(tmp_path)))
+    runtime = {"epochs": 2, "compile": True, "workers": 3, "log_every": 5, "deterministic": True}
+    changed = build_plan(mini(tmp_path, train=runtime))
+    assert keys(changed) == base
+    run = changed["train/a/r224/rand/s0"]
+    assert run.params.runtime["compile"] is True and run.params.runtime["workers"] == 3  # still applied
