@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from cxrbench import __version__
 from cxrbench.commands import COMMAND_MODULES
-from cxrbench.common.errors import CxrbenchError
+from cxrbench.common.errors import CxrbenchError, InputError
 
 
 def _print_error(err: CxrbenchError) -> None:
@@ -23,7 +23,12 @@ def _print_error(err: CxrbenchError) -> None:
 
 
 class CxrbenchGroup(TyperGroup):
-    """Catches :class:`CxrbenchError` anywhere below and turns it into one line + exit 2."""
+    """Catches :class:`CxrbenchError` anywhere below and turns it into one line + exit 2.
+
+    The common layer turns file errors into InputErrors with the file and the fix; an OS or decoding
+    error that still escapes from a command (a path the user gave that cannot be read or written) is
+    bad input too: one line naming the file, exit 2, never a traceback.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -31,6 +36,20 @@ class CxrbenchGroup(TyperGroup):
         except CxrbenchError as err:
             _print_error(err)
             ctx.exit(err.exit_code)
+        except OSError as err:
+            if not getattr(err, "filename", None):
+                raise
+            from cxrbench.common.fileio import os_error
+
+            action = "write" if isinstance(err, PermissionError | IsADirectoryError) else "read"
+            converted = os_error(err, err.filename, action)
+            _print_error(converted)
+            ctx.exit(converted.exit_code)
+        except UnicodeDecodeError as err:
+            converted = InputError(f"a file is not UTF-8 text ({err.reason} at byte {err.start})",
+                                   fix="save the file as UTF-8")
+            _print_error(converted)
+            ctx.exit(converted.exit_code)
 
 
 app = typer.Typer(

@@ -313,3 +313,47 @@ def test_write_cache_makes_the_files_prepare_makes(tmp_path):
         write_cache(tmp_path / "c", images, df, ["edema"])
     with pytest.raises(InputError, match="uint8"):
         write_cache(tmp_path / "d", images.astype(np.float32), df, ["edema"])
+
+
+def test_prepare_overwrite_replaces_only_the_cache_own_files(tmp_path, image_dataset_factory):
+    index = image_dataset_factory(tmp_path / "data", n=8)
+    root = tmp_path / "data"
+    out = tmp_path / "cache"
+    prepare_cache(index, root, out, size=16, workers=1, quiet=True)
+    (out / "README.txt").write_text("my notes about this cache")
+    (out / ".build").mkdir()
+    (out / ".build" / "mine.txt").write_text("mine")
+    prepare_cache(index, root, out, size=24, workers=1, quiet=True, overwrite=True)  # another recipe
+    assert open_cache(out).size == 24
+    assert (out / "README.txt").read_text() == "my notes about this cache"
+    assert (out / ".build" / "mine.txt").read_text() == "mine"
+
+
+def test_prepare_refuses_a_folder_whose_manifest_is_not_a_cache(tmp_path, image_dataset_factory):
+    index = image_dataset_factory(tmp_path / "data", n=4)
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "another tool"}')
+    (out / "images.u8").write_bytes(b"their data")
+    with pytest.raises(InputError, match="not a cxrbench cache manifest"):
+        prepare_cache(index, tmp_path / "data", out, size=16, workers=1, quiet=True, overwrite=True)
+    assert (out / "images.u8").read_bytes() == b"their data"
+
+
+def test_a_corrupt_exif_warning_is_counted_in_the_manifest_not_printed(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    Image.fromarray(np.full((20, 20), 128, np.uint8)).save(root / "img" / "a.jpg",
+                                                           exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff")
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(root / "img" / "b.png")
+    df = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "study_id": None,
+                       "path": ["img/a.jpg", "img/b.png"], "view": "PA", "split": ["train", "test"],
+                       "dataset": "csv", "sex": "F", "age": 50.0, "edema": np.array([1, 0], np.float32)})
+    manifest = prepare_cache(df, root, tmp_path / "c", size=16, workers=1, quiet=True, findings=["edema"])
+    captured = capsys.readouterr()
+    assert "EXIF" not in captured.err + captured.out and "site-packages" not in captured.err
+    warned = manifest["warnings"]
+    assert warned and warned[0]["files"] == 1 and warned[0]["examples"] == ["img/a.jpg"]
+    assert "EXIF" in warned[0]["message"].upper() and ".py" not in warned[0]["message"]

@@ -379,3 +379,21 @@ def test_list_shows_every_init_and_where_its_weights_are(
     assert [r["init"] for r in parsed] == ["dinov2-vitb14", "dinov2-vitb14-reg"]
     assert parsed[0]["present"] == "yes" and parsed[1]["present"] == "no"
     assert os.path.isfile(parsed[0]["location"].split(": ", 1)[1])
+
+
+def test_import_force_replaces_only_an_import_cxrbench_made(offline_weights, tmp_path, cli_runner):
+    safeload.save_state_dict(_build("test_vit").state_dict(), tmp_path / "w.safetensors")
+    dest = store.cxrbench_home() / "weights" / "test_vit.r160_in1k"
+    dest.mkdir(parents=True)
+    (dest / "model.safetensors").write_bytes(b"placed here by hand")
+    (dest / "NOTES.txt").write_text("mine")
+    result = cli_runner.invoke(app, ["weights", "import", "timm:test_vit.r160_in1k",
+                                     str(tmp_path / "w.safetensors"), "--force"])
+    assert result.exit_code == 2 and "not cxrbench's to replace" in result.stderr
+    assert (dest / "model.safetensors").read_bytes() == b"placed here by hand"
+    (dest / "model.safetensors").unlink()
+    for _ in range(2):  # a real import, then --force over it: replaced; the foreign file stays
+        result = cli_runner.invoke(app, ["weights", "import", "timm:test_vit.r160_in1k",
+                                         str(tmp_path / "w.safetensors"), "--force"])
+        assert result.exit_code == 0, result.output
+    assert (dest / "NOTES.txt").read_text() == "mine" and (dest / "weights.json").is_file()

@@ -7,6 +7,7 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -513,9 +514,37 @@ def test_refuses_non_empty_out_and_overwrites_a_previous_phantom(tmp_path):
     assert len(truth) == len(list((tmp_path / "a").rglob("*.png")))
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
-    generate(tmp_path / "b", "csv", 2, size=32, quiet=True, overwrite=True)
-    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"  # never deletes what is not a phantom
+    with pytest.raises(InputError, match="holds none .* it would delete: notes.txt"):
+        generate(tmp_path / "b", "csv", 2, size=32, quiet=True, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["notes.txt"]  # nothing planted
     assert not list(tmp_path.rglob(".phantom-*"))
+
+
+def test_overwrite_never_touches_a_real_dataset_or_a_foreign_file(tmp_path):
+    """The adversarial pass: --overwrite into a real NIH folder replaced its CSV and planted a marker,
+    and a second --overwrite deleted its images/. Now both are refused and nothing changes."""
+    real = tmp_path / "nih"
+    (real / "images").mkdir(parents=True)
+    (real / "images" / "00000001_000.png").write_bytes(b"real image")
+    (real / "Data_Entry_2017_v2020.csv").write_text("Image Index,Finding Labels\n00000001_000.png,Mass\n")
+    before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    for _ in range(2):
+        with pytest.raises(InputError, match="replaces only a phantom"):
+            generate(real, "nih", 2, size=32, quiet=True, overwrite=True)
+    assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
+    assert not (real / "_phantom").exists()
+
+    ph = tmp_path / "ph"
+    generate(ph, "nih", 2, size=32, quiet=True)
+    (ph / "my_annotation.json").write_text("{}")  # the user adds a file to the phantom
+    with pytest.raises(InputError, match="did not write: my_annotation.json"):
+        generate(ph, "nih", 3, size=32, quiet=True, overwrite=True)
+    assert (ph / "my_annotation.json").is_file()
+    (ph / "my_annotation.json").unlink()
+    generate(ph, "nih", 3, size=32, quiet=True, overwrite=True)  # a phantom of its own: replaced
+    info = json.loads((ph / "_phantom" / "phantom.json").read_text())
+    on_disk = sorted(p.relative_to(ph).as_posix() for p in ph.rglob("*") if p.is_file())
+    assert sorted(info["files"]) == on_disk  # the marker lists every file written, and only those
 
 
 @pytest.mark.parametrize(

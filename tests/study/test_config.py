@@ -149,3 +149,45 @@ def test_study_2024_is_the_reference_matrix():
     assert set(cfg.datasets) == {"vindr", "cxr14", "chexpert", "mimic", "uka", "padchest"}
     assert {s.init for s in cfg.inits.values()} == {"dinov2-vitb14", "imagenet21k-vitb16", "domain:mimic"}
     assert cfg.train["lr"] == 1e-5 and cfg.train["batch_size"] == 30 and cfg.evaluation.bootstrap == 1000
+
+
+def test_an_unknown_init_is_refused_at_load_with_its_line(tmp_path, cli_runner):
+    from cxrbench.cli import app
+
+    path = write(tmp_path, BASE.replace("{init: dinov2-vits14}", "{init: dinov2-vits41}"))
+    with pytest.raises(InputError, match=r"study.yaml, line 11: unknown initialization 'dinov2-vits41'"):
+        load_study(path)
+    result = cli_runner.invoke(app, ["study", "run", str(path), "--dry-run"])  # before any indexing
+    assert result.exit_code == 2 and "dinov2-vits41" in result.stderr and "line 11" in result.stderr
+    bad_base = write(tmp_path, BASE.replace("base: imagenet21k-vitb16", "base: random-no_such_arch"))
+    with pytest.raises(InputError, match="line 13: random-: unknown architecture"):
+        load_study(bad_base)
+
+
+def test_duplicate_keys_inits_and_arms_are_refused_naming_both_lines(tmp_path):
+    dup_key = write(tmp_path, BASE.replace("train: {epochs: 3, lr: 3.0e-5}",
+                                           "train: {epochs: 3, lr: 3.0e-5}\ntrain: {epochs: 4}"))
+    with pytest.raises(InputError, match=r"key 'train' is given twice \(lines 15 and 16\)"):
+        load_study(dup_key)
+    listed = write(tmp_path, BASE.replace(
+        "inits:\n  dinov2: {init: dinov2-vits14}\n  ref: {init: imagenet21k-vitb16}\n"
+        "  dom: {init: \"domain:chex\", base: imagenet21k-vitb16}",
+        "inits: [dinov2-vits14, imagenet21k-vitb16, dinov2-vits14]").replace("reference: ref",
+                                                                             "reference: imagenet21k-vitb16"))
+    with pytest.raises(InputError, match=r"init 'dinov2-vits14' is listed twice \(lines 10 and 10\)"):
+        load_study(listed)
+    twice = "  ref: {init: imagenet21k-vitb16}\n  ref2: {init: imagenet21k-vitb16}"
+    same = write(tmp_path, BASE.replace("  ref: {init: imagenet21k-vitb16}", twice))
+    with pytest.raises(InputError, match=r"inits 'ref' and 'ref2' are the same arm.*lines 12 and 13"):
+        load_study(same)
+    # the same init with other settings is a legitimate arm (e.g. a learning-rate sweep)
+    load_study(write(tmp_path, BASE.replace("  ref: {init: imagenet21k-vitb16}",
+                                            "  ref: {init: imagenet21k-vitb16}\n"
+                                            "  ref2: {init: imagenet21k-vitb16, train: {lr: 1.0e-4}}")))
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("name: \xe9tude\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.yaml: the study config is not UTF-8 text \(byte 0xe9"):
+        load_study(path)

@@ -128,3 +128,12 @@ def test_tiny_demo_with_cached_pretrained_arms(cli_runner, offline_weights, tmp_
 
     for label in OPTIONAL_INITS:  # provenance names the exact weight files used
         assert file_sha256(tmp_path / f"{label}.safetensors") in html
+
+
+def test_the_demo_never_replaces_a_demo_yaml_it_did_not_write(cli_runner, tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.yaml").write_text("name: mine\n")
+    result = cli_runner.invoke(app, ["demo", "--out", str(out), "--tiny", "--quiet"])
+    assert result.exit_code == 2 and "not written by `cxrbench demo`" in result.stderr
+    assert (out / "demo.yaml").read_text() == "name: mine\n"

@@ -124,8 +124,9 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(study):
     rec = Recorder()
     run_study(load_study(path), quiet=True, executors=rec.executors())
     assert rec.calls and {c.split("/")[0] for c in rec.calls} == {"eval", "external", "compare", "report"}
-    stale = list((study.out / ".stale").iterdir())
-    assert len(stale) == len([c for c in rec.calls if c.startswith(("eval", "external", "compare"))])
+    stale = list((study.out / ".stale").iterdir())  # set aside, never deleted (the report too)
+    reran = [c for c in rec.calls if c.startswith(("eval", "external", "compare", "report"))]
+    assert len(stale) == len(reran)
 
 
 def test_resume_after_a_crash_reruns_the_interrupted_step_only(study):
@@ -317,3 +318,31 @@ def test_torchrun_two_processes_run_a_real_study(tmp_path):
     assert "world_size: 2" in config
     df = pd.read_csv(study.out / "report" / "results.csv")
     assert set(df["dataset"]) == {"target1", "target2"}
+
+
+def test_stale_outputs_are_set_aside_with_foreign_files_never_deleted(study):
+    run_study(study, quiet=True, executors=Recorder().executors())
+    report = study.out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "my_notes.md").write_text("mine")
+    path = study.path
+    path.write_text(CONFIG.replace("evaluation: {bootstrap: 20}", "evaluation: {bootstrap: 30}"))
+    run_study(load_study(path), quiet=True, executors=Recorder().executors())
+    kept = list((study.out / ".stale").rglob("my_notes.md"))
+    assert len(kept) == 1 and kept[0].read_text() == "mine"
+
+
+def test_the_study_copy_never_replaces_a_file_cxrbench_did_not_write(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(CONFIG)
+    for d in ("a", "b", "src"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.yaml").write_text("my own notes\n")
+    with pytest.raises(InputError, match="not the copy cxrbench writes there"):
+        run_study(load_study(path, out=out), quiet=True, executors=Recorder().executors())
+    assert (out / "study.yaml").read_text() == "my own notes\n"
+    with pytest.raises(InputError, match="not the copy cxrbench writes"):  # the config itself as out
+        run_study(load_study(path, out=tmp_path), quiet=True, executors=Recorder().executors())
+    assert path.read_text() == CONFIG

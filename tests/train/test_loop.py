@@ -18,7 +18,7 @@ from cxrbench.train.config import TrainConfig
 from cxrbench.train.loop import train
 from cxrbench.train.optim import LRSchedule
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

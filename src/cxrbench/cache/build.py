@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.cache.chunks import (
+    collect_failures,
+    collect_warnings,
+    pending_jobs,
+    read_chunk_records,
+    run_jobs,
+)
 from cxrbench.cache.read import CACHE_FORMAT, CACHE_FORMAT_VERSION
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_lock, read_json
@@ -116,15 +122,16 @@ def _build(df, finding_names, source, root, out, recipe, identity, shape, n_work
     chunk = int(state["chunk_size"])
     _preallocate(out / IMAGES_FILE, int(np.prod(shape)))
 
-    records = _read_chunk_records(build)
-    jobs = _pending_jobs(df, n, chunk, records)
+    records = read_chunk_records(build)
+    jobs = pending_jobs(df, n, chunk, records)
     done_rows = n - sum(len(job["rows"]) for job in jobs)
     if records and jobs:
         _say(f"resuming {out}: {done_rows} of {n} images already done", quiet)
 
-    _run_jobs(jobs, out, root, shape, recipe, n_workers, done_rows, quiet)
+    run_jobs(jobs, out, root, shape, recipe, n_workers, done_rows, quiet)
 
-    failures = _collect_failures(_read_chunk_records(build))
+    final = read_chunk_records(build)
+    failures = collect_failures(final)
     if failures and not skip_bad:
         _fail_with(failures, build)
     keep = np.ones(n, dtype=bool)
@@ -134,12 +141,12 @@ def _build(df, finding_names, source, root, out, recipe, identity, shape, n_work
         raise InputError(f"none of the {n} images could be read (the first: {first['path']}: "
                          f"{first['reason']})", where=str(root), fix="check --root and the index's paths")
     return _finish(out, df, finding_names, keep, failures, recipe, shape, source, root, n_workers, chunk,
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, collect_warnings(final))
 
 
 def _finish(out: Path, df: pd.DataFrame, finding_names: list[str], keep: np.ndarray, failures: list[dict],
             recipe: dict[str, Any], shape: tuple[int, int, int], source: str | None, root: Path | None,
-            workers: int, chunk: int, seconds: float) -> dict[str, Any]:
+            workers: int, chunk: int, seconds: float, warned: list[dict] | None = None) -> dict[str, Any]:
     """images.u8 is written: add index.parquet, then manifest.json (last: the cache is complete)."""
     cache_index = df.loc[keep].copy()
     cache_index["cache_row"] = np.flatnonzero(keep).astype(np.int64)
@@ -148,8 +155,9 @@ def _finish(out: Path, df: pd.DataFrame, finding_names: list[str], keep: np.ndar
     write_index(cache_index, out / INDEX_FILE, finding_names)
     manifest = _manifest(recipe, shape, df, cache_index, failures, finding_names, source, root, workers,
                          chunk, seconds)
+    manifest["warnings"] = list(warned or [])
     atomic_write_json(out / MANIFEST_FILE, manifest)  # last: from here on the cache is complete
-    shutil.rmtree(out / BUILD_DIR, ignore_errors=True)
+    remove_build_files(out / BUILD_DIR)
     return manifest
 
 
@@ -261,13 +269,18 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
     existing: dict[str, Any] | None = None
     if manifest_path.exists():
         existing = read_json(manifest_path)
-        if not isinstance(existing, dict):
-            existing = {}
+        if not isinstance(existing, dict) or existing.get("format") != CACHE_FORMAT:
+            raise InputError(f"--out holds a {MANIFEST_FILE} that is not a cxrbench cache manifest, so "
+                             "its files are not cxrbench's to replace", where=str(out),
+                             fix="choose a new or empty directory for the cache")
         if _identity(existing.get("recipe", {})) == identity:
             return existing
         found = existing.get("recipe", {})
     elif (build / "state.json").exists():
         state = read_json(build / "state.json")
+        if not isinstance(state, dict) or "identity" not in state:
+            raise InputError(f"--out holds a {BUILD_DIR}/state.json that cxrbench did not write",
+                             where=str(out), fix="choose a new or empty directory for the cache")
         if state.get("identity") == identity:
             return None  # an unfinished build of this recipe: resume it
         found = state.get("recipe", {})
@@ -283,8 +296,22 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
                          fix="choose another --out, or pass --overwrite to rebuild it")
     for name in (MANIFEST_FILE, INDEX_FILE, IMAGES_FILE):  # manifest first: incomplete from now on
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(build, ignore_errors=True)
+    remove_build_files(build)
     return None
+
+
+def remove_build_files(build: Path) -> None:
+    """Delete the files a build writes under ``.build/`` (state, chunk records, failure list, their
+    atomic-write temporaries) and the folders left empty; anything else stays."""
+    if not build.is_dir():
+        return
+    ours = [build / "state.json", build / "failures.json", *(build / "chunks").glob("*.json")]
+    ours += [p for p in build.rglob(".*.tmp")]
+    for p in ours:
+        p.unlink(missing_ok=True)
+    for sub in (build / "chunks", build):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
 
 
 def _describe(recipe: dict[str, Any]) -> str:
@@ -301,7 +328,7 @@ def _load_or_create_state(build: Path, recipe: dict[str, Any], identity: str, sh
         state = read_json(state_path)
         if state.get("identity") == identity and list(state.get("shape", [])) == list(shape):
             return state
-        shutil.rmtree(build, ignore_errors=True)
+        remove_build_files(build)
     (build / "chunks").mkdir(parents=True, exist_ok=True)
     state = {"identity": identity, "recipe": recipe, "shape": list(shape), "chunk_size": int(chunk)}
     atomic_write_json(state_path, state)
@@ -315,95 +342,14 @@ def _preallocate(path: Path, n_bytes: int) -> None:
         f.truncate(n_bytes)
 
 
-def _read_chunk_records(build: Path) -> dict[int, dict[str, Any]]:
-    records: dict[int, dict[str, Any]] = {}
-    for path in sorted((build / "chunks").glob("*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            records[int(rec["chunk"])] = rec
-        except (ValueError, KeyError, OSError):
-            continue  # a damaged record means the chunk is redone
-    return records
 
 
-def _pending_jobs(df: pd.DataFrame, n: int, chunk: int, records: dict[int, dict[str, Any]]) -> list[dict]:
-    """Work units: unfinished chunks in full, finished chunks' failed rows again (files may be fixed)."""
-    paths = df["path"].astype(str).to_numpy(dtype=object)
-    ids = df["image_id"].astype(str).to_numpy(dtype=object)
-    jobs = []
-    for cid, start in enumerate(range(0, n, chunk)):
-        stop = min(n, start + chunk)
-        rec = records.get(cid)
-        if rec is None or rec.get("start") != start or rec.get("stop") != stop:
-            rows = list(range(start, stop))
-        else:
-            rows = sorted(int(f["row"]) for f in rec.get("failed", []))
-        if rows:
-            jobs.append({"chunk": cid, "start": start, "stop": stop, "rows": rows,
-                         "paths": [paths[r] for r in rows], "ids": [ids[r] for r in rows]})
-    return jobs
 
 
-def _run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int], recipe: dict[str, Any],
-              n_workers: int, done_rows: int, quiet: bool) -> None:
-    from cxrbench.common.progress import make_progress
-
-    args = {"out": str(out), "root": str(root), "shape": shape, "size": recipe["size"],
-            "resize": recipe["resize"], "equalize": recipe["equalize"]}
-    if n_workers == 1 or len(jobs) <= 1:
-        with make_progress(quiet) as progress:
-            task = progress.add_task("prepare", total=shape[0], completed=done_rows)
-            for job in jobs:
-                _build_chunk({**args, **job})
-                progress.advance(task, len(job["rows"]))
-        return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    # fork (Linux): works from scripts and notebooks without a __main__ guard; the workers only use
-    # numpy/Pillow/pydicom. The pool forks all its workers at the first submit, before the progress
-    # bar starts its thread. Elsewhere spawn.
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=context) as pool:
-        futures = {pool.submit(_build_chunk, {**args, **job}): job for job in jobs}
-        try:
-            with make_progress(quiet) as progress:
-                task = progress.add_task("prepare", total=shape[0], completed=done_rows)
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        fut.result()  # re-raise an internal failure of a worker
-                        progress.advance(task, len(futures[fut]["rows"]))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
 
 
-def _build_chunk(job: dict[str, Any]) -> int:
-    """Worker: decode + preprocess the job's rows into images.u8 (opened r+), then record the chunk."""
-    from cxrbench.cache.decode import read_image
-    from cxrbench.cache.preprocess import preprocess
-    from cxrbench.common.fileio import resolve_inside
-
-    out = Path(job["out"])
-    images = np.memmap(out / IMAGES_FILE, dtype=np.uint8, mode="r+", shape=tuple(job["shape"]))
-    failed = []
-    for row, rel, image_id in zip(job["rows"], job["paths"], job["ids"], strict=True):
-        try:
-            full = resolve_inside(job["root"], rel, where=f"index row {row}")
-            images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"])
-        except InputError as e:
-            failed.append({"row": int(row), "image_id": image_id, "path": rel, "reason": e.what})
-    images.flush()
-    del images
-    record = {"chunk": job["chunk"], "start": job["start"], "stop": job["stop"], "failed": failed}
-    atomic_write_json(out / BUILD_DIR / "chunks" / f"{job['chunk']:07d}.json", record)
-    return len(job["rows"])
 
 
-def _collect_failures(records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted((f for rec in records.values() for f in rec.get("failed", [])), key=lambda f: f["row"])
 
 
 def _fail_with(failures: list[dict[str, Any]], build: Path) -> None:

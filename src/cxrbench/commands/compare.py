@@ -62,6 +62,10 @@ def register(app: typer.Typer) -> None:
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"--out {str(out)!r} has an unknown extension", where="--out",
                              fix="use a .csv or .json file name")
+        if out is not None:
+            from cxrbench.common.fileio import check_writable
+
+            check_writable(out)
         names = run_names(runs)
         ref_name = _reference_name(reference, runs, names)
         preds, stored = load_run_predictions(runs, split)

@@ -84,6 +84,10 @@ def register(app: typer.Typer) -> None:
         from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
+        if out_json and out_json != "-":
+            from cxrbench.common.fileio import check_writable
+
+            check_writable(out_json)  # before the evaluation writes anything
         fixed = parse_thresholds(threshold)
         predict_kwargs = {"cache_dir": cache, "batch_size": batch_size, "device": device}
         with warnings.catch_warnings(record=True) as caught:

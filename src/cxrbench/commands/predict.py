@@ -32,9 +32,11 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device",
                                    help="cpu, cuda or cuda:N (default: cuda if available)."),
     ) -> None:
-        from cxrbench.common.fileio import atomic_write_text
+        from cxrbench.common.fileio import atomic_write_text, check_writable
         from cxrbench.evaluate.predict import predict_files
 
+        if out is not None:
+            check_writable(out)
         df = predict_files(run, images, batch_size=batch_size, device=device)
         text = df.to_csv(index=False, float_format="%.6g")
         if out is None:

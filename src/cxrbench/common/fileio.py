@@ -1,5 +1,6 @@
-"""File I/O every stage shares: atomic writes, the one JSON sanitizer, the one file-lock idiom,
-hashing, and paths that stay inside a dataset root."""
+"""File I/O every stage shares: reading text and atomic writes that turn every OS error into one
+InputError (missing, a folder where a file is expected, permission denied, not UTF-8, disk full),
+the one JSON sanitizer, the one file-lock idiom, hashing, and paths that stay inside a dataset root."""
 
 from __future__ import annotations
 
@@ -16,26 +17,118 @@ from typing import Any
 from cxrbench.common.errors import InputError
 
 
+def os_error(err: OSError, path: str | os.PathLike, action: str = "read") -> InputError:
+    """The InputError for an OS error on ``path``: what happened, where, and the fix."""
+    where = str(path)  # the path the user gave (not a temporary file beside it)
+    if isinstance(err, FileNotFoundError):
+        return InputError("not found", where=where, fix="check the path")
+    if isinstance(err, IsADirectoryError):
+        return InputError("is a folder, not a file", where=where,
+                          fix="give a file path (e.g. a name inside that folder)")
+    if isinstance(err, NotADirectoryError):
+        return InputError("a part of the path is a file, not a folder", where=where,
+                          fix="choose a path whose parent folders are folders")
+    if isinstance(err, PermissionError):
+        return InputError(f"cannot be {'read' if action == 'read' else 'written'}: permission denied",
+                          where=where, fix=f"choose a {'readable' if action == 'read' else 'writable'} "
+                          "location or fix its permissions")
+    reason = err.strerror or type(err).__name__
+    return InputError(f"cannot be {'read' if action == 'read' else 'written'} ({reason})", where=where,
+                      fix="check the path, the free disk space and the permissions")
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's content; missing, folder, unreadable or non-UTF-8 -> one InputError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise os_error(e, path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"the {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+                         where=str(path), fix="save it as UTF-8 (in most editors: 'Save with encoding')",
+                         ) from None
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and parents); an existing file or an unwritable place -> InputError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("exists and is a file, not a folder", where=str(path), fix="choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, path, "write") from None
+    return path
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail fast, before hours of work, when the file ``path`` could not be written: it is a folder,
+    a parent is a file, or the nearest existing folder refuses a new file (probed with a temporary
+    file, removed at once). Creates nothing that stays."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not a file", where=str(path),
+                         fix=f"give a file name, e.g. {path / 'out'}{path.suffix or ''}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError("a part of the path is a file, not a folder", where=str(path),
+                         fix="choose a path whose parent folders are folders")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cxrbench-probe-", dir=parent)
+    except OSError as e:
+        raise os_error(e, path, "write") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is untouched, so finished work
-    is never lost to a failed write.
+    is never lost to a failed write. A target that is a folder, or a place that cannot be written,
+    is an InputError before anything is written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise InputError("is a folder, not a file", where=str(path),
+                         fix=f"give a file name, e.g. {path / 'out'}{path.suffix or ''}")
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise os_error(e, path.parent, "write") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes 0600 files; give them the mode a plain open() would
             os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise os_error(e, path, "write") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` leaves beside ``folder/name`` when a process is
+    killed mid-write (``.<name>.*.tmp``); returns what was removed. Only that pattern is touched."""
+    folder = Path(folder)
+    removed = []
+    for p in folder.glob(f".{name}.*.tmp") if folder.is_dir() else ():
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _umask() -> int:
@@ -88,10 +181,9 @@ def json_safe(obj: Any) -> Any:
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, raising InputError with the path when it is missing or invalid."""
     path = Path(path)
+    text = read_text(path, "JSON file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("file not found", where=str(path), fix="check the path") from None
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON ({e.msg} at line {e.lineno})", where=str(path),
                          fix="the file is damaged; regenerate it") from None
@@ -134,9 +226,12 @@ def file_lock(path: str | os.PathLike, *, wait: bool = True,
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise os_error(e, path) from None
     return h.hexdigest()
 
 

@@ -43,9 +43,39 @@ RUN_TENSORBOARD = "tensorboard"
 RUN_EVAL = "eval"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
-# Everything a run folder may hold; `train --overwrite` removes these and nothing else.
+# The top-level entries of a run folder; `train --overwrite` removes only files is_run_file accepts.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
                                 RUN_TENSORBOARD, RUN_EVAL)
+RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG)
+RUN_EVAL_FILES: list[str] = [PREDICTIONS_FILE, METRICS_FILE]  # stages that add files under eval/ extend it
+RUN_EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
+TENSORBOARD_PREFIX = "events.out.tfevents."
+
+
+def is_temp_of(name: str, target: str) -> bool:
+    """True for the temporary file an interrupted atomic write of ``target`` leaves (``.target.*.tmp``)."""
+    return name.startswith(f".{target}.") and name.endswith(".tmp")
+
+
+def is_run_file(rel: str) -> bool:
+    """True when the run contract names the file ``rel`` (a path relative to the run folder, with
+    ``/``): config, weights, log, last.pt, TensorBoard events, eval/<split>/ results, and the
+    temporary files their atomic writes leave when killed. Nothing else is cxrbench's to delete."""
+    parts = rel.split("/")
+    name = parts[-1]
+
+    def owned(allowed: list[str] | tuple[str, ...]) -> bool:
+        return name in allowed or any(is_temp_of(name, a) for a in allowed)
+
+    if len(parts) == 1:
+        return owned(RUN_TOP_FILES)
+    if parts[0] == RUN_CHECKPOINTS and len(parts) == 2:
+        return owned([RUN_LAST.split("/")[-1]])
+    if parts[0] == RUN_TENSORBOARD:
+        return name.startswith(TENSORBOARD_PREFIX)
+    if parts[0] == RUN_EVAL and len(parts) == 3 and parts[1] in RUN_EVAL_SPLITS:
+        return owned(RUN_EVAL_FILES)
+    return False
 
 
 def run_file(run_dir: str | os.PathLike, name: str) -> Path:

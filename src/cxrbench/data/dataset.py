@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from cxrbench.cache.read import Cache, open_cache
 from cxrbench.common.errors import InputError
-from cxrbench.common.layout import CACHE_IMAGES
+from cxrbench.common.layout import CACHE_IMAGES, CACHE_INDEX
 from cxrbench.common.validation import check_choice, closest
 from cxrbench.index.schema import SPLITS
 
@@ -60,6 +60,7 @@ class CacheDataset(Dataset):
         self.rows = sub["cache_row"].to_numpy(dtype=np.int64)
         self.labels = (sub[self.findings].to_numpy(dtype=np.float32, na_value=np.nan) if self.findings
                        else np.zeros((len(sub), 0), dtype=np.float32))
+        _check_labels(self.labels, self.findings, sub, self.cache_dir)
         del index, sub
         self._opened: Cache | None = cache
         self._ids: dict[str, np.ndarray] | None = None
@@ -199,6 +200,17 @@ class CacheDataset(Dataset):
     def __repr__(self) -> str:
         return (f"CacheDataset({str(self.cache_dir)!r}, split={self.split!r}, n={len(self)}, "
                 f"findings={len(self.findings)}, size={self.size})")
+
+
+def _check_labels(labels: np.ndarray, findings: list[str], rows: pd.DataFrame, where: Path) -> None:
+    """Contract 2: a label is 1, 0 or NaN (unknown); anything else is named, not trained on."""
+    bad = ~(np.isnan(labels) | (labels == 0) | (labels == 1))
+    if bad.any():
+        i, k = (int(v[0]) for v in np.nonzero(bad))
+        raise InputError(f"finding {findings[k]!r} has label {float(labels[i, k])!r} at cache row "
+                         f"{int(rows['cache_row'].iloc[i])} ({int(bad.sum())} bad label(s) in all): labels "
+                         "must be 1, 0 or empty", where=str(where / CACHE_INDEX),
+                         fix="the cache's index was changed by hand; rebuild it with `cxrbench prepare`")
 
 
 def _select_findings(wanted: Sequence[str] | None, available: list[str], where: Path) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.fileio import atomic_path
+from cxrbench.common.fileio import atomic_path, os_error
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +39,11 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 def detect_format(path: str | os.PathLike) -> str:
     """``safetensors``, ``torch-zip``, ``torch-legacy``, ``numpy`` or ``unknown``, from the bytes."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise os_error(e, path) from None
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 1 < header_len < 100_000_000 and head[8:9] == b"{":

@@ -325,6 +325,13 @@ def import_weights(
             where=str(dest),
             fix="add --force to replace them",
         )
+    if dest.exists() and import_record(source.key) is None:  # not an import cxrbench made
+        raise InputError(
+            f"{SAFETENSORS_NAME} is there without the {IMPORT_RECORD} cxrbench writes with every import, "
+            "so it is not cxrbench's to replace",
+            where=str(dest),
+            fix="move it away if you put it there, then import again (--force replaces only imports)",
+        )
     fmt = detect_format(src)
     sha = file_sha256(src)
     dest_dir.mkdir(parents=True, exist_ok=True)

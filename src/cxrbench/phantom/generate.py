@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_write_json, ensure_dir
 from cxrbench.common.progress import make_progress
 from cxrbench.common.validation import check_choice
 from cxrbench.index.schema import validate_index, write_index
@@ -25,6 +26,7 @@ from cxrbench.phantom.style import site_style
 
 MARKER_DIR = "_phantom"
 TRUTH_FILE = "truth.parquet"
+INFO_FILE = "phantom.json"  # the marker: what was generated and every file written
 
 
 def format_options(fmt: str) -> dict[str, Any]:
@@ -38,23 +40,67 @@ def truth_findings(fmt: str) -> tuple[str, ...]:
     return FORMATS[check_choice("--format", fmt, FORMATS)].truth_findings
 
 
+PENDING_FILE = ".phantom-publish.json"  # the files a publish is moving into place (a kill mid-way)
+
+
+def phantom_files(out: Path) -> set[str] | None:
+    """The files (relative, with ``/``) a previous phantom in ``out`` wrote, from its marker (and a
+    publish a kill interrupted); None when ``out`` holds no phantom written by cxrbench."""
+    listed: set[str] = set()
+    marker = out / MARKER_DIR / INFO_FILE
+    found = False
+    for record in (marker, out / PENDING_FILE):
+        try:
+            info = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        files = info.get("files") if isinstance(info, dict) else None
+        if isinstance(files, list) and all(isinstance(f, str) for f in files):
+            listed.update(files)
+            found = True
+    if not found:
+        return None
+    return listed | {f"{MARKER_DIR}/{INFO_FILE}", PENDING_FILE}
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite`` and every file in it is a previous phantom's
+    own (listed in its marker); then remove exactly those files. Nothing else is ever deleted."""
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", where=str(out), fix="choose a directory path")
     if out.is_dir():
-        entries = [p for p in out.iterdir() if not p.name.startswith(".phantom-")]
-        if entries and not overwrite:
-            raise InputError(
-                "output directory is not empty",
-                where=str(out),
-                fix="choose an empty or new directory, or pass --overwrite",
-            )
-        if entries and (out / MARKER_DIR / TRUTH_FILE).is_file():
-            for p in entries:  # a previous phantom: replace it whole
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".phantom-*"):  # staging folders of interrupted runs
-        shutil.rmtree(stale, ignore_errors=True)
+        present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                         if not p.is_dir() and not p.relative_to(out).parts[0].startswith(".phantom-"))
+        if present and not overwrite:
+            raise InputError("output directory is not empty", where=str(out),
+                             fix="choose an empty or new directory, or pass --overwrite to replace a "
+                                 "previous phantom")
+        if present:
+            ours = phantom_files(out)
+            if ours is None:
+                raise InputError(f"--overwrite replaces only a phantom dataset cxrbench wrote, and this "
+                                 f"folder holds none (no {MARKER_DIR}/{INFO_FILE} listing its files); it "
+                                 f"would delete: {_listing(present)}", where=str(out),
+                                 fix="choose an empty or new directory")
+            foreign = [f for f in present if f not in ours]
+            if foreign:
+                raise InputError(f"--overwrite would delete files the previous phantom did not write: "
+                                 f"{_listing(foreign)}", where=str(out),
+                                 fix="move them out, or choose an empty or new directory")
+            for rel in present:
+                (out / rel).unlink()
+            for sub in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(sub.iterdir()) and not sub.relative_to(out).parts[0].startswith(".phantom-"):
+                    sub.rmdir()
+    ensure_dir(out)
+    for stale in out.glob(".phantom-*"):  # staging folders of interrupted runs (mkdtemp names)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def generate(
@@ -149,11 +195,16 @@ def generate(
             "findings": list(cls.truth_findings),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        (staging / MARKER_DIR / "phantom.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        # Publish: move every top-level entry into place; the truth folder last (it marks completion).
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if not p.is_dir())
+        info["files"] = [*files, f"{MARKER_DIR}/{INFO_FILE}"]
+        (staging / MARKER_DIR / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        # Publish: record what is about to move (a kill mid-way leaves only files cxrbench can name),
+        # move every top-level entry into place, the truth folder last (it marks completion).
+        atomic_write_json(out / PENDING_FILE, {"files": info["files"]})
         entries = sorted(staging.iterdir(), key=lambda p: p.name == MARKER_DIR)
         for entry in entries:
             os.replace(entry, out / entry.name)
+        (out / PENDING_FILE).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return truth

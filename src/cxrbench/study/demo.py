@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from cxrbench.common.fileio import atomic_write_text
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import atomic_write_text, read_text
+
+DEMO_HEADER = "# written by `cxrbench demo`"
 
 # label -> (registry init, training overrides): pretrained natural-image arms, used when cached.
 # Small inputs (a multiple of the 14 / 16 px patch) and few epochs keep these 22M / 86M-parameter
@@ -116,10 +119,16 @@ def run_demo(
     out = Path(out).resolve()
     cfg, skipped = demo_config(tiny=tiny, optional=optional)
     path = out / "demo.yaml"
-    text = "# written by `cxrbench demo`; rerun with: cxrbench study run demo.yaml\n" + yaml.safe_dump(
+    text = DEMO_HEADER + "; rerun with: cxrbench study run demo.yaml\n" + yaml.safe_dump(
         cfg, sort_keys=False
     )
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+    current = None
+    if path.is_file():
+        current = read_text(path, "demo config")
+        if not current.startswith(DEMO_HEADER):
+            raise InputError("demo.yaml in the output folder was not written by `cxrbench demo` and would "
+                             "be replaced", where=str(path), fix="choose another --out for the demo")
+    if not path.is_file() or current != text:
         atomic_write_text(path, text)
     study = load_study(path, out=out)
     summary = run_study(study, quiet=quiet, device=device)

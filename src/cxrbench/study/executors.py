@@ -7,7 +7,6 @@ staleness and progress. Heavy modules are imported inside the functions.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,14 +50,8 @@ def run_phantom(step: Step, ctx: Context) -> None:
     from cxrbench.phantom import generate
 
     c = step.config
-    if step.out.exists() and any(step.out.iterdir()):
-        if not (step.out / "_phantom").exists():
-            raise InputError(
-                "the phantom's folder exists and is not a phantom dataset",
-                where=str(step.out),
-                fix="give the phantom dataset an empty or new root (or remove its 'root:')",
-            )
-        shutil.rmtree(step.out)  # an earlier or partial phantom: regenerate (cheap, deterministic)
+    # an earlier or interrupted phantom is regenerated (cheap, deterministic): generate replaces only
+    # files its marker lists, and refuses a folder holding anything else
     generate(
         step.out,
         c["format"],
@@ -66,7 +59,7 @@ def run_phantom(step: Step, ctx: Context) -> None:
         size=int(c["size"]),
         site=c["site"],
         seed=int(c["seed"]),
-        **{"quiet": ctx.quiet, **dict(c.get("options") or {})},
+        **{"quiet": ctx.quiet, **dict(c.get("options") or {}), "overwrite": True},
     )
 
 

@@ -7,16 +7,17 @@ Paths in the file (dataset roots, ``out``) may use ``~``, ``$VAR``, ``${VAR}`` a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.validation import closest
+from cxrbench.common.yamlio import load_yaml
 from cxrbench.study.config import (
     ComparisonSpec,
     DatasetSpec,
@@ -30,24 +31,6 @@ from cxrbench.study.config import (
 )
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key, keyed by its path."""
-
-
-def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = prefix + (k.value,)
-            out[key] = k.start_mark.line + 1
-            _key_lines(v, key, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out[prefix + (i,)] = v.start_mark.line + 1
-            _key_lines(v, prefix + (i,), out)
-    return out
 
 
 def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -149,12 +132,58 @@ def parse_study(data: Any, where: str = "study config", lines: dict[tuple, int] 
         raise InputError(
             "the top level is not a mapping", where=where, fix="write `name: ...`, `datasets: ...` lines"
         )
+    _check_init_list(data.get("inits"), where, lines or {})
     try:
         cfg = StudyConfig(**data)
     except ValidationError as e:
         raise _validation_error(e, where, lines or {}) from None
     _check_train_keys(cfg, where, lines or {})
+    _check_inits(cfg, where, lines or {})
     return cfg
+
+
+def _at(where: str, lines: dict[tuple, int], loc: tuple) -> str:
+    line = _line_of(lines, loc)
+    return f"{where}, line {line}" if line else where
+
+
+def _check_init_list(inits: Any, where: str, lines: dict[tuple, int]) -> None:
+    """A list of init names that names one twice (it would collapse into one arm silently)."""
+    if not isinstance(inits, list):
+        return
+    seen: dict[str, int] = {}
+    for i, item in enumerate(inits):
+        if isinstance(item, str) and item in seen:
+            first, again = _line_of(lines, ("inits", seen[item])), _line_of(lines, ("inits", i))
+            raise InputError(f"init {item!r} is listed twice (lines {first} and {again})",
+                             where=_at(where, lines, ("inits", i)), fix="list each init once")
+        seen.setdefault(item if isinstance(item, str) else str(i), i)
+
+
+def _check_inits(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
+    """Every init name resolvable now (so --dry-run refuses a typo), and no two identical arms."""
+    from cxrbench.models.resolve import parse_init, resolve_init
+
+    arms: dict[str, str] = {}
+    for label, spec in cfg.inits.items():
+        names = [("base", spec.base)] if spec.domain is not None else [("init", spec.init)]
+        for key, name in names:
+            if name is None:
+                continue
+            try:
+                kind = parse_init(name).kind
+                if kind in ("registered", "random", "timm"):  # a checkpoint may not exist yet
+                    resolve_init(name)
+            except InputError as e:
+                raise InputError(e.what, where=_at(where, lines, ("inits", label, key)), fix=e.fix) from None
+        same = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+        if same in arms:
+            other = arms[same]
+            a, b = _line_of(lines, ("inits", other)), _line_of(lines, ("inits", label))
+            raise InputError(f"inits {other!r} and {label!r} are the same arm ({spec.init} with the same "
+                             f"settings; lines {a} and {b})", where=_at(where, lines, ("inits", label)),
+                             fix="remove one, or give them different settings")
+        arms[same] = label
 
 
 def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
@@ -213,19 +242,7 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         raise InputError(
             "study config not found", where=where, fix="check the path (e.g. configs/study-2024.yaml)"
         )
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"{where}, line {mark.line + 1}" if mark is not None else where
-        raise InputError(
-            f"invalid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})",
-            where=at,
-            fix="fix the YAML syntax (indentation, colons, quotes)",
-        ) from None
-    lines = _key_lines(node) if node is not None else {}
+    data, lines = load_yaml(path, "study config")
     cfg = parse_study(data, where, lines)
     return resolve(cfg, path, out)
 

@@ -260,7 +260,8 @@ def _wait_for(out: Path, step: Step, statuses: tuple[str, ...]) -> str:
 
 
 def _write_study_copy(study: LoadedStudy) -> None:
-    """``OUT/study.yaml``: the validated config as it was run (with its hash)."""
+    """``OUT/study.yaml``: the validated config as it was run (with its hash). A file of that name
+    that cxrbench did not write (e.g. the user's own config) is never replaced."""
     import yaml
 
     doc = {
@@ -270,8 +271,24 @@ def _write_study_copy(study: LoadedStudy) -> None:
     }
     path = study.layout.study_copy
     text = yaml.safe_dump(doc, sort_keys=False)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
+    if path.is_file():
+        if path.resolve() == study.path.resolve() or not _is_study_copy(path):
+            raise InputError(f"{path.name} in the study folder is not the copy cxrbench writes there, and "
+                             "it would be replaced", where=str(path),
+                             fix="keep your config outside the study folder, or choose another --out")
+        if path.read_text(encoding="utf-8") == text:
+            return
+    atomic_write_text(path, text)
+
+
+def _is_study_copy(path: Path) -> bool:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and set(doc) == {"config_hash", "source", "config"}
 
 
 def _shard_line(plan: Plan, shard: tuple[int, int]) -> str:

@@ -89,12 +89,9 @@ def refresh_status(plan: Plan) -> Plan:
 
 
 def set_aside(out: Path, step: Step) -> None:
-    """Move a stale output to ``OUT/.stale/<id>-<time>`` (never deleted: it may hold days of training).
-
-    The report is cheap and simply re-rendered in place (its old figures are removed)."""
-    if step.kind == "report":
-        shutil.rmtree(step.out / "figures", ignore_errors=True)
-    elif step.out.exists():
+    """Move a stale output to ``OUT/.stale/<id>-<time>`` (never deleted: it may hold days of training,
+    or files the user put there)."""
+    if step.out.exists():
         dest = StudyLayout(out).stale_dir(step.id, time.strftime("%Y%m%d-%H%M%S"))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(step.out), str(dest))

@@ -246,16 +246,11 @@ def _to_input_error(err: ValidationError, where: str) -> InputError:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML train config: either a run's ``config.yaml`` (its ``train`` section) or a flat mapping."""
-    import yaml
+    from cxrbench.common.yamlio import load_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError("config file not found", where=str(path), fix="check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"invalid YAML ({e.__class__.__name__})", where=str(path),
-                         fix="fix the YAML syntax") from None
+    data, _ = load_yaml(path, "train config")
+    data = data or {}
     if not isinstance(data, dict):
         raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
     if "train" in data and isinstance(data["train"], dict):

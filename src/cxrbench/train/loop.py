@@ -57,6 +57,7 @@ from cxrbench.train.runfolder import (
     best_meta,
     build_run_model,
     check_run_dir,
+    clean_interrupted_writes,
     start_run_dir,
     write_run_config,
 )
@@ -135,6 +136,8 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
 
     # -- run folder: new, resumed, or restarted ----------------------------------------------------
     resume = check_run_dir(run_dir, cfg, overwrite, cache_sha)  # no side effects before the setup succeeds
+    if resume and env.is_main:
+        clean_interrupted_writes(run_dir)  # e.g. checkpoints/.last.pt.*.tmp of a SIGKILLed save
     state = load_last(run_dir / LAST) if resume else None
     if state is not None and state["world_size"] != env.world_size:
         n = state["world_size"]
@@ -245,11 +248,15 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
     def check_finite(loss_sum: torch.Tensor) -> None:
         """Stop on a NaN/Inf loss before anything derived from it is saved."""
         if dist_.any_flag(not bool(torch.isfinite(loss_sum).item()), env, device):
+            last = run_dir / LAST
+            kept = (f"the last good checkpoint is kept in {last} (resume after changing nothing would "
+                    "diverge again: restart with --overwrite)" if last.is_file() else
+                    "no checkpoint was written before it (restart with --overwrite)")
             raise TrainingDiverged(
                 f"the training loss became NaN/Inf by step {progress['step']} "
                 f"(epoch {progress['epoch'] + 1})",
-                where=str(run_dir), fix="lower --lr, add --clip-grad 1.0 or use --precision bf16/fp32; the "
-                f"last good checkpoint is kept in {run_dir / LAST} (restart with --overwrite)")
+                where=str(run_dir),
+                fix=f"lower --lr, add --clip-grad 1.0 or use --precision bf16/fp32; {kept}")
 
     # -- epochs ------------------------------------------------------------------------------------
     bar = ProgressBar(quiet, total_steps, progress["step"])

@@ -10,35 +10,25 @@ builds the model and, for every init spelling that loads a checkpoint (``checkpo
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.fileio import atomic_write_text
-from cxrbench.common.layout import (
-    CACHE_INDEX,
-    RUN_CHECKPOINTS,
-    RUN_CONFIG,
-    RUN_LAST,
-    RUN_OUTPUTS,
-)
+from cxrbench.common.fileio import atomic_write_text, ensure_dir
+from cxrbench.common.layout import CACHE_INDEX, RUN_CHECKPOINTS, RUN_CONFIG, RUN_LAST, is_run_file
 from cxrbench.train.config import TrainConfig
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The parsed ``RUN/config.yaml`` (InputError naming the file when missing or invalid)."""
-    import yaml
+    from cxrbench.common.yamlio import load_yaml
 
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise InputError(f"no {RUN_CONFIG} in the run folder", where=str(run_dir),
                          fix="give the folder made by `cxrbench train`")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise InputError(f"{RUN_CONFIG} is not valid YAML", where=str(path),
-                         fix="restart the run with --overwrite") from None
+    doc, _ = load_yaml(path, f"run's {RUN_CONFIG}")
+    doc = doc or {}
     if not isinstance(doc, dict):
         raise InputError(f"{RUN_CONFIG} is not a mapping", where=str(path),
                          fix="restart the run with --overwrite")
@@ -46,7 +36,11 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, cache_sha: str) -> bool:
-    """New run, resume (True) or restart: check ``run_dir`` against ``cfg`` without changing anything."""
+    """New run, resume (True) or restart: check ``run_dir`` against ``cfg`` without changing anything.
+
+    ``overwrite`` restarts only a cxrbench run holding nothing but the files the run contract names:
+    a folder that is not a run, or a run holding anything else, is refused with what would go.
+    """
     config_path = run_dir / RUN_CONFIG
     resume = False
     if config_path.is_file() and not overwrite:
@@ -63,22 +57,59 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, cache_sha: s
                              f"{str(saved_sha)[:12]}..., now {cache_sha[:12]}...)", where=str(run_dir),
                              fix="resume with the original cache, or restart with --overwrite")
         resume = (run_dir / RUN_LAST).is_file()
-    elif run_dir.exists() and not config_path.is_file() and any(run_dir.iterdir()) and not overwrite:
-        raise InputError(f"the folder exists, is not empty and is not a cxrbench run (no {RUN_CONFIG})",
-                         where=str(run_dir), fix="choose a new or empty --out")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise InputError("--out is a file, not a folder", where=str(run_dir),
+                         fix="choose a folder for the run")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        owned, foreign = run_files(run_dir)
+        if not config_path.is_file():
+            what = "--overwrite would delete files it did not write" if overwrite else "it is not empty"
+            raise InputError(f"the folder is not a cxrbench run (no {RUN_CONFIG}) and {what}: "
+                             f"{_listing(owned + foreign, run_dir)}", where=str(run_dir),
+                             fix="choose a new or empty --out")
+        if foreign:
+            raise InputError(f"--overwrite would delete files that are not the run's own: "
+                             f"{_listing(foreign, run_dir)}", where=str(run_dir),
+                             fix="move them out of the run folder, or choose another --out")
     return resume
 
 
+def run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(files the run contract names, every other file) under ``run_dir``."""
+    owned, foreign = [], []
+    for path in sorted(p for p in run_dir.rglob("*") if not p.is_dir()):
+        (owned if is_run_file(path.relative_to(run_dir).as_posix()) else foreign).append(path)
+    return owned, foreign
+
+
+def _listing(paths: list[Path], base: Path, limit: int = 10) -> str:
+    names = [p.relative_to(base).as_posix() for p in paths]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def start_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Start a run folder: with ``overwrite``, delete a previous run's outputs (only those)."""
-    if overwrite:
-        for name in RUN_OUTPUTS:
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    (run_dir / RUN_CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    """Make the run folder; with ``overwrite``, first delete the previous run's own files (only those,
+    as :func:`check_run_dir` allowed), and always the temporary files of writes a kill interrupted."""
+    if run_dir.is_dir():
+        owned, _ = run_files(run_dir)
+        for path in owned:
+            if overwrite or path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+        if overwrite:
+            for sub in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(sub.iterdir()):
+                    sub.rmdir()
+    ensure_dir(run_dir / RUN_CHECKPOINTS)
+
+
+def clean_interrupted_writes(run_dir: Path) -> list[Path]:
+    """Remove the temporary files atomic writes leave when a run is killed (on every start)."""
+    owned, _ = run_files(run_dir) if run_dir.is_dir() else ([], [])
+    removed = [p for p in owned if p.name.endswith(".tmp")]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def build_run_model(cfg: TrainConfig, findings: list[str], image_size: int):

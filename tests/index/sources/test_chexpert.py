@@ -126,11 +126,11 @@ def test_chexlocalize_test_labels_without_view_columns(tmp_path):
     [
         (
             row(f"{P}/train/patient00009/study1/view1_frontal.jpg", Edema="2.0"),
-            "row 6: unknown label value 2 in column 'Edema'",
+            "line 7: unknown label value 2 in column 'Edema'",
         ),
         (
             row(f"{P}/train/patient00009/study1/view1_frontal.jpg", Edema="yes"),
-            "row 6.*non-numeric value 'yes'",
+            "line 7.*non-numeric value 'yes'",
         ),
         (row(f"{P}/train/../../etc/passwd.jpg"), "not <split>/patientN/studyN/<file>"),
         (TRAIN[0], "duplicated image"),

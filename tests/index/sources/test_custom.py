@@ -101,8 +101,9 @@ labels:
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("name: x\ncolumns: {path: a, patient: b}\nlabels: {}\nextra: 1\n", "extra: unknown key"),
-        ("name: x\ncolumns: {path: a, patient: b, subject: c}\nlabels: {}\n", "columns.subject: unknown key"),
+        ("name: x\ncolumns: {path: a, patient: b}\nlabels: {}\nextra: 1\n", "line 4: unknown key 'extra'"),
+        ("name: x\ncolumns: {path: a, patient: b, subject: c}\nlabels: {}\n",
+         "unknown key 'columns.subject'"),
         ("name: x\ncolumns: {path: a}\nlabels: {}\n", "columns.patient: Field required"),
         ("name: X y\ncolumns: {path: a, patient: b}\nlabels: {}\n", "name: String should match"),
         (
@@ -122,7 +123,13 @@ labels:
             "derive is only for no_finding",
         ),
         ("[1, 2]\n", "must be a YAML dictionary"),
-        ("name: x\ncolumns: {path: a, patient: b\n", "not valid YAML"),
+        ("name: x\ncolumns: {path: a, patient: b\n", "invalid YAML"),
+        ("name: x\ncolums: {path: a, patient: b}\nlabels: {}\n",
+         r"line 2: unknown key 'colums'.*did you mean 'columns'"),
+        ("name: x\nname: y\ncolumns: {path: a, patient: b}\nlabels: {}\n",
+         r"'name' is given twice \(lines 1 and 2\)"),
+        ("name: x\ncolumns: {path: a, patient: b}\n"
+         "labels: {edema: {column: e, positive_at: 3, scale: [4, 0]}}\n", "lowest < highest"),
     ],
 )
 def test_mapping_errors_name_the_key(tmp_path, text, match):
@@ -135,7 +142,7 @@ def test_mapping_errors_name_the_key(tmp_path, text, match):
     [
         (
             UKA_ROWS + ["img/e.png,p4,e5,train,M,1,x,0,0,0,0,0,0,0"],
-            "row 5: non-numeric value 'x' in column 'cardiomegaly'",
+            "line 6: non-numeric value 'x' in column 'cardiomegaly'",
         ),
         (UKA_ROWS + ["../e.png,p4,e5,train,M,1,0,0,0,0,0,0,0,0"], "escapes the dataset root"),
         (UKA_ROWS + ["/abs/e.png,p4,e5,train,M,1,0,0,0,0,0,0,0,0"], "absolute"),
@@ -157,10 +164,41 @@ def test_unknown_value_in_values_map_and_missing_column(tmp_path):
         "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\n"
         "labels: {cardiomegaly: {column: c, values: {yes: 1, no: 0}}}\n",
     )
-    with pytest.raises(InputError, match="row 1: unknown label value 'maybe' in column 'c'"):
+    with pytest.raises(InputError, match="line 2: unknown label value 'maybe' in column 'c'"):
         build_index("csv", tmp_path, mapping=m)
     m2 = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: p, patient: patient}\nlabels: {}\n")
     with pytest.raises(InputError, match="missing required column.*'patient'"):
         build_index("csv", tmp_path, mapping=m2)
     with pytest.raises(InputError, match="needs --mapping"):
         build_index("csv", tmp_path)
+
+
+def test_a_grade_outside_the_scale_is_refused_unless_the_mapping_says_so(tmp_path):
+    (tmp_path / "l.csv").write_text("p,pid,c\na.png,1,0\nb.png,2,7\nc.png,3,4\n")
+    text = "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\ndefault_view: PA\n" \
+           "labels: {cardiomegaly: {column: c, positive_at: 3%s}}\n"
+    with pytest.raises(InputError, match=r"l.csv, line 3: grade '7' in column 'c' is outside the label's "
+                                         r"scale 0-4"):
+        build_index("csv", tmp_path, mapping=mapping(tmp_path, text % ""))
+    df, _, _ = build_index("csv", tmp_path, mapping=mapping(tmp_path, text % ", scale: [0, 10]"))
+    assert df["cardiomegaly"].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_errors_use_the_file_own_line_numbers(tmp_path):
+    """A blank line and a quoted field across lines: the error names the line an editor shows."""
+    (tmp_path / "l.csv").write_text('p,pid,note,c\na.png,1,ok,0\n\nb.png,2,"two\nlines",1\n../x.png,3,ok,1\n')
+    m = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\ndefault_view: PA\n"
+                          "labels: {edema: {column: c, positive_at: 1}}\n")
+    with pytest.raises(InputError, match=r"l.csv, line 6: path '../x.png' in column 'p' .* escapes"):
+        build_index("csv", tmp_path, mapping=m)
+
+
+def test_first_contact_messages_name_the_real_cause(tmp_path):
+    (tmp_path / "l.csv").write_text("p,pid,c\n")
+    m = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\n"
+                          "labels: {edema: {column: c, positive_at: 1}}\n")
+    with pytest.raises(InputError, match="no data rows"):  # not a --views problem
+        build_index("csv", tmp_path, mapping=m)
+    (tmp_path / "l.csv").write_text("p,pid,c\na.png,1,0\nb.png,2,1\n")
+    with pytest.raises(InputError, match="views UNKNOWN .*set default_view"):  # no view column
+        build_index("csv", tmp_path, mapping=m)

@@ -83,7 +83,7 @@ def test_images_found_in_kaggle_layout_and_official_lists(tmp_path):
         (
             ROWS + ["00000005_000.png,Infiltrate,0,5,1,M,PA,1,1,1,1"],
             {},
-            "row 7: unknown finding 'Infiltrate'.*did you mean 'Infiltration'",
+            "line 8: unknown finding 'Infiltrate'.*did you mean 'Infiltration'",
         ),
         (ROWS + [ROWS[0]], {}, "duplicated Image Index '00000001_000.png'"),
         (ROWS, {"test_list.txt": "00000003_000.png\n"}, "only one of"),

@@ -109,7 +109,7 @@ def test_views_default_frontal_and_study_preset(tmp_path):
 
 def test_bad_labels_literal_is_named(tmp_path):
     write(tmp_path, ROWS + [row(11, "z.png", "p11", "PA", "normal, pneumonia")])
-    with pytest.raises(InputError, match="row 12: column 'Labels' is not a list literal"):
+    with pytest.raises(InputError, match="line 24: column 'Labels' is not a list literal"):
         build_index("padchest", tmp_path)
 
 
@@ -153,3 +153,9 @@ def test_arrow_and_pandas_readers_agree_and_fall_back(tmp_path):
     pd.testing.assert_frame_equal(
         read_csv(tmp_path / NAME, engine="arrow", **cols), read_csv(tmp_path / NAME, engine="pandas", **cols)
     )
+
+
+def test_an_image_dir_outside_the_root_is_refused(tmp_path):
+    write(tmp_path / "root", ROWS[:1] + [row(5, "z.png", "p9", "PA", "['normal']", folder="../../etc")])
+    with pytest.raises(InputError, match="path '../../etc' in column 'ImageDir' is absolute or escapes"):
+        build_index("padchest", tmp_path / "root")

@@ -147,7 +147,7 @@ def test_unknown_column_and_class(tmp_path):
         build_index("vindr", tmp_path)
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "train.csv").write_text("image_id,class_name,class_id,rad_id\nx,Cardiomegally,3,R1\n")
-    with pytest.raises(InputError, match="row 1: unknown class_name 'Cardiomegally'"):
+    with pytest.raises(InputError, match="line 2: unknown class_name 'Cardiomegally'"):
         build_index("vindr", tmp_path / "k")
 
 

@@ -29,7 +29,7 @@ from cxrbench.index.sources.labels import (
     apply_label_policy,
     reconcile_no_finding,
 )
-from cxrbench.index.sources.tables import row_of
+from cxrbench.index.sources.tables import at_row
 
 READER_RULES: tuple[str, ...] = ("majority", "any")
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
@@ -168,13 +168,24 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
     report = data.report
     report.setdefault("dropped", {})
     files = ", ".join(str(p) for p in report.get("files", {}).values()) or data.dataset
+    if data.frame.empty:
+        raise InputError("the metadata has no data rows (only a header?)", where=files,
+                         fix="check that this is the complete file")
     frame, keep, report["dropped"]["views"] = filter_views(data.frame, opts.views, data.keep)
     if frame.empty:
-        raise InputError(
-            f"no image left after --views {opts.views} (and the rows the source drops)",
-            where=files,
-            fix="check --views (e.g. frontal, all, PA,AP)",
-        )
+        kept = data.frame if data.keep is None else data.frame[np.asarray(data.keep, dtype=bool)]
+        if kept.empty:
+            raise InputError(f"every one of the {len(data.frame):,} rows is dropped by the source's own "
+                             "rules (see the index report's 'dropped')", where=files,
+                             fix="check the file and the options that drop rows")
+        seen = kept["view"].astype(str).value_counts()
+        found = ", ".join(f"{v} ({n:,})" for v, n in seen.items())
+        fix = "choose --views from the views found, or --views all"
+        if "UNKNOWN" in seen and report.get("mapping"):  # the csv source: views come from its mapping
+            fix += ("; the CSV has no view column: set default_view (e.g. PA) in the mapping, or map a "
+                    "view column under columns.view")
+        raise InputError(f"no image left after --views {opts.views}: the rows have views {found}",
+                         where=files, fix=fix)
 
     cols = list(data.findings)
     block = np.array(data.labels if keep is None else data.labels[keep], dtype=np.float32)
@@ -289,7 +300,7 @@ def official_split_values(
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"unknown split value {values.iloc[row]!r} in column {column!r}",
-            where=f"{where} row {row_of(row)}",
+            where=at_row(where, row),
             fix=f"expected one of {', '.join(sorted(mapping))}",
         )
     assert set(out.dropna().unique()) <= set(SPLITS)

@@ -51,7 +51,7 @@ from cxrbench.index.sources.labels import (
     native_findings,
     normalize_sex,
 )
-from cxrbench.index.sources.tables import check_unique, find_file, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, find_file, read_csv
 from cxrbench.index.sources.terms import CHEXPERT_TERMS
 
 PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
@@ -129,7 +129,7 @@ def _read_one(path: Path, role: str, root: Path, base: Path) -> pd.DataFrame:
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"path {raw.iloc[row]!r} in column 'Path' is not <split>/patientN/studyN/<file>",
-            where=f"{path} row {row_of(row)}",
+            where=at_row(path, row),
             fix="use the official train.csv/valid.csv/test_labels.csv paths",
         )
     rel_base = "" if base == root else base.relative_to(root).as_posix() + "/"

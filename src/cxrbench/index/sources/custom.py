@@ -23,14 +23,15 @@ age, and how each label column becomes a finding::
     extra_findings: []            # non-canonical finding names you mean to use
 
 Per label: ``column`` or ``left`` + ``right``; exactly one of ``positive_at`` (numeric: value >=
-threshold is positive, below is negative), ``values`` (raw value -> 1, 0, ``uncertain`` or
-``unknown``) or ``derive: none_of_the_others`` (no_finding only: 1 when every other finding is
-0, 0 when any is 1, unknown otherwise); ``uncertain`` lists raw values meaning uncertain (they
-follow ``--uncertain``); ``blank`` = ``unknown`` (default: NaN, masked), ``negative`` or
-``error``; ``sides`` = ``separate`` (default: ``<name>_left`` / ``<name>_right``), ``merge`` (one
-column, left OR right) or ``both``. A raw value the mapping does not cover is an error naming the
-row and column. Without a split column: hash split by patient; a split column without val gets a
-val carved by patient from train.
+threshold is positive, below is negative; values outside ``scale``, default ``[0, 4]``, are
+refused: set ``scale: [lowest, highest]`` for another grading, or ``scale: null``), ``values``
+(raw value -> 1, 0, ``uncertain`` or ``unknown``) or ``derive: none_of_the_others`` (no_finding
+only: 1 when every other finding is 0, 0 when any is 1, unknown otherwise); ``uncertain`` lists
+raw values meaning uncertain (they follow ``--uncertain``); ``blank`` = ``unknown`` (default: NaN,
+masked), ``negative`` or ``error``; ``sides`` = ``separate`` (default: ``<name>_left`` /
+``<name>_right``), ``merge`` (one column, left OR right) or ``both``. A raw value the mapping does
+not cover is an error naming the row and column. Without a split column: hash split by patient; a
+split column without val gets a val carved by patient from train.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrbench.common.errors import InputError
@@ -55,7 +55,7 @@ from cxrbench.index.sources.base import (
 )
 from cxrbench.index.sources.files import clean_relative_paths
 from cxrbench.index.sources.labels import SEX_VALUES, label_block
-from cxrbench.index.sources.tables import check_unique, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, read_csv
 
 DEFAULT_SPLITS = {
     "train": "train",
@@ -94,6 +94,7 @@ class LabelSpec(_Strict):
     left: str | None = None
     right: str | None = None
     positive_at: float | None = None
+    scale: tuple[float, float] | None = (0.0, 4.0)
     values: dict[str, LabelValue] | None = None
     uncertain: list[str] = Field(default_factory=list)
     blank: Literal["unknown", "negative", "error"] = "unknown"
@@ -122,6 +123,8 @@ class LabelSpec(_Strict):
             raise ValueError("left and right come together")
         if (self.positive_at is None) == (self.values is None):
             raise ValueError("give exactly one of positive_at or values")
+        if self.scale is not None and not self.scale[0] < self.scale[1]:
+            raise ValueError(f"scale {list(self.scale)} must be [lowest, highest] with lowest < highest")
         return self
 
 
@@ -165,15 +168,10 @@ class Mapping(_Strict):
 
 
 def load_mapping(path: Path) -> Mapping:
-    """Read and validate a YAML mapping; every problem is one InputError naming the key."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("mapping file not found", where=str(path), fix="check --mapping") from None
-    except yaml.YAMLError as e:
-        raise InputError(
-            f"not valid YAML ({str(e).splitlines()[0]})", where=str(path), fix="fix the YAML syntax"
-        ) from None
+    """Read and validate a YAML mapping; every problem is one InputError naming the key and line."""
+    from cxrbench.common.yamlio import load_yaml
+
+    data, lines = load_yaml(path, "csv mapping")
     if not isinstance(data, dict):
         raise InputError(
             "the mapping must be a YAML dictionary",
@@ -183,14 +181,7 @@ def load_mapping(path: Path) -> Mapping:
     try:
         mapping = Mapping.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise InputError(
-            f"{key}: {msg}", where=str(path), fix="see the mapping schema in docs/datasets.md, section 'csv'"
-        ) from None
+        raise _mapping_error(e, path, lines) from None
     for name, spec in mapping.labels.items():
         check_finding_name(name, where=f"{path}: labels.{name}", extra=mapping.extra_findings)
         if spec.derive and name != "no_finding":
@@ -200,6 +191,30 @@ def load_mapping(path: Path) -> Mapping:
                 fix="read the finding from a column",
             )
     return mapping
+
+
+_MODELS_AT = {"columns": Columns, "labels": LabelSpec}
+
+
+def _mapping_error(err: ValidationError, path: Path, lines: dict[tuple, int]) -> InputError:
+    """The first problem of a mapping as one line: an unknown key (with the closest valid one) is
+    reported before the "required" error it causes."""
+    from cxrbench.common.validation import closest
+
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    where = f"{path}, line {line}" if line else str(path)
+    if first["type"] == "extra_forbidden":
+        model = Mapping if len(loc) == 1 else _MODELS_AT.get(str(loc[0]))
+        hint = closest(str(loc[-1]), model.model_fields) if model is not None else None
+        fix = f"did you mean {hint!r}?" if hint else "remove it (schema: docs/datasets.md, section 'csv')"
+        return InputError(f"unknown key {key!r}", where=where, fix=fix)
+    msg = first["msg"].removeprefix("Value error, ")
+    return InputError(f"{key}: {msg}", where=where,
+                      fix="see the mapping schema in docs/datasets.md, section 'csv'")
 
 
 def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np.ndarray:
@@ -216,9 +231,21 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"non-numeric value {raw.iloc[row]!r} in column {column!r}",
-                where=f"{where} row {row_of(row)}",
+                where=at_row(where, row),
                 fix="graded labels must be numbers, or list the value under uncertain",
             )
+        if spec.scale is not None:
+            lo, hi = spec.scale
+            outside = rest & ((num < lo) | (num > hi))
+            if outside.any():
+                row = int(np.flatnonzero(outside)[0])
+                raise InputError(
+                    f"grade {raw.iloc[row]!r} in column {column!r} is outside the label's scale "
+                    f"{lo:g}-{hi:g} ({int(outside.sum())} value(s) in all)",
+                    where=at_row(where, row),
+                    fix="correct the value, list it under uncertain, or give the label its real "
+                        "scale (scale: [lowest, highest], or scale: null for none)",
+                )
         out[rest] = (num[rest] >= spec.positive_at).astype(np.float32)
     else:
         codes = {"1": 1.0, "0": 0.0, "uncertain": -1.0, "unknown": np.nan}
@@ -242,7 +269,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
                 row = int(np.flatnonzero(rest & (text == u).to_numpy())[0])
                 raise InputError(
                     f"unknown label value {u!r} in column {column!r}",
-                    where=f"{where} row {row_of(row)}",
+                    where=at_row(where, row),
                     fix=f"add it to the mapping's values for this label ({', '.join(table)})",
                 ) from None
         out[rest] = text[rest].map(lookup).to_numpy(dtype=np.float32)
@@ -253,7 +280,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
         row = int(np.flatnonzero(blank.to_numpy())[0])
         raise InputError(
             f"blank value in column {column!r}",
-            where=f"{where} row {row_of(row)}",
+            where=at_row(where, row),
             fix="fill it, or set blank: unknown / negative for this label",
         )
     return out
@@ -286,7 +313,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         if blank.any():
             raise InputError(
                 f"column {col!r} is blank",
-                where=f"{where} row {row_of(int(np.flatnonzero(blank)[0]))}",
+                where=at_row(where, int(np.flatnonzero(blank)[0])),
                 fix="every image needs a path and a patient",
             )
     paths = clean_relative_paths(m.path_prefix + df[c.path].str.strip(), where, c.path)
@@ -331,7 +358,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"unknown view {raw.iloc[row]!r} in column {c.view!r}",
-                where=f"{where} row {row_of(row)}",
+                where=at_row(where, row),
                 fix=f"map it under `views:` in the mapping (to one of {', '.join(VIEWS)})",
             )
         view = view.fillna("UNKNOWN")
@@ -350,7 +377,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(official.isna().to_numpy())[0])
             raise InputError(
                 f"blank split in column {c.split!r}",
-                where=f"{where} row {row_of(row)}",
+                where=at_row(where, row),
                 fix="give every row a split, or drop `split` from the mapping for a hash split",
             )
     sex = None

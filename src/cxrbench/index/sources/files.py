@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.common.errors import InputError
-from cxrbench.index.sources.tables import row_of
+from cxrbench.index.sources.tables import at_row
 
 
 def clean_relative_paths(paths: pd.Series, where: str, column: str = "path") -> pd.Series:
@@ -32,10 +32,12 @@ def clean_relative_paths(paths: pd.Series, where: str, column: str = "path") -> 
         | norm.str.match(r"^[A-Za-z]:/")
     ).to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+        pos = int(np.flatnonzero(bad)[0])
+        label = paths.index[pos]
+        row = int(label) if isinstance(label, int | np.integer) else pos  # the row as read from the file
         raise InputError(
-            f"path {paths.iloc[row]!r} in column {column!r} is absolute or escapes the dataset root",
-            where=f"{where} row {row_of(row)}",
+            f"path {paths.iloc[pos]!r} in column {column!r} is absolute or escapes the dataset root",
+            where=at_row(where, row),
             fix="paths must be relative to --root, without '..'",
         )
     return norm
@@ -61,6 +63,9 @@ def locate_images(
         else:  # a plain name: one stat instead of a listing of root
             dirs = [root / pattern] if (root / pattern).is_dir() else []
         for d in dirs:
+            if d != root and not d.resolve().is_relative_to(root.resolve()):
+                raise InputError(f"image folder {pattern!r} is outside the dataset root", where=str(root),
+                                 fix="folder names in the metadata must stay inside --root")
             rel = "" if d == root else d.relative_to(root).as_posix() + "/"
             try:
                 entries = list(os.scandir(d))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.index.findings import NOT_ABNORMAL
-from cxrbench.index.sources.tables import row_of
+from cxrbench.index.sources.tables import at_row
 
 ABSENT = -2.0  # label code: not labelled at all (stays unknown under every policy)
 
@@ -31,7 +31,7 @@ def code_values(values: np.ndarray, path: Path, column: str, allowed: Iterable[f
         row = int(np.flatnonzero(~ok)[0])
         raise InputError(
             f"unknown label value {float(values[row]):g} in column {column!r}",
-            where=f"{path} row {row_of(row)}",
+            where=at_row(path, row),
             fix=f"labels must be one of {', '.join(str(a) for a in allowed)} or blank",
         )
     return values

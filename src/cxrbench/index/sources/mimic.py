@@ -45,7 +45,7 @@ from cxrbench.index.sources.base import (
     register_file,
 )
 from cxrbench.index.sources.labels import ABSENT, code_values, label_block, native_findings
-from cxrbench.index.sources.tables import check_unique, find_file, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, find_file, read_csv
 from cxrbench.index.sources.terms import CHEXPERT_TERMS, MIMIC_TERMS
 
 PREFIX = "mimic-cxr-2.0.0-"
@@ -86,7 +86,7 @@ def _ids(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"column {c!r} has non-numeric id {df[c].iloc[row]!r}",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="check that this is the official file, unmodified",
             )
         df[c] = s

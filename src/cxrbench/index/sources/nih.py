@@ -40,7 +40,7 @@ from cxrbench.common.validation import closest
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
 from cxrbench.index.sources.files import locate_images
 from cxrbench.index.sources.labels import native_findings, normalize_sex, terms_matrix
-from cxrbench.index.sources.tables import check_unique, find_file, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, find_file, read_csv
 from cxrbench.index.sources.terms import NIH_TERMS
 
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -86,7 +86,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         col = "Finding Labels" if pd.isna(df["Finding Labels"].iloc[row]) else "Patient ID"
         raise InputError(
             f"column {col!r} is blank",
-            where=f"{path} row {row_of(row)}",
+            where=at_row(path, row),
             fix="every NIH row has findings ('No Finding' when none) and a patient",
         )
 
@@ -99,7 +99,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         row = int(np.flatnonzero(codes == u)[0])
         raise InputError(
             f"unknown finding {terms[0]!r} in column 'Finding Labels'",
-            where=f"{path} row {row_of(row)}",
+            where=at_row(path, row),
             fix=(f"did you mean {hint!r}? " if (hint := closest(terms[0], NIH_TERMS)) else "")
             + f"NIH findings are {', '.join(NIH_TERMS)}",
         )
@@ -139,7 +139,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(~(is_test | is_tv))[0])
             raise InputError(
                 f"image {names.iloc[row]!r} is in neither official list",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="restore the official lists, or remove them and use --splits hash",
             )
         official = pd.Series(np.where(is_test, "test", "train"), dtype=object)

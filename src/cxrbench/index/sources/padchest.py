@@ -41,9 +41,9 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
-from cxrbench.index.sources.files import locate_images
+from cxrbench.index.sources.files import clean_relative_paths, locate_images
 from cxrbench.index.sources.labels import map_values, native_findings, normalize_sex, terms_matrix
-from cxrbench.index.sources.tables import check_unique, find_file, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, find_file, read_csv
 from cxrbench.index.sources.terms import PADCHEST_TERMS
 
 LABEL_FILE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
@@ -132,7 +132,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(blank)[0])
             raise InputError(
                 f"column {col!r} is blank",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="check that this is the official file, unmodified",
             )
 
@@ -151,7 +151,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(codes == u)[0])
             raise InputError(
                 f"column 'Labels' is not a list literal: {text[:60]!r}",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="check that this is the official file, unmodified",
             ) from None
     findings = native_findings(PADCHEST_TERMS, PADCHEST_TERMS)
@@ -202,6 +202,11 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             folder = pd.Series(np.where(col.notna(), text, None), index=df.index, dtype="str")
         else:
             folder = col.str.strip().str.replace(r"\.0$", "", regex=True)
+        given = folder.notna().to_numpy()
+        if given.any():  # a folder name from the CSV must stay inside --root like any path
+            clean = clean_relative_paths(folder[given], str(path), "ImageDir")
+            folder = folder.astype(object)
+            folder[given] = clean.to_numpy()
     default = (folder + "/" + df["ImageID"]).fillna(df["ImageID"]) if folder is not None else df["ImageID"]
     patterns = [*(sorted(folder.dropna().unique()) if folder is not None else []), "images", "."]
     paths, report["images"] = locate_images(root, df["ImageID"], default, patterns)

@@ -24,6 +24,52 @@ def row_of(row: int) -> int:
     return int(row) + 1
 
 
+def at_row(path: str | Path, row: int) -> str:
+    """Where data row ``row`` (0-based, as read: blank lines skipped) is, in the file's own
+    numbering: ``"FILE, line L"``, L the physical line where the record starts (line 1 = the
+    header), as an editor shows it. Computed only when an error is reported (one pass over the file
+    with the csv module, which follows quoted fields across lines); when the file cannot be read
+    again: ``"FILE, data row R (row 1 = the first after the header)"``."""
+    line = _line_of_record(Path(path), int(row))
+    if line is not None:
+        return f"{path}, line {line}"
+    return f"{path}, data row {row_of(row)} (row 1 = the first after the header)"
+
+
+def _line_of_record(path: Path, row: int) -> int | None:
+    import csv
+    import io
+
+    try:
+        raw = path.open("rb") if not path.name.endswith(".gz") else gzip.open(path, "rb")
+    except OSError:
+        return None
+    with raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text:
+        sample = text.read(65536)
+        text.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.reader(text, dialect)
+        try:
+            next(reader)  # the header
+            k = -1
+            for record in reader:
+                if any(field.strip() for field in record):  # pandas skips blank lines
+                    k += 1
+                    if k == row:
+                        return _first_line(reader.line_num, record)
+        except csv.Error:
+            return None
+    return None
+
+
+def _first_line(last_line: int, record: list[str]) -> int:
+    """csv's line_num is the record's last physical line; step back over newlines inside fields."""
+    return last_line - sum(field.count("\n") for field in record)
+
+
 def find_file(
     dirs: Sequence[Path],
     names: Sequence[str],
@@ -210,7 +256,7 @@ def read_numeric(df: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"column {col!r} has non-numeric value {raw.iloc[row]!r}",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="check the file",
             )
         df[col] = num.astype("float32")
@@ -223,7 +269,7 @@ def check_unique(ids: pd.Series, path: Path | str, column: str) -> None:
         first = ids.iloc[int(np.flatnonzero(dup)[0])]
         rows = np.flatnonzero((ids == first).to_numpy())[:3]
         raise InputError(
-            f"duplicated {column} {first!r} (rows {', '.join(str(row_of(r)) for r in rows)})",
+            f"duplicated {column} {first!r} (at {'; '.join(at_row(path, r) for r in rows)})",
             where=str(path),
             fix="each image must appear once; remove the duplicate rows",
         )

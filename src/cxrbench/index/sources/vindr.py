@@ -43,7 +43,7 @@ from cxrbench.index.findings import sort_findings
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
 from cxrbench.index.sources.files import locate_images
 from cxrbench.index.sources.labels import terms_matrix
-from cxrbench.index.sources.tables import check_unique, find_file, header_columns, read_csv, row_of
+from cxrbench.index.sources.tables import at_row, check_unique, find_file, header_columns, read_csv
 from cxrbench.index.sources.terms import VINDR_TERMS
 
 WIDE_FILES = {"train": "image_labels_train.csv", "test": "image_labels_test.csv"}
@@ -112,7 +112,7 @@ def _wide(path: Path, rule: str, report: dict, role: str) -> tuple[pd.Index, lis
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"unknown label value {float(v[row]):g} in column {t!r}",
-                where=f"{path} row {row_of(row)}",
+                where=at_row(path, row),
                 fix="VinDr-CXR labels are 0 or 1",
             )
         pos = np.where(nan, 0.0, v)
@@ -136,7 +136,7 @@ def _long(path: Path, rule: str, report: dict) -> tuple[pd.Index, list[str], np.
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
         raise InputError(
-            "column 'class_name' is blank", where=f"{path} row {row_of(row)}", fix="check the file"
+            "column 'class_name' is blank", where=at_row(path, row), fix="check the file"
         )
     findings = sort_findings(
         f for t in VINDR_TERMS for f in VINDR_TERMS[t] if t in set(uniques) or t == "No finding"
@@ -147,7 +147,7 @@ def _long(path: Path, rule: str, report: dict) -> tuple[pd.Index, list[str], np.
         row = int(np.flatnonzero(codes == u)[0])
         raise InputError(
             f"unknown class_name {uniques[u]!r}",
-            where=f"{path} row {row_of(row)}",
+            where=at_row(path, row),
             fix=f"VinBigData classes are {', '.join(t for t in VINDR_TERMS if t != 'Other disease')}",
         )
     # one row per (image, reader): OR over that reader's boxes, then aggregate over readers

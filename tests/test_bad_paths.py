@@ -1,0 +1,150 @@
+"""Every command against unreadable inputs and unwritable outputs: one line, exit 2, no traceback.
+
+Input classes: a missing path, a folder where a file is expected, a file that is not UTF-8 text,
+and a file that cannot be read at all (``/proc/self/mem`` fails with an I/O error even for root).
+Output classes: an existing folder where a file is expected, a parent path that is a file, and a
+place nobody may write (under ``/sys``, refused even to root). Tests run as root on CI, so plain
+``chmod`` cannot make a path unreadable or unwritable there; these paths can.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrbench.cli import app
+
+UNREADABLE = Path("/proc/self/mem")
+UNWRITABLE = Path("/sys/cxrbench-test-unwritable")
+
+
+def _unwritable_works() -> bool:
+    try:
+        UNWRITABLE.mkdir(parents=True)
+    except OSError:
+        return True
+    UNWRITABLE.rmdir()
+    return False
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A phantom NIH dataset, its index and cache, a tiny trained run, and bad files of each kind."""
+    import torch
+
+    from cxrbench.cache.build import prepare_cache
+    from cxrbench.index.build import build_index
+    from cxrbench.phantom import generate
+    from cxrbench.train.config import TrainConfig
+    from cxrbench.train.loop import train
+
+    base = tmp_path_factory.mktemp("bad_paths")
+    root = base / "nih"
+    generate(root, "nih", 40, size=32, seed=3, quiet=True)
+    index = base / "nih.parquet"
+    build_index("nih", root, out=index, labels="cardiomegaly,pleural_effusion")
+    cache = base / "cache"
+    prepare_cache(index, root, cache, size=32, workers=1, quiet=True)
+    run = base / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(cache=str(cache), init="random-vit-test", out=str(run), epochs=1, batch_size=8,
+                          lr=1e-3, workers=0, augment=False), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    latin = base / "latin1.yaml"
+    latin.write_bytes("name: \xe9tude\n".encode("latin-1"))
+    a_file = base / "a_file"
+    a_file.write_text("x")
+    folder = base / "a_folder"
+    folder.mkdir()
+    image = next(root.rglob("*.png"))
+    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "file": a_file,
+            "folder": folder, "image": image, "base": base}
+
+
+# (label, argv builder); {x} placeholders are filled from the world fixture and the case's bad path
+def _cases():
+    inputs = {
+        "missing": lambda w: w["base"] / "no-such-thing",
+        "folder": lambda w: w["folder"],
+        "not-utf8": lambda w: w["latin"],
+        "unreadable": lambda w: UNREADABLE,
+    }
+    outputs = {
+        "existing-folder": lambda w: w["folder"],
+        "parent-is-a-file": lambda w: w["file"] / "out",
+        "unwritable": lambda w: UNWRITABLE / "out",
+    }
+    text_inputs = [  # commands reading a text (YAML/JSON/CSV) file the user names
+        ("study run", lambda w, p: ["study", "run", str(p), "--dry-run"]),
+        ("train --config", lambda w, p: ["train", "--cache", str(w["cache"]), "--init", "random-vit-test",
+                                         "--out", str(w["base"] / "t-cfg"), "--config", str(p)]),
+        ("index --mapping", lambda w, p: ["index", "--dataset", "csv", "--root", str(w["root"]), "--mapping",
+                                          str(p), "--out", str(w["base"] / "i.parquet")]),
+        ("index --labels-file", lambda w, p: ["index", "--dataset", "nih", "--root", str(w["root"]),
+                                              "--labels-file", str(p), "--out", str(w["base"] / "i.pq")]),
+    ]
+    file_inputs = [  # commands reading a binary/any file the user names
+        ("describe", lambda w, p: ["describe", str(p)]),
+        ("prepare --index", lambda w, p: ["prepare", "--index", str(p), "--root", str(w["root"]), "--out",
+                                          str(w["base"] / "c-in")]),
+        ("predict IMAGE", lambda w, p: ["predict", str(w["run"]), str(p)]),
+        ("weights import FILE", lambda w, p: ["weights", "import", "dinov2-vits14", str(p)]),
+    ]
+    out_cmds = [  # commands writing where the user says
+        ("phantom OUT", lambda w, p: ["phantom", str(p), "--format", "nih", "--patients", "2", "--size",
+                                      "32"], ("parent-is-a-file", "unwritable")),
+        ("index --out", lambda w, p: ["index", "--dataset", "nih", "--root", str(w["root"]), "--out", str(p)],
+         tuple(outputs)),
+        ("prepare --out", lambda w, p: ["prepare", "--index", str(w["index"]), "--root", str(w["root"]),
+                                        "--out", str(p), "--size", "32", "--workers", "1"],
+         ("parent-is-a-file", "unwritable")),
+        ("train --out", lambda w, p: ["train", "--cache", str(w["cache"]), "--init", "random-vit-test",
+                                      "--out", str(p), "--epochs", "1"], ("parent-is-a-file", "unwritable")),
+        ("evaluate --out-json", lambda w, p: ["evaluate", str(w["run"]), "--bootstrap", "0", "--out-json",
+                                              str(p), "-q"], tuple(outputs)),
+        ("predict --out", lambda w, p: ["predict", str(w["run"]), str(w["image"]), "--out", str(p)],
+         tuple(outputs)),
+        ("demo --out", lambda w, p: ["demo", "--out", str(p), "--tiny", "--quiet"],
+         ("parent-is-a-file", "unwritable")),
+    ]
+    cases = []
+    for name, argv in text_inputs:
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in inputs]
+    for name, argv in file_inputs:
+        kinds = ("missing", "folder", "unreadable")
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
+    for name, argv, kinds in out_cmds:
+        cases += [pytest.param(argv, outputs[k], id=f"{name}:{k}") for k in kinds]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize(("argv", "bad"), CASES)
+def test_one_line_exit_2_and_nothing_lost(world, cli_runner, argv, bad, monkeypatch):
+    path = bad(world)
+    if str(path).startswith(str(UNWRITABLE)) and not _unwritable_works():
+        pytest.skip(f"{UNWRITABLE} is writable on this machine")
+    monkeypatch.setenv("CXRBENCH_HOME", str(world["base"] / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_files = {p: p.stat().st_mtime_ns for p in world["run"].rglob("*") if p.is_file()}
+    result = cli_runner.invoke(app, argv(world, path))
+    err = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output + result.stderr
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert any(s in err[0] for s in (str(path), path.name, "not UTF-8", str(path.parent))), err[0]
+    assert {p: p.stat().st_mtime_ns for p in world["run"].rglob("*") if p.is_file()
+            if p in run_files} == run_files  # finished work untouched
+
+
+def test_the_matrix_covers_every_command():
+    ids = {p.id.split(":")[0].split()[0] for p in CASES}
+    assert ids >= {"study", "train", "index", "describe", "prepare", "predict", "weights", "phantom",
+                   "evaluate", "demo"}
+    assert len(CASES) >= 40
