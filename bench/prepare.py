@@ -3,6 +3,9 @@
 Figures (issue 2), each a ratio against a baseline measured in the same run:
 
 1. images/s building a cache with 1 and with 2 worker processes; speedup 2 vs 1 (goal >= 1.8x).
+3. (issue 14) images/s of the 1-worker build with the exact area resampler (``--resample area``, OpenCV
+   INTER_AREA, the default) against the legacy one (``pil-box``, Pillow BOX), same files, same run.
+
 2. The share of the 1-worker build spent decoding (``read_image`` alone, timed over the same files
    in one process), resizing (``read_image`` + ``resize_to``, minus decoding), equalizing and
    quantizing (``preprocess``, minus the two), and everything else (index, chunk bookkeeping, memmap
@@ -122,16 +125,17 @@ def main() -> None:
 
     n = len(files)
 
-    def build(w: int) -> None:
-        out = args.workdir / f"cache-w{w}"
+    def build(w: int, resample: str = "area") -> None:
+        out = args.workdir / f"cache-w{w}-{resample}"
         shutil.rmtree(out, ignore_errors=True)
-        prepare_cache(index, root, out, size=args.size, workers=w, quiet=True)
+        prepare_cache(index, root, out, size=args.size, workers=w, quiet=True, resample=resample)
 
     steps = {
         "decode": lambda: [read_image(f) for f in files],
         "decode+resize": lambda: [resize_to(read_image(f), args.size, args.size) for f in files],
         "preprocess": lambda: [preprocess(read_image(f), args.size) for f in files],
         **{f"build-{w}": (lambda w=w: build(w)) for w in args.workers},
+        "build-legacy": lambda: build(args.workers[0], "pil-box"),
     }
     # Rounds interleave every measurement, so a burst of load from other processes hits one round of
     # each rather than all rounds of one; the minimum over rounds is kept (wall and CPU separately).
@@ -161,6 +165,10 @@ def main() -> None:
         print(f"  {label:40s} {value / n * 1e3:6.2f} ms/image  {value / t1:6.1%}")
     print(f"  overhead beyond decode+resize: {(t1 - res) / t1:.1%} of the build "
           f"(build / decode+resize = {t1 / res:.2f}x)")
+    legacy, area = wall["build-legacy"], wall[f"build-{base_w}"]
+    print(f"\n[3] resampler, {base_w}-worker build: area (OpenCV INTER_AREA) {n / area:.1f} images/s, "
+          f"pil-box (Pillow BOX, before) {n / legacy:.1f} images/s: area / pil-box = {legacy / area:.2f}x "
+          f"throughput (CPU {cpu['build-legacy'] / cpu[f'build-{base_w}']:.2f}x)")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 

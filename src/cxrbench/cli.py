@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from cxrbench import __version__
 from cxrbench.commands import COMMAND_MODULES
+from cxrbench.commands._help import tidy_help
 from cxrbench.common.errors import CxrbenchError, InputError
 
 
@@ -80,6 +81,7 @@ def _root(
 
 for _module in COMMAND_MODULES:
     _module.register(app)
+tidy_help(app)  # one place folds every help paragraph and shows [brackets] as typed
 
 
 def main() -> None:

@@ -68,7 +68,8 @@ def test_build_stores_every_image_in_index_order(dataset, tmp_path: Path, worker
     assert manifest["shape"] == [12, 24, 24] and manifest["version"] and manifest["created"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not (out / BUILD_DIR).exists()
-    assert cache.recipe == {"size": 24, "resize": "pad", "equalize": True}
+    assert cache.recipe == {"size": 24, "resize": "pad", "equalize": True, "resample": "area"}
+    assert manifest["decoders"]["pillow"] and manifest["decoders"]["opencv-python-headless"]
 
 
 def test_same_recipe_is_nothing_to_do_and_dataframe_input_matches(dataset, tmp_path: Path, monkeypatch):
@@ -238,7 +239,7 @@ def test_prepare_command(dataset, tmp_path: Path, cli_runner):
             "-j", "1"]
     result = cli_runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "12 images of 16x16 (stretch, equalized)" in result.stderr
+    assert "12 images of 16x16 (stretch, equalized, area resampling)" in result.stderr
     again = cli_runner.invoke(app, args)
     assert again.exit_code == 0 and "nothing to do" in again.stderr
     bad = cli_runner.invoke(app, [*args, "--resize", "strech"])
@@ -305,7 +306,7 @@ def test_write_cache_makes_the_files_prepare_makes(tmp_path):
     manifest = write_cache(tmp_path / "c", images, df, ["edema"])
     cache = open_cache(tmp_path / "c")
     assert manifest["recipe"]["size"] == 8
-    assert cache.recipe == {"size": 8, "resize": "stretch", "equalize": True}
+    assert cache.recipe == {"size": 8, "resize": "stretch", "equalize": True, "resample": "area"}
     np.testing.assert_array_equal(np.asarray(cache.images), images)
     assert cache.findings == ["edema"] and cache.columns(["image_id"])["image_id"].tolist()[0] == "i0"
     assert cache.index["cache_row"].tolist() == list(range(6))

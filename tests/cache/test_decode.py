@@ -217,3 +217,104 @@ def test_jpeg_exif_orientation_is_applied(tmp_path: Path):
     img = read_image(tmp_path / "o.jpg")
     assert img.shape == (40, 20)
     assert img[:10].mean() > 0.9 and img[20:].mean() < 0.1  # the left edge is now on top
+
+
+def _png(arr: np.ndarray, colour_type: int, sbit: bytes | None = None) -> bytes:
+    """A PNG written by hand (16-bit grey+alpha has no writer in Pillow or OpenCV)."""
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + payload))
+        return struct.pack(">I", len(payload)) + kind + payload + crc
+
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+    body = (chunk(b"sBIT", sbit) if sbit else b"") + chunk(b"IDAT", zlib.compress(raw))
+    return head + body + chunk(b"IEND", b"")
+
+
+def test_spec_scaled_sbit_keeps_the_brightness(tmp_path: Path):
+    """sBIT 12 with the samples scaled to 16 bits (the PNG specification): significant bits are the
+    high bits, so the image is v >> 4 over 4095, not 16x too bright."""
+    arr12 = np.linspace(0, 4095, 64 * 32).reshape(64, 32).round().astype(np.uint16)
+    path = tmp_path / "scaled.png"
+    path.write_bytes(_png(arr12 << 4, 0, sbit=bytes([12])))
+    np.testing.assert_allclose(read_image(path), arr12 / 4095, rtol=1e-6)
+    from cxrbench.cache.preprocess import preprocess
+
+    assert abs(int(preprocess(read_image(path), 32, equalize=False).mean()) - 127) <= 2
+
+
+def test_16bit_colour_and_grey_alpha_keep_16_bits(tmp_path: Path):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 65536, (16, 24), dtype=np.uint16)
+    (tmp_path / "ga.png").write_bytes(_png(np.dstack([grey, np.full_like(grey, 65535)]), 4))
+    np.testing.assert_allclose(read_image(tmp_path / "ga.png"), grey / 65535, rtol=1e-6)
+    rgb = rng.integers(0, 65536, (16, 24, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    lum = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) / 65535
+    got = read_image(tmp_path / "rgb.png")
+    np.testing.assert_allclose(got, lum, atol=1e-6)
+    assert len(np.unique(np.round(got * 65535))) > 256  # more levels than an 8-bit read could give
+
+
+def _malformed_frames(path: Path, dicom_writer) -> Path:
+    """A DICOM whose NumberOfFrames (IS) reads '1A' (pydicom refuses to write it, so patch the bytes)."""
+    dicom_writer(path, _ramp(), NumberOfFrames="11")
+    data = path.read_bytes()
+    tag = b"\x28\x00\x08\x00IS\x02\x0011"
+    assert data.count(tag) == 1
+    path.write_bytes(data.replace(tag, tag[:-2] + b"1A"))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_a_malformed_dicom_header_is_a_named_failure(tmp_path: Path, dicom_writer):
+    path = _malformed_frames(tmp_path / "bad.dcm", dicom_writer)
+    with pytest.raises(InputError, match="malformed DICOM header"):
+        read_image(path)
+
+
+def test_one_odd_file_never_stops_prepare(tmp_path: Path, dicom_writer):
+    """prepare --skip-bad completes with the odd file named in the failure list (it used to end in a
+    traceback and build no cache)."""
+    import pandas as pd
+
+    from cxrbench.cache.build import prepare_cache
+
+    root = tmp_path / "data"
+    _malformed_frames(root / "bad.dcm", dicom_writer)
+    dicom_writer(root / "good.dcm", _ramp())
+    df = pd.DataFrame({"image_id": ["bad", "good"], "patient_id": ["p1", "p2"], "study_id": None,
+                       "path": ["bad.dcm", "good.dcm"], "view": "PA", "split": ["train", "test"],
+                       "dataset": "vindr", "sex": "F", "age": 50.0, "edema": np.array([1, 0], np.float32)})
+    manifest = prepare_cache(df, root, tmp_path / "c", size=16, workers=1, quiet=True, skip_bad=True,
+                             findings=["edema"])
+    assert manifest["counts"]["images"] == 1 and manifest["failures"][0]["path"] == "bad.dcm"
+    assert "malformed DICOM header" in manifest["failures"][0]["reason"]
+
+
+def test_codec_errors_never_ask_to_install_what_is_installed(tmp_path: Path, dicom_writer, monkeypatch):
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = dicom_writer(tmp_path / "j.dcm", _ramp(255).astype(np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not a real jpeg stream"])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(InputError, match="cannot be decoded by the installed codecs") as err:
+        read_image(path)
+    assert "pip install" not in str(err.value)
+
+    class Missing:
+        is_available = False
+
+    monkeypatch.setattr("pydicom.pixels.get_decoder", lambda uid: Missing())
+    with pytest.raises(InputError, match=r"no installed codec decodes .*cxrbench\[dicom\]"):
+        read_image(path)

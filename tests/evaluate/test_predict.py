@@ -116,3 +116,41 @@ def test_cli_predict_errors(tiny_run, tmp_path, cli_runner):
     result = cli_runner.invoke(app, ["predict", str(run), str(bad), "--device", "tpu"])
     assert result.exit_code == 2 and "unknown device" in result.stderr
     assert all("Traceback" not in r for r in (result.stdout, result.stderr))
+
+
+def test_folders_and_globs_expand_to_sorted_image_files(tmp_path, real_cxr_dir):
+    from cxrbench.evaluate.predict import expand_inputs
+
+    files = real_files(real_cxr_dir)
+    scans = tmp_path / "scans"
+    (scans / "sub").mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, scans / "sub" / f.name.upper().replace(".DCM", ".dcm"))
+    (scans / "notes.txt").write_text("not an image")
+    found = expand_inputs([scans])
+    assert [p.name for p in found] == sorted(p.name for p in (scans / "sub").iterdir())
+    assert expand_inputs([str(scans / "**" / "*.dcm")]) == [p for p in found if p.suffix == ".dcm"]
+    assert expand_inputs([files[0], scans / "sub" / found[0].name]) == [files[0], found[0]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no image file"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(InputError, match="matches no file.*quote"):
+        expand_inputs([str(tmp_path / "*.png")])
+
+
+def test_skip_bad_leaves_unreadable_files_out_and_names_them(tiny_run, tmp_path, real_cxr_dir, cli_runner):
+    run, _ = tiny_run
+    good = real_files(real_cxr_dir)[:2]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InputError, match="--skip-bad"):
+        predict_files(run, [good[0], bad, good[1]], device="cpu")
+    df = predict_files(run, [good[0], bad, good[1]], device="cpu", skip_bad=True)
+    assert df["file"].tolist() == [str(good[0]), str(good[1])]
+    assert [name for name, _ in df.attrs["skipped"]] == [str(bad)]
+    with pytest.raises(InputError, match="none of the 1 file"):
+        predict_files(run, [bad], device="cpu", skip_bad=True)
+    result = cli_runner.invoke(app, ["predict", str(run), str(good[0]), str(bad), "--skip-bad",
+                                     "--device", "cpu"])
+    assert result.exit_code == 0 and f"skipped: {bad}" in result.stderr
+    assert len(pd.read_csv(io.StringIO(result.stdout))) == 1

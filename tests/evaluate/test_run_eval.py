@@ -208,7 +208,47 @@ def test_run_without_weights_uses_foreign_predictions(tmp_path):
                                     predict_fn=FakePredictor())
     assert out["per_finding"]["cardiomegaly"]["estimable"]
     with pytest.raises(InputError, match="no predictions for split 'val' and no trained weights"):
-        run_eval.evaluate_run(run, "test", n_resamples=10, predict_fn=FakePredictor())
+        run_eval.evaluate_run(run, "test", n_resamples=10, predict_fn=FakePredictor(),
+                              on_conflict="overwrite")
+
+
+def test_metrics_computed_with_other_settings_are_not_silently_replaced(tmp_path):
+    run = tmp_path / "other_tool"
+    predictions.write_predictions(make_preds(0), run / "eval" / "test" / "predictions.parquet")
+    path = run / "eval" / "test" / "metrics.json"
+    kw = {"threshold_from": "test", "predict_fn": FakePredictor()}
+    with pytest.warns(UndefinedMetricWarning):
+        first = run_eval.evaluate_run(run, "test", n_resamples=10, **kw)
+    assert first["bootstrap"]["cluster"] == "patient" and first["written"]  # the default unit, as in study
+    before = path.read_bytes()
+    with pytest.warns(UndefinedMetricWarning):
+        run_eval.evaluate_run(run, "test", n_resamples=10, **kw)  # same settings: replaced freely
+    for change, text in [({"seed": 3}, "seed 0 -> 3.*--seed 0"),
+                         ({"cluster": "image"}, "cluster patient -> image.*--cluster patient"),
+                         ({"n_resamples": 20}, "bootstrap 10 -> 20.*--bootstrap 10"),
+                         ({"ci_level": 0.9}, "ci 0.95 -> 0.9")]:
+        args = {"n_resamples": 10, **change}
+        with pytest.raises(InputError, match=f"metrics.json: it holds metrics computed with other settings "
+                                             f"\\({text}.*--overwrite"):
+            run_eval.evaluate_run(run, "test", **args, **kw)
+    with pytest.raises(InputError, match="thresholds test -> fixed"):
+        run_eval.evaluate_run(run, "test", n_resamples=10, thresholds=0.5, predict_fn=FakePredictor())
+    assert json.loads(path.read_bytes())["bootstrap"]["seed"] == json.loads(before)["bootstrap"]["seed"]
+    with pytest.warns(UndefinedMetricWarning):
+        kept = run_eval.evaluate_run(run, "test", n_resamples=10, seed=3, on_conflict="keep", **kw)
+    assert not kept["written"] and kept["bootstrap"]["seed"] == 3
+    assert json.loads(path.read_bytes())["bootstrap"]["seed"] == 0
+    with pytest.warns(UndefinedMetricWarning):
+        run_eval.evaluate_run(run, "test", n_resamples=10, seed=3, on_conflict="overwrite", **kw)
+    assert json.loads(path.read_bytes())["bootstrap"]["seed"] == 3
+    with pytest.warns(UndefinedMetricWarning):  # fixed thresholds are part of the settings
+        run_eval.evaluate_run(run, "test", n_resamples=0, thresholds=0.5, predict_fn=FakePredictor(),
+                              on_conflict="overwrite")
+    with pytest.raises(InputError, match="fixed .*'\\*': 0.5.* -> .*'\\*': 0.3"):
+        run_eval.evaluate_run(run, "test", n_resamples=0, thresholds=0.3, predict_fn=FakePredictor())
+    with pytest.warns(UndefinedMetricWarning):  # no resamples: seed and cluster do not matter
+        run_eval.evaluate_run(run, "test", n_resamples=0, seed=5, cluster="image", thresholds=0.5,
+                              predict_fn=FakePredictor())
 
 
 def test_default_predictor_is_inference_predict_split(tmp_path, monkeypatch):
@@ -255,6 +295,24 @@ def test_cli_evaluate_json_to_stdout_and_fixed_thresholds(tmp_path, cli_runner):
     data = json.loads(result.stdout)
     assert data["per_finding"]["cardiomegaly"]["threshold"] == 0.25
     assert data["threshold_policy"]["source"] == "fixed"
+
+
+def test_cli_evaluate_keeps_metrics_of_other_settings(tmp_path, cli_runner):
+    run = write_run(tmp_path)
+    path = run / "eval" / "test" / "metrics.json"
+    assert cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "-q"]).exit_code == 0
+    before = path.read_bytes()
+    result = cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--cluster", "image"])
+    assert result.exit_code == 2 and "cluster patient -> image" in result.stderr
+    assert "--overwrite" in result.stderr
+    other = tmp_path / "image-cluster.json"
+    result = cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--cluster", "image",
+                                     "--out-json", str(other)])
+    assert result.exit_code == 0 and f"kept {path}" in result.stderr and "wrote" not in result.stdout
+    assert path.read_bytes() == before and json.loads(other.read_text())["bootstrap"]["cluster"] == "image"
+    result = cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--cluster", "image",
+                                     "--overwrite", "-q"])
+    assert result.exit_code == 0 and json.loads(path.read_text())["bootstrap"]["cluster"] == "image"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -73,12 +73,55 @@ def test_check_files_and_drop_missing(nih_root):
     names = [r.split(",")[0] for r in ROWS]
     for n in names[:-2]:
         (img / n).write_bytes(b"x")
-    df, _, report = build_index("nih", nih_root)
+    df, _, report = build_index("nih", nih_root)  # the fast check is on by default: a warning
     assert report["images"]["missing"] == 2 and len(df) == len(ROWS)
-    with pytest.raises(InputError, match="2 image file\\(s\\) missing.*--drop-missing"):
+    warned = [w for w in report["warnings"] if "image files" in w]
+    assert len(warned) == 1 and warned[0].startswith(f"2 of {len(ROWS)} image files listed")
+    assert "--drop-missing" in warned[0]
+    with pytest.raises(InputError, match="2 of .* image files .* missing.*--drop-missing"):
         build_index("nih", nih_root, check_files=True)
     df, _, report = build_index("nih", nih_root, drop_missing=True)
     assert len(df) == len(ROWS) - 2 and report["images"]["dropped"] == 2
+    assert report["dropped"]["missing_images"] == 2  # shown by `describe` with the other drops
+
+
+def test_the_existence_check_lists_folders_not_files(nih_root, tmp_path, monkeypatch):
+    import os
+
+    import pandas as pd
+
+    from cxrbench.index.sources import files
+
+    img = nih_root / "images"
+    img.mkdir()
+    for n in [r.split(",")[0] for r in ROWS]:
+        (img / n).write_bytes(b"x")
+    listed, listdir = [], os.listdir
+    monkeypatch.setattr(files.os, "listdir", lambda p: listed.append(p) or listdir(p))
+    _, _, report = build_index("nih", nih_root)
+    assert report["images"]["missing"] == 0 and listed == []  # the adapter's own listing is reused
+    for k, d in enumerate(("a/x", "a/y", "b")):  # a csv-style tree: one listing per folder, no stat
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / f"{k}.png").write_bytes(b"x")
+    paths = pd.Series(["a/x/0.png", "a/y/1.png", "b/2.png", "b/9.png", "c/3.png"])
+    found, info = files.scan_images(tmp_path, paths)
+    assert found.tolist() == [True, True, True, False, False] and info["folders_listed"] == 3
+    assert sorted(map(str, listed)) == sorted(str(tmp_path / d) for d in ("", "a/x", "a/y", "b"))
+
+
+def test_a_missing_sub_folder_is_suggested(tmp_path):
+    import pandas as pd
+
+    from cxrbench.index.sources.files import missing_images, scan_images
+
+    (tmp_path / "export" / "img").mkdir(parents=True)
+    for n in ("a.png", "b.png"):
+        (tmp_path / "export" / "img" / n).write_bytes(b"x")
+    (tmp_path / "img").mkdir()  # an image folder exists, but the files are one level down
+    found, info = scan_images(tmp_path, pd.Series(["img/a.png", "img/b.png"]))
+    assert not found.any() and info["prefix_hint"] == "export/"
+    what, fix = missing_images(2, 2, tmp_path, info)
+    assert "path_prefix: export/" in fix
 
 
 @pytest.mark.parametrize(
@@ -173,3 +216,15 @@ def test_index_options_are_the_single_list_of_options(tmp_path):
         IndexOptions.from_dict({"split_fractions": "0.5,0.5"})
     with pytest.raises(InputError, match="options= or option keywords"):
         build_index("nih", tmp_path, options=IndexOptions(), labels="all")
+
+
+def test_the_report_states_the_label_definition(tmp_path):
+    from cxrbench.index.sources.base import IndexOptions, label_definition
+
+    opts = IndexOptions(uncertain="ignore", blank="zeros")
+    text = label_definition("the labeler's mentions", opts, True,
+                            {"uncertain_values": 12, "blank_values": 3000, "not_labelled": 0})
+    assert text == ("Labels: the labeler's mentions; uncertain counted as unknown (left out of training loss "
+                    "and metrics) (12 values); not mentioned counted as negative (3,000 values).")
+    text = label_definition("NLP-mined", IndexOptions(), False, {"uncertain_values": 0, "not_labelled": 5})
+    assert text == "Labels: NLP-mined; 5 values not labelled at all are unknown."

@@ -102,7 +102,7 @@ def test_cli_describe_table_and_json_with_unknown_terms(cli_runner, tmp_path):
     assert sum(v["images"] for v in data["splits"].values()) == 31
     text = cli_runner.invoke(app, ["describe", str(out)])
     assert text.exit_code == 0 and "unknown terms (1): martian sign (1)" in text.stdout
-    assert "split hash" in text.stdout
+    assert "split stratified" in text.stdout
 
 
 def test_cli_describe_error_exit_2(cli_runner, tmp_path):

@@ -18,6 +18,14 @@ import pandas as pd
 import pytest
 
 from cxrbench.report import main_table_text, write_report
+from cxrbench.report.protocol import (
+    ComparisonFacts,
+    DatasetFacts,
+    EvaluationFacts,
+    Protocol,
+    RecipeFacts,
+    RunFacts,
+)
 from cxrbench.report.results import MEAN, RESULT_COLUMNS, StudyResults, adjust_main_family, stars
 from cxrbench.stats.significance import benjamini_hochberg
 
@@ -196,27 +204,29 @@ def synthetic(
                 "dinov2": {"init": "dinov2-vitb14", "file": "/w/model.safetensors", "sha256": "ab" * 32}
             },
         },
-        protocol={
-            "train": {
-                "lr": 1e-5,
-                "epochs": 100,
-                "batch_size": 30,
-                "weight_decay": 0.0,
-                "hflip": 0.5,
-                "rotate": 7.0,
-                "patience": 10,
-            },
-            "evaluation": {
-                "split": "test",
-                "bootstrap": 1000,
-                "cluster": "patient",
-                "seed": 7,
-                "threshold": "val",
-                "ci": 0.95,
-            },
-            "comparisons": {"reference": reference, "alternative": "two-sided", "fdr": "bh", "alpha": 0.05},
-            "preprocess": {r: {"size": 224, "resize": "stretch", "equalize": True} for r in recipes},
-        },
+        protocol=synthetic_protocol(datasets, inits, findings, recipes, reference),
+    )
+
+
+def synthetic_protocol(datasets, inits, findings, recipes, reference) -> Protocol:
+    settings = {"lr": 1e-5, "epochs": 100, "batch_size": 30, "weight_decay": 0.0, "hflip": 0.5, "rotate": 7.0,
+                "patience": 10, "schedule": "cosine", "warmup_epochs": 1.0}
+    runs = [RunFacts(dataset=d, init=i, init_name=f"{i}-vitb", arch="vit_base_patch16_224",
+                     pretrained=True, weights=f"/w/{i}.safetensors", mean=(0.485, 0.456, 0.406),
+                     std=(0.229, 0.224, 0.225), linear_probe=False, n_findings=len(findings),
+                     settings=settings, best_epoch=4, epochs_run=5)
+            for d in datasets for i in inits]
+    return Protocol(
+        datasets=[DatasetFacts(name=d, source="nih", images=1000, patients=500, findings=tuple(findings),
+                               views="frontal", label_definition="Labels: NLP-mined.",
+                               split_method="hash by patient", split_fractions=(0.7, 0.1, 0.2), split_seed=0)
+                  for d in datasets],
+        recipes=[RecipeFacts(name=r, size=224, resize="stretch", equalize=True) for r in recipes],
+        runs=runs,
+        evaluation=EvaluationFacts(split="test", n_resamples=(1000,), cluster=("patient",), seed=(7,),
+                                   ci=0.95,
+                                   threshold=("val",)),
+        comparisons=ComparisonFacts(reference=reference, alternative="two-sided", fdr="bh", alpha=0.05),
     )
 
 
@@ -284,7 +294,7 @@ def test_html_is_self_contained_with_tables_and_figures(rendered):
         "deadbeef",
         "0123abcd",
         "Methods (generated)",
-        "1000 bootstrap resamples",
+        "1,000 bootstrap resamples drawn by patient",
         "ab" * 32,
     ):
         assert needle in html

@@ -195,3 +195,13 @@ def test_describe_and_hash_identify_the_set():
     assert d["image_order_hash"] == bs.ids_hash(ids) != bs.ids_hash(["a", "c", "b"])
     with pytest.raises(ValueError, match="patient_ids"):
         bs.make_resamples(ids, cluster="patient")
+
+
+def test_patient_resamples_of_one_image_per_patient_are_the_image_resamples():
+    """The patient default costs nothing where patients are unknown (patient id = image id)."""
+    from cxrbench.stats.bootstrap import make_resamples
+
+    ids = np.array(sorted(f"i{k:03d}" for k in range(60)))
+    by_patient = make_resamples(ids, ids, 30, 3, "patient")
+    by_image = make_resamples(ids, None, 30, 3, "image")
+    np.testing.assert_array_equal(by_patient.counts(0, 30), by_image.counts(0, 30))

@@ -74,6 +74,11 @@ def test_tiny_demo_end_to_end_and_cached_rerun(cli_runner, offline_weights, tmp_
     html = report.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 5  # forest, ROC x2, training x2, external
     assert "External validation" in html and "random initialization (no weights)" in html
+    methods = html[html.index("Methods (generated)"):html.index("Provenance</h2>")]
+    for fact in ("Labels: NLP-mined from the reports", "Split by patient", "exact area averaging",
+                 "from random initialization (no pretrained weights)", "supervised pretraining run on source",
+                 "multi-label classification", "drawn by patient", "chosen on the validation split"):
+        assert fact in methods, fact
     assert (out / "demo.yaml").is_file() and (out / "runs" / "target1").is_dir()
 
     # the rerun is judged by the work it does, not by the clock (CI machines are shared): it runs
@@ -85,6 +90,11 @@ def test_tiny_demo_end_to_end_and_cached_rerun(cli_runner, offline_weights, tmp_
     assert _snapshot(out) == before
     table = lambda text: text[text.index("Main table") : text.index("report:")]  # noqa: E731
     assert table(again.output) == table(result.output)
+    # the advice in the file is true: the study it describes is in this folder, every step done
+    assert f"rerun with: cxrbench study run {out / 'demo.yaml'}" in (out / "demo.yaml").read_text()
+    rerun = cli_runner.invoke(app, ["study", "run", str(out / "demo.yaml")])
+    assert rerun.exit_code == 0 and re.search(r"\b0 step\(s\) run", rerun.output), rerun.output
+    assert _snapshot(out) == before
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_learns_and_writes_the_run_folder(tiny_run):
 
     weights, meta = load_best(run)
     assert meta["findings"] == ["cardiomegaly", "pleural_effusion"] and meta["image_size"] == 32
-    assert meta["recipe"] == {"size": 32, "resize": "stretch", "equalize": True}
+    assert meta["recipe"] == {"size": 32, "resize": "stretch", "equalize": True, "resample": "area"}
     assert meta["arch"].startswith("test_vit") and meta["mean"] and meta["std"] and meta["head"]
     best_epoch = max(epochs, key=lambda r: r["val_mean_auroc"])
     assert meta["epoch"] == best_epoch["epoch"]
@@ -367,6 +367,9 @@ def test_cli_train_resume_and_errors(tmp_path, tiny_cache_factory, cli_runner):
     result = cli_runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (run / "best.safetensors").is_file() and "best val mean AUROC" in result.stderr
+    # a random init names the bare architecture, not timm's pretrained tag (test_vit.r160_in1k)
+    assert "random-vit-test (test_vit, random init: no weights loaded)" in result.stderr
+    assert "r160_in1k" not in result.stderr
 
     result = cli_runner.invoke(app, ["train", "--out", str(run)])
     assert result.exit_code == 0 and "run already complete" in result.stderr

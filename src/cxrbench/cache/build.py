@@ -40,7 +40,7 @@ from cxrbench.index.schema import read_index, write_index
 PREPROCESS_VERSION = 1  # bump when imageio/preprocess change the pixels a recipe produces
 
 
-_MESSAGE_FAILURES = 50  # failures named in the error line; all of them go to .build/failures.json
+_MESSAGE_FAILURES = 10  # failures named in the error line; all of them go to .build/failures.json
 
 
 def prepare_cache(
@@ -57,6 +57,7 @@ def prepare_cache(
     findings: list[str] | None = None,
     overwrite: bool = False,
     chunk_size: int | None = None,
+    resample: str = "area",
 ) -> dict[str, Any]:
     """Decode, preprocess and store every image of ``index`` once; returns the manifest.
 
@@ -66,7 +67,8 @@ def prepare_cache(
             columns that are canonical finding names.
         root: the dataset root the index's ``path`` column is relative to.
         out: the cache directory (new, empty, or a cache/unfinished build of the same recipe).
-        size, resize, equalize: the recipe (see :func:`cxrbench.preprocess.preprocess`).
+        size, resize, equalize, resample: the recipe (see :func:`cxrbench.cache.preprocess.preprocess`;
+            ``resample="pil-box"`` reproduces caches made before the exact area resampler).
         workers: processes (default: all cores); each writes its chunk straight into images.u8.
         skip_bad: drop unreadable images (listed in the manifest) instead of failing at the end.
         quiet: no progress bar or messages.
@@ -81,11 +83,12 @@ def prepare_cache(
     """
     import time
 
-    from cxrbench.cache.preprocess import RESIZE_MODES, _check_size
+    from cxrbench.cache.preprocess import RESAMPLERS, RESIZE_MODES, _check_size
     from cxrbench.common.validation import check_choice
 
     started = time.perf_counter()
     check_choice("--resize", resize, RESIZE_MODES)
+    check_choice("--resample", resample, RESAMPLERS)
     size = _check_size(size)
     n_workers = _resolve_workers(workers)
     root = Path(root)
@@ -94,7 +97,7 @@ def prepare_cache(
     if not root.is_dir():
         raise InputError("dataset root is not a directory", where=str(root),
                          fix="pass the folder the index's paths are relative to as --root")
-    recipe = {"size": size, "resize": resize, "equalize": bool(equalize),
+    recipe = {"size": size, "resize": resize, "equalize": bool(equalize), "resample": resample,
               "index_hash": index_hash(df, finding_names), "preprocess_version": PREPROCESS_VERSION}
     identity = _identity(recipe)
     n = len(df)
@@ -163,7 +166,7 @@ def _finish(out: Path, df: pd.DataFrame, finding_names: list[str], keep: np.ndar
 
 def write_cache(out: str | os.PathLike, images: np.ndarray, index: pd.DataFrame,
                 findings: list[str] | None = None, *, resize: str = "stretch",
-                equalize: bool = True) -> dict[str, Any]:
+                equalize: bool = True, resample: str = "area") -> dict[str, Any]:
     """Store preprocessed images as a complete cache; returns the manifest.
 
     ``images`` is uint8 ``[N, S, S]`` (row i = index row i), ``index`` a Contract-2 frame (finding
@@ -186,7 +189,7 @@ def write_cache(out: str | os.PathLike, images: np.ndarray, index: pd.DataFrame,
         raise InputError("the folder is not empty", where=str(out), fix="choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     size = int(images.shape[1])
-    recipe = {"size": size, "resize": resize, "equalize": bool(equalize),
+    recipe = {"size": size, "resize": resize, "equalize": bool(equalize), "resample": resample,
               "index_hash": index_hash(df, finding_names), "preprocess_version": PREPROCESS_VERSION}
     np.ascontiguousarray(images).tofile(out / IMAGES_FILE)
     keep = np.ones(len(df), dtype=bool)
@@ -205,7 +208,12 @@ def index_hash(df: pd.DataFrame, findings: list[str]) -> str:
 
 
 def _identity(recipe: dict[str, Any]) -> str:
-    return stable_hash(recipe)
+    """What makes two recipes the same cache. A recipe without a resampler was made with the legacy
+    one (Pillow BOX): naming it ``pil-box`` gives the same identity, so such caches stay valid."""
+    from cxrbench.cache.preprocess import LEGACY_RESAMPLER
+
+    same = {k: v for k, v in recipe.items() if not (k == "resample" and v == LEGACY_RESAMPLER)}
+    return stable_hash(same)
 
 
 def _resolve_workers(workers: int | None) -> int:
@@ -318,6 +326,7 @@ def _describe(recipe: dict[str, Any]) -> str:
     if not recipe:
         return "unknown"
     return (f"size={recipe.get('size')}, resize={recipe.get('resize')}, equalize={recipe.get('equalize')}, "
+            f"resample={recipe.get('resample', 'pil-box (legacy)')}, "
             f"index {recipe.get('index_hash')}, preprocessing v{recipe.get('preprocess_version')}")
 
 
@@ -393,10 +402,25 @@ def _manifest(recipe, shape, df, cache_index, failures, findings, source, root, 
         "source": {"index": source, "root": str(Path(root).resolve()) if root is not None else None},
         "build": {"workers": workers, "chunk_size": chunk, "seconds": round(seconds, 3),
                   "images_per_second": round(len(cache_index) / seconds, 2) if seconds > 0 else None},
+        "decoders": decoder_versions(),
         "version": __version__,
         "created": now_iso(),
         "provenance": provenance(),
     }
+
+
+def decoder_versions() -> dict[str, str | None]:
+    """Versions of the libraries that decode and resample the pixels (so a cache can be remade)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+                 "opencv-python-headless", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _say(message: str, quiet: bool) -> None:

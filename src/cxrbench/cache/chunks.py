@@ -62,7 +62,8 @@ def run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int
     from cxrbench.common.progress import make_progress
 
     args = {"out": str(out), "root": str(root), "shape": shape, "size": recipe["size"],
-            "resize": recipe["resize"], "equalize": recipe["equalize"]}
+            "resize": recipe["resize"], "equalize": recipe["equalize"],
+            "resample": recipe.get("resample", "pil-box")}
     if n_workers == 1 or len(jobs) <= 1:
         with make_progress(quiet) as progress:
             task = progress.add_task("prepare", total=shape[0], completed=done_rows)
@@ -108,7 +109,8 @@ def build_chunk(job: dict[str, Any]) -> int:
             warnings.simplefilter("always")
             try:
                 full = resolve_inside(job["root"], rel, where=f"index row {row}")
-                images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"])
+                images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"],
+                                         job["resample"])
             except InputError as e:
                 failed.append({"row": int(row), "image_id": image_id, "path": rel, "reason": e.what})
             except Exception as e:

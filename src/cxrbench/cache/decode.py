@@ -7,9 +7,13 @@ Conventions (every reader gives the same meaning to the same value):
   named ``.dcm``/``.dicom`` without that preamble are tried as DICOM too; the PNG and JPEG
   signatures select Pillow (other formats Pillow recognises, e.g. TIFF/BMP, are read the same way).
 * **8-bit PNG/JPEG**: value / 255.
-* **16-bit PNG**: value / (2**b - 1), where b is the PNG ``sBIT`` chunk (significant bits) when the
-  file has one; otherwise the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum.
-  PadChest stores 10- or 12-bit detector values in 16-bit PNGs (maxima far below 65535), so a fixed
+* **16-bit PNG** (grey, grey+alpha, RGB, RGBA: all kept at 16 bits; colour and alpha PNGs are read
+  with OpenCV, as Pillow would cut them to 8 bits): with an ``sBIT`` chunk of b significant bits the
+  PNG specification's reading applies, the significant bits are the high bits: ``(v >> (16 - b)) /
+  (2**b - 1)``. A file whose sBIT does not match its data (all values below ``2**b``: stored
+  unscaled, against the specification) is read as ``v / (2**b - 1)``. Without sBIT: ``v / (2**b - 1)``
+  for the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum. PadChest stores 10- or
+  12-bit detector values unscaled in 16-bit PNGs without sBIT (maxima far below 65535), so a fixed
   65535 divisor would leave them nearly black; the standard-depth rule keeps the scale fixed for all
   images of one bit depth (a 12-bit image maps by /4095 whether its brightest pixel is 3000 or 4095).
 * **JPEG EXIF orientation** is applied (the image as displayed, as ``cv2.imread`` does).
@@ -22,8 +26,10 @@ Conventions (every reader gives the same meaning to the same value):
   the stored-value range from Bits Stored and Pixel Representation (through the rescale) maps onto
   [0, 1] (pydicom masks the stored values to Bits Stored, as the standard says). ``MONOCHROME1``
   is inverted last (``1 - x``). Multi-frame files are refused.
-* **Errors**: a missing, empty, truncated, corrupt or unsupported file raises ``InputError`` naming the
-  file and the reason.
+* **Errors**: a missing, empty, truncated, corrupt or unsupported file, or a DICOM header value that
+  cannot be read (e.g. ``NumberOfFrames = '1A'``), raises ``InputError`` naming the file and the
+  reason; a compressed DICOM the installed codecs cannot decode says which codecs are missing, or,
+  when they are installed, that the data are damaged.
 """
 
 from __future__ import annotations
@@ -52,11 +58,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError("image file not found", where=str(path),
-                         fix="check --root and the index's paths") from None
+        raise InputError("image file not found", where=str(path), fix="check the path") from None
     except IsADirectoryError:
         raise InputError("expected an image file, found a directory", where=str(path),
-                         fix="check the index's paths") from None
+                         fix="check the path") from None
     except OSError as e:
         raise InputError(f"cannot read the file ({e.strerror or e})", where=str(path),
                          fix="check the file's permissions") from None
@@ -82,8 +87,36 @@ def is_dicom(data: bytes, path: str | os.PathLike = "") -> bool:
 
 
 # -- PNG / JPEG / other Pillow formats ----------------------------------------------------------------
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, or None for another format."""
+    if not data.startswith(_PNG_MAGIC) or len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    return int(data[24]), int(data[25])
+
+
+def _read_png16_colour(data: bytes, path: Path) -> np.ndarray:
+    """A 16-bit grey+alpha, RGB or RGBA PNG at full precision (OpenCV; alpha ignored)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16:
+        raise InputError("corrupt or truncated 16-bit PNG", where=str(path),
+                         fix="re-download or remove the image")
+    if arr.ndim == 2:
+        return _scale_uint(arr, _png_sbit(data), path)
+    if arr.shape[-1] == 2:  # grey + alpha
+        return _scale_uint(np.ascontiguousarray(arr[..., 0]), _png_sbit(data), path)
+    bgr = arr[..., :3]
+    scaled = _scale_uint(bgr, _png_sbit(data), path)  # one scale for the three channels
+    return _luminance(scaled[..., ::-1])
+
+
 def _read_pillow(data: bytes, path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
+
+    header = _png_header(data)
+    if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+        return _read_png16_colour(data, path)
 
     try:
         with warnings.catch_warnings():
@@ -146,9 +179,13 @@ def _png_sbit(data: bytes) -> int | None:
 
 
 def _scale_uint(arr: np.ndarray, bits: int | None, path: Path) -> np.ndarray:
-    """Unsigned integers -> [0, 1] by ``2**bits - 1``; bits None = smallest standard depth holding max."""
+    """Unsigned integers -> [0, 1] (see the module docstring): ``bits`` is the PNG sBIT (None: none)."""
     top = int(arr.max()) if arr.size else 0
-    if bits is None or top > (1 << bits) - 1:
+    depth = arr.dtype.itemsize * 8
+    if bits is not None and bits < depth and top > (1 << bits) - 1:
+        # spec-scaled: the significant bits are the high bits of each sample
+        arr = arr >> np.asarray(depth - bits, dtype=arr.dtype)
+    elif bits is None or top > (1 << bits) - 1:
         bits = standard_bit_depth(top)
     return arr.astype(np.float32) / np.float32((1 << bits) - 1)  # correctly rounded k / (2**b - 1)
 
@@ -179,6 +216,17 @@ def _read_dicom(data: bytes, path: Path) -> np.ndarray:
     except Exception as e:
         raise InputError(f"corrupt or truncated DICOM header ({_reason(e)})", where=str(path),
                          fix="re-download or remove the image") from None
+    try:
+        return _dicom_pixels(ds, path)
+    except InputError:
+        raise
+    except Exception as e:  # a header value pydicom cannot convert (e.g. NumberOfFrames '1A')
+        raise InputError(f"malformed DICOM header or pixel data ({_reason(e)})", where=str(path),
+                         fix="the file is damaged or not standard; re-export it, or pass --skip-bad",
+                         ) from None
+
+
+def _dicom_pixels(ds, path: Path) -> np.ndarray:
     if "PixelData" not in ds:
         raise InputError("DICOM file has no pixel data", where=str(path),
                          fix="this is not an image object (e.g. a report or a structured document)")
@@ -190,9 +238,7 @@ def _read_dicom(data: bytes, path: Path) -> np.ndarray:
     try:
         raw = ds.pixel_array
     except Exception as e:  # missing codec, truncated pixel data, bad header values
-        raise InputError(f"cannot decode DICOM pixel data ({_reason(e)})", where=str(path),
-                         fix="the file is damaged, or its compression needs a codec "
-                             "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from None
+        raise _pixel_error(ds, path, e) from None
     if raw.ndim == 3:
         if raw.shape[-1] not in (3, 4):
             raise InputError(f"unexpected DICOM pixel array shape {raw.shape}", where=str(path),
@@ -216,6 +262,29 @@ def _read_dicom(data: bytes, path: Path) -> np.ndarray:
         raise InputError(f"unsupported Photometric Interpretation {photometric!r}", where=str(path),
                          fix="expected MONOCHROME1, MONOCHROME2 or RGB")
     return img.astype(np.float32, copy=False)
+
+
+def _pixel_error(ds, path: Path, err: Exception) -> InputError:
+    """Why pixel data failed: a codec that is missing (named, with the install line), or data the
+    installed codecs cannot decode (damaged): never advice to install what is already there."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        try:
+            from pydicom.pixels import get_decoder
+
+            decoder = get_decoder(syntax)
+            available = decoder.is_available
+        except Exception:  # an unknown transfer syntax: no decoder at all
+            available = False
+        if not available:
+            return InputError(f"no installed codec decodes {syntax.name} ({_reason(err)})", where=str(path),
+                              fix="pip install 'cxrbench[dicom]' (pylibjpeg with its libjpeg and openjpeg "
+                                  "plugins), or gdcm")
+        return InputError(f"the {syntax.name} pixel data cannot be decoded by the installed codecs "
+                          f"({_reason(err)})", where=str(path),
+                          fix="the file's compressed data are damaged; re-export it, or pass --skip-bad")
+    return InputError(f"cannot decode DICOM pixel data ({_reason(err)})", where=str(path),
+                      fix="the file is damaged (pixel data shorter than its header says?); re-export it")
 
 
 def _dicom_gray(raw: np.ndarray, ds) -> np.ndarray:

@@ -5,9 +5,13 @@ Used by the cache build and by prediction, so training and prediction see the sa
 * **Resize** (``resize=``): ``stretch`` scales each axis to ``size`` (aspect not kept, as the reference
   study); ``pad`` letterboxes: the longer side becomes ``size``, the image is centred and the border
   is black (0); ``crop`` takes the centred square of side ``min(H, W)`` and scales it to ``size``.
-  Resampling is Pillow on float32 data: ``BOX`` (exact area averaging, as OpenCV ``INTER_AREA``)
-  when both axes shrink, ``BICUBIC`` (antialiased, clipped to [0, 1]) when an axis grows. An image
-  already ``size x size`` is not resampled.
+  Resampling (``resample=``) on float32 data: ``area`` (default) shrinks by exact area averaging,
+  OpenCV ``INTER_AREA``, which weights every source pixel by its overlap with the output pixel at
+  any factor (tested against a brute-force area integral); ``pil-box`` is the resampler of caches
+  made before cxrbench 0.2, Pillow's ``BOX``, exact only at integer factors (kept so those caches,
+  and the models trained on them, can be reproduced and predicted on). When an axis grows both use
+  Pillow ``BICUBIC`` (antialiased, clipped to [0, 1]). An image already ``size x size`` is not
+  resampled.
 * **Equalization** (``equalize=True``, the reference study's and MIMIC-CXR-JPG's choice) follows
   OpenCV ``equalizeHist`` exactly, ``lut[v] = round((cdf(v) - cdf(v_min)) * 255 / (N - cdf(v_min)))``,
   but on a 16-bit histogram of the resized float image instead of an 8-bit one: an input holding 256
@@ -26,17 +30,20 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.validation import check_choice
 
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad", "crop")
+RESAMPLERS: tuple[str, ...] = ("area", "pil-box")
+LEGACY_RESAMPLER = "pil-box"  # what a recipe without a resampler was made with
 _LEVELS = 65536
 
 
 def preprocess(img: np.ndarray, size: int = 224, resize: str = "stretch",
-               equalize: bool = True) -> np.ndarray:
+               equalize: bool = True, resample: str = "area") -> np.ndarray:
     """Decoded image (float [0, 1] ``(H, W)``, or uint8) -> ``uint8 (size, size)``."""
     check_choice("resize", resize, RESIZE_MODES)
+    check_choice("resample", resample, RESAMPLERS)
     size = _check_size(size)
     x = _as_float(img)
     if resize == "pad":
-        content = resize_to(x, *_fit_inside(x.shape, size))
+        content = resize_to(x, *_fit_inside(x.shape, size), resample=resample)
         out = np.zeros((size, size), dtype=np.uint8)
         top, left = (size - content.shape[0]) // 2, (size - content.shape[1]) // 2
         out[top : top + content.shape[0], left : left + content.shape[1]] = _quantize(content, equalize)
@@ -46,19 +53,24 @@ def preprocess(img: np.ndarray, size: int = 224, resize: str = "stretch",
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         x = x[top : top + side, left : left + side]
-    return _quantize(resize_to(x, size, size), equalize)
+    return _quantize(resize_to(x, size, size, resample=resample), equalize)
 
 
-def resize_to(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 ``(H, W)`` -> float32 ``(height, width)``: area averaging to shrink, bicubic to grow."""
+def resize_to(x: np.ndarray, height: int, width: int, resample: str = "area") -> np.ndarray:
+    """float32 ``(H, W)`` -> float32 ``(height, width)``: exact area averaging to shrink (``area``:
+    OpenCV INTER_AREA; ``pil-box``: Pillow BOX, the legacy resampler), bicubic to grow."""
     if x.shape == (height, width):
         return x
+    shrink = height <= x.shape[0] and width <= x.shape[1]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if shrink and resample == "area":
+        import cv2
+
+        return cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA)
     from PIL import Image
 
-    shrink = height <= x.shape[0] and width <= x.shape[1]
-    resample = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
-    out = np.asarray(Image.fromarray(np.ascontiguousarray(x, dtype=np.float32), mode="F")
-                     .resize((width, height), resample=resample), dtype=np.float32)
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
+    out = np.asarray(Image.fromarray(x, mode="F").resize((width, height), resample=method), dtype=np.float32)
     return out if shrink else np.clip(out, 0.0, 1.0)
 
 
@@ -92,16 +104,16 @@ def _as_float(img: np.ndarray) -> np.ndarray:
     arr = np.asarray(img)
     if arr.ndim != 2 or 0 in arr.shape:
         raise InputError(f"expected a 2-D gray image, got shape {arr.shape}", where="preprocess",
-                         fix="decode the file with cxrbench.imageio.read_image first")
+                         fix="decode the file with cxrbench.cache.decode.read_image first")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * np.float32(1 / 255)
     if not np.issubdtype(arr.dtype, np.floating):
         raise InputError(f"expected float [0, 1] or uint8 pixels, got {arr.dtype}", where="preprocess",
-                         fix="decode the file with cxrbench.imageio.read_image first")
+                         fix="decode the file with cxrbench.cache.decode.read_image first")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise InputError("image contains NaN or infinite values", where="preprocess",
-                         fix="decode the file with cxrbench.imageio.read_image first")
+                         fix="decode the file with cxrbench.cache.decode.read_image first")
     return arr
 
 

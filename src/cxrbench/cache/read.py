@@ -148,12 +148,44 @@ def cache_shape(cache_dir: str | os.PathLike, manifest: dict[str, Any]) -> tuple
 
 
 def recipe_of(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The user-facing recipe (size, resize, equalize) of a manifest."""
+    """The user-facing recipe (size, resize, equalize, resample) of a manifest; a cache made before
+    the resampler was recorded used ``pil-box``."""
     recipe = manifest.get("recipe", {})
     return {"size": int(recipe["size"]), "resize": str(recipe["resize"]),
-            "equalize": bool(recipe["equalize"])}
+            "equalize": bool(recipe["equalize"]), "resample": str(recipe.get("resample", "pil-box"))}
+
+
+def legacy_resampler_note(manifest: dict[str, Any], where: str) -> str | None:
+    """One line when a cache was made by the legacy resampler (Pillow BOX, not exact area averaging):
+    what it is and how to rebuild it; None for an exact cache."""
+    if recipe_of(manifest)["resample"] != "pil-box":
+        return None
+    return (f"{where} was made by the legacy resampler (Pillow BOX: exact area averaging only at integer "
+            "factors); it stays valid as it is; to rebuild it with the exact one run `cxrbench prepare` "
+            "with --overwrite (a study: set `resample: area` in its preprocess recipe)")
 
 
 def _check_rows(rows: np.ndarray, n_slots: int, path: Path) -> None:
     if len(rows) and (rows.min() < 0 or rows.max() >= n_slots):
         raise InputError(f"cache_row values outside 0..{n_slots - 1}", where=str(path), fix=_DAMAGED)
+
+
+def describe_manifest(manifest: dict[str, Any], source: str) -> list[str]:
+    """Lines for ``cxrbench describe``: the recipe and resampler, failures, decoding warnings."""
+    try:
+        recipe = recipe_of(manifest)
+    except (KeyError, TypeError, ValueError):
+        return ["warning: the cache manifest has no readable recipe"]
+    lines = [f"cache recipe: {recipe['size']} px, {recipe['resize']}, "
+             f"{'equalized' if recipe['equalize'] else 'not equalized'}, resampler {recipe['resample']}"]
+    note = legacy_resampler_note(manifest, source)
+    if note:
+        lines.append(f"note: {note}")
+    failed = (manifest.get("counts") or {}).get("failed") or 0
+    if failed:
+        lines.append(f"warning: {failed:,} image(s) could not be read and are left out "
+                     "(listed in the manifest)")
+    for w in manifest.get("warnings") or []:
+        lines.append(f"decoding warning ({w.get('files', 0):,} file(s), e.g. "
+                     f"{', '.join(w.get('examples', [])[:2])}): {w.get('message')}")
+    return lines

@@ -25,5 +25,9 @@ def register(app: typer.Typer) -> None:
         from cxrbench.index.describe import format_summary, load, summarize, to_json
 
         df, findings, ctx = load(path)
+        if isinstance(ctx.get("manifest"), dict):  # a cache: what its manifest says, resampler included
+            from cxrbench.cache.read import describe_manifest
+
+            ctx["notes"] = describe_manifest(ctx["manifest"], str(path))
         summary = summarize(df, findings, ctx)
         typer.echo(to_json(summary) if as_json else format_summary(summary))

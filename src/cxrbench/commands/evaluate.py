@@ -26,7 +26,12 @@ reproduce the reference study (chosen on each test resample; labelled as such in
 or fixed values: --threshold 0.5 and/or --threshold cardiomegaly=0.3.
 
 Resamples are a function of (--seed, --bootstrap, --cluster, the images): every run evaluated on
-the same images gets the same resamples, so `cxrbench compare` can pair them.
+the same images gets the same resamples, so `cxrbench compare` can pair them. The default unit is
+the patient (all images of a drawn patient), as in `cxrbench study`.
+
+An existing metrics.json computed with other settings is not replaced: evaluate with its settings,
+write the new metrics elsewhere with --out-json (metrics.json is then left as it is), or pass
+--overwrite.
 """
 
 
@@ -59,9 +64,9 @@ def register(app: typer.Typer) -> None:
         n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0,
                                         help="Bootstrap resamples (0 = point estimates only)."),
         seed: int = typer.Option(0, "--seed", help="Bootstrap seed (stored in metrics.json)."),
-        cluster: str = typer.Option("image", "--cluster",
-                                    help="Resampling unit: image, or patient (all images of a drawn "
-                                         "patient)."),
+        cluster: str = typer.Option("patient", "--cluster",
+                                    help="Resampling unit: patient (all images of a drawn patient) or "
+                                         "image."),
         threshold_from: str | None = typer.Option(
             None, "--threshold-from",
             help="Where Youden's threshold is chosen: val (default) or test (reference-study reproduction)."),
@@ -79,8 +84,10 @@ def register(app: typer.Typer) -> None:
         out_json: str | None = typer.Option(None, "--out-json",
                                             help="Also write the metrics JSON to this file ('-' = stdout)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, only warnings and errors."),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Replace a metrics.json computed with other settings."),
     ) -> None:
-        from cxrbench.common.fileio import atomic_write_text
+        from cxrbench.common.fileio import atomic_write_text, json_safe
         from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
@@ -94,18 +101,26 @@ def register(app: typer.Typer) -> None:
             warnings.simplefilter("always")
             result = evaluate_run(run, split, n_resamples=n_bootstrap, seed=seed, cluster=cluster,
                                   threshold_from=threshold_from, thresholds=fixed, ci_level=ci,
-                                  repredict=repredict, predict_kwargs=predict_kwargs)
+                                  repredict=repredict, predict_kwargs=predict_kwargs,
+                                  on_conflict="overwrite" if overwrite
+                                  else ("keep" if out_json else "refuse"))
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
+        written = result.pop("written", True)
         if out_json:
-            text = json.dumps(json.loads((eval_dir(run, split) / METRICS_FILE).read_text()), indent=2) + "\n"
+            text = json.dumps(json_safe(result), indent=2) + "\n"
             if out_json == "-":
                 sys.stdout.write(text)
             else:
                 atomic_write_text(out_json, text)
+        path = eval_dir(run, split) / METRICS_FILE
+        if not written:
+            typer.echo(f"kept {path} (computed with other settings); the new metrics are in {out_json}",
+                       err=True)
         if not quiet and out_json != "-":
             print_metrics(result)
-            typer.echo(f"wrote {eval_dir(run, split) / METRICS_FILE}")
+            if written:
+                typer.echo(f"wrote {path}")
 
 
 def _fmt(summary: dict, digits: int = 3, ci: bool = True) -> str:

@@ -62,11 +62,16 @@ def register(app: typer.Typer) -> None:
         split_mode: str = typer.Option(
             "official",
             "--splits",
-            help="official (the release's split, a missing val/"
-            "test carved by patient from train) or hash (patient hash split).",
+            help="official (the release's split; a missing val/test carved by patient from train), "
+            "stratified (every finding's positives balanced across splits, by patient) or hash "
+            "(a patient hash split).",
+        ),
+        carve: str = typer.Option(
+            "stratified", "--carve",
+            help="How splits the release lacks are made: stratified or hash.",
         ),
         split_seed: int = typer.Option(
-            0, "--split-seed", help="Seed of the patient hash (hash and carved splits)."
+            0, "--split-seed", help="Seed of every split that is made (hash, stratified, carved)."
         ),
         split_fractions: str = typer.Option(
             "0.7,0.1,0.2",
@@ -93,12 +98,13 @@ def register(app: typer.Typer) -> None:
             None, "--mapping", help="YAML mapping of a csv dataset (see configs/uka-cxr.yaml)."
         ),
         check_files: bool = typer.Option(
-            False, "--check-files", help="Stat every image; a missing one is an error."
+            False, "--check-files", help="Every image must exist (a missing one is an error)."
         ),
         drop_missing: bool = typer.Option(
             False,
             "--drop-missing",
-            help="Stat every image and drop rows whose image is missing (counted in the report).",
+            help="Drop rows whose image is missing (counted in the report). Without it a fast check still "
+            "counts missing images and warns.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     ) -> None:
@@ -108,17 +114,14 @@ def register(app: typer.Typer) -> None:
 
         options = IndexOptions.from_dict(dict(
             labels=labels, uncertain=uncertain, blank=blank, views=views, split_mode=split_mode,
-            split_seed=split_seed, split_fractions=split_fractions, readers=readers, labeler=labeler,
+            split_seed=split_seed, split_fractions=split_fractions, carve=carve, readers=readers,
+            labeler=labeler,
             radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
         df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
-        missing = (report.get("images") or {}).get("missing")
-        if missing and not drop_missing:
-            typer.echo(
-                f"warning: {missing:,} image(s) listed in the metadata were not found under {root}", err=True
-            )
+
         if not quiet:
             counts = df["split"].value_counts()
             parts = ", ".join(f"{s} {int(counts.get(s, 0)):,}" for s in ("train", "val", "test"))

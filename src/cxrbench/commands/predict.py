@@ -26,18 +26,23 @@ def register(app: typer.Typer) -> None:
     @app.command("predict", help=HELP, no_args_is_help=True)
     def predict_command(
         run: Path = typer.Argument(..., help="Trained run folder (holds best.safetensors + best.json)."),
-        images: list[Path] = typer.Argument(..., help="Image files: .png, .jpg/.jpeg, .dcm."),
+        images: list[str] = typer.Argument(..., help="Image files (.png, .jpg/.jpeg, .dcm), folders (every "
+                                           "image inside) or glob patterns ('scans/*.dcm')."),
         out: Path = typer.Option(None, "--out", "-o", help="Write the CSV here (default: stdout)."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass."),
         device: str = typer.Option(None, "--device",
                                    help="cpu, cuda or cuda:N (default: cuda if available)."),
+        skip_bad: bool = typer.Option(
+            False, "--skip-bad", help="Leave unreadable files out (listed on stderr) instead of stopping."),
     ) -> None:
         from cxrbench.common.fileio import atomic_write_text, check_writable
         from cxrbench.evaluate.predict import predict_files
 
         if out is not None:
             check_writable(out)
-        df = predict_files(run, images, batch_size=batch_size, device=device)
+        df = predict_files(run, images, batch_size=batch_size, device=device, skip_bad=skip_bad)
+        for name, reason in df.attrs.get("skipped", []):
+            typer.echo(f"skipped: {name}: {reason}", err=True)
         text = df.to_csv(index=False, float_format="%.6g")
         if out is None:
             typer.echo(text, nl=False)

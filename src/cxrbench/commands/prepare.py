@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cxrbench.commands._help import fold_paragraphs
+
 _HELP = """Decode, resize and (optionally) equalize every image of an index once, into a cache.
 
 The cache (--out) holds images.u8 (uint8 N x SIZE x SIZE, a numpy memmap), index.parquet (the
@@ -14,12 +16,16 @@ written last: a folder without manifest.json is an unfinished build, never a cac
 
 Images: PNG 8/16-bit, JPEG, DICOM (modality LUT, VOI LUT/window, MONOCHROME1 inverted), colour
 to gray. Resize modes: stretch (each axis to SIZE, as the reference study), pad (keep the aspect,
-black borders), crop (centred square). Equalization (default on, as the reference study and
-MIMIC-CXR-JPG) is OpenCV-style histogram equalization after resizing.
+black borders), crop (centred square). Shrinking is exact area averaging (--resample area, OpenCV
+INTER_AREA); --resample pil-box is the resampler of caches made before cxrbench 0.2 (Pillow BOX,
+exact only at integer factors), to reproduce them. Equalization (default on, as the reference study
+and MIMIC-CXR-JPG) is OpenCV-style histogram equalization after resizing.
 
 Resumable: after a kill or a failure, run the same command again; finished chunks are kept.
 Idempotent: with the same recipe and index an existing cache is left alone ("nothing to do").
-A different recipe into an existing cache is refused unless --overwrite.
+A different recipe into an existing cache is refused unless --overwrite (which replaces only the
+cache's own files); a cache made by the legacy resampler counts as a different recipe, so it is
+rebuilt only when you ask.
 
 Unreadable images: by default every image is still processed, then the command fails naming each
 bad file and its reason (no manifest, exit 2). With --skip-bad those rows are left out of the
@@ -34,13 +40,7 @@ Examples:
 """
 
 
-def _reflow(text: str) -> str:
-    """Join the wrapped lines of each paragraph (the help renderer keeps single newlines)."""
-    paragraphs = [p.strip() for p in text.strip().split("\n\n")]
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
-
-
-HELP = _reflow(_HELP)
+HELP = fold_paragraphs(_HELP)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
         resize: str = typer.Option("stretch", "--resize", help="stretch, pad (letterbox) or crop (centre)."),
         equalize: bool = typer.Option(True, "--equalize/--no-equalize",
                                       help="Histogram equalization after resizing."),
+        resample: str = typer.Option("area", "--resample",
+                                     help="Shrinking resampler: area (exact) or pil-box (legacy caches)."),
         workers: int = typer.Option(None, "--workers", "-j", help="Worker processes [default: all cores].",
                                     show_default=False),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave unreadable images out (listed in the "
@@ -68,12 +70,14 @@ def register(app: typer.Typer) -> None:
         from cxrbench.cache.build import prepare_cache
 
         manifest = prepare_cache(index, root, out, size=size, resize=resize, equalize=equalize,
-                                 workers=workers, skip_bad=skip_bad, quiet=quiet, overwrite=overwrite)
+                                 workers=workers, skip_bad=skip_bad, quiet=quiet, overwrite=overwrite,
+                                 resample=resample)
         counts = manifest["counts"]
         recipe = manifest["recipe"]
         if not quiet:
             skipped = (f", {counts['failed']} unreadable left out (see manifest.json)"
                        if counts["failed"] else "")
             typer.echo(f"cache {out}: {counts['images']} images of {recipe['size']}x{recipe['size']} "
-                       f"({recipe['resize']}, {'equalized' if recipe['equalize'] else 'not equalized'})"
+                       f"({recipe['resize']}, {'equalized' if recipe['equalize'] else 'not equalized'}, "
+                       f"{recipe.get('resample', 'pil-box')} resampling)"
                        f"{skipped}", err=True)

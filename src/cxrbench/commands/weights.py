@@ -94,9 +94,15 @@ def register(app: typer.Typer) -> None:
             "location",
         ]
         typer.echo(_table(rows, cols))
+        from cxrbench.models.registry import RANDOM_ALIASES, RANDOM_NOTES
+
+        randoms = [{"init": f"random-{k}", "timm_model": v, "note": RANDOM_NOTES.get(k, "")}
+                   for k, v in RANDOM_ALIASES.items()]
+        table = _table(randoms, ["init", "timm_model", "note"])
+        typer.echo("\nRandom initializations (no weights to fetch):\n" + table)
         typer.echo(
-            "\nAlso: timm:<model>[.tag], hf-hub:<org>/<repo>, checkpoint:<path>, random-<arch> "
-            "(e.g. random-vit-base, random-dinov2-vitb14)."
+            "\nAlso: timm:<model>[.tag], hf-hub:<org>/<repo>, checkpoint:<path>, and random-<arch> for "
+            "any registered init or timm architecture (e.g. random-dinov2-vitb14)."
         )
 
     @group.command("fetch")

@@ -89,7 +89,7 @@ def _pairs(names: list[str], reference: str | None) -> list[tuple[str, str]]:
 
 def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], reference: str | None = None, *,
                         findings: list[str] | None = None, n_resamples: int = 1000, seed: int = 0,
-                        cluster: str = "image", alternative: str = "two-sided", family: str = "pair",
+                        cluster: str = "patient", alternative: str = "two-sided", family: str = "pair",
                         ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
     """Paired comparison of the AUROCs of several models' predictions on the same images.
 
@@ -241,9 +241,9 @@ def load_run_predictions(runs: list[str | os.PathLike], split: str = "test"
 def resample_settings(stored: Mapping[str, dict | None], seed: int | None = None,
                       n_resamples: int | None = None, cluster: str | None = None) -> dict[str, Any]:
     """Bootstrap seed, count and cluster: the command-line value, else the one stored with every
-    evaluation (they must agree), else the defaults (seed 0, 1000, image)."""
+    evaluation (they must agree), else the defaults of ``evaluate`` (seed 0, 1000, patient)."""
     given = {"seed": seed, "n_resamples": n_resamples, "cluster": cluster}
-    defaults = {"seed": 0, "n_resamples": 1000, "cluster": "image"}
+    defaults = {"seed": 0, "n_resamples": 1000, "cluster": "patient"}
     flags = {"seed": "--seed", "n_resamples": "--bootstrap", "cluster": "--cluster"}
     out: dict[str, Any] = {}
     for key in given:

@@ -100,12 +100,15 @@ def run_cache_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def check_recipe(meta: dict[str, Any], recipe: dict[str, Any], where: str) -> None:
-    """InputError when a cache's recipe differs from the one the model was trained with."""
-    trained = meta.get("recipe") or {}
-    for key in ("size", "resize", "equalize"):
+    """InputError when a cache's recipe differs from the one the model was trained with (a run
+    trained before the resampler was recorded used ``pil-box``)."""
+    trained = {"resample": "pil-box", **(meta.get("recipe") or {})}
+    recipe = {"resample": "pil-box", **recipe}
+    for key in ("size", "resize", "equalize", "resample"):
         if key in trained and trained[key] != recipe.get(key):
             raise InputError(f"the cache was prepared with {key}={recipe.get(key)!r} but the model was "
                              f"trained on {key}={trained[key]!r}", where=where,
                              fix=f"prepare the cache with --size {trained.get('size')} --resize "
                                  f"{trained.get('resize')} "
-                                 f"{'--equalize' if trained.get('equalize') else '--no-equalize'}")
+                                 f"{'--equalize' if trained.get('equalize') else '--no-equalize'} "
+                                 f"--resample {trained.get('resample')}")

@@ -64,23 +64,60 @@ def load_pixels(paths: list[Path], recipe: dict[str, Any]) -> np.ndarray:
     from cxrbench.cache.preprocess import preprocess
 
     size, resize, equalize = int(recipe["size"]), str(recipe["resize"]), bool(recipe["equalize"])
-    return np.stack([preprocess(read_image(p), size=size, resize=resize, equalize=equalize) for p in paths])
+    resample = str(recipe.get("resample", "pil-box"))  # runs trained before it was recorded: legacy
+    return np.stack([preprocess(read_image(p), size=size, resize=resize, equalize=equalize, resample=resample)
+                     for p in paths])
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
+
+
+def expand_inputs(items: list[str | os.PathLike]) -> list[Path]:
+    """Files, folders (every image file inside, recursively, sorted) and glob patterns -> files."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError("the folder holds no image file", where=text,
+                                 fix=f"give PNG/JPEG/DICOM files ({', '.join(IMAGE_SUFFIXES)}) "
+                                     "or another folder")
+            out += found
+        elif any(c in text for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
+                           if Path(p).is_file())
+            if not found:
+                raise InputError("the pattern matches no file", where=text, fix="check the pattern (quote it "
+                                 "so the shell does not expand it first)")
+            out += found
+        else:
+            out.append(path)
+    return out
 
 
 def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], batch_size: int = 16,
-                  device: str | torch.device | None = None) -> pd.DataFrame:
+                  device: str | torch.device | None = None, skip_bad: bool = False) -> pd.DataFrame:
     """One row per file: ``file``, ``p_<finding>`` (probability) for each finding and, when the run
     has thresholds from :func:`run_thresholds`, ``pred_<finding>`` (``positive``/``negative``, empty
     where the finding has no threshold) and ``threshold_<finding>``.
+
+    ``files`` may hold folders and glob patterns (:func:`expand_inputs`). A file that cannot be read
+    stops the batch with its name, or with ``skip_bad`` is left out and listed in
+    ``df.attrs["skipped"]`` (``[(file, reason), ...]``).
     """
     from cxrbench.common.distributed import resolve_device
     from cxrbench.data.augment import BatchTransform
     from cxrbench.evaluate.inference import load_run_model
 
-    paths = [Path(f) for f in files]
+    paths = expand_inputs(list(files))
     if not paths:
         raise InputError("no image files given", where="cxrbench predict",
-                         fix="pass one or more PNG/JPEG/DICOM files")
+                         fix="pass PNG/JPEG/DICOM files, folders or glob patterns")
     dev = resolve_device(device)
     model, meta = load_run_model(run_dir, dev)
     findings = list(meta["findings"])
@@ -90,17 +127,33 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
                          fix="re-train the run with this version of cxrbench")
     thresholds, _ = run_thresholds(run_dir, findings)
     tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
+    kept, pixels, skipped = [], [], []
+    for path in paths:
+        try:
+            pixels.append(load_pixels([path], recipe)[0])
+            kept.append(path)
+        except InputError as e:
+            if not skip_bad:
+                raise InputError(e.what, where=e.where or str(path),
+                                 fix="check the file, or pass --skip-bad to leave unreadable files out"
+                                 ) from None
+            skipped.append((str(path), e.what))
+    if not kept:
+        raise InputError(f"none of the {len(paths)} file(s) could be read (the first: {skipped[0][0]}: "
+                         f"{skipped[0][1]})", where="cxrbench predict", fix="check the files")
     probs = []
     with torch.no_grad():
-        for i in range(0, len(paths), batch_size):
-            x = torch.from_numpy(load_pixels(paths[i:i + batch_size], recipe)).to(dev)
+        for i in range(0, len(kept), batch_size):
+            x = torch.from_numpy(np.stack(pixels[i:i + batch_size])).to(dev)
             probs.append(torch.sigmoid(model(tf(x)).float()).cpu().numpy())
     p = np.concatenate(probs)
-    cols: dict[str, Any] = {"file": [str(f) for f in paths]}
+    cols: dict[str, Any] = {"file": [str(f) for f in kept]}
     cols.update({f"p_{f}": p[:, k] for k, f in enumerate(findings)})
     if thresholds is not None:
         for k, f in enumerate(findings):
             t = thresholds[f]  # None: no threshold (finding not estimable on validation)
             cols[f"pred_{f}"] = "" if t is None else np.where(p[:, k] >= t, "positive", "negative")
         cols.update({f"threshold_{f}": np.nan if thresholds[f] is None else thresholds[f] for f in findings})
-    return pd.DataFrame(cols)
+    df = pd.DataFrame(cols)
+    df.attrs["skipped"] = skipped
+    return df

@@ -69,23 +69,85 @@ def get_predictions(run_dir: str | os.PathLike, split: str, *, repredict: bool =
     return df, meta
 
 
+def analysis_settings(*, n_resamples: int, seed: int, cluster: str, ci_level: float, source: str,
+                      thresholds: float | Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The settings that decide a metrics.json's numbers (besides the predictions), comparable
+    between two evaluations: seed and cluster only matter when there are resamples."""
+    boot = int(n_resamples) > 0
+    fixed = thresholds if isinstance(thresholds, Mapping) else ({"*": thresholds} if thresholds is not None
+                                                                 else None)
+    return {"bootstrap": int(n_resamples), "seed": int(seed) if boot else None,
+            "cluster": cluster if boot else None, "ci": float(ci_level), "thresholds": source,
+            "fixed": {k: float(v) for k, v in sorted(fixed.items())} if source == "fixed" and fixed else None}
+
+
+def stored_settings(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`analysis_settings` of an existing metrics.json."""
+    boot = metrics.get("bootstrap") or {}
+    policy = metrics.get("threshold_policy") or {}
+    source = policy.get("source")
+    fixed = metrics.get("fixed_thresholds") if source == "fixed" else None
+    return analysis_settings(n_resamples=int(boot.get("n_resamples") or 0), seed=int(boot.get("seed") or 0),
+                             cluster=str(boot.get("cluster")), ci_level=float((metrics.get("ci") or {})
+                                                                               .get("level", 0.95)),
+                             source=str(source), thresholds=fixed)
+
+
+_FLAGS = {"bootstrap": "--bootstrap", "seed": "--seed", "cluster": "--cluster", "ci": "--ci",
+          "thresholds": "--threshold-from", "fixed": "--threshold"}
+
+
+def settings_conflict(path: Path, new: dict[str, Any]) -> InputError | None:
+    """The error to raise when ``path`` holds metrics computed with settings other than ``new``."""
+    try:
+        old = stored_settings(read_json(path))
+    except (InputError, ValueError, TypeError, AttributeError):
+        return None  # unreadable or not ours in shape: replaced like any stale output
+    differ = [k for k in new if old.get(k) != new.get(k)]
+    if not differ:
+        return None
+    change = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in differ)
+    keep = " ".join(f"{_FLAGS[k]} {old[k]}" for k in differ if k in ("bootstrap", "seed", "cluster", "ci")
+                    and old.get(k) is not None)
+    return InputError(f"it holds metrics computed with other settings ({change})", where=str(path),
+                      fix=(f"evaluate with the stored settings ({keep}), " if keep else "")
+                      + "write the new ones elsewhere with --out-json, or pass --overwrite to replace it")
+
+
+ON_CONFLICT = ("refuse", "overwrite", "keep")
+
+
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples: int = 1000, seed: int = 0,
-                 cluster: str = "image", threshold_from: str | None = None,
+                 cluster: str = "patient", threshold_from: str | None = None,
                  thresholds: float | Mapping[str, float] | None = None, ci_level: float = 0.95,
                  repredict: bool = False, predict_fn: PredictFn | None = None,
                  predict_kwargs: Mapping[str, Any] | None = None,
-                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> dict:
+                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES, on_conflict: str = "refuse") -> dict:
     """Predict (when needed), evaluate and write ``RUN/eval/SPLIT/{predictions.parquet,metrics.json}``.
 
     Every input is checked and every number computed before anything is written, and each file is
-    replaced atomically, so a failed evaluation never damages an earlier one. Returns the metrics dict.
+    replaced atomically, so a failed evaluation never damages an earlier one. An existing
+    metrics.json computed with other settings (bootstrap count, seed, cluster, CI level, threshold
+    policy) is, by ``on_conflict``: ``"refuse"`` (an error naming the settings), ``"overwrite"``
+    (replaced) or ``"keep"`` (left as it is; the metrics are only returned). Returns the metrics
+    dict, with ``"written"``: whether metrics.json was written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError("run folder not found", where=str(run_dir),
                          fix="give the folder made by `cxrbench train`")
     check_choice("--split", split, ("train", "val", "test"))
+    check_choice("--cluster", cluster, bs.CLUSTERS)
+    check_choice("on_conflict", on_conflict, ON_CONFLICT)
     source = threshold_source(threshold_from, thresholds)
+    metrics_path = eval_dir(run_dir, split) / METRICS_FILE
+    conflict = None
+    if on_conflict != "overwrite" and metrics_path.is_file():
+        conflict = settings_conflict(metrics_path, analysis_settings(
+            n_resamples=n_resamples, seed=seed, cluster=cluster, ci_level=ci_level, source=source,
+            thresholds=thresholds))
+        if conflict is not None and on_conflict == "refuse":
+            raise conflict
     test_df, test_meta = get_predictions(run_dir, split, repredict=repredict, predict_fn=predict_fn,
                                          predict_kwargs=predict_kwargs)
     test_ps = PredictionSet.from_frame(test_df, where=f"{split} predictions of {run_dir}")
@@ -110,8 +172,13 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
     result = {"run": str(run_dir), "split": split, **result,
               "predictions_sha256": file_sha256(out_dir / PREDICTIONS_FILE),
               "provenance": provenance()}
-    atomic_write_json(out_dir / METRICS_FILE, result)  # json_safe: NaN -> null, inf -> "inf"
-    return result
+    if source == "fixed":
+        result["fixed_thresholds"] = analysis_settings(n_resamples=0, seed=0, cluster=cluster,
+                                                       ci_level=ci_level, source=source,
+                                                       thresholds=thresholds)["fixed"]
+    if conflict is None:
+        atomic_write_json(metrics_path, result)  # json_safe: NaN -> null, inf -> "inf"
+    return {**result, "written": conflict is None}
 
 
 def read_metrics(path: str | os.PathLike) -> dict:

@@ -105,7 +105,7 @@ def _val_thresholds(test: PredictionSet, val: PredictionSet | None) -> tuple[np.
 
 def evaluate_predictions(test: pd.DataFrame | PredictionSet,
                          val: pd.DataFrame | PredictionSet | None = None, *,
-                         n_resamples: int = 1000, seed: int = 0, cluster: str = "image",
+                         n_resamples: int = 1000, seed: int = 0, cluster: str = "patient",
                          threshold_from: str | None = None,
                          thresholds: float | Mapping[str, float] | None = None,
                          ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> dict:

@@ -21,7 +21,7 @@ from cxrbench.common.provenance import provenance
 from cxrbench.index.schema import write_index
 from cxrbench.index.sources import get_source
 from cxrbench.index.sources.base import IndexOptions, finalize
-from cxrbench.index.sources.files import check_image_files
+from cxrbench.index.sources.files import check_image_files, found_info, missing_images, scan_images
 
 report_path = index_report_path  # where the report of an index lives (older name)
 
@@ -59,13 +59,22 @@ def build_index(
             raise InputError(f"{name} file not found", where=str(value), fix="check the path")
     data = adapter(root, opts)
     df, findings, report = finalize(data, opts)
+    located = df.attrs.pop("image_found", None)  # the adapter listed the image folders already
     if opts.check_files or opts.drop_missing:
-        keep, checked = check_image_files(root, df["path"], drop=opts.drop_missing, quiet=quiet)
+        keep, checked = check_image_files(root, df["path"], drop=opts.drop_missing, quiet=quiet,
+                                          found=located)
         report["images"] = {**report.get("images", {}), **checked}
         if not keep.all():
+            report.setdefault("dropped", {})["missing_images"] = int((~keep).sum())
             df = df.loc[keep].reset_index(drop=True)
             if df.empty:
                 raise InputError("no image file found under --root", where=str(root), fix="check --root")
+    else:  # the fast check, on by default: missing images are found now, not after minutes of decoding
+        found, checked = scan_images(root, df["path"]) if located is None else found_info(df["path"], located)
+        report["images"] = {**report.get("images", {}), **checked}
+        if found is not None and not found.all():
+            what, fix = missing_images(int((~found).sum()), len(df), root, checked)
+            report.setdefault("warnings", []).append(f"{what}; {fix}")
     report = {
         "dataset": data.dataset,
         "root": str(root),

@@ -149,6 +149,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [head]
     if summary.get("incomplete"):
         lines.append("warning: cache has no manifest.json (incomplete)")
+    lines += list(summary.get("notes") or [])  # e.g. what a cache's manifest says (cache.read)
     if summary.get("report_stale"):
         lines.append("warning: the report beside the index belongs to another version of the index")
     if summary.get("leaking_patients"):
@@ -180,13 +181,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{a['negative']:,}",
                 f"{a['unknown']:,}",
                 _pct(a["prevalence"]),
-                *(_pct(c[s]["prevalence"]) for s in splits),
+                *(f"{c[s]['positive']:,}/{c[s]['negative']:,}/{c[s]['unknown']:,}" for s in splits),
             ]
         )
     if rows:
         lines += [
             "",
-            *_table(["finding", "pos", "neg", "unknown", "prev", *(f"prev {s}" for s in splits)], rows),
+            *_table(["finding", "pos", "neg", "unknown", "prev", *(f"{s} pos/neg/unk" for s in splits)],
+                    rows),
         ]
     if "sex" in summary:
         lines += ["", "sex: " + ", ".join(f"{k} {v:,}" for k, v in summary["sex"].items())]

@@ -6,10 +6,19 @@ in [0, 1), so the same patient lands in the same split on every machine, whateve
 the other patients.
 
 - ``hash`` mode: ``u < train`` -> train, ``u < train + val`` -> val, else test (default 70/10/20).
+- ``stratified`` mode: the same shares, but every finding's positive patients are balanced across
+  the splits (multi-label iterative stratification over patients, Sechidis et al. 2011): findings are
+  taken rarest first; a finding's not yet placed positive patients (in ``u`` order) are shared out so
+  that each split's remaining demand for that finding is met as closely as possible (a finding with
+  at least as many such patients as splits first gives every split one, so no split is left without
+  positives of it); patients with no positive label fill the splits' remaining sizes last.
+  Deterministic from ``split_seed``,
+  independent of the row order, vectorized per finding.
 - ``official`` mode: the release's split; a split the release lacks (NIH and VinDr have no val,
-  CheXpert without CheXlocalize has no test) is carved by patient from the official train split with
-  the same ``u`` and the fractions renormalized over train and the missing splits (val = 10/80 of the
-  train patients by default). A release without any split (PadChest, VinBigData) gets the hash split.
+  CheXpert without CheXlocalize has no test) is carved by patient from the official train split
+  (``carve``: ``stratified``, the default, or ``hash``) with the fractions renormalized over train and
+  the missing splits (val = 10/80 of the train patients by default). A release without any split
+  (PadChest, VinBigData) gets the ``carve`` method's split of everything.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ __all__ = [
     "check_leakage",
     "hash_split",
     "parse_fractions",
+    "stratified_split",
     "unit_hash",
 ]
 
@@ -89,23 +99,125 @@ def hash_split(
     return _cut(_by_patient(patient_ids, seed), SPLITS, fractions)
 
 
+def stratified_split(patient_ids: pd.Series, labels: np.ndarray | None, seed: int = 0,
+                     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                     names: Sequence[str] = SPLITS) -> np.ndarray:
+    """Split name per row: patients shared out by multi-label iterative stratification (see the
+    module docstring). ``labels`` is float (n_rows, K) with 1 = positive (NaN/0 otherwise); a
+    patient is positive for a finding when any of its images is. Splits with a zero share get none."""
+    codes, uniques = pd.factorize(patient_ids.astype(str), sort=False)
+    n_pat = len(uniques)
+    shares = np.asarray(fractions, dtype=np.float64) / float(sum(fractions))
+    live = shares > 0
+    y = np.zeros((n_pat, 0), dtype=bool)
+    if labels is not None and labels.size:
+        pos = np.nan_to_num(np.asarray(labels, dtype=np.float32), nan=0.0) == 1
+        y = np.column_stack([np.bincount(codes, weights=pos[:, k], minlength=n_pat) > 0
+                             for k in range(pos.shape[1])]) if pos.shape[1] else np.zeros((n_pat, 0), bool)
+    order = np.argsort(unit_hash(np.asarray(uniques, dtype=object), seed), kind="stable")
+    y = y[order]  # patients in seeded-hash order: placement never depends on the row order
+    demand = shares[:, None] * y.sum(axis=0)[None, :]  # (S, K) positives each split still wants
+    size = shares * n_pat  # patients each split still wants
+    split_of = np.full(n_pat, -1, dtype=np.int64)
+    todo = np.array(y, order="F")  # a copy, columns contiguous: one finding's patients at a time
+    counts = todo.sum(axis=0).astype(np.int64)  # positives not yet placed, kept up to date
+    while counts.any():
+        k = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        members = np.flatnonzero(todo[:, k])
+        take = _water_fill(demand[:, k], size, len(members), live, floor=len(members) >= live.sum())
+        _place(members, take, split_of, y, demand, size)
+        counts -= todo[members].sum(axis=0)
+        todo[members] = False
+    rest = np.flatnonzero(split_of < 0)
+    _place(rest, _water_fill(size, size, len(rest), live), split_of, y, demand, size)
+    _fill_empty(split_of, y, live)
+    per_patient = np.empty(n_pat, dtype=np.int64)
+    per_patient[order] = split_of
+    return np.asarray(names, dtype=object)[per_patient[codes]]
+
+
+def _fill_empty(split_of: np.ndarray, y: np.ndarray, live: np.ndarray) -> None:
+    """On very small data a wanted split can end up empty: move it one patient from the largest
+    split (the one with the fewest positive findings, first in seeded order), while patients last."""
+    for s in np.flatnonzero(live):
+        sizes = np.bincount(split_of, minlength=len(live))
+        if sizes[s] or sizes.max() <= 1:
+            continue
+        donor = int(np.argmax(sizes))
+        candidates = np.flatnonzero(split_of == donor)
+        pick = candidates[int(np.argmin(y[candidates].sum(axis=1)))]  # the first of the fewest
+        split_of[pick] = s
+
+
+def _place(members: np.ndarray, take: np.ndarray, split_of: np.ndarray, y: np.ndarray,
+           demand: np.ndarray, size: np.ndarray) -> None:
+    start = 0
+    for s, n in enumerate(take):
+        chosen = members[start:start + n]
+        split_of[chosen] = s
+        demand[s] -= y[chosen].sum(axis=0)
+        size[s] -= n
+        start += n
+
+
+def _water_fill(want: np.ndarray, size: np.ndarray, m: int, live: np.ndarray,
+                floor: bool = False) -> np.ndarray:
+    """Integers ``n >= 0`` summing to ``m`` that leave ``want - n`` as level as possible over the live
+    splits: what handing the items out one by one to the split that wants most would give (ties by
+    the split's remaining size, then its position). With ``floor`` (``m`` at least the number of
+    live splits) every live split first gets one: a finding with as many positive patients as
+    splits never leaves a split without positives (its AUROC there would be undefined)."""
+    idx = np.flatnonzero(live)
+    if floor and m >= len(idx) > 0:
+        one = np.zeros(len(want), dtype=np.int64)
+        one[idx] = 1
+        return one + _water_fill(want - one, size, m - len(idx), live)
+    d = want[idx].astype(np.float64)
+    if m == 0 or not len(idx):
+        return np.zeros(len(want), dtype=np.int64)
+    srt = np.sort(d)[::-1]
+    level = srt[0] - m  # one split takes everything
+    for j in range(1, len(srt) + 1):
+        cand = (srt[:j].sum() - m) / j
+        if j == len(srt) or cand >= srt[j]:
+            level = cand
+            break
+    real = np.clip(d - level, 0.0, None)
+    real *= m / real.sum() if real.sum() > 0 else 0.0
+    n = np.floor(real).astype(np.int64)
+    rest = m - int(n.sum())
+    if rest:
+        key = np.lexsort((np.arange(len(idx)), -size[idx], -(real - n)))
+        n[key[:rest]] += 1
+    out = np.zeros(len(want), dtype=np.int64)
+    out[idx] = n
+    return out
+
+
 def assign_splits(
     patient_ids: pd.Series,
     official: pd.Series | None = None,
     mode: str = "official",
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    labels: np.ndarray | None = None,
+    carve: str = "stratified",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Split per row and a description for the report (method, seed, fractions, carved splits).
 
     ``official`` holds train/val/test or missing per row; it is used in ``official`` mode when it
-    has any value (a row without one is an error there). Otherwise the hash split applies.
+    has any value (a row without one is an error there). Splits that are made (``hash`` or
+    ``stratified`` mode, a release without a split, the splits carved from an official train split)
+    use ``mode`` when it names a method, else ``carve``; ``labels`` (float (n, K), 1 = positive) is
+    what a stratified split balances.
     """
     info: dict[str, Any] = {"seed": int(seed), "fractions": [round(f, 6) for f in fractions]}
+    method = mode if mode in ("hash", "stratified") else carve
+    info["stratified"] = method == "stratified"
     has_official = official is not None and official.notna().any()
-    if mode == "hash" or not has_official:
-        info["method"] = "hash" if mode == "hash" else "hash (the release has no official split)"
-        return hash_split(patient_ids, seed, fractions), info
+    if mode in ("hash", "stratified") or not has_official:
+        info["method"] = method if mode != "official" else f"{method} (the release has no official split)"
+        return _made(patient_ids, labels, seed, fractions, SPLITS, method), info
     off = official.to_numpy(dtype=object)
     missing_rows = pd.isna(off)
     if missing_rows.any():
@@ -120,18 +232,26 @@ def assign_splits(
         info["method"] = "official"
         return off, info
     absent = [s for s in SPLITS if s not in present]
-    info["method"] = "official" + (f" + {'/'.join(absent)} carved by patient from train" if absent else "")
+    info["method"] = "official" + (f" + {'/'.join(absent)} carved ({method}) by patient from train"
+                                   if absent else "")
     if absent:
         names = ["train", *absent]
         shares = [fractions[SPLITS.index(n)] for n in names]
         if sum(shares[1:]) > 0:
             train = off == "train"
-            u = _by_patient(patient_ids[train], seed)
-            # the same u as the hash split, rescaled: a patient keeps its relative position
+            sub = None if labels is None else np.asarray(labels)[train]
             off = off.copy()
-            off[train] = _cut(u, names, shares)
+            off[train] = _made(patient_ids[train], sub, seed, shares, names, method)
         info["carved"] = absent
     return off, info
+
+
+def _made(patient_ids: pd.Series, labels: np.ndarray | None, seed: int, fractions: Sequence[float],
+          names: Sequence[str], method: str) -> np.ndarray:
+    if method == "stratified":
+        return stratified_split(patient_ids, labels, seed, fractions, names)
+    # the hash rule: a patient keeps its relative position whatever the other patients
+    return _cut(_by_patient(patient_ids, seed), names, fractions)
 
 
 def leaking_patients(patient_ids: pd.Series, splits: pd.Series) -> int:

@@ -212,6 +212,15 @@ RANDOM_ALIASES: Mapping[str, str] = {
 }
 """Short names accepted after ``random-``."""
 
+RANDOM_NOTES: Mapping[str, str] = {
+    "vit-tiny": "ViT-Ti/16, 5.7M parameters: trains on a CPU",
+    "vit-small": "ViT-S/16, 22M",
+    "vit-base": "ViT-B/16, 86M: the study's architecture",
+    "vit-test": "0.3M parameters, 6 blocks of width 64: seconds on a CPU (tests, demos)",
+    "convnext-test": "0.4M parameters: tests",
+}
+"""What each random alias is, for ``cxrbench weights list``."""
+
 
 def list_inits(pattern: str | None = None) -> list[str]:
     """Registered init names, optionally filtered by a shell wildcard (``'dinov2*'``)."""

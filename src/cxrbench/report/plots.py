@@ -90,8 +90,23 @@ def roc_figure(res: StudyResults, dataset: str, recipe: str, seed: int, max_cols
     return _png(fig)
 
 
+NOT_SIGNIFICANT = "#b0b0b0"
+
+
+def significant(res: StudyResults, row: dict) -> bool:
+    """Whether a difference row is significant after adjustment (BH-adjusted p < alpha)."""
+    p = row.get("p_adjusted")
+    try:
+        return p is not None and bool(np.isfinite(float(p))) and float(p) < res.alpha
+    except (TypeError, ValueError):
+        return False
+
+
 def forest_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
-    """AUROC differences versus the reference with CIs: the mean per dataset, then each finding."""
+    """AUROC differences versus the reference with CIs: the mean per dataset, then each finding.
+
+    Only significant differences (BH-adjusted p < alpha) are drawn in their init's colour, filled;
+    the others are grey and open, so colour means "significant"."""
     t = res.table
     if res.reference is None or "diff_vs_reference" not in t.columns:
         return None
@@ -133,18 +148,22 @@ def forest_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
             xerr = None
             if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
                 xerr = [[max(d - float(lo), 0)], [max(float(hi) - d, 0)]]
+            sig = significant(res, r)
             ax.errorbar(
                 [d],
                 [y + dy],
                 xerr=xerr,
                 fmt="D" if is_mean else "o",
                 ms=5 if is_mean else 3.5,
-                color=colour(res, i),
+                color=colour(res, i) if sig else NOT_SIGNIFICANT,
+                mfc=colour(res, i) if sig else "white",
                 elinewidth=1.6 if is_mean else 1.0,
                 capsize=2,
             )
     for i in others:
-        ax.plot([], [], "o", color=colour(res, i), label=f"{i} - {res.reference}")
+        ax.plot([], [], "o", color=colour(res, i), label=f"{i} - {res.reference} (significant)")
+    ax.plot([], [], "o", color=NOT_SIGNIFICANT, mfc="white",
+            label=f"not significant (BH p \u2265 {res.alpha:g})")
     ax.axvline(0, color="#444444", lw=0.9)
     ax.set_yticks(ys, labels, fontsize=7.5)
     for lab in ax.get_yticklabels():
@@ -156,7 +175,7 @@ def forest_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
     )
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", color="#dddddd", lw=0.6)
-    fig.legend(loc="outside lower center", ncols=min(len(others), 4), fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncols=min(len(others) + 1, 3), fontsize=8, frameon=False)
     return _png(fig)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.report.protocol import Protocol
 from cxrbench.stats.significance import benjamini_hochberg
 
 MEAN = "mean"
@@ -81,7 +82,7 @@ class StudyResults:
         summaries: ``dataset, split, images, patients`` per split.
         prevalence: ``dataset, split, finding, n, n_positive, prevalence``.
         provenance: versions, git commit, config hash, weight hashes, bootstrap settings...
-        protocol: evaluation/training settings quoted in the methods text.
+        protocol: what was done, read back from the output files (the Methods text).
         missing: results that are not (yet) available (step ids or sentences).
         notes: remarks shown under the main table.
     """
@@ -105,7 +106,7 @@ class StudyResults:
     summaries: pd.DataFrame = field(default_factory=pd.DataFrame)
     prevalence: pd.DataFrame = field(default_factory=pd.DataFrame)
     provenance: dict[str, Any] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

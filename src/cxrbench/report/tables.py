@@ -166,14 +166,73 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
     return Table(title, header, rows, notes, css="main")
 
 
+MIN_POSITIVES = 10  # fewer labelled positives (or negatives) of a finding: a small-sample mark
+SMALL = "\u2020"  # the mark on a small-sample or boundary-CI cell
+
+
+def _counts(rows: list[dict | None]) -> tuple[int, int] | None:
+    """(labelled images, positives) of a finding: the same for every init (one test split)."""
+    for r in rows:
+        if r is None:
+            continue
+        n, pos = r.get("n"), r.get("n_positive")
+        if n is not None and pos is not None and np.isfinite(float(n)) and np.isfinite(float(pos)):
+            return int(n), int(pos)
+    return None
+
+
+def small_sample_reasons(row: dict | None, counts: tuple[int, int] | None) -> list[str]:
+    """Why an AUROC cell deserves caution: few positives/negatives, or a CI touching 0 or 1."""
+    out = []
+    if counts is not None:
+        n, pos = counts
+        if pos < MIN_POSITIVES:
+            out.append(f"{pos} positive test image(s), fewer than {MIN_POSITIVES}")
+        if n - pos < MIN_POSITIVES:
+            out.append(f"{n - pos} negative test image(s), fewer than {MIN_POSITIVES}")
+    if row is not None:
+        lo, hi = row.get("auroc_lo"), row.get("auroc_hi")
+        if lo is not None and np.isfinite(float(lo)) and round(float(lo), 3) <= 0.0:
+            out.append("its CI reaches 0")
+        if hi is not None and np.isfinite(float(hi)) and round(float(hi), 3) >= 1.0:
+            out.append("its CI reaches 1 (the bootstrap cannot show the uncertainty above)")
+    return out
+
+
+def _mark_small(cell: Cell, reasons: list[str]) -> Cell:
+    if not reasons:
+        return cell
+    title = "; ".join(reasons) + (f" | {cell.title}" if cell.title else "")
+    return Cell(cell.text + f" {SMALL}", cell.style, title)
+
+
+def small_sample_warnings(res: StudyResults, dataset: str, recipe: str, seed: int) -> list[str]:
+    """One line per finding whose test counts are small, and per AUROC whose CI touches 0 or 1."""
+    t = _select(res, recipe, seed)
+    look = _lookup(t[t["dataset"] == dataset])
+    lines = []
+    for f in res.findings_of(dataset):
+        rows = [look.get((dataset, i, f)) for i in res.inits]
+        counts = _counts(rows)
+        few = small_sample_reasons(None, counts)
+        if few:
+            lines.append(f"{f}: {' and '.join(few)}; its AUROC and CI are unreliable")
+        edge = [i for i, r in zip(res.inits, rows, strict=True)
+                if r is not None and small_sample_reasons(r, None)]
+        if edge:
+            lines.append(f"{f}: the CI of {', '.join(edge)} reaches 0 or 1; read it as a lower bound on "
+                         "the uncertainty")
+    return lines
+
+
 def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Table:
-    """Per-finding AUROC (CI) per init; p vs the reference (raw and BH over the findings)."""
+    """Per-finding AUROC (CI) per init, the finding's labelled test images (positives / negatives),
+    small-sample marks, and p vs the reference (raw and BH over the findings)."""
     t = _select(res, recipe, seed)
     t = t[t["dataset"] == dataset]
     look = _lookup(t)
-    prev = _prevalence_lookup(res, dataset)
     others = [i for i in res.inits if i != res.reference] if res.reference else []
-    header = ["finding", "test prevalence"] + [_init_header(res, i) for i in res.inits]
+    header = ["finding", "test images\n(pos / neg)"] + [_init_header(res, i) for i in res.inits]
     header += [f"p {i}\nvs {res.reference} (BH)" for i in others]
     rows = []
     for f in [*res.findings_of(dataset), MEAN]:
@@ -187,9 +246,16 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Ta
             for c in cells
         ]
         top = max(vals)
-        row = [Cell(f, "mean" if f == MEAN else ""), Cell(prev.get(f, ""))]
+        counts = _counts(cells)
+        if f == MEAN:
+            n_text = next((f"{int(c['n']):,}" for c in cells if c is not None and c.get("n") is not None
+                           and np.isfinite(float(c["n"]))), "")
+        else:
+            n_text = f"{counts[0]:,} ({counts[1]:,} / {counts[0] - counts[1]:,})" if counts else ""
+        row = [Cell(f, "mean" if f == MEAN else ""), Cell(n_text)]
         row += [
-            _auroc_cell(res, c, v == top and v >= 0, i == res.reference)
+            _mark_small(_auroc_cell(res, c, v == top and v >= 0, i == res.reference),
+                        small_sample_reasons(c, counts if f != MEAN else None))
             for c, v, i in zip(cells, vals, res.inits, strict=True)
         ]
         for i in others:
@@ -205,15 +271,46 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Ta
                     )
                 )
         rows.append(row)
-    notes = (
-        [
+    notes = [
+        "Test images: those labelled for the finding (unknown labels left out), the n of its AUROC; "
+        f"{SMALL}: fewer than {MIN_POSITIVES} positives or negatives, or a CI reaching 0 or 1 (see below)."
+    ]
+    if others:
+        notes.append(
             "p: paired test versus the reference on the same bootstrap resamples; in brackets "
             "Benjamini-Hochberg-adjusted over the findings of this dataset (mean row: over the main table)."
-        ]
-        if others
-        else []
-    )
+        )
     return Table(f"{dataset}: AUROC per finding", header, rows, notes)
+
+
+_THRESHOLD_WORDS = {"val": "the validation split's Youden threshold",
+                    "test": "the test split's own Youden threshold (optimistic)",
+                    "fixed": "the fixed threshold"}
+
+
+def operating_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Table | None:
+    """Sensitivity / specificity per finding and init at the evaluation's threshold."""
+    t = _select(res, recipe, seed)
+    t = t[t["dataset"] == dataset]
+    if "sensitivity" not in t.columns or t["sensitivity"].isna().all():
+        return None
+    look = _lookup(t)
+    rows = []
+    for f in [*res.findings_of(dataset), MEAN]:
+        cells = [look.get((dataset, i, f)) for i in res.inits]
+        if all(c is None for c in cells):
+            continue
+        row = [Cell(f, "mean" if f == MEAN else "")]
+        for c in cells:
+            sens, spec = (_f(c.get("sensitivity"), 2), _f(c.get("specificity"), 2)) if c else (NA, NA)
+            row.append(Cell(NA, "muted") if sens == NA and spec == NA else Cell(f"{sens} / {spec}"))
+        rows.append(row)
+    ev = res.protocol.evaluation
+    where = " or ".join(_THRESHOLD_WORDS.get(x, x) for x in (ev.threshold if ev else ("val",)))
+    return Table(f"{dataset}: sensitivity / specificity at {where}",
+                 ["finding"] + [_init_header(res, i) for i in res.inits], rows,
+                 ["Point estimates on the test split (their bootstrap CIs are in each run's metrics.json); "
+                  "mean row: the mean over findings."])
 
 
 def _sig_style(row: dict, alpha: float) -> str:
@@ -221,18 +318,6 @@ def _sig_style(row: dict, alpha: float) -> str:
         return ""
     d = row.get("diff_vs_reference")
     return "sigworse" if d is not None and float(d) < 0 else "sig"
-
-
-def _prevalence_lookup(res: StudyResults, dataset: str) -> dict[str, str]:
-    p = res.prevalence
-    if p.empty:
-        return {}
-    p = p[(p["dataset"] == dataset) & (p["split"] == "test")]
-    return {
-        r["finding"]: f"{100 * r['prevalence']:.1f}% ({int(r['n_positive'])})"
-        for r in p.to_dict(orient="records")
-        if r["n"]
-    }
 
 
 def pairs_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Table | None:

@@ -1,4 +1,4 @@
-"""Sentences of the report: the one-paragraph summary and a methods paragraph to adapt for a paper."""
+"""The report's one-paragraph summary (the Methods section is :mod:`cxrbench.report.methods`)."""
 
 from __future__ import annotations
 
@@ -44,82 +44,3 @@ def summary_sentences(res: StudyResults, recipe: str, seed: int) -> list[str]:
                     f"of {tested} dataset(s) (BH-adjusted p < {res.alpha:g})."
                 )
     return out
-
-
-def methods_text(res: StudyResults) -> list[str]:
-    """A methods paragraph generated from the protocol actually run (edit before publishing)."""
-    p = res.protocol or {}
-    tr, ev, cmp, pre = (
-        p.get("train") or {},
-        p.get("evaluation") or {},
-        p.get("comparisons") or {},
-        p.get("preprocess") or {},
-    )
-    paras = []
-    if pre:
-        recs = "; ".join(
-            f"{k}: {v.get('size')} px, {v.get('resize')}, "
-            f"{'histogram-equalized' if v.get('equalize') else 'no equalization'}"
-            for k, v in pre.items()
-        )
-        paras.append(
-            f"Images were converted to 8-bit grayscale and resized offline ({recs}); at training time "
-            "the gray image was repeated to three channels and normalized with the statistics of each "
-            "initialization's pretraining."
-        )
-    if tr:
-        aug = []
-        if tr.get("augment", True):
-            if tr.get("hflip"):
-                aug.append(f"horizontal flips (p = {tr.get('hflip')})")
-            if tr.get("rotate"):
-                aug.append(f"rotations up to {tr.get('rotate')} degrees")
-        names = ", ".join(f"{k} ({v})" for k, v in res.init_names.items()) or ", ".join(res.inits)
-        paras.append(
-            f"Every network was fine-tuned end to end from each initialization ({names}) for multi-label "
-            f"classification with binary cross-entropy (per-finding positive weights: "
-            f"{'yes' if tr.get('pos_weight', True) else 'no'}), AdamW (learning rate {tr.get('lr')}, "
-            f"weight decay {tr.get('weight_decay')}), batch size {tr.get('batch_size')}, "
-            f"up to {tr.get('epochs')} epochs"
-            + (
-                f" with early stopping after {tr.get('patience')} epochs without improvement"
-                if tr.get("patience")
-                else ""
-            )
-            + (f", augmentation by {' and '.join(aug)}" if aug else "")
-            + ". The checkpoint with the highest mean validation AUROC was kept; the test split was used "
-            "only for the final evaluation."
-        )
-    if ev:
-        thr = {
-            "val": "chosen on the validation split by Youden's J",
-            "test": "chosen on the test split by Youden's J (as in the reference code; optimistic)",
-            "fixed": f"fixed at {ev.get('fixed_threshold')}",
-        }.get(ev.get("threshold"), "")
-        paras.append(
-            f"Performance on the {ev.get('split', 'test')} split is reported as AUROC per finding and as "
-            f"the mean over findings, with {int(round(100 * float(ev.get('ci', res.ci_level))))}% "
-            f"percentile confidence intervals from {ev.get('bootstrap')} bootstrap resamples drawn by "
-            f"{ev.get('cluster')} (seed {ev.get('seed')}); the same resamples were used for every model, "
-            "so comparisons are paired. "
-            f"Thresholds for sensitivity, specificity, accuracy and F1 were {thr}."
-        )
-    if cmp:
-        ref = cmp.get("reference")
-        who = f"each initialization with {ref}" if ref else "every pair of initializations"
-        alt = (
-            "one-sided (the first better than the second)"
-            if cmp.get("alternative") == "greater"
-            else "two-sided"
-        )
-        fdr = (
-            "p-values were adjusted with the Benjamini-Hochberg procedure over the findings of each dataset "
-            "(and, for the mean AUROC, over every dataset and initialization of the main table)"
-            if cmp.get("fdr", "bh") == "bh"
-            else "p-values were not adjusted for multiple testing"
-        )
-        paras.append(
-            f"We compared {who} with a {alt} paired bootstrap test on the AUROC difference "
-            f"(DeLong's test reported alongside); {fdr}; significance level {cmp.get('alpha', res.alpha)}."
-        )
-    return paras

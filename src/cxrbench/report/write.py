@@ -15,8 +15,9 @@ from cxrbench.common.provenance import now_iso
 from cxrbench.report import html as H
 from cxrbench.report import markdown as M
 from cxrbench.report import plots, tables
+from cxrbench.report.methods import methods_text
 from cxrbench.report.results import StudyResults
-from cxrbench.report.text import methods_text, summary_sentences
+from cxrbench.report.text import summary_sentences
 
 
 def _suffix(res: StudyResults, recipe: str, seed: int) -> str:
@@ -73,7 +74,8 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
         png, path = fig(f"forest{sfx}.png", plots.forest_figure(res, recipe, seed))
         cap = (
             f"AUROC difference of each initialization versus {res.reference} with "
-            f"{int(round(100 * res.ci_level))}% paired-bootstrap CI: mean (diamonds) and per finding."
+            f"{int(round(100 * res.ci_level))}% paired-bootstrap CI: mean (diamonds) and per finding; "
+            "coloured and filled only where significant after Benjamini-Hochberg adjustment."
         )
         html_parts.append(H.figure_html(png, cap, "forest plot"))
         md_parts.append(M.figure_md(path, cap))
@@ -87,6 +89,15 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
             ft = tables.finding_table(res, d, recipe, seed)
             html_parts.append(H.table_html(ft))
             md_parts.append(M.table_md(ft))
+            small = tables.small_sample_warnings(res, d, recipe, seed)
+            if small:
+                html_parts.append('<div class="banner warn"><b>Small samples.</b><ul>'
+                                  + "".join(f"<li>{H.esc(w)}</li>" for w in small) + "</ul></div>")
+                md_parts.append("> **Small samples.**\n" + "".join(f"> - {w}\n" for w in small))
+            ot = tables.operating_table(res, d, recipe, seed)
+            if ot is not None:
+                html_parts.append(H.table_html(ot))
+                md_parts.append(M.table_md(ot, bold_best=False))
             pt = tables.pairs_table(res, d, recipe, seed)
             html_parts.append(H.table_html(pt))
             md_parts.append(M.table_md(pt))

@@ -27,8 +27,37 @@ DOMAIN_PREFIX = "domain:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# json_schema_extra of a field added after the study format was fixed: hashed only when not at its default
+ADDED_LATER = {"added_later": True}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def stable_dump(model: BaseModel) -> Any:
+    """``model.model_dump(mode="json")`` without the ADDED_LATER fields left at their default
+    (recursively): what hashes see, stable across cxrbench versions."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("added_later") and value == info.get_default(call_default_factory=True):
+            continue
+        out[name] = _dump_value(value)
+    return out
+
+
+def _dump_value(value: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    if isinstance(value, BaseModel):
+        return stable_dump(value)
+    if isinstance(value, dict):
+        return {k: _dump_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_dump_value(v) for v in value]
+    return TypeAdapter(type(value)).dump_python(value, mode="json") if value is not None else None
 
 
 class PhantomSpec(_Strict):
@@ -121,6 +150,15 @@ class RecipeSpec(_Strict):
     size: int = Field(224, ge=16, le=4096, description="square side, px")
     resize: Literal["stretch", "pad", "crop"] = "stretch"
     equalize: bool = Field(True, description="histogram equalization")
+    resample: Literal["area", "pil-box"] | None = Field(
+        None, description="shrinking resampler: area (exact, the default for new caches) or pil-box (the "
+        "legacy one); set it to rebuild a cache made by the other one (hashed only when set)",
+        json_schema_extra=ADDED_LATER)
+
+    def step_config(self) -> dict[str, Any]:
+        """What a cache step hashes: the recipe, ``resample`` only when set (so the keys of studies
+        made before it existed do not move)."""
+        return stable_dump(self)
 
 
 class InitSpec(_Strict):
@@ -316,8 +354,10 @@ class StudyConfig(_Strict):
         return [(e.train, t, e.inits) for e in self.external for t in e.test if t != e.train]
 
     def config_hash(self) -> str:
-        """Content hash of the validated config (what the report calls the config hash)."""
-        return stable_hash(self.model_dump(mode="json"))
+        """Content hash of the validated config (what the report calls the config hash). Keys added
+        after a study format was fixed (marked ``ADDED_LATER``) count only when set, so the hash of
+        a study made before them does not move."""
+        return stable_hash(stable_dump(self))
 
 
 class LoadedStudy(BaseModel):

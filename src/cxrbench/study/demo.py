@@ -119,9 +119,9 @@ def run_demo(
     out = Path(out).resolve()
     cfg, skipped = demo_config(tiny=tiny, optional=optional)
     path = out / "demo.yaml"
-    text = DEMO_HEADER + "; rerun with: cxrbench study run demo.yaml\n" + yaml.safe_dump(
-        cfg, sort_keys=False
-    )
+    # `out: .` makes the file name its own folder: `cxrbench study run OUT/demo.yaml` finds every step done
+    cfg = {"name": cfg.pop("name"), "out": ".", **cfg}
+    text = DEMO_HEADER + f"; rerun with: cxrbench study run {path}\n" + yaml.safe_dump(cfg, sort_keys=False)
     current = None
     if path.is_file():
         current = read_text(path, "demo config")

@@ -103,7 +103,8 @@ def run_cache(step: Step, ctx: Context) -> None:
     p: CacheParams = step.params
     c = step.config
     prepare_cache(p.index, p.root, step.out, size=int(c["size"]), resize=c["resize"],
-                  equalize=bool(c["equalize"]), workers=p.workers, quiet=ctx.quiet, overwrite=True)
+                  equalize=bool(c["equalize"]), resample=c.get("resample") or "area", workers=p.workers,
+                  quiet=ctx.quiet, overwrite=True)
 
 
 def train_config(step: Step, ctx: Context) -> Any:
@@ -149,6 +150,7 @@ def run_eval(step: Step, ctx: Context) -> None:
         ci_level=float(ev["ci"]),
         repredict=True,
         predict_kwargs={"batch_size": int(ev["batch_size"]), "device": ctx.device},
+        on_conflict="overwrite",  # the study's own eval step: its key names the settings
         **_threshold_args(ev),
     )
 

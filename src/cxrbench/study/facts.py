@@ -117,3 +117,36 @@ def shared_findings(study: LoadedStudy, label: str, target: str, *, static: bool
         )
     return shared
 
+
+def legacy_cache_notes(plan: Any) -> list[str]:
+    """One line per finished cache made by the legacy resampler (Pillow BOX): what it is, how to
+    rebuild it and which steps would rerun downstream. Nothing is rebuilt unless the user asks."""
+    from cxrbench.cache.read import recipe_of
+    from cxrbench.common.fileio import read_json
+    from cxrbench.common.layout import CACHE_MANIFEST
+
+    notes = []
+    for step in plan.of_kind("cache"):
+        path = step.out / CACHE_MANIFEST
+        if step.status != "done" or not path.is_file():
+            continue
+        try:
+            if recipe_of(read_json(path))["resample"] != "pil-box":
+                continue
+        except (InputError, KeyError, TypeError, ValueError):
+            continue
+        downstream = [s for s in plan.steps if step.id in plan.closure({s.id}) and s.id != step.id]
+        kinds = ", ".join(f"{n} {k}" for k, n in _count_kinds(downstream).items())
+        recipe = step.id.split("/")[-1]
+        notes.append(f"{step.id} was made by the legacy resampler (Pillow BOX, exact only at integer "
+                     f"factors); it stays as it is. To rebuild it exactly, set `resample: area` in "
+                     f"preprocess.{recipe}: the cache and {len(downstream)} step(s) downstream would rerun "
+                     f"({kinds})")
+    return notes
+
+
+def _count_kinds(steps: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in steps:
+        out[s.kind] = out.get(s.kind, 0) + 1
+    return out

@@ -19,6 +19,7 @@ from cxrbench.common.fileio import atomic_write_json, file_sha256
 from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
 from cxrbench.common.provenance import git_commit, now_iso, package_versions
 from cxrbench.report.results import MEAN, StudyResults, adjust_main_family
+from cxrbench.study.protocol import read_protocol
 from cxrbench.study.steps import Plan, Step
 
 _ROC_POINTS = 200
@@ -323,12 +324,7 @@ def gather_results(plan: Plan) -> StudyResults:
         },
         "weights": weights,
     }
-    protocol = {
-        "train": {**_train_defaults(), **study.train},
-        "evaluation": ev.model_dump(mode="json"),
-        "comparisons": cfg.comparisons.model_dump(mode="json"),
-        "preprocess": {k: v.model_dump(mode="json") for k, v in cfg.preprocess.items()},
-    }
+    protocol = read_protocol(plan)
     used_recipes = [r for r in cfg.preprocess if len(table) and r in set(table["recipe"])]
     return StudyResults(
         name=cfg.name,
@@ -354,16 +350,6 @@ def gather_results(plan: Plan) -> StudyResults:
         missing=missing,
         notes=list(plan.notes and [n for n in plan.notes if "not trained on its own source" in n]),
     )
-
-
-def _train_defaults() -> dict[str, Any]:
-    from cxrbench.train.config import TrainConfig
-
-    return {
-        k: v
-        for k, v in TrainConfig(cache="-", init="-", out="-").to_dict().items()
-        if k not in ("cache", "init", "out", "workers", "device")
-    }
 
 
 def _apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> dict[str, pd.DataFrame]:

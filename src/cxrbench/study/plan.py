@@ -131,7 +131,7 @@ def _dataset_steps(b: _Builder, name: str) -> None:
                params=IndexParams(name, str(root))))
     for r in b.recipes_used:
         b.add(Step(f"cache/{name}/{r}", "cache", b.layout.cache_dir(name, r),
-                   b.cfg.preprocess[r].model_dump(mode="json"), (f"index/{name}",),
+                   b.cfg.preprocess[r].step_config(), (f"index/{name}",),
                    complete=(CACHE_MANIFEST,),
                    params=CacheParams(name, r, str(root), str(b.layout.index_file(name)),
                                       b.cfg.prepare_workers)))

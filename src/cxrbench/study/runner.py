@@ -338,7 +338,9 @@ def describe_plan(
         "= done (skipped)   + to run   ~ stale (config changed: set aside, recomputed)   "
         "? known after indexing"
     )
-    lines += [f"note: {n}" for n in plan.notes]
+    from cxrbench.study.facts import legacy_cache_notes
+
+    lines += [f"note: {n}" for n in [*plan.notes, *legacy_cache_notes(plan)]]
     return "\n".join(lines)
 
 

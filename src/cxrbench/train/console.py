@@ -30,10 +30,14 @@ def forward_gflops(model: nn.Module, eval_tf, cache_size: int, device: torch.dev
 def print_summary(cfg, env, device, info, image_size, train_ds, val_ds, micro, steps_per_epoch, total_steps,
                    precision, n_params, n_trainable, groups, gflops, overlap_note, progress, resume) -> None:
     scales = layer_scales(groups)
+    # a random init names the bare architecture: timm's default tag (e.g. .augreg_in21k_ft_in1k) would
+    # suggest pretrained weights that were never loaded
+    model = (f"{info.init} ({info.arch}, weights {info.weights})" if info.pretrained
+             else f"{info.init} ({info.arch.split('.', 1)[0]}, random init: no weights loaded)")
     lines = [
         f"[bold]cxrbench train[/] -> {cfg.out}" + (f"  (resuming at step {progress['step']}, "
                                                    f"epoch {progress['epoch'] + 1})" if resume else ""),
-        f"  model   {info.init} ({info.arch}), {n_params / 1e6:.2f}M params, "
+        f"  model   {model}, {n_params / 1e6:.2f}M params, "
         f"{n_trainable / 1e6:.2f}M trainable"
         f"{' (linear probe)' if cfg.linear_probe else ''}, {image_size} px"
         + (f", {gflops:.3g} GFLOPs/image fwd" if gflops else ""),

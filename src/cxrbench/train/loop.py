@@ -273,8 +273,13 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
             if cfg.linear_probe:
                 model.eval()
                 head.train()
+            # Creating a loader iterator draws from the global RNG. A checkpoint taken mid-epoch saved
+            # the RNG after that draw, one taken at an epoch end before it: restore on the same side.
+            if rng_state is not None and first == 0:
+                restore_rng(rng_state, {"augment": aug_gen})
+                rng_state = None
             batches = iter(loader)
-            if rng_state is not None:  # after iter(): creating a loader iterator draws from the global RNG
+            if rng_state is not None:
                 restore_rng(rng_state, {"augment": aug_gen})
                 rng_state = None
             bar.epoch(epoch, cfg.epochs)

@@ -208,3 +208,13 @@ def test_test_file_lacking_observations_leaves_them_unknown(tmp_path):
     assert r["cardiomegaly"] == 1 and np.isnan(r["edema"]) and r["no_finding"] == 0
     assert any("test_labels.csv lacks" in w for w in report["warnings"])
     assert report["label_values"]["not_labelled"] == len(TERMS) - 1
+
+
+def test_a_labels_file_outside_the_root_is_read_not_a_traceback(tmp_path):
+    """The docs recommend --labels-file for a CSV kept elsewhere; it ended in a relative_to traceback."""
+    elsewhere = layout(tmp_path / "labels")  # the CSVs outside --root
+    root = tmp_path / "data"
+    (root / P / "train").mkdir(parents=True)  # the images' release folder under --root
+    df, _, report = build_index("chexpert", root, labels_file=elsewhere / "train.csv", views="all")
+    assert df["path"].str.startswith(f"{P}/train/").any()
+    assert report["files"]["train"] == str(elsewhere / "train.csv")

@@ -95,7 +95,12 @@ labels:
         np.testing.assert_equal(d.loc["x/3.png", "pleural_effusion"], want)
         np.testing.assert_equal(d.loc["x/2.png", "cardiomegaly"], want)
         assert d.loc["x/1.png", "pleural_effusion"] == 1
-        assert report["split"]["method"].startswith("hash")
+        assert report["split"]["method"].startswith("stratified")
+    assert report["label_definition"] == (
+        "Labels: from the CSV as the mapping says (pleural_effusion: column eff_l/eff_r: yes positive; "
+        "no negative; unsure uncertain; blank unknown | cardiomegaly: column card: 0 negative; 1 positive; "
+        "? uncertain; blank unknown); uncertain counted as unknown (left out of training loss and metrics) "
+        "(2 values).")
 
 
 @pytest.mark.parametrize(
@@ -202,3 +207,17 @@ def test_first_contact_messages_name_the_real_cause(tmp_path):
     (tmp_path / "l.csv").write_text("p,pid,c\na.png,1,0\nb.png,2,1\n")
     with pytest.raises(InputError, match="views UNKNOWN .*set default_view"):  # no view column
         build_index("csv", tmp_path, mapping=m)
+
+
+def test_mapping_mistakes_say_fix_the_mapping_and_names_must_be_snake_case(tmp_path):
+    (tmp_path / "l.csv").write_text("p,pid,c\na.png,1,0\n")
+    m = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: path, patient: pid}\ndefault_view: PA\n"
+                          "labels: {edema: {column: c, positive_at: 1}}\n")
+    with pytest.raises(InputError, match="missing required column.*'path'.*Fix: fix the column names in the "
+                                         "mapping"):
+        build_index("csv", tmp_path, mapping=m)
+    bad = mapping(tmp_path, "name: s\nfile: l.csv\ncolumns: {path: p, patient: pid}\n"
+                            "labels: {COVID-19: {column: c, values: {0: 0, 1: 1}}}\n"
+                            "extra_findings: [COVID-19]\n")
+    with pytest.raises(InputError, match="'COVID-19' is not a snake_case finding name.*'covid_19'"):
+        load_mapping(bad)

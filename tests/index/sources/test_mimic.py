@@ -89,7 +89,7 @@ def test_default_views_are_pa_and_ap(tmp_path):
 def test_negbio_and_hash_split_without_split_file(tmp_path):
     layout(tmp_path, split=False, labeler="negbio")
     df, _, report = build_index("mimic", tmp_path, labeler="negbio", split_seed=3)
-    assert report["split"]["method"].startswith("hash")
+    assert report["split"]["method"].startswith("stratified")
     assert df.groupby("patient_id")["split"].nunique().max() == 1
 
 

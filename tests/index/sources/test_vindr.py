@@ -118,11 +118,11 @@ def test_kaggle_long_format(tmp_path):
         "k2,Nodule/Mass,8,R3,1,1,2,2",
     ]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    df, _, report = build_index("vindr", tmp_path)
+    df, _, report = build_index("vindr", tmp_path, split_fractions="0.5,0,0.5")  # 2 images: no val
     d = df.set_index("image_id")
     assert d.loc["k1", "cardiomegaly"] == 1 and d.loc["k1", "no_finding"] == 0
     assert d.loc["k2", "no_finding"] == 1 and d.loc["k2", "nodule_mass"] == 0
-    assert report["format"] == "kaggle-long" and report["split"]["method"].startswith("hash")
+    assert report["format"] == "kaggle-long" and report["split"]["method"].startswith("stratified")
     assert report["readers_per_image"] == {"3": 2}
 
 

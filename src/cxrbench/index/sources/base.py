@@ -33,7 +33,9 @@ from cxrbench.index.sources.tables import at_row
 
 READER_RULES: tuple[str, ...] = ("majority", "any")
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
-SPLIT_MODES: tuple[str, ...] = ("official", "hash")
+SPLIT_MODES: tuple[str, ...] = ("official", "hash", "stratified")
+CARVE_METHODS: tuple[str, ...] = ("stratified", "hash")
+MIN_POSITIVES = 10  # fewer positives (or negatives) of a finding in a split: a warning at index time
 _FLAGS = {"split_mode": "--splits"}  # options whose command-line flag is not --<name>
 
 
@@ -54,6 +56,7 @@ class IndexOptions(BaseModel):
     split_mode: str = "official"
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    carve: str = "stratified"
     readers: str = "majority"
     labeler: str = "chexpert"
     radiologist_test: bool = False
@@ -102,6 +105,7 @@ class IndexOptions(BaseModel):
         check_choice("--readers", self.readers, READER_RULES)
         check_choice("--labeler", self.labeler, LABELERS)
         check_choice("--splits", self.split_mode, SPLIT_MODES)
+        check_choice("--carve", self.carve, CARVE_METHODS)
         parse_views(self.views)
         return self
 
@@ -115,7 +119,9 @@ class IndexOptions(BaseModel):
 
 
 # Columns of SourceData.frame besides the findings. ``official_split`` holds train/val/test or
-# NA; ``frontal`` marks images the source calls frontal even when the projection is unknown.
+# NA; ``frontal`` marks images the source calls frontal even when the projection is unknown;
+# ``found`` says whether the adapter found the image file while locating the image folders
+# (None: not located; the existence check then lists the folders itself).
 FRAME_COLUMNS: tuple[str, ...] = (
     "image_id",
     "patient_id",
@@ -126,6 +132,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "age",
     "official_split",
     "frontal",
+    "found",
 )
 
 
@@ -190,6 +197,8 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
     cols = list(data.findings)
     block = np.array(data.labels if keep is None else data.labels[keep], dtype=np.float32)
     report["label_values"] = apply_label_policy(block, opts.uncertain, opts.blank, data.blank_is_unknown)
+    report["label_definition"] = label_definition(report.get("label_source"), opts, data.blank_is_unknown,
+                                                  report["label_values"])
     values = {f: block[:, i] for i, f in enumerate(cols)}
     for name, (op, parts) in data.derive.items():
         ored = kleene_or([values[p] for p in parts])
@@ -210,7 +219,8 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
             values[name] = kleene_or([values[p] for p in parts])
 
     split, report["split"] = assign_splits(
-        frame["patient_id"], frame["official_split"], opts.split_mode, opts.split_seed, opts.split_fractions
+        frame["patient_id"], frame["official_split"], opts.split_mode, opts.split_seed, opts.split_fractions,
+        labels=np.column_stack([values[f] for f in findings]) if findings else None, carve=opts.carve,
     )
     out = pd.DataFrame(
         {
@@ -229,10 +239,80 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
         [out, pd.DataFrame({f: values[f].astype(np.float32) for f in findings}, index=out.index)], axis=1
     )
     assert list(out.columns[: len(META_COLUMNS)]) == list(META_COLUMNS)
+    if frame["found"].notna().all():  # known from locating the images: no second listing
+        out.attrs["image_found"] = frame["found"].to_numpy(dtype=bool)
     check_leakage(out, where=f"split of {files}")
     validate_index(out, findings, where=files)
     report["findings"] = findings
+    report["split"]["counts"] = split_counts(out, findings)
+    _check_split_sizes(out, opts, report["split"], files)
+    report.setdefault("warnings", []).extend(split_warnings(report["split"]["counts"]))
     return out, findings, report
+
+
+_POLICY_WORDS = {"zeros": "negative", "ones": "positive", "ignore": "unknown (left out of training loss "
+                 "and metrics)"}
+
+
+def label_definition(source: str | None, opts: IndexOptions, blank_is_unknown: bool,
+                     counts: Mapping[str, int]) -> str:
+    """Which values became positive / negative / unknown, in one sentence for the Methods text."""
+    text = f"Labels: {source}" if source else "Labels: as the source codes them"
+    rules = []
+    if counts.get("uncertain_values") or blank_is_unknown:  # CheXpert-style labelers have the class
+        rules.append(f"uncertain counted as {_POLICY_WORDS[opts.uncertain]} "
+                     f"({counts.get('uncertain_values', 0):,} values)")
+    if blank_is_unknown:
+        blank = "negative" if opts.blank == "zeros" else _POLICY_WORDS["ignore"]
+        rules.append(f"not mentioned counted as {blank} ({counts.get('blank_values', 0):,} values)")
+    if counts.get("not_labelled"):
+        rules.append(f"{counts['not_labelled']:,} values not labelled at all are unknown")
+    return text + ("; " + "; ".join(rules) if rules else "") + "."
+
+
+def split_counts(df: pd.DataFrame, findings: list[str]) -> dict[str, dict[str, Any]]:
+    """Per split: images, patients, and per finding positives / negatives / unknown (vectorized)."""
+    out: dict[str, dict[str, Any]] = {}
+    split = df["split"].to_numpy(dtype=object)
+    block = df[list(findings)].to_numpy(dtype=np.float32) if findings else np.zeros((len(df), 0), np.float32)
+    patients, _ = pd.factorize(df["patient_id"])
+    for s in SPLITS:
+        mask = split == s
+        n = int(mask.sum())
+        sub = block[mask]
+        pos, neg = (sub == 1).sum(axis=0), (sub == 0).sum(axis=0)
+        out[s] = {"images": n, "patients": int(np.unique(patients[mask]).size),
+                  "findings": {f: {"positive": int(pos[k]), "negative": int(neg[k]),
+                                   "unknown": n - int(pos[k]) - int(neg[k])} for k, f in enumerate(findings)}}
+    return out
+
+
+def split_warnings(counts: dict[str, dict[str, Any]], minimum: int = MIN_POSITIVES) -> list[str]:
+    """One line per finding with a split holding fewer than ``minimum`` positives or negatives."""
+    lines = []
+    findings = next(iter(counts.values()))["findings"] if counts else {}
+    for f in findings:
+        thin = [(s, c["findings"][f]) for s, c in counts.items()
+                if c["images"] and min(c["findings"][f]["positive"], c["findings"][f]["negative"]) < minimum]
+        if thin:
+            parts = "; ".join(f"{s} {c['positive']} positive / {c['negative']} negative" for s, c in thin)
+            lines.append(f"finding {f!r}: {parts} (fewer than {minimum}: its AUROC there is unreliable or "
+                         "undefined; try another --split-seed or --split-fractions, or leave it out with "
+                         "--labels)")
+    return lines
+
+
+def _check_split_sizes(df: pd.DataFrame, opts: IndexOptions, info: dict[str, Any], where: str) -> None:
+    """A split that was made with a share above 0 but got no image is an error with the fix."""
+    made = str(info.get("method", "")).startswith(("hash", "stratified"))
+    carved = info.get("carved", [])
+    for s, share in zip(SPLITS, opts.split_fractions, strict=True):
+        if share > 0 and (made or s in carved) and info["counts"][s]["images"] == 0:
+            shares = ",".join(f"{x:g}" for x in opts.split_fractions)
+            raise InputError(f"the {s} split got no image ({len(df):,} images of "
+                             f"{df['patient_id'].nunique():,} patients in all)", where=where,
+                             fix=f"give {s} a larger share with --split-fractions (now {shares}), or index "
+                                 "more patients")
 
 
 def parse_views(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, bool]:

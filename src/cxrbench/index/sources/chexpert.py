@@ -98,6 +98,21 @@ def _dataset_dir(root: Path, labels_file: Path | None) -> tuple[Path, Path]:
     return train.parent, train
 
 
+def _image_prefix(root: Path, base: Path) -> str:
+    """The folder of the images relative to --root: the labels file's folder when it is inside the
+    root (the official layout), else the release folder under the root that holds train/ (a
+    --labels-file kept elsewhere, as the docs allow), else the root itself."""
+    try:
+        rel = base.resolve().relative_to(root.resolve()).as_posix()
+        return "" if rel == "." else rel + "/"
+    except ValueError:
+        pass
+    for name in PREFIXES:
+        if (root / name / "train").is_dir() or (root / name / "valid").is_dir():
+            return name + "/"
+    return ""
+
+
 def _read_one(path: Path, role: str, root: Path, base: Path) -> pd.DataFrame:
     optional = ["Sex", "Age", "Frontal/Lateral", "AP/PA"]
     present_terms = list(CHEXPERT_TERMS)
@@ -132,7 +147,7 @@ def _read_one(path: Path, role: str, root: Path, base: Path) -> pd.DataFrame:
             where=at_row(path, row),
             fix="use the official train.csv/valid.csv/test_labels.csv paths",
         )
-    rel_base = "" if base == root else base.relative_to(root).as_posix() + "/"
+    rel_base = _image_prefix(root, base)
     df["_path"] = rel_base + parts["rest"]
     df["_image"] = parts["image"]  # patientN/studyN/viewM_frontal
     df["_patient"] = parts["patient"]
@@ -223,4 +238,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         "note": "CheXpert paths come from the CSV; use --check-files to verify",
     }
     block = label_block(len(df), findings, labels)
+    report["label_source"] = ("the CheXpert labeler's report mentions (1 positive, 0 negative, -1 uncertain, "
+                              "blank not mentioned); radiologist consensus on the official validation and "
+                              "test sets")
     return SourceData("chexpert", frame, findings, block, blank_is_unknown=True, report=report)

@@ -36,6 +36,7 @@ split column without val gets a val carved by patient from train.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,31 @@ class LabelSpec(_Strict):
         return self
 
 
+def _rule(spec: LabelSpec) -> str:
+    """One finding's coding in words: ``column c: 3, 4 positive; 0, 1, 2 negative; -1 uncertain``."""
+    cols = spec.column or f"{spec.left}/{spec.right}"
+    if spec.derive:
+        return "positive when every other finding is negative"
+    if spec.positive_at is not None:
+        parts = [f"positive at {spec.positive_at:g} or above, negative below"]
+    else:
+        by: dict[str, list[str]] = {}
+        words = {1: "positive", 0: "negative", "uncertain": "uncertain", "unknown": "unknown"}
+        for raw, value in (spec.values or {}).items():
+            by.setdefault(words[value], []).append(raw)
+        parts = [f"{', '.join(raws)} {what}" for what, raws in by.items()]
+    if spec.uncertain:
+        parts.append(f"{', '.join(spec.uncertain)} uncertain")
+    parts.append(f"blank {spec.blank}")
+    return f"column {cols}: " + "; ".join(parts)
+
+
+def label_source(m: Mapping) -> str:
+    """The mapping's label coding in words, one clause per finding (for the index report)."""
+    return "from the CSV as the mapping says (" + " | ".join(
+        f"{name}: {_rule(spec)}" for name, spec in m.labels.items()) + ")"
+
+
 class Mapping(_Strict):
     """The YAML mapping of a private CSV dataset (see the module docstring)."""
 
@@ -182,6 +208,11 @@ def load_mapping(path: Path) -> Mapping:
         mapping = Mapping.model_validate(data)
     except ValidationError as e:
         raise _mapping_error(e, path, lines) from None
+    for name in mapping.extra_findings:
+        if not _SNAKE.match(name):
+            raise InputError(f"extra_findings: {name!r} is not a snake_case finding name", where=str(path),
+                             fix=f"use lowercase letters, digits and '_' (e.g. {_snake(name)!r}), here and "
+                                 "in labels")
     for name, spec in mapping.labels.items():
         check_finding_name(name, where=f"{path}: labels.{name}", extra=mapping.extra_findings)
         if spec.derive and name != "no_finding":
@@ -194,6 +225,11 @@ def load_mapping(path: Path) -> Mapping:
 
 
 _MODELS_AT = {"columns": Columns, "labels": LabelSpec}
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "finding"
 
 
 def _mapping_error(err: ValidationError, path: Path, lines: dict[tuple, int]) -> InputError:
@@ -306,7 +342,9 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     c = m.columns
     meta_cols = [x for x in (c.path, c.patient, c.image_id, c.study, c.view, c.split, c.sex, c.age) if x]
     label_cols = [x for s in m.labels.values() for x in (s.column, s.left, s.right) if x]
-    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols)), sep=m.separator)
+    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols)), sep=m.separator,
+                  missing_fix=f"fix the column names in the mapping {opts.mapping} (they must match the "
+                              "CSV's header exactly)")
     where = str(path)
     for col in (c.path, c.patient):
         blank = df[col].isna().to_numpy()
@@ -398,6 +436,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     )
     report["rows_read"] = len(df)
     report["images"] = {"located": False, "note": "paths come from the CSV; use --check-files to verify"}
+    report["label_source"] = label_source(m)
     block = label_block(len(df), findings, labels)
     return SourceData(
         m.name,

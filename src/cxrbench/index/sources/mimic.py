@@ -214,6 +214,8 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     )
     labels = label_block(len(merged), findings, block)
     report["rows_read"] = len(merged)
+    report["label_source"] = (f"the {opts.labeler} labeler's report mentions (1 positive, 0 negative, "
+                              "-1 uncertain, blank not mentioned)")
     report["images"] = {
         "located": False,
         "note": "MIMIC paths follow files/pXX/pSUBJECT/sSTUDY/; use --check-files",

@@ -111,7 +111,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         report["unmapped_views"] = {str(k): int(v) for k, v in odd.items()}
 
     names = df["Image Index"].str.strip()
-    paths, report["images"] = locate_images(root, names, "images/" + names, IMAGE_FOLDERS)
+    paths, report["images"], found = locate_images(root, names, "images/" + names, IMAGE_FOLDERS)
 
     official = None
     test_list = find_file([root, path.parent], ["test_list.txt"], "", required=False)
@@ -154,6 +154,9 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         sex=normalize_sex(df["Patient Gender"]) if "Patient Gender" in df else None,
         age=parse_age(df["Patient Age"]) if "Patient Age" in df else None,
         official_split=official,
+        found=found,
     )
     report["rows_read"] = len(df)
+    report["label_source"] = ("NLP-mined from the reports (the 'Finding Labels' column): a finding named "
+                              "there is positive, any other negative; no uncertain class")
     return SourceData("nih", frame, findings, mat[codes], blank_is_unknown=False, report=report)

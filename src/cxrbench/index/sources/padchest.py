@@ -209,7 +209,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             folder[given] = clean.to_numpy()
     default = (folder + "/" + df["ImageID"]).fillna(df["ImageID"]) if folder is not None else df["ImageID"]
     patterns = [*(sorted(folder.dropna().unique()) if folder is not None else []), "images", "."]
-    paths, report["images"] = locate_images(root, df["ImageID"], default, patterns)
+    paths, report["images"], found = locate_images(root, df["ImageID"], default, patterns)
 
     frame = make_frame(
         len(df),
@@ -220,8 +220,12 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         view=view,
         sex=normalize_sex(df["PatientSex_DICOM"]) if "PatientSex_DICOM" in df else None,
         age=age,
+        found=found,
     )
     labels = mat[np.where(keep, codes, 0)]  # rows without labels (code -1) are dropped via `keep`
+    report["label_source"] = ("terms extracted from the reports ('Labels'; 27% by physicians, the rest by "
+                              "an RNN trained on them): a finding whose term is listed is positive, any "
+                              "other negative (absence is not a confirmed negative)")
     if "MethodLabel" in df:
         report["label_method"] = {str(k): int(v) for k, v in df["MethodLabel"][keep].value_counts().items()}
     return SourceData("padchest", frame, findings, labels, blank_is_unknown=False, report=report, keep=keep)

@@ -102,6 +102,7 @@ def read_csv(
     text: Sequence[str] = (),
     sep: str = ",",
     engine: str = "pandas",
+    missing_fix: str | None = None,
 ) -> pd.DataFrame:
     """Read the named columns of an official CSV (plain or gz); blanks become NaN.
 
@@ -115,11 +116,13 @@ def read_csv(
     neither text nor numbers (all blank, mixed) become text. Never reads by position.
     ``engine="arrow"`` parses with pyarrow (faster for wide files read in part, such as PadChest's),
     falling back to pandas, whose errors name the row, when pyarrow refuses the file.
+    ``missing_fix`` replaces the fix of a missing column (official files: "check that this is the
+    official file"; a user's CSV read through a mapping: "fix the mapping").
     """
     rename = dict(rename or {})
     header = _read(path, nrows=0, index_col=False, sep=sep).columns
     names = {c: rename.get(c.strip(), c.strip()) for c in header}
-    check_columns(set(names.values()), required, where=str(path))
+    check_columns(set(names.values()), required, where=str(path), fix=missing_fix)
     wanted = set(required) | set(optional)
     seen: set[str] = set()
     use = []

@@ -226,14 +226,20 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     block = np.vstack(blocks)
     split_dir = pd.Series(roles, dtype=object)
     default = split_dir + "/" + image_id + IMAGE_EXTENSION
-    paths, report["images"] = locate_images(root, image_id, default, ["train", "test", "."], by_stem=True)
+    paths, report["images"], found = locate_images(root, image_id, default, ["train", "test", "."],
+                                                   by_stem=True)
     frame = make_frame(
         len(image_id),
         image_id=image_id,
         patient_id=image_id,
         path=paths,
+        found=found,
         view=pd.Series("PA", index=image_id.index, dtype=object),
         official_split=split_dir if official else None,
     )
     report["rows_read"] = len(frame)
+    report["label_source"] = ("radiologists' image-level marks (0/1): on train positive when "
+                              + ("more than half of the image's readers" if opts.readers == "majority"
+                                 else "any of the image's readers")
+                              + " marked it; on test the consensus of five radiologists")
     return SourceData("vindr", frame, findings, block, blank_is_unknown=False, report=report)

@@ -1,0 +1,197 @@
+"""Read back what a study did, from its output files, for the report's Methods section.
+
+Sources: ``index/<dataset>/index.report.json`` (rows dropped and why, labels, split), each cache's
+``manifest.json`` (the recipe and resampler actually used), each finished run's ``config.yaml``
+and ``best.json`` (init, normalization, linear probe or fine-tuning, every training setting) and
+``log.jsonl`` (epochs actually run), and each ``metrics.json`` (bootstrap unit, count and seed).
+A file that is not there is skipped: the text covers what exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cxrbench.common.layout import (
+    CACHE_MANIFEST,
+    METRICS_FILE,
+    RUN_BEST_META,
+    RUN_CONFIG,
+    RUN_LOG,
+    index_report_path,
+)
+from cxrbench.report.protocol import (
+    ComparisonFacts,
+    DatasetFacts,
+    EvaluationFacts,
+    Protocol,
+    RecipeFacts,
+    RunFacts,
+)
+from cxrbench.study.steps import Plan
+
+# Training settings quoted in the Methods text (config.yaml's train section; the rest is runtime).
+TRAIN_SETTINGS: tuple[str, ...] = (
+    "epochs", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "schedule",
+    "warmup_epochs", "layer_decay", "clip_grad", "pos_weight", "augment", "hflip", "rotate", "patience",
+)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def dataset_facts(name: str, report: dict[str, Any]) -> DatasetFacts:
+    """The Methods facts of one index report (``index.report.json``)."""
+    opts = report.get("options") or {}
+    dropped: dict[str, int] = {}
+    for key, value in (report.get("dropped") or {}).items():
+        if key == "views" and isinstance(value, dict):
+            for view, n in value.items():
+                dropped[f"{view} views"] = dropped.get(f"{view} views", 0) + int(n)
+        elif isinstance(value, (int, float)) and value:
+            dropped[key.replace("_", " ")] = int(value)
+        elif isinstance(value, dict):  # e.g. PadChest's {"no_labels": 103, "exclude": 8}
+            for sub, n in value.items():
+                if isinstance(n, (int, float)) and n:
+                    dropped[f"{key.replace('_', ' ')}: {sub.replace('_', ' ')}"] = int(n)
+    split = report.get("split") or {}
+    return DatasetFacts(
+        name=name,
+        source=str(report.get("dataset", "")),
+        images=int(report.get("images_indexed") or 0),
+        patients=int(report.get("patients_indexed") or 0),
+        findings=tuple(report.get("findings") or ()),
+        views=str(opts.get("views", "frontal")),
+        label_definition=str(report.get("label_definition") or ""),
+        dropped={k: v for k, v in dropped.items() if v},
+        split_method=str(split.get("method", "")),
+        split_fractions=tuple(float(x) for x in split.get("fractions") or ()),
+        split_seed=split.get("seed"),
+    )
+
+
+def run_facts(run_dir: Path, dataset: str, label: str) -> RunFacts | None:
+    """The Methods facts of one finished run folder (None when its files are not there)."""
+    config, best = _yaml(run_dir / RUN_CONFIG), _json(run_dir / RUN_BEST_META)
+    if not isinstance(config, dict) or not isinstance(best, dict):
+        return None
+    train = config.get("train") or {}
+    model = config.get("model") or {}
+    derived = config.get("derived") or {}
+    settings = {k: train.get(k) for k in TRAIN_SETTINGS if k in train}
+    settings["precision"] = derived.get("precision") or best.get("precision")
+    weights = best.get("pretrained_weights") or model.get("weights")
+    epochs = [rec.get("epoch") for rec in _log(run_dir / RUN_LOG) if rec.get("kind") == "epoch"]
+    return RunFacts(
+        dataset=dataset,
+        init=label,
+        init_name=str(best.get("init") or train.get("init") or ""),
+        arch=str(best.get("arch") or model.get("arch") or ""),
+        pretrained=best.get("family") != "random" and weights is not None,
+        weights=str(weights) if weights else None,
+        mean=tuple(float(x) for x in best.get("mean") or ()),
+        std=tuple(float(x) for x in best.get("std") or ()),
+        linear_probe=bool(best.get("linear_probe", train.get("linear_probe", False))),
+        n_findings=len(best.get("findings") or ()),
+        settings=settings,
+        best_epoch=best.get("epoch"),
+        epochs_run=max((int(e) for e in epochs if e is not None), default=None),
+    )
+
+
+def _log(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def read_protocol(plan: Plan) -> Protocol:
+    """Every fact the Methods text states, from the study's output files."""
+    study = plan.study
+    cfg = study.config
+    layout = study.layout
+    datasets = []
+    for name in cfg.datasets:
+        report = _json(index_report_path(layout.index_file(name)))
+        if isinstance(report, dict):
+            datasets.append(dataset_facts(name, report))
+    recipes = []
+    for name, spec in cfg.preprocess.items():
+        seen: list[dict[str, Any]] = []
+        for d in cfg.datasets:
+            manifest = _json(layout.cache_dir(d, name) / CACHE_MANIFEST)
+            if isinstance(manifest, dict) and isinstance(manifest.get("recipe"), dict):
+                seen.append({**manifest["recipe"], "dtype": manifest.get("dtype", "uint8")})
+        if not seen:
+            continue
+        first = seen[0]
+        recipes.append(RecipeFacts(
+            name=name, size=int(first.get("size", spec.size)), resize=str(first.get("resize", spec.resize)),
+            equalize=bool(first.get("equalize", spec.equalize)),
+            resample=tuple(dict.fromkeys(str(r.get("resample", "pil-box")) for r in seen)),
+            dtype=str(first.get("dtype")),
+        ))
+    runs, metrics = [], []
+    for s in plan.of_kind("eval"):
+        if s.status != "done":
+            continue
+        p = s.params
+        facts = run_facts(Path(p.run), p.dataset, p.label)
+        spec = cfg.inits.get(p.label)
+        if facts is not None and spec is not None:  # the study's own name of the init, not a temp path
+            facts = replace(facts, init_name=spec.init, pretrained_on=spec.domain, base=spec.base)
+        if facts is not None:
+            runs.append(facts)
+        m = _json(s.out / METRICS_FILE)
+        if isinstance(m, dict):
+            metrics.append(m)
+    return Protocol(datasets=datasets, recipes=recipes, runs=runs,
+                    evaluation=evaluation_facts(metrics, cfg.evaluation.split),
+                    comparisons=ComparisonFacts(
+                        reference=cfg.comparisons.reference, alternative=cfg.comparisons.alternative,
+                        fdr=cfg.comparisons.fdr, alpha=cfg.comparisons.alpha,
+                        method=cfg.comparisons.method))
+
+
+def evaluation_facts(metrics: list[dict[str, Any]], split: str) -> EvaluationFacts | None:
+    """What the metrics.json files say about their bootstrap and thresholds (distinct values)."""
+    if not metrics:
+        return None
+
+    def distinct(get: Any) -> tuple:
+        return tuple(dict.fromkeys(v for v in map(get, metrics) if v is not None))
+
+    boot = [m.get("bootstrap") or {} for m in metrics]
+    return EvaluationFacts(
+        split=str(metrics[0].get("split", split)),
+        n_resamples=tuple(dict.fromkeys(int(b.get("n_resamples") or 0) for b in boot)),
+        cluster=tuple(dict.fromkeys(str(b["cluster"]) for b in boot if b.get("cluster"))),
+        seed=tuple(dict.fromkeys(int(b["seed"]) for b in boot if b.get("seed") is not None)),
+        ci=float((metrics[0].get("ci") or {}).get("level", 0.95)),
+        threshold=distinct(lambda m: (m.get("threshold_policy") or {}).get("source")),
+    )
