@@ -9,9 +9,10 @@ the other patients.
 - ``stratified`` mode: the same shares, but every finding's positive patients are balanced across
   the splits (multi-label iterative stratification over patients, Sechidis et al. 2011): findings are
   taken rarest first; a finding's not yet placed positive patients (in ``u`` order) are shared out so
-  that each split's remaining demand for that finding is met as closely as possible (a finding with
-  at least as many such patients as splits first gives every split one, so no split is left without
-  positives of it); patients with no positive label fill the splits' remaining sizes last.
+  that each split's remaining demand for that finding is met as closely as possible (first, when
+  there are enough of them, one to each split that holds no positive of the finding yet, so no
+  split is left without positives); patients with no positive label fill the splits' remaining
+  sizes last.
   Deterministic from ``split_seed``,
   independent of the row order, vectorized per finding.
 - ``official`` mode: the release's split; a split the release lacks (NIH and VinDr have no val,
@@ -117,19 +118,30 @@ def stratified_split(patient_ids: pd.Series, labels: np.ndarray | None, seed: in
     order = np.argsort(unit_hash(np.asarray(uniques, dtype=object), seed), kind="stable")
     y = y[order]  # patients in seeded-hash order: placement never depends on the row order
     demand = shares[:, None] * y.sum(axis=0)[None, :]  # (S, K) positives each split still wants
+    placed = np.zeros_like(demand)  # (S, K) positives each split holds so far
     size = shares * n_pat  # patients each split still wants
     split_of = np.full(n_pat, -1, dtype=np.int64)
     todo = np.array(y, order="F")  # a copy, columns contiguous: one finding's patients at a time
     counts = todo.sum(axis=0).astype(np.int64)  # positives not yet placed, kept up to date
+    total = counts.copy()
     while counts.any():
-        k = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        # the finding with the fewest positives left; ties: the rarer finding overall (a side-specific
+        # finding before the finding it is part of), then the one with more splits still lacking it
+        lacking = (live[:, None] & (placed == 0)).sum(axis=0)
+        left = np.where(counts > 0, counts, np.iinfo(np.int64).max)
+        k = int(np.lexsort((np.arange(len(counts)), -lacking, total, left))[0])
         members = np.flatnonzero(todo[:, k])
-        take = _water_fill(demand[:, k], size, len(members), live, floor=len(members) >= live.sum())
-        _place(members, take, split_of, y, demand, size)
+        empty = live & (placed[:, k] == 0)  # splits still without a positive of this finding
+        if empty.sum() > len(members):  # too few left for all: the splits that want them most
+            rank = np.lexsort((np.arange(len(empty)), -size, -demand[:, k]))
+            keep = [s for s in rank if empty[s]][:len(members)]
+            empty = np.isin(np.arange(len(empty)), keep)
+        take = _water_fill(demand[:, k], size, len(members), live, floor=empty)
+        _place(members, take, split_of, y, demand, size, placed)
         counts -= todo[members].sum(axis=0)
         todo[members] = False
     rest = np.flatnonzero(split_of < 0)
-    _place(rest, _water_fill(size, size, len(rest), live), split_of, y, demand, size)
+    _place(rest, _water_fill(size, size, len(rest), live), split_of, y, demand, size, placed)
     _fill_empty(split_of, y, live)
     per_patient = np.empty(n_pat, dtype=np.int64)
     per_patient[order] = split_of
@@ -150,28 +162,29 @@ def _fill_empty(split_of: np.ndarray, y: np.ndarray, live: np.ndarray) -> None:
 
 
 def _place(members: np.ndarray, take: np.ndarray, split_of: np.ndarray, y: np.ndarray,
-           demand: np.ndarray, size: np.ndarray) -> None:
+           demand: np.ndarray, size: np.ndarray, placed: np.ndarray) -> None:
     start = 0
     for s, n in enumerate(take):
         chosen = members[start:start + n]
         split_of[chosen] = s
-        demand[s] -= y[chosen].sum(axis=0)
+        got = y[chosen].sum(axis=0)
+        demand[s] -= got
+        placed[s] += got
         size[s] -= n
         start += n
 
 
 def _water_fill(want: np.ndarray, size: np.ndarray, m: int, live: np.ndarray,
-                floor: bool = False) -> np.ndarray:
+                floor: np.ndarray | None = None) -> np.ndarray:
     """Integers ``n >= 0`` summing to ``m`` that leave ``want - n`` as level as possible over the live
     splits: what handing the items out one by one to the split that wants most would give (ties by
-    the split's remaining size, then its position). With ``floor`` (``m`` at least the number of
-    live splits) every live split first gets one: a finding with as many positive patients as
-    splits never leaves a split without positives (its AUROC there would be undefined)."""
+    the split's remaining size, then its position). ``floor`` (a mask of at most ``m`` splits)
+    first gives each of those splits one: a split that holds no positive of a finding yet gets one
+    whenever there are enough (its AUROC there would be undefined otherwise)."""
     idx = np.flatnonzero(live)
-    if floor and m >= len(idx) > 0:
-        one = np.zeros(len(want), dtype=np.int64)
-        one[idx] = 1
-        return one + _water_fill(want - one, size, m - len(idx), live)
+    if floor is not None and 0 < floor.sum() <= m:
+        one = floor.astype(np.int64)
+        return one + _water_fill(want - one, size, m - int(one.sum()), live)
     d = want[idx].astype(np.float64)
     if m == 0 or not len(idx):
         return np.zeros(len(want), dtype=np.int64)
