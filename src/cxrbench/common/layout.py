@@ -66,3 +66,8 @@ def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
 def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
     """``RUN/eval/SPLIT/metrics.json``."""
     return eval_dir(run_dir, split) / METRICS_FILE
+
+
+# --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------
+RUN_PRETRAIN_IMAGES = "pretrain_images.parquet"  # dataset, image_id, patient_id, cache of every image
+PRETRAIN_OUTPUTS: tuple[str, ...] = (*RUN_OUTPUTS, RUN_PRETRAIN_IMAGES)

@@ -22,6 +22,7 @@ from cxrbench.common.layout import (
     RUN_CONFIG,
     RUN_LAST,
     RUN_OUTPUTS,
+    RUN_PRETRAIN_IMAGES,
 )
 from cxrbench.train.config import TrainConfig
 
@@ -109,6 +110,8 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
 
     meta_path = source.with_suffix(".json")  # best.safetensors -> best.json
     meta = read_json(meta_path) if meta_path.is_file() else {}
+    if isinstance(meta, dict) and isinstance(meta.get("pretraining"), dict):
+        return check_ssl_overlap(source, cfg)
     a_cache = (meta.get("cache") or {}).get("path") if isinstance(meta, dict) else None
     if a_cache is None:
         if cfg.allow_overlap:
@@ -137,6 +140,45 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
     if shared:
         return f"{len(shared)} patient(s) shared with the checkpoint's training cache (--allow-overlap)"
     return f"no patient shared with the checkpoint's training cache ({len(a_keys):,} patients checked)"
+
+
+def check_ssl_overlap(source: Path, cfg: TrainConfig) -> str:
+    """The guard for a self-supervised checkpoint (``cxrbench pretrain``): labels were never read, so
+    its images may come from this cache's train split, but none may belong to a val or test patient.
+
+    Patients are compared by (dataset, patient_id) between the run's image list and this cache.
+    """
+    import pandas as pd
+
+    from cxrbench.index.schema import read_index
+
+    images = source.parent / RUN_PRETRAIN_IMAGES
+    if not images.is_file():
+        if cfg.allow_overlap:
+            return "patients of the self-supervised pretraining not checked (--allow-overlap)"
+        raise InputError(f"cannot check patient overlap: the self-supervised checkpoint has no {images.name} "
+                         "beside it", where=str(source),
+                         fix="copy the whole pretraining run folder, or pass --allow-overlap if you know its "
+                             "images hold no val/test patient of this cache")
+    seen = pd.read_parquet(images, columns=["dataset", "patient_id"]).astype(str)
+    seen_keys = set(zip(seen["dataset"], seen["patient_id"], strict=True))
+    b_index, _ = read_index(Path(cfg.cache) / CACHE_INDEX)
+    b = b_index[["dataset", "patient_id", "split"]].astype(str)
+    held = b[b["split"] != "train"]
+    shared = seen_keys & set(zip(held["dataset"], held["patient_id"], strict=True))
+    if shared and not cfg.allow_overlap:
+        ds, pid = sorted(shared)[0]
+        raise InputError(f"{len(shared)} val/test patient(s) of this cache are among the images the "
+                         f"self-supervised checkpoint was pretrained on (e.g. {ds}/{pid})", where=cfg.init,
+                         fix="pretrain with this cache's index in --exclude, or pass --allow-overlap to "
+                             "accept it")
+    train = b[b["split"] == "train"]
+    train_keys = set(zip(train["dataset"], train["patient_id"], strict=True))
+    note = (f"self-supervised checkpoint: {len(seen_keys & train_keys):,} of this cache's train patients "
+            f"were in its (unlabeled) pretraining images")
+    if shared:
+        return f"{note}; {len(shared)} val/test patient(s) too (--allow-overlap)"
+    return f"{note}, no val/test patient ({len(seen_keys):,} pretraining patients checked)"
 
 
 def write_run_config(run_dir, cfg, env, train_ds, val_ds, info, image_size, cache_sha, derived) -> None:
