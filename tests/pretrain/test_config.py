@@ -51,3 +51,15 @@ def test_for_run_merges_saved_config_file_and_options(tmp_path):
     assert fresh.epochs == 100 and fresh.caches == ("d",)
     a, b = cfg, cfg.model_copy(update={"lr": 0.002, "workers": 3})
     assert a.differences(b) == ["lr: saved 0.001, given 0.002"]  # workers is a runtime key
+
+
+def test_step_identity_is_what_a_study_hashes():
+    from cxrbench.common.provenance import stable_hash
+
+    cfg = PretrainConfig(caches=["c"], init="dinov2-vitb14", out="o")
+    ident = cfg.step_identity()
+    assert "init" not in ident and "caches" not in ident and "workers" not in ident and ident["epochs"] == 100
+    moved = PretrainConfig(caches=["elsewhere"], init="dinov2-vitb14", out="p", workers=0, unlabeled=["u"])
+    assert stable_hash(moved.step_identity()) == stable_hash(ident)  # paths and runtime keys are not hashed
+    assert stable_hash(cfg.model_copy(update={"lr": 1e-3}).step_identity()) != stable_hash(ident)
+    assert stable_hash(ident) == "9009393dee7dd143"  # pinned: changing it moves every study's step keys

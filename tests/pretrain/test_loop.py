@@ -113,6 +113,17 @@ def test_the_run_folder_is_an_init_of_the_teacher_backbone(tmp_path, cache):
     assert (run / "tensorboard").is_dir()
 
 
+def test_audit_of_a_pretraining_run_uses_its_own_image_list(tmp_path, cache, cli_runner):
+    run = tmp_path / "run"
+    pretrain(cfg_for(cache, run, local_crops=0, ibot=False), quiet=True)
+    result = cli_runner.invoke(app, ["audit", "--init", f"checkpoint:{run}", "--index", str(cache), "--split",
+                                     "train", "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    doc = json.loads(result.output)
+    assert doc["pretrained_on"] == ["nih"] and doc["pretraining_list"]["rows"] == 36
+    assert doc["splits"]["train"]["found_images"] == 36 and doc["splits"]["test"]["found_images"] == 0
+
+
 def test_fine_tuning_from_it_guards_val_and_test_patients(tmp_path, cache, tiny_cache_factory):
     from cxrbench.index.schema import read_index, write_index
     from cxrbench.train.config import TrainConfig

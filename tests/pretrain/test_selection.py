@@ -93,3 +93,19 @@ def test_refusals(tmp_path, tiny_cache_factory):
     write_index(df, tmp_path / "all-test.parquet", findings)
     with pytest.raises(InputError, match="every train patient is held out"):
         select_images([a], exclude=[tmp_path / "all-test.parquet"])
+
+
+def test_unlabeled_caches_are_read_whole_minus_the_others_held_out_patients(tmp_path, tiny_cache_factory):
+    target = tiny_cache_factory(tmp_path / "target", n_patients=50)  # p0000.., 30 train
+    source = tiny_cache_factory(tmp_path / "source", n_patients=40, seed=4, patient_prefix="s")
+    sel = select_images([target], unlabeled=[source])
+    assert sel.n_images == 30 + 40 and sel.whole == (False, True) and sel.split_of(1) is None
+    assert sel.summary()["unlabeled"] == [str(source.resolve())]
+    ds = PretrainImages(sel)
+    assert len(ds) == 70 and ds[69].shape == (32, 32)
+    # the source holds one of the target's test patients: that image goes
+    df, findings = read_index(source / "index.parquet")
+    tdf, _ = read_index(target / "index.parquet")
+    df.loc[0, "patient_id"] = tdf.loc[tdf["split"] == "test", "patient_id"].iloc[0]
+    write_index(df, source / "index.parquet", findings)
+    assert select_images([target], unlabeled=[source]).n_images == 69

@@ -11,8 +11,9 @@ HELP = """Check an initialization's pretraining data against an index (or cache)
 
 Prints the datasets the init was pretrained on (its registry entry, or the best.json of a
 checkpoint) and warns when the index's dataset is among them. With --pretraining-list (e.g.
-RAD-DINO's training_images.csv from its hub repository) it counts the images and patients of each
---split found in that list (matched by image id / the last path components, extension ignored).
+RAD-DINO's training_images.csv from its hub repository; a `cxrbench pretrain` run's own
+pretrain_images.parquet is used by default) it counts the images and patients of each --split found
+in that list (matched by image id / the last path components, extension ignored).
 With --run it also evaluates that run's predictions of the split with and without the images found,
 side by side. --out writes the images found (CSV).
 
@@ -60,11 +61,14 @@ def register(app: typer.Typer) -> None:
             audit_index,
             evaluate_excluding,
             read_pretraining_list,
+            run_pretraining_list,
             side_by_side,
         )
         from cxrbench.index.schema import read_index
 
         splits = list(split) if split else ["test"]
+        if pretraining_list is None:  # a `cxrbench pretrain` run lists the images it used
+            pretraining_list = run_pretraining_list(init)
         df, _ = read_index(index / CACHE_INDEX if index.is_dir() else index)
         plist = read_pretraining_list(pretraining_list) if pretraining_list is not None else None
         result = audit_index(init, df, plist, splits)

@@ -11,8 +11,9 @@ in the DINOv2 recipe: an EMA teacher distils into the student over 2 global and 
 views (DINO loss with centering or Sinkhorn-Knopp), plus iBOT's masked-patch loss and KoLeo.
 
 Leakage-safe: only the train split of each --cache is read, minus every patient who is in a val or
-test split of any --cache or --exclude index/cache (pass every dataset you will evaluate on). The
-images used are listed in RUN/pretrain_images.parquet with their hash.
+test split of any --cache or --exclude index/cache (pass every dataset you will evaluate on). An
+--unlabeled cache, data you never evaluate on, is read whole. The images used are listed in
+RUN/pretrain_images.parquet with their hash.
 
 Output: after every epoch the teacher backbone is written to RUN/best.safetensors + best.json, an
 init for fine-tuning: cxrbench train --init checkpoint:RUN/best.safetensors ...
@@ -57,6 +58,12 @@ def register(app: typer.Typer) -> None:
             None,
             "--exclude",
             help="An index or cache whose val/test patients are left out too; repeat for several.",
+        ),
+        unlabeled: list[Path] = typer.Option(
+            None,
+            "--unlabeled",
+            help="A cache used whole, every split: data you never evaluate on (e.g. a source site's "
+            "archive); repeat for several.",
         ),
         init: str = typer.Option(
             None,
@@ -143,6 +150,7 @@ def register(app: typer.Typer) -> None:
             dict(
                 caches=tuple(str(c) for c in cache) if cache else None,
                 exclude=tuple(str(e) for e in exclude) if exclude else None,
+                unlabeled=tuple(str(u) for u in unlabeled) if unlabeled else None,
                 init=init,
                 epochs=epochs,
                 batch_size=batch_size,

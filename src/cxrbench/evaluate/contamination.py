@@ -110,6 +110,17 @@ def read_pretraining_list(path: str | os.PathLike) -> pd.DataFrame:
     return out[out["key"].str.strip() != ""].reset_index(drop=True)
 
 
+def run_pretraining_list(init: str) -> Path | None:
+    """The image list a ``cxrbench pretrain`` run keeps beside its weights, for ``checkpoint:`` inits."""
+    from cxrbench.common.layout import RUN_PRETRAIN_IMAGES
+    from cxrbench.models.resolve import parse_init, resolve_init
+
+    if not parse_init(init).is_checkpoint:
+        return None
+    path = Path(resolve_init(init).checkpoint).parent / RUN_PRETRAIN_IMAGES
+    return path if path.is_file() else None
+
+
 def _parts(text: str) -> list[str]:
     parts = [p for p in str(text).replace("\\", "/").strip().split("/") if p and p != "."]
     if parts:

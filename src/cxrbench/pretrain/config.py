@@ -26,11 +26,28 @@ from cxrbench.common.fileio import json_safe
 from cxrbench.common.validation import closest
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
-    {"caches", "exclude", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic"}
+    {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
+     "deterministic"}
 )
 """Keys that change how a run executes, not what it computes (never part of a run's identity)."""
 
 SECTION = "pretrain"  # the config.yaml section holding the PretrainConfig
+
+RUN_OWNED_KEYS: tuple[str, ...] = ("caches", "exclude", "unlabeled", "init", "out")
+"""Keys a study sets itself for every pretraining run (and hashes through its own step config)."""
+
+# The identity keys of the first version. A study step key must not move when cxrbench learns a
+# new option, so a key outside this list is hashed only when it differs from its default.
+_KEYED_V1: tuple[str, ...] = (
+    "epochs", "batch_size", "grad_accum", "lr", "min_lr", "warmup_epochs", "weight_decay",
+    "weight_decay_end", "betas", "layer_decay", "clip_grad", "drop_path", "freeze_last_layer_epochs",
+    "precision", "momentum", "momentum_end", "teacher_temp", "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs", "student_temp", "centering", "center_momentum", "sinkhorn_iterations",
+    "out_dim", "head_hidden", "head_bottleneck", "head_layers", "dino_weight", "ibot", "ibot_weight",
+    "ibot_separate_head", "mask_probability", "mask_ratio", "koleo_weight", "global_size", "local_size",
+    "local_crops", "global_scale", "local_scale", "hflip", "rotate", "brightness", "contrast", "blur",
+    "blur_sigma", "seed",
+)
 
 
 class PretrainConfig(BaseModel):
@@ -46,6 +63,11 @@ class PretrainConfig(BaseModel):
         (),
         description="further indexes/caches whose val/test patients are "
         "left out (a study passes every dataset)",
+    )
+    unlabeled: tuple[str, ...] = Field(
+        (),
+        description="caches used whole, every split: data never evaluated on (their val/test patients "
+        "are not held out)",
     )
 
     # optimization
@@ -117,7 +139,7 @@ class PretrainConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between last.pt saves; 0 = per epoch")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bit-exact reruns")
 
-    @field_validator("caches", "exclude", mode="before")
+    @field_validator("caches", "exclude", "unlabeled", mode="before")
     @classmethod
     def _paths(cls, v: Any) -> Any:
         if isinstance(v, str | os.PathLike):
@@ -200,6 +222,17 @@ class PretrainConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    def step_identity(self) -> dict[str, Any]:
+        """What a study hashes for a pretraining step: :meth:`identity` without the keys the study
+        sets per run, stable across cxrbench versions (see ``_KEYED_V1``)."""
+        ident = self.identity()
+        defaults = PretrainConfig(caches=["-"], init="-", out="-").to_dict()
+        out = {k: ident[k] for k in _KEYED_V1}
+        for k, v in ident.items():
+            if k not in _KEYED_V1 and k not in RUN_OWNED_KEYS and v != defaults.get(k):
+                out[k] = v
+        return out
 
     def differences(self, other: PretrainConfig) -> list[str]:
         """Identity keys whose values differ, as ``key: saved X, given Y`` strings."""

@@ -129,8 +129,8 @@ def _run(
 
     run_dir = Path(cfg.out)
     # -- data: the train splits of the caches, held-out patients removed --------------------------
-    selection = select_images(cfg.caches, cfg.exclude)
-    fingerprints = cache_fingerprints(cfg.caches)
+    selection = select_images(cfg.caches, cfg.exclude, cfg.unlabeled)
+    fingerprints = cache_fingerprints([*cfg.caches, *cfg.unlabeled])
     data = PretrainImages(selection)
     resume = check_run_dir(run_dir, cfg, overwrite, fingerprints, selection.sha256)
     state = load_last(run_dir / LAST) if resume else None

@@ -124,7 +124,8 @@ def write_run_config(
     doc = {
         SECTION: {
             **cfg.to_dict(),
-            "caches": list(selection.caches),
+            "caches": [str(Path(c).resolve()) for c in cfg.caches],
+            "unlabeled": [str(Path(c).resolve()) for c in cfg.unlabeled],
             "exclude": list(selection.exclude),
             "out": str(Path(cfg.out).resolve()),
         },

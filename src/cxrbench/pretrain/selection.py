@@ -3,7 +3,9 @@
 The rule: only the **train** split of each given cache, minus every patient who is in a val or test
 split of any given cache or of any further index/cache passed as ``exclude`` (a study passes every
 dataset it evaluates on). Patients are compared by ``(dataset, patient_id)``. An image found in two
-caches (the same dataset prepared twice) is used once. The selection is recorded in the run folder
+caches (the same dataset prepared twice) is used once. Caches passed as ``unlabeled`` are the one
+opt-out: data that is never evaluated on (e.g. a source hospital's archive) is used whole, every
+split, still minus the held-out patients of the others. The selection is recorded in the run folder
 (``pretrain_images.parquet``: dataset, image_id, patient_id, cache) with the SHA-256 of its sorted
 ``dataset/image_id`` list, so a reader can tell exactly which images the weights have seen.
 """
@@ -35,10 +37,11 @@ _ID_COLUMNS = ["image_id", "patient_id", "split", "dataset"]
 class ImageSelection:
     """The images a pretraining run reads, in sampling order.
 
-    ``table`` has one row per image: ``source`` (position in ``caches``), ``position`` (the image's
-    position in that cache's train split), ``dataset``, ``image_id``, ``patient_id``. ``dropped`` counts
-    train images (and patients) left out because the patient is held out somewhere, or because the
-    image came twice.
+    ``caches`` are the sources, the ``unlabeled`` ones last (``whole[k]``: every split of source k is
+    read). ``table`` has one row per image: ``source`` (position in ``caches``), ``position`` (the
+    image's position among the rows read of that cache: its train split, or all rows when whole),
+    ``dataset``, ``image_id``, ``patient_id``. ``dropped`` counts images left out because the patient is
+    held out somewhere, or because the image came twice.
     """
 
     caches: tuple[str, ...]
@@ -46,6 +49,11 @@ class ImageSelection:
     held_out_patients: int
     dropped: dict[str, int] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    whole: tuple[bool, ...] = ()
+
+    def split_of(self, k: int) -> str | None:
+        """The split read from source ``k`` (None: every split)."""
+        return None if self.whole and self.whole[k] else USED_SPLIT
 
     @property
     def n_images(self) -> int:
@@ -71,11 +79,12 @@ class ImageSelection:
             "per_dataset": {
                 str(k): int(v) for k, v in self.table["dataset"].value_counts().sort_index().items()
             },
-            "split": USED_SPLIT,
+            "split": USED_SPLIT if not any(self.whole) else "train (all splits of the unlabeled caches)",
             "images_sha256": self.sha256,
             "held_out_patients": self.held_out_patients,
             "dropped": dict(self.dropped),
             "caches": list(self.caches),
+            "unlabeled": [c for c, w in zip(self.caches, self.whole, strict=False) if w],
             "exclude": list(self.exclude),
         }
 
@@ -110,38 +119,43 @@ def _keys(df: pd.DataFrame) -> pd.Series:
 
 
 def select_images(
-    caches: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()
+    caches: Sequence[str | os.PathLike],
+    exclude: Sequence[str | os.PathLike] = (),
+    unlabeled: Sequence[str | os.PathLike] = (),
 ) -> ImageSelection:
     """The leakage-safe image selection over ``caches`` (module docstring); InputError when empty."""
     from cxrbench.cache.read import open_cache
 
-    if not caches:
+    sources = [*caches, *unlabeled]
+    whole = tuple([False] * len(caches) + [True] * len(unlabeled))
+    if not sources:
         raise InputError("no cache given", where="pretrain", fix="give at least one --cache")
     frames = []
     held_out: set[str] = set()
-    for k, c in enumerate(caches):
+    for k, c in enumerate(sources):
         open_cache(c)  # a complete cache, or one clear error
         df = _read_ids(c, where=str(c))
         df["source"] = k
         frames.append(df)
-        held_out.update(_keys(df[df["split"].isin(HELD_OUT_SPLITS)]))
+        if not whole[k]:
+            held_out.update(_keys(df[df["split"].isin(HELD_OUT_SPLITS)]))
     for other in exclude:
         df = _read_ids(other, where=str(other))
         held_out.update(_keys(df[df["split"].isin(HELD_OUT_SPLITS)]))
     parts = []
     dropped = {"held_out_images": 0, "duplicate_images": 0}
     for k, df in enumerate(frames):
-        train = df[df["split"] == USED_SPLIT].copy()
-        if train.empty:
+        rows = df.copy() if whole[k] else df[df["split"] == USED_SPLIT].copy()
+        if rows.empty:
             raise InputError(
                 "the cache has no train split",
-                where=str(caches[k]),
-                fix="pretrain only reads train splits; re-index with one",
+                where=str(sources[k]),
+                fix="pretrain reads only train splits (pass data you never evaluate on as --unlabeled)",
             )
-        train["position"] = np.arange(len(train), dtype=np.int64)
-        keep = ~_keys(train).isin(held_out)
+        rows["position"] = np.arange(len(rows), dtype=np.int64)
+        keep = ~_keys(rows).isin(held_out)
         dropped["held_out_images"] += int((~keep).sum())
-        parts.append(train[keep])
+        parts.append(rows[keep])
     table = pd.concat(parts, ignore_index=True)
     dup = table.duplicated(subset=["dataset", "image_id"], keep="first")
     dropped["duplicate_images"] = int(dup.sum())
@@ -149,16 +163,17 @@ def select_images(
     if table.empty:
         raise InputError(
             "no image is left: every train patient is held out by a val/test split",
-            where=", ".join(map(str, caches)),
+            where=", ".join(map(str, sources)),
             fix="check the caches and --exclude indexes",
         )
     table = table[["source", "position", "dataset", "image_id", "patient_id"]]
     return ImageSelection(
-        caches=tuple(str(Path(c).resolve()) for c in caches),
+        caches=tuple(str(Path(c).resolve()) for c in sources),
         table=table,
         held_out_patients=len(held_out),
         dropped=dropped,
         exclude=tuple(str(Path(e).resolve()) for e in exclude),
+        whole=whole,
     )
 
 
@@ -193,13 +208,16 @@ class PretrainImages(Dataset):
     """The selected images of several caches as one dataset: ``ds[list] -> uint8 [B, S, S]``.
 
     Every cache must have the same image size. Reads go through each cache's
-    :class:`~cxrbench.data.dataset.CacheDataset` (its train split), one pass per cache per batch.
+    :class:`~cxrbench.data.dataset.CacheDataset` (its train split, or all of an unlabeled cache), one
+    pass per cache per batch.
     """
 
     def __init__(self, selection: ImageSelection) -> None:
         from cxrbench.data.dataset import CacheDataset
 
-        self.parts = [CacheDataset(c, split=USED_SPLIT, findings=[]) for c in selection.caches]
+        self.parts = [
+            CacheDataset(c, split=selection.split_of(k), findings=[]) for k, c in enumerate(selection.caches)
+        ]
         sizes = sorted({p.size for p in self.parts})
         if len(sizes) > 1:
             raise InputError(
