@@ -139,3 +139,9 @@ def test_registry_entries_of_the_domain_models():
         assert spec.weight_source.key != spec.timm_name  # never shares the store folder of plain DINOv2
     assert registry.get_init("rad-dino").pretraining_list == "training_images.csv"
     assert all(spec.pretrained_on for spec in registry.INITS.values())
+
+
+def test_fetch_offline_without_a_cached_repository_says_how_to_import_the_folder(offline_weights, cli_runner):
+    result = cli_runner.invoke(app, ["weights", "fetch", "cxformer-vitb14"])
+    assert result.exit_code == 2 and "HF_HUB_OFFLINE" in result.stderr
+    assert "weights import cxformer-vitb14 FOLDER" in result.stderr

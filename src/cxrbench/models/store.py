@@ -235,11 +235,12 @@ def fetch(source: WeightSource, init: str, force: bool = False) -> WeightLocatio
         if found is not None:
             return found
     if hf_offline():
+        what = "the repository folder" if source.convert else "the file"
         raise InputError(
             "HF_HUB_OFFLINE is set, so nothing can be downloaded",
             where=f"init {init}",
-            fix=f"unset HF_HUB_OFFLINE on a machine with network, or copy the file here and run "
-            f"`cxrbench weights import {init} FILE`",
+            fix=f"unset HF_HUB_OFFLINE on a machine with network, or copy {what} here and run "
+            f"`cxrbench weights import {init} {'FOLDER' if source.convert else 'FILE'}`",
         )
     import huggingface_hub
     from huggingface_hub import utils as hf_errors  # re-exports the error classes in every version
