@@ -28,6 +28,9 @@ _FRONT_DOORS: dict[str, str] = {
     "list_inits": "cxrbench.models.registry",
     "train": "cxrbench",  # the callable package cxrbench.train (see its docstring)
     "TrainConfig": "cxrbench.train.config",
+    "pretrain": "cxrbench",  # the callable package cxrbench.pretrain, as train
+    "PretrainConfig": "cxrbench.pretrain.config",
+    "contamination_warnings": "cxrbench.models.contamination",
     "evaluate_run": "cxrbench.evaluate.run_eval",
     "evaluate_predictions": "cxrbench.evaluate.scoring",
     "compare_predictions": "cxrbench.evaluate.compare",
@@ -45,8 +48,8 @@ def __getattr__(name: str) -> Any:
     module = _FRONT_DOORS.get(name)
     if module is None:
         raise AttributeError(f"module 'cxrbench' has no attribute {name!r}")
-    if name == "train":
-        value = importlib.import_module("cxrbench.train")
+    if name in ("train", "pretrain"):
+        value = importlib.import_module(f"cxrbench.{name}")
     else:
         value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
     globals()[name] = value  # later lookups skip this function

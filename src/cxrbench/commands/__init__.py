@@ -1,6 +1,7 @@
 """One module per command group; each exposes ``register(app)``."""
 
 from cxrbench.commands import (
+    audit,
     compare,
     demo,
     describe,
@@ -9,9 +10,11 @@ from cxrbench.commands import (
     phantom,
     predict,
     prepare,
+    pretrain,
     study,
     train,
     weights,
 )
 
-COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, predict, study, demo, weights)
+COMMAND_MODULES = (phantom, index, prepare, describe, pretrain, train, evaluate, compare, predict, audit,
+                   study, demo, weights)

@@ -51,6 +51,7 @@ def list_rows(pattern: str | None = None) -> list[dict[str, str]]:
                 "license": spec.license,
                 "present": "yes" if found else "no",
                 "location": found.describe() if found else "-",
+                "pretrained_on": ",".join(spec.pretrained_on) or "-",
             }
         )
     return rows
@@ -92,6 +93,7 @@ def register(app: typer.Typer) -> None:
             "license",
             "present",
             "location",
+            "pretrained_on",
         ]
         typer.echo(_table(rows, cols))
         from cxrbench.models.registry import RANDOM_ALIASES, RANDOM_NOTES
@@ -113,11 +115,17 @@ def register(app: typer.Typer) -> None:
         """Download the weights of NAME from the Hugging Face hub into the HF cache.
 
         Uses huggingface_hub (token from HF_TOKEN or `hf auth login` for gated repositories;
-        HF_ENDPOINT for a mirror). Afterwards training works offline (HF_HUB_OFFLINE=1)."""
+        HF_ENDPOINT for a mirror). Afterwards training works offline (HF_HUB_OFFLINE=1).
+        Transformers-format inits (rad-dino, cxformer-*) are converted to timm after the download."""
         from cxrbench.common.errors import InputError
-        from cxrbench.models import resolve
+        from cxrbench.models import convert, registry, resolve
         from cxrbench.models import store as wt
 
+        spec = registry.INITS.get(name.strip().lower())
+        if spec is not None and spec.convert:
+            found = convert.fetch_converted(spec, force=force)
+            typer.echo(f"{name}: fetched {spec.hf_repo} and converted it to timm: {found.path}")
+            return
         source = resolve.weight_source(name)
         if source is None:
             raise InputError(
@@ -154,13 +162,23 @@ def register(app: typer.Typer) -> None:
         The result is always model.safetensors (PyTorch files are read with
         torch.load(weights_only=True) and converted; a pickle that needs more is refused).
         Original Meta DINOv2 .pth files work too: timm converts their keys at load time.
-        An imported copy is used before the Hugging Face cache."""
+        An imported copy is used before the Hugging Face cache.
+
+        Inits published in Hugging Face transformers' format (rad-dino, cxformer-*) take the
+        repository folder (model.safetensors, config.json, preprocessor_config.json): the weights are
+        converted to timm, and the normalization and input size are read from the configs."""
         from pathlib import Path
 
         from cxrbench.common.errors import InputError
-        from cxrbench.models import build, resolve
+        from cxrbench.models import build, convert, registry, resolve
         from cxrbench.models import store as wt
 
+        spec = registry.INITS.get(name.strip().lower())
+        if spec is not None and spec.convert:
+            found = convert.import_converted(spec, file, force=force)
+            record = wt.import_record(spec.weight_source.key) or {}
+            typer.echo(f"{name}: converted {file} -> {found.path} (sha256 {record.get('sha256', '?')[:16]})")
+            return
         resolved = resolve.resolve_init(name)
         if resolved.kind not in ("registered", "timm") or resolved.source is None:
             raise InputError(

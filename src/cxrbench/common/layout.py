@@ -57,10 +57,11 @@ def is_temp_of(name: str, target: str) -> bool:
     return name.startswith(f".{target}.") and name.endswith(".tmp")
 
 
-def is_run_file(rel: str) -> bool:
+def is_run_file(rel: str, extra: tuple[str, ...] = ()) -> bool:
     """True when the run contract names the file ``rel`` (a path relative to the run folder, with
-    ``/``): config, weights, log, last.pt, TensorBoard events, eval/<split>/ results, and the
-    temporary files their atomic writes leave when killed. Nothing else is cxrbench's to delete."""
+    ``/``): config, weights, log, last.pt, TensorBoard events, eval/<split>/ results, the top-level
+    ``extra`` names of a run kind (a pretraining run's image list), and the temporary files their
+    atomic writes leave when killed. Nothing else is cxrbench's to delete."""
     parts = rel.split("/")
     name = parts[-1]
 
@@ -68,7 +69,7 @@ def is_run_file(rel: str) -> bool:
         return name in allowed or any(is_temp_of(name, a) for a in allowed)
 
     if len(parts) == 1:
-        return owned(RUN_TOP_FILES)
+        return owned((*RUN_TOP_FILES, *extra))
     if parts[0] == RUN_CHECKPOINTS and len(parts) == 2:
         return owned([RUN_LAST.split("/")[-1]])
     if parts[0] == RUN_TENSORBOARD:
@@ -96,3 +97,7 @@ def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
 def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
     """``RUN/eval/SPLIT/metrics.json``."""
     return eval_dir(run_dir, split) / METRICS_FILE
+
+
+# --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------
+RUN_PRETRAIN_IMAGES = "pretrain_images.parquet"  # dataset, image_id, patient_id, cache of every image

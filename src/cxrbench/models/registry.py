@@ -55,6 +55,16 @@ class InitSpec:
     no ``image_size``); ``patch_size`` is None for convolutional networks; ``timm_kwargs`` are the
     build options the init needs (e.g. DINOv3 ViTs pool the CLS token as upstream); ``files`` are the
     weight files of ``hf_repo``, preferred first.
+
+    ``pretrained_on`` names the datasets the weights were pretrained on, with the index's dataset
+    names for the chest-radiograph sets (``nih``, ``chexpert``, ``mimic``, ``padchest``, ``vindr``;
+    others as their usual short name): the contamination audit warns when an init is tested on one
+    of them. ``convert`` is the format of ``hf_repo`` when it is not timm's (``hf-dinov2``: Hugging
+    Face transformers Dinov2/Dinov2WithRegisters, converted to timm by
+    :mod:`cxrbench.models.convert` on ``weights fetch``/``import``; ``extra_files`` are the configs
+    the conversion reads, and mean/std/size/build options then come from them); ``weights_key``
+    names the converted copy in the store. ``pretraining_list`` is the file of ``hf_repo`` listing
+    the pretraining images, when the authors publish one (for ``cxrbench audit``).
     """
 
     name: str
@@ -73,6 +83,11 @@ class InitSpec:
     fixed_input_size: bool = True
     url: str | None = None
     notes: str = ""
+    pretrained_on: tuple[str, ...] = ()
+    convert: str | None = None
+    extra_files: tuple[str, ...] = ()
+    weights_key: str | None = None
+    pretraining_list: str | None = None
 
     @property
     def arch(self) -> str:
@@ -86,8 +101,9 @@ class InitSpec:
 
     @property
     def weight_source(self) -> wt.WeightSource:
-        """Where its weights come from (see :mod:`cxrbench.weights`)."""
-        return wt.WeightSource(key=self.timm_name, hf_repo=self.hf_repo, files=self.files, url=self.url)
+        """Where its weights come from (see :mod:`cxrbench.models.store`)."""
+        return wt.WeightSource(key=self.weights_key or self.timm_name, hf_repo=self.hf_repo, files=self.files,
+                               url=self.url, extra_files=self.extra_files, convert=self.convert)
 
 
 def _dinov2(letter: str, size: str, width: str, reg: bool) -> InitSpec:
@@ -107,6 +123,7 @@ def _dinov2(letter: str, size: str, width: str, reg: bool) -> InitSpec:
         url=f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{letter}14/dinov2_vit{letter}14"
         f"{'_reg4' if reg else ''}_pretrain.pth",
         notes=f"self-supervised on LVD-142M (142M curated natural images); {width}",
+        pretrained_on=("lvd-142m",),
     )
 
 
@@ -126,6 +143,7 @@ def _dinov3_vit(letter: str, size: str, width: str) -> InitSpec:
         hf_repo=f"timm/{timm_name}",
         timm_kwargs=(("global_pool", "token"),),
         notes=f"distilled from DINOv3 7B on LVD-1689M; RoPE + 4 registers; CLS pooling as upstream; {width}",
+        pretrained_on=("lvd-1689m",),
     )
 
 
@@ -145,10 +163,11 @@ def _dinov3_convnext(letter: str, size: str) -> InitSpec:
         hf_repo=f"timm/{timm_name}",
         fixed_input_size=False,
         notes="distilled from DINOv3 7B on LVD-1689M; average pooling",
+        pretrained_on=("lvd-1689m",),
     )
 
 
-def _augreg(name: str, tag: str, notes: str) -> InitSpec:
+def _augreg(name: str, tag: str, notes: str, pretrained_on: tuple[str, ...]) -> InitSpec:
     timm_name = f"vit_base_patch16_224.{tag}"
     return InitSpec(
         name=name,
@@ -163,6 +182,49 @@ def _augreg(name: str, tag: str, notes: str) -> InitSpec:
         paper=_AUGREG_PAPER,
         hf_repo=f"timm/{timm_name}",
         notes=notes,
+        pretrained_on=pretrained_on,
+    )
+
+
+_RAD_DINO_PAPER = (
+    "Perez-Garcia et al., Exploring scalable medical image encoders beyond text supervision, "
+    "Nature Machine Intelligence 2025, arXiv:2401.10815"
+)
+
+
+_CXFORMER_PAPER = (
+    "Al Mahrooqi et al., Empirical Analysis of Scaling Vision Foundation Models for Chest X-rays, "
+    "MIDL 2025, PMLR 301"
+)
+
+
+# The five public sets RAD-DINO and CXformer were pretrained on (model cards); BRAX has no adapter.
+_CXR5 = ("mimic", "chexpert", "nih", "padchest", "brax")
+
+
+def _domain_ssl(name: str, timm_name: str, family: str, architecture: str, repo: str, license: str,
+                paper: str, mean: tuple[float, float, float], std: tuple[float, float, float], notes: str,
+                pretraining_list: str | None = None) -> InitSpec:
+    """A chest-radiograph foundation model published in Hugging Face transformers' Dinov2 format."""
+    return InitSpec(
+        name=name,
+        timm_name=timm_name,
+        family=family,
+        architecture=architecture,
+        patch_size=14,
+        image_size=518,
+        mean=mean,
+        std=std,
+        license=license,
+        paper=paper,
+        hf_repo=repo,
+        files=("model.safetensors",),
+        notes=notes,
+        pretrained_on=_CXR5,
+        convert="hf-dinov2",
+        extra_files=("config.json", "preprocessor_config.json"),
+        weights_key=f"{timm_name}.{name.replace('-', '_')}",
+        pretraining_list=pretraining_list,
     )
 
 
@@ -181,11 +243,13 @@ _SPECS: tuple[InitSpec, ...] = (
         "imagenet21k-vitb16",
         "augreg_in21k",
         "supervised on ImageNet-21k (AugReg); the reference study's ImageNet arm",
+        ("imagenet-21k",),
     ),
     _augreg(
         "imagenet1k-vitb16",
         "augreg_in21k_ft_in1k",
         "the same AugReg ImageNet-21k run, fine-tuned on ImageNet-1k",
+        ("imagenet-21k", "imagenet-1k"),
     ),
     *(
         _dinov3_vit(letter, size, width)
@@ -196,6 +260,25 @@ _SPECS: tuple[InitSpec, ...] = (
         )
     ),
     *(_dinov3_convnext(letter, size) for letter, size in (("t", "tiny"), ("s", "small"), ("b", "base"))),
+    _domain_ssl(
+        "rad-dino", "vit_base_patch14_dinov2", "rad-dino", "ViT-B/14", "microsoft/rad-dino", "mit",
+        _RAD_DINO_PAPER, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),
+        "DINOv2 ViT-B/14 continued on ~880k chest radiographs (MIMIC-CXR, CheXpert, NIH ChestX-ray14, "
+        "PadChest, BRAX; MAIRA's val/test images excluded); transformers format, converted to timm; "
+        "lists its images in training_images.csv",
+        pretraining_list="training_images.csv",
+    ),
+    *(
+        _domain_ssl(
+            f"cxformer-vit{letter}14", f"vit_{size}_patch14_reg4_dinov2", "cxformer",
+            f"ViT-{letter.upper()}/14 +4 registers", f"m42-health/CXformer-{size}", "cc-by-nc-4.0",
+            _CXFORMER_PAPER, IMAGENET_MEAN, IMAGENET_STD,
+            f"DINOv2 with registers ({size}) continued on 600k+ frontal chest radiographs of the official "
+            "training splits of CheXpert, MIMIC-CXR, PadChest, NIH-CXR8 and BRAX; transformers format, "
+            "converted to timm (normalization and size from the repository's configs)",
+        )
+        for letter, size in (("b", "base"), ("s", "small"))
+    ),
 )
 
 

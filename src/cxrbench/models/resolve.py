@@ -30,6 +30,7 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import read_json
 from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.models import store as wt
+from cxrbench.models.convert import converted_record
 from cxrbench.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -160,17 +161,23 @@ def _norm(values: Any, default: tuple[float, float, float]) -> tuple[float, floa
 
 
 def _from_spec(spec: InitSpec, init: str, kind: str) -> ResolvedInit:
+    mean, std, size, kwargs = spec.mean, spec.std, spec.image_size, dict(spec.timm_kwargs)
+    conv = converted_record(spec) if spec.convert and kind == "registered" else None
+    if conv:  # a converted checkpoint: normalization, size and build options from its own configs
+        mean, std = _norm(conv.get("mean"), mean), _norm(conv.get("std"), std)
+        size = int(conv.get("image_size") or size)
+        kwargs.update(conv.get("timm_kwargs") or {})
     return ResolvedInit(
         init=init,
         kind=kind,
         arch=spec.timm_name,
         family=spec.family if kind != "random" else "random",
-        mean=spec.mean,
-        std=spec.std,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
+        mean=mean,
+        std=std,
+        image_size=size,
+        patch_size=int(kwargs.get("patch_size", spec.patch_size)) if spec.patch_size else None,
         fixed_input_size=spec.fixed_input_size,
-        timm_kwargs=dict(spec.timm_kwargs),
+        timm_kwargs=kwargs,
         license=spec.license if kind != "random" else None,
         spec=spec,
         source=spec.weight_source if kind != "random" else None,

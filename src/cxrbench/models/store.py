@@ -56,7 +56,9 @@ class WeightSource:
     ``hf_repo`` is the Hugging Face hub repository; ``files`` are the candidate weight files in the
     repository, preferred first; ``extra_files`` are fetched too (e.g. ``config.json``); ``url`` is
     the original non-hub download location when there is one (shown in messages only);
-    ``revision`` pins a branch, tag or commit of the repository (default: ``main``).
+    ``revision`` pins a branch, tag or commit of the repository (default: ``main``); ``convert`` is
+    the repository's format when timm cannot read it (``hf-dinov2``): then only the converted copy
+    in cxrbench's store is a usable weight file (:mod:`cxrbench.models.convert` writes it).
     """
 
     key: str
@@ -66,6 +68,7 @@ class WeightSource:
     url: str | None = None
     importable: bool = True
     revision: str | None = None
+    convert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +142,21 @@ def _hf_cached(
 
 
 def locate(source: WeightSource) -> WeightLocation | None:
-    """The weight file for ``source`` on disk (imported copy first, then hub cache), or None."""
+    """The weight file for ``source`` on disk (imported copy first, then hub cache), or None.
+
+    For a source that needs conversion only the converted copy counts (the hub file is not timm's).
+    """
     if source.importable:
         imported = imported_dir(source.key) / SAFETENSORS_NAME
         if imported.is_file():
             return WeightLocation(path=imported, origin="imported")
+    if source.convert:
+        return None
+    return locate_hub(source)
+
+
+def locate_hub(source: WeightSource) -> WeightLocation | None:
+    """The weight file of ``source`` in the hub cache, when its ``extra_files`` are there too, or None."""
     if source.hf_repo:
         cache_dir = hf_hub_cache()
         if all(_hf_cached(source.hf_repo, f, cache_dir, source.revision) for f in source.extra_files):
@@ -172,6 +185,16 @@ def missing_weights_error(source: WeightSource, init: str) -> InputError:
     if source.importable:
         looked.append(f"an imported copy {imported_dir(source.key) / SAFETENSORS_NAME}")
     fixes = []
+    if source.convert:
+        files = ", ".join((*source.files, *source.extra_files))
+        return InputError(
+            f"pretrained weights for {init!r} are not available offline: no converted copy "
+            f"{imported_dir(source.key) / SAFETENSORS_NAME}",
+            where=f"init {init}",
+            fix=f"online, run `cxrbench weights fetch {init}` (downloads {source.hf_repo} and converts it to "
+            f"timm); or copy the repository folder ({files}) here and run `cxrbench weights import {init} "
+            "FOLDER`",
+        )
     if source.hf_repo:
         fixes.append(f"online, run `cxrbench weights fetch {init}`")
     if source.importable:
@@ -208,15 +231,16 @@ def fetch(source: WeightSource, init: str, force: bool = False) -> WeightLocatio
             fix=f"download the file from {where} and run `cxrbench weights import {init} FILE`",
         )
     if not force:
-        found = locate(source)
-        if found is not None and found.origin == "hf-cache":
+        found = locate_hub(source)
+        if found is not None:
             return found
     if hf_offline():
+        what = "the repository folder" if source.convert else "the file"
         raise InputError(
             "HF_HUB_OFFLINE is set, so nothing can be downloaded",
             where=f"init {init}",
-            fix=f"unset HF_HUB_OFFLINE on a machine with network, or copy the file here and run "
-            f"`cxrbench weights import {init} FILE`",
+            fix=f"unset HF_HUB_OFFLINE on a machine with network, or copy {what} here and run "
+            f"`cxrbench weights import {init} {'FOLDER' if source.convert else 'FILE'}`",
         )
     import huggingface_hub
     from huggingface_hub import utils as hf_errors  # re-exports the error classes in every version

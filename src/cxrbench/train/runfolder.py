@@ -15,7 +15,14 @@ from typing import Any
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_text, ensure_dir
-from cxrbench.common.layout import CACHE_INDEX, RUN_CHECKPOINTS, RUN_CONFIG, RUN_LAST, is_run_file
+from cxrbench.common.layout import (
+    CACHE_INDEX,
+    RUN_CHECKPOINTS,
+    RUN_CONFIG,
+    RUN_LAST,
+    RUN_PRETRAIN_IMAGES,
+    is_run_file,
+)
 from cxrbench.train.config import TrainConfig
 
 
@@ -57,28 +64,36 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, cache_sha: s
                              f"{str(saved_sha)[:12]}..., now {cache_sha[:12]}...)", where=str(run_dir),
                              fix="resume with the original cache, or restart with --overwrite")
         resume = (run_dir / RUN_LAST).is_file()
-    elif run_dir.exists() and not run_dir.is_dir():
-        raise InputError("--out is a file, not a folder", where=str(run_dir),
-                         fix="choose a folder for the run")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        owned, foreign = run_files(run_dir)
-        if not config_path.is_file():
-            what = "--overwrite would delete files it did not write" if overwrite else "it is not empty"
-            raise InputError(f"the folder is not a cxrbench run (no {RUN_CONFIG}) and {what}: "
-                             f"{_listing(owned + foreign, run_dir)}", where=str(run_dir),
-                             fix="choose a new or empty --out")
-        if foreign:
-            raise InputError(f"--overwrite would delete files that are not the run's own: "
-                             f"{_listing(foreign, run_dir)}", where=str(run_dir),
-                             fix="move them out of the run folder, or choose another --out")
+    else:
+        check_restart(run_dir, overwrite)
     return resume
 
 
-def run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+def check_restart(run_dir: Path, overwrite: bool, extra: tuple[str, ...] = ()) -> None:
+    """Refuse to start in ``run_dir`` unless it is new, empty, or (with ``overwrite``) a cxrbench run
+    holding only the files its contract names (plus ``extra``): what would go is listed."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("--out is a file, not a folder", where=str(run_dir),
+                         fix="choose a folder for the run")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    owned, foreign = run_files(run_dir, extra)
+    if not (run_dir / RUN_CONFIG).is_file():
+        what = "--overwrite would delete files it did not write" if overwrite else "it is not empty"
+        raise InputError(f"the folder is not a cxrbench run (no {RUN_CONFIG}) and {what}: "
+                         f"{_listing(owned + foreign, run_dir)}", where=str(run_dir),
+                         fix="choose a new or empty --out")
+    if foreign:
+        raise InputError(f"--overwrite would delete files that are not the run's own: "
+                         f"{_listing(foreign, run_dir)}", where=str(run_dir),
+                         fix="move them out of the run folder, or choose another --out")
+
+
+def run_files(run_dir: Path, extra: tuple[str, ...] = ()) -> tuple[list[Path], list[Path]]:
     """(files the run contract names, every other file) under ``run_dir``."""
     owned, foreign = [], []
     for path in sorted(p for p in run_dir.rglob("*") if not p.is_dir()):
-        (owned if is_run_file(path.relative_to(run_dir).as_posix()) else foreign).append(path)
+        (owned if is_run_file(path.relative_to(run_dir).as_posix(), extra) else foreign).append(path)
     return owned, foreign
 
 
@@ -88,11 +103,11 @@ def _listing(paths: list[Path], base: Path, limit: int = 10) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def start_run_dir(run_dir: Path, overwrite: bool) -> None:
+def start_run_dir(run_dir: Path, overwrite: bool, extra: tuple[str, ...] = ()) -> None:
     """Make the run folder; with ``overwrite``, first delete the previous run's own files (only those,
     as :func:`check_run_dir` allowed), and always the temporary files of writes a kill interrupted."""
     if run_dir.is_dir():
-        owned, _ = run_files(run_dir)
+        owned, _ = run_files(run_dir, extra)
         for path in owned:
             if overwrite or path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
@@ -140,6 +155,8 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
 
     meta_path = source.with_suffix(".json")  # best.safetensors -> best.json
     meta = read_json(meta_path) if meta_path.is_file() else {}
+    if isinstance(meta, dict) and isinstance(meta.get("pretraining"), dict):
+        return check_ssl_overlap(source, cfg)
     a_cache = (meta.get("cache") or {}).get("path") if isinstance(meta, dict) else None
     if a_cache is None:
         if cfg.allow_overlap:
@@ -168,6 +185,45 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
     if shared:
         return f"{len(shared)} patient(s) shared with the checkpoint's training cache (--allow-overlap)"
     return f"no patient shared with the checkpoint's training cache ({len(a_keys):,} patients checked)"
+
+
+def check_ssl_overlap(source: Path, cfg: TrainConfig) -> str:
+    """The guard for a self-supervised checkpoint (``cxrbench pretrain``): labels were never read, so
+    its images may come from this cache's train split, but none may belong to a val or test patient.
+
+    Patients are compared by (dataset, patient_id) between the run's image list and this cache.
+    """
+    import pandas as pd
+
+    from cxrbench.index.schema import read_index
+
+    images = source.parent / RUN_PRETRAIN_IMAGES
+    if not images.is_file():
+        if cfg.allow_overlap:
+            return "patients of the self-supervised pretraining not checked (--allow-overlap)"
+        raise InputError(f"cannot check patient overlap: the self-supervised checkpoint has no {images.name} "
+                         "beside it", where=str(source),
+                         fix="copy the whole pretraining run folder, or pass --allow-overlap if you know its "
+                             "images hold no val/test patient of this cache")
+    seen = pd.read_parquet(images, columns=["dataset", "patient_id"]).astype(str)
+    seen_keys = set(zip(seen["dataset"], seen["patient_id"], strict=True))
+    b_index, _ = read_index(Path(cfg.cache) / CACHE_INDEX)
+    b = b_index[["dataset", "patient_id", "split"]].astype(str)
+    held = b[b["split"] != "train"]
+    shared = seen_keys & set(zip(held["dataset"], held["patient_id"], strict=True))
+    if shared and not cfg.allow_overlap:
+        ds, pid = sorted(shared)[0]
+        raise InputError(f"{len(shared)} val/test patient(s) of this cache are among the images the "
+                         f"self-supervised checkpoint was pretrained on (e.g. {ds}/{pid})", where=cfg.init,
+                         fix="pretrain with this cache's index in --exclude, or pass --allow-overlap to "
+                             "accept it")
+    train = b[b["split"] == "train"]
+    train_keys = set(zip(train["dataset"], train["patient_id"], strict=True))
+    note = (f"self-supervised checkpoint: {len(seen_keys & train_keys):,} of this cache's train patients "
+            f"were in its (unlabeled) pretraining images")
+    if shared:
+        return f"{note}; {len(shared)} val/test patient(s) too (--allow-overlap)"
+    return f"{note}, no val/test patient ({len(seen_keys):,} pretraining patients checked)"
 
 
 def write_run_config(run_dir, cfg, env, train_ds, val_ds, info, image_size, cache_sha, derived) -> None:

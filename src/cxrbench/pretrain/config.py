@@ -1,0 +1,326 @@
+"""The pretraining configuration: one frozen, validated pydantic model, as :mod:`cxrbench.train.config`.
+
+Defaults follow the DINOv2 recipe (Oquab et al. 2024, ``dinov2/configs/ssl_default_config.yaml``)
+where it fits a single-node continued pretraining: 2 global + 8 local crops, DINO head with 65,536
+prototypes (2048 hidden, 256 bottleneck), iBOT on, KoLeo 0.1, teacher momentum 0.992 -> 1 (cosine),
+teacher temperature 0.04 -> 0.07 over 30 epochs, student temperature 0.1, weight decay 0.04 -> 0.2
+(cosine), layer-wise lr decay 0.9, gradient clipping 3.0, the last head layer frozen for the first
+epoch; the crops are milder than DINOv2's (docs/pretraining.md). ``batch_size`` is the global batch.
+
+Fields in :data:`RUNTIME_KEYS` change how a run executes, not what it computes (the cache paths
+among them: their content is checked by manifest hash and by the hash of the selected images).
+:meth:`PretrainConfig.for_run` is the resume merge rule of ``train`` (saved ``config.yaml`` <
+``--config`` file < given options).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import json_safe
+from cxrbench.common.validation import closest
+
+RUNTIME_KEYS: frozenset[str] = frozenset(
+    {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
+     "deterministic"}
+)
+"""Keys that change how a run executes, not what it computes (never part of a run's identity)."""
+
+SECTION = "pretrain"  # the config.yaml section holding the PretrainConfig
+
+RUN_OWNED_KEYS: tuple[str, ...] = ("caches", "exclude", "unlabeled", "init", "out")
+"""Keys a study sets itself for every pretraining run (and hashes through its own step config)."""
+
+# The identity keys of the first version. A study step key must not move when cxrbench learns a
+# new option, so a key outside this list is hashed only when it differs from its default.
+_KEYED_V1: tuple[str, ...] = (
+    "epochs", "batch_size", "grad_accum", "lr", "min_lr", "warmup_epochs", "weight_decay",
+    "weight_decay_end", "betas", "layer_decay", "clip_grad", "drop_path", "freeze_last_layer_epochs",
+    "precision", "momentum", "momentum_end", "teacher_temp", "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs", "student_temp", "centering", "center_momentum", "sinkhorn_iterations",
+    "out_dim", "head_hidden", "head_bottleneck", "head_layers", "dino_weight", "ibot", "ibot_weight",
+    "ibot_separate_head", "mask_probability", "mask_ratio", "koleo_weight", "global_size", "local_size",
+    "local_crops", "global_scale", "local_scale", "hflip", "rotate", "brightness", "contrast", "blur",
+    "blur_sigma", "seed",
+)
+
+
+class PretrainConfig(BaseModel):
+    """Everything ``cxrbench pretrain`` needs; immutable once built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    # data, start, output
+    caches: tuple[str, ...] = Field(description="prepared caches whose train splits are used (Contract 3)")
+    init: str = Field(description="initialization to continue from, e.g. dinov2-vitb14 or random-vit-base")
+    out: str = Field(description="run directory")
+    exclude: tuple[str, ...] = Field(
+        (),
+        description="further indexes/caches whose val/test patients are "
+        "left out (a study passes every dataset)",
+    )
+    unlabeled: tuple[str, ...] = Field(
+        (),
+        description="caches used whole, every split: data never evaluated on (their val/test patients "
+        "are not held out)",
+    )
+
+    # optimization
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=2, description="global images per optimizer step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    lr: float = Field(2e-4, gt=0, le=10.0, description="peak learning rate (after warmup)")
+    min_lr: float = Field(1e-6, ge=0, description="floor of the cosine schedule")
+    warmup_epochs: float = Field(10.0, ge=0, description="linear lr warmup, epochs")
+    weight_decay: float = Field(0.04, ge=0, description="weight decay at the start (cosine schedule)")
+    weight_decay_end: float = Field(0.2, ge=0, description="weight decay at the end")
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float | None = Field(0.9, gt=0, le=1, description="layer-wise lr decay; off if unset")
+    clip_grad: float | None = Field(3.0, gt=0, description="max global grad norm; off when unset")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="stochastic depth of the student")
+    freeze_last_layer_epochs: float = Field(1.0, ge=0, description="epochs the prototypes stay fixed")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA")
+
+    # self-distillation
+    momentum: float = Field(0.992, ge=0, le=1, description="teacher EMA momentum at the start")
+    momentum_end: float = Field(1.0, ge=0, le=1, description="teacher EMA momentum at the end (cosine)")
+    teacher_temp: float = Field(0.07, gt=0, le=1, description="teacher temperature after warmup")
+    warmup_teacher_temp: float = Field(0.04, gt=0, le=1, description="teacher temperature at the start")
+    warmup_teacher_temp_epochs: float = Field(30.0, ge=0, description="teacher temperature warmup, epochs")
+    student_temp: float = Field(0.1, gt=0, le=1)
+    centering: Literal["center", "sinkhorn"] = Field(
+        "center", description="teacher targets: DINO centering or Sinkhorn-Knopp (DINOv2)"
+    )
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    sinkhorn_iterations: int = Field(3, ge=1, le=100)
+    out_dim: int = Field(65536, ge=2, description="prototypes of the DINO head")
+    head_hidden: int = Field(2048, ge=1)
+    head_bottleneck: int = Field(256, ge=1)
+    head_layers: int = Field(3, ge=1, le=8)
+    dino_weight: float = Field(1.0, ge=0)
+    ibot: bool = Field(True, description="iBOT masked-patch loss (ViTs only)")
+    ibot_weight: float = Field(1.0, ge=0)
+    ibot_separate_head: bool = Field(False, description="a second head for patch tokens")
+    mask_probability: float = Field(0.5, ge=0, le=1, description="share of global views that are masked")
+    mask_ratio: tuple[float, float] = Field((0.1, 0.5), description="(min, max) share of masked patches")
+    koleo_weight: float = Field(0.1, ge=0, description="KoLeo regularizer on the student's CLS features")
+
+    # crops
+    global_size: int | None = Field(
+        None,
+        ge=16,
+        le=4096,
+        description="global view side, px; the cache's size (to a patch multiple) if unset",
+    )
+    local_size: int | None = Field(
+        None, ge=8, le=4096, description="local view side, px; 7/16 of the global size (98 at 224) if unset"
+    )
+    local_crops: int = Field(8, ge=0, le=64, description="local views per image")
+    global_scale: tuple[float, float] = Field((0.4, 1.0), description="area fraction of global crops")
+    local_scale: tuple[float, float] = Field((0.1, 0.4), description="area fraction of local crops")
+    hflip: float = Field(0.5, ge=0, le=1)
+    rotate: float = Field(7.0, ge=0, le=180, description="max rotation, degrees")
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur per view")
+    blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="(min, max) blur sigma, px")
+
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    # runtime only
+    workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=0, le=256)
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; auto when unset")
+    log_every: int = Field(10, ge=1, description="optimizer steps between log.jsonl lines")
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between last.pt saves; 0 = per epoch")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bit-exact reruns")
+
+    @field_validator("caches", "exclude", "unlabeled", mode="before")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:
+        if isinstance(v, str | os.PathLike):
+            v = [v]
+        return tuple(str(p) for p in v) if v is not None else v
+
+    @field_validator("caches")
+    @classmethod
+    def _some_cache(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one cache")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a cache twice")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return None
+        head, _, idx = v.partition(":")
+        if head not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()):
+            raise ValueError("must be cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("global_scale", "local_scale", "mask_ratio")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("must be (min, max) with 0 < min <= max <= 1")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 20.0:
+            raise ValueError("must be (min, max) with 0 < min <= max <= 20 px")
+        return v
+
+    @field_validator("init", "out")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not str(v).strip():
+            raise ValueError("must not be empty")
+        return str(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PretrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.momentum_end < self.momentum:
+            raise ValueError(f"momentum_end ({self.momentum_end}) is below momentum ({self.momentum})")
+        if self.dino_weight == 0 and (not self.ibot or self.ibot_weight == 0):
+            raise ValueError("with dino_weight 0 and no iBOT loss nothing is learned")
+        return self
+
+    # --- construction and comparison -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "pretrain config") -> PretrainConfig:
+        """Validate ``data``; any unknown key or bad value raises one InputError naming the key."""
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise _to_input_error(e, where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict (tuples as lists)."""
+        return json_safe(self.model_dump())
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    def step_identity(self) -> dict[str, Any]:
+        """What a study hashes for a pretraining step: :meth:`identity` without the keys the study
+        sets per run, stable across cxrbench versions (see ``_KEYED_V1``)."""
+        ident = self.identity()
+        defaults = PretrainConfig(caches=["-"], init="-", out="-").to_dict()
+        out = {k: ident[k] for k in _KEYED_V1}
+        for k, v in ident.items():
+            if k not in _KEYED_V1 and k not in RUN_OWNED_KEYS and v != defaults.get(k):
+                out[k] = v
+        return out
+
+    def differences(self, other: PretrainConfig) -> list[str]:
+        """Identity keys whose values differ, as ``key: saved X, given Y`` strings."""
+        a, b = self.identity(), other.identity()
+        return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images per process per micro-step; raises InputError when the batch does not divide."""
+        per = self.batch_size // self.grad_accum
+        if per % world_size or per // world_size < 2:
+            raise InputError(
+                f"--batch-size {self.batch_size} / --grad-accum {self.grad_accum} = {per} images per "
+                f"micro-step cannot be split over {world_size} process(es) with at least 2 images each "
+                "(KoLeo and the DINO targets need a batch)",
+                where="batch_size",
+                fix=f"use a --batch-size divisible by {self.grad_accum * world_size} and at least "
+                f"{2 * self.grad_accum * world_size}",
+            )
+        return per // world_size
+
+    @classmethod
+    def for_run(
+        cls,
+        out: str | os.PathLike,
+        options: dict[str, Any],
+        *,
+        config_file: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        where: str = "pretrain config",
+    ) -> PretrainConfig:
+        """The config of the run folder ``out``: the one resume merge rule (as ``TrainConfig.for_run``).
+
+        Options left out come from ``out/config.yaml`` when the run exists (and is not restarted
+        with ``overwrite``), then from ``config_file``; the ``options`` given win; None = not given.
+        A new run needs ``caches`` and ``init``.
+        """
+        from cxrbench.common.layout import RUN_CONFIG
+
+        merged: dict[str, Any] = {}
+        saved = Path(out) / RUN_CONFIG
+        if saved.is_file() and not overwrite:
+            merged.update(load_config_file(saved))
+        if config_file is not None:
+            merged.update(load_config_file(config_file))
+        merged.update({k: v for k, v in options.items() if v is not None and v != ()})
+        merged["out"] = str(out)
+        for key, flag in (("caches", "--cache"), ("init", "--init")):
+            if not merged.get(key):
+                raise InputError(
+                    f"{flag} is required for a new run",
+                    where=str(out),
+                    fix=f"give {flag} (or point --out at an existing run to resume it)",
+                )
+        return cls.from_dict(merged, where=where)
+
+
+def _to_input_error(err: ValidationError, where: str) -> InputError:
+    first = err.errors()[0]
+    key = str(first.get("loc", ("config",))[0]) if first.get("loc") else "config"
+    if first.get("type") == "extra_forbidden":
+        hint = closest(key, PretrainConfig.model_fields)
+        fix = f"did you mean {hint!r}?" if hint else "remove it; see `cxrbench pretrain --help` for the keys"
+        return InputError(f"unknown key {key!r}", where=where, fix=fix)
+    if first.get("type") == "missing":
+        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    field = PretrainConfig.model_fields.get(key)
+    desc = f"; {field.description}" if field is not None and field.description else ""
+    return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML pretrain config: a run's ``config.yaml`` (its ``pretrain`` section) or a flat mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", where=str(path), fix="check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise InputError(
+            f"invalid YAML ({e.__class__.__name__})", where=str(path), fix="fix the YAML syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
+    if SECTION in data and isinstance(data[SECTION], dict):
+        data = data[SECTION]
+    return dict(data)
