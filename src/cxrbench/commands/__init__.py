@@ -5,6 +5,7 @@ from cxrbench.commands import (
     demo,
     describe,
     evaluate,
+    export,
     index,
     phantom,
     predict,
@@ -14,4 +15,5 @@ from cxrbench.commands import (
     weights,
 )
 
-COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, predict, study, demo, weights)
+COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, predict, export, study, demo,
+                   weights)

@@ -43,9 +43,11 @@ RUN_TENSORBOARD = "tensorboard"
 RUN_EVAL = "eval"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
+RUN_TRACKER = "tracker.json"  # which MLflow / W&B run this run logs to (resumed with it)
+RUN_WANDB = "wandb"  # W&B's own folder (offline runs, logs)
 # Everything a run folder may hold; `train --overwrite` removes these and nothing else.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
-                                RUN_TENSORBOARD, RUN_EVAL)
+                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB)
 
 
 def run_file(run_dir: str | os.PathLike, name: str) -> Path:
@@ -66,3 +68,12 @@ def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
 def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
     """``RUN/eval/SPLIT/metrics.json``."""
     return eval_dir(run_dir, split) / METRICS_FILE
+
+
+# --- an exported model folder (`cxrbench export`): timm / Hugging Face hub layout, ONNX --------------
+EXPORT_CONFIG = "config.json"  # timm's hub config: architecture, num_classes, label_names, pretrained_cfg
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CARD = "README.md"  # the model card
+EXPORT_THRESHOLDS = "thresholds.json"
+EXPORT_ONNX = "model.onnx"
+EXPORT_MANIFEST = ".cxrbench-export.json"  # what the export wrote (it replaces only these files)
