@@ -24,7 +24,7 @@ from cxrbench.cli import app
 from cxrbench.common.errors import InputError
 from cxrbench.index.schema import write_index
 from cxrbench.study.config import ExecutorSpec
-from cxrbench.study.jobs import cancel_study, format_status, read_records, study_status
+from cxrbench.study.jobs import format_status, read_records, study_status
 from cxrbench.study.load import load_study, parse_study
 from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import run_study
@@ -98,8 +98,11 @@ class FakeSlurm:
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    env = json.loads(subprocess.check_output([sys.executable, str(FAKE), "install", str(tmp_path / "bin"),
-                                              str(tmp_path / "slurm")]))
+    env = json.loads(
+        subprocess.check_output(
+            [sys.executable, str(FAKE), "install", str(tmp_path / "bin"), str(tmp_path / "slurm")]
+        )
+    )
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("FAKE_SLURM_RUN", "0")
@@ -118,9 +121,20 @@ def study(tmp_path):
 
 def _fake_index(step, ctx) -> None:
     step.out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame({"image_id": ["i0", "i1"], "patient_id": ["p0", "p1"], "study_id": None,
-                       "path": ["x0.png", "x1.png"], "view": "PA", "split": ["train", "test"], "dataset": "nih",
-                       "sex": "F", "age": 1.0, **{f: np.float32(1.0) for f in FINDINGS}})
+    df = pd.DataFrame(
+        {
+            "image_id": ["i0", "i1"],
+            "patient_id": ["p0", "p1"],
+            "study_id": None,
+            "path": ["x0.png", "x1.png"],
+            "view": "PA",
+            "split": ["train", "test"],
+            "dataset": "nih",
+            "sex": "F",
+            "age": 1.0,
+            **{f: np.float32(1.0) for f in FINDINGS},
+        }
+    )
     write_index(df, step.out / "index.parquet", FINDINGS)
 
 
@@ -130,9 +144,14 @@ def _fake_index(step, ctx) -> None:
 def test_executor_keys_are_validated_like_the_rest(tmp_path):
     base = yaml.safe_load(CONFIG)
     assert parse_study(base).executor.gpus_per_run == 4
-    for bad, words in (({"kind": "pbs"}, "executor.kind"), ({"partiton": "gpu"}, "did you mean 'partition'"),
-                       ({"gpus_per_run": -1}, "executor.gpus_per_run"), ({"time": "soon"}, "time"),
-                       ({"mem": "lots"}, "executor.mem"), ({"extra": {"dependency": "x"}}, "set by cxrbench")):
+    for bad, words in (
+        ({"kind": "pbs"}, "executor.kind"),
+        ({"partiton": "gpu"}, "did you mean 'partition'"),
+        ({"gpus_per_run": -1}, "executor.gpus_per_run"),
+        ({"time": "soon"}, "time"),
+        ({"mem": "lots"}, "executor.mem"),
+        ({"extra": {"dependency": "x"}}, "set by cxrbench"),
+    ):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({**base, "executor": bad}))
         with pytest.raises(InputError) as err:
@@ -156,15 +175,37 @@ def test_executor_and_tracker_are_in_no_step_key(study, tmp_path):
 
 
 def test_sbatch_parameters_per_step_kind():
-    spec = ExecutorSpec(kind="slurm", gpus_per_run=4, nodes_per_run=2, cpus_per_gpu=6, time="2:00:00",
-                        step_time=30, extra={"exclusive": True, "comment": False})
+    spec = ExecutorSpec(
+        kind="slurm",
+        gpus_per_run=4,
+        nodes_per_run=2,
+        cpus_per_gpu=6,
+        time="2:00:00",
+        step_time=30,
+        extra={"exclusive": True, "comment": False},
+    )
     train = sbatch_parameters(spec, "train", "n", ["1", "2"])
-    assert (train["nodes"], train["ntasks_per_node"], train["gpus_per_node"], train["cpus_per_task"],
-            train["time"], train["dependency"]) == (2, 4, 4, 6, 120, "afterok:1:2")
-    assert train["additional_parameters"] == {"requeue": True, "kill-on-invalid-dep": "yes", "exclusive": True}
+    assert (
+        train["nodes"],
+        train["ntasks_per_node"],
+        train["gpus_per_node"],
+        train["cpus_per_task"],
+        train["time"],
+        train["dependency"],
+    ) == (2, 4, 4, 6, 120, "afterok:1:2")
+    assert train["additional_parameters"] == {
+        "requeue": True,
+        "kill-on-invalid-dep": "yes",
+        "exclusive": True,
+    }
     ev = sbatch_parameters(spec, "eval", "n", [])
     assert (ev["nodes"], ev["ntasks_per_node"], ev["gpus_per_node"], ev["time"], ev["dependency"]) == (
-        1, 1, 1, 30, None)
+        1,
+        1,
+        1,
+        30,
+        None,
+    )
     cache = sbatch_parameters(spec, "cache", "n", [])
     assert (cache["gpus_per_node"], cache["cpus_per_task"]) == (None, 24)
 
@@ -187,23 +228,40 @@ def test_every_step_one_job_with_afterok_dependencies_along_the_graph(study, fak
         flags = subs[s.id.replace("/", ".")]["flags"]
         deps = sorted(job_of[d] for d in s.deps)
         assert sorted(subs[s.id.replace("/", ".")]["deps"]) == deps, s.id
-        assert flags.get("dependency", "") == ("afterok:" + ":".join(job_of[d] for d in s.deps) if deps else "")
+        assert flags.get("dependency", "") == (
+            "afterok:" + ":".join(job_of[d] for d in s.deps) if deps else ""
+        )
         assert (flags["partition"], flags["account"], flags["qos"], flags["constraint"], flags["mem"]) == (
-            "gpu", "lab", "high", "a100", "64G")
-        assert flags["requeue"] is True and flags["kill-on-invalid-dep"] == "yes" and flags["exclusive"] is True
+            "gpu",
+            "lab",
+            "high",
+            "a100",
+            "64G",
+        )
+        assert (
+            flags["requeue"] is True and flags["kill-on-invalid-dep"] == "yes" and flags["exclusive"] is True
+        )
         assert flags["mail-type"] == "FAIL" and flags["signal"] == "USR2@90"
         text = subs[s.id.replace("/", ".")]["text"]
         assert "module load cuda" in text and "srun " in text and "submitit.core._submit" in text
         if s.kind == "train":
             assert (flags["nodes"], flags["ntasks-per-node"], flags["gpus-per-node"], flags["time"]) == (
-                "2", "4", "4", str(24 * 60))
+                "2",
+                "4",
+                "4",
+                str(24 * 60),
+            )
         else:
             assert flags["nodes"] == "1" and flags["ntasks-per-node"] == "1"
     # the domain arm's steps are known only after indexing: one job submits them, after the index jobs
     deferred = [s.id for s in plan.steps if s.deferred]
-    assert deferred and sorted(subs["replan"]["deps"]) == sorted(job_of[f"index/{d}"] for d in ("a", "b", "src"))
+    assert deferred and sorted(subs["replan"]["deps"]) == sorted(
+        job_of[f"index/{d}"] for d in ("a", "b", "src")
+    )
     rec = read_records(study)["train/a/r224/rand/s0"]
-    assert rec.job_id == job_of["train/a/r224/rand/s0"] and rec.tasks == 8 and rec.stderr.endswith("_0_log.err")
+    assert (
+        rec.job_id == job_of["train/a/r224/rand/s0"] and rec.tasks == 8 and rec.stderr.endswith("_0_log.err")
+    )
     assert f"/{rec.job_id}/" in rec.stderr
 
 
@@ -225,7 +283,8 @@ def test_resubmission_keeps_queued_jobs_and_never_resubmits_done_steps(study, fa
     job_of = {**second.kept, **second.submitted}
     for sid in new:  # dependencies on the kept jobs, none on done steps
         assert sorted(subs[sid.replace("/", ".")]["deps"]) == sorted(
-            job_of[d] for d in plan[sid].deps if plan.by_id[d].status != "done")
+            job_of[d] for d in plan[sid].deps if plan.by_id[d].status != "done"
+        )
     # status: queued everywhere but the indexes; then cancel what was submitted
     rows = {r.id: r for r in study_status(study)}
     assert rows["index/a"].status == "done" and rows["report"].status == "queued"
@@ -271,17 +330,35 @@ def test_without_slurm_the_error_says_so(study, tmp_path, monkeypatch, cli_runne
 
 
 @pytest.mark.slow
-def test_a_study_runs_through_fake_slurm_with_ddp_and_a_requeue(tmp_path, fake_slurm, monkeypatch, cli_runner):
+def test_a_study_runs_through_fake_slurm_with_ddp_and_a_requeue(
+    tmp_path, fake_slurm, monkeypatch, cli_runner
+):
     """Phantom -> index -> cache -> a 2-task DDP training run (preempted: USR2, requeued by submitit's
     handler, resumed from last.pt) -> eval -> report, every step a job run by the fake SLURM."""
     monkeypatch.setenv("FAKE_SLURM_RUN", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cfg = {"name": "rq", "datasets": {"a": {"adapter": "nih", "labels": ",".join(FINDINGS),
-                                            "phantom": {"patients": 60, "size": 32, "site": "A", "seed": 1}}},
-           "preprocess": {"px32": {"size": 32}}, "inits": {"rand": {"init": "random-vit-test"}},
-           "train": {"epochs": 30, "batch_size": 16, "lr": 1e-3, "patience": 0, "workers": 0,
-                     "deterministic": True},
-           "evaluation": {"bootstrap": 10}, "executor": {"kind": "slurm", "gpus_per_run": 2, "cpus_per_gpu": 1}}
+    cfg = {
+        "name": "rq",
+        "datasets": {
+            "a": {
+                "adapter": "nih",
+                "labels": ",".join(FINDINGS),
+                "phantom": {"patients": 60, "size": 32, "site": "A", "seed": 1},
+            }
+        },
+        "preprocess": {"px32": {"size": 32}},
+        "inits": {"rand": {"init": "random-vit-test"}},
+        "train": {
+            "epochs": 30,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "patience": 0,
+            "workers": 0,
+            "deterministic": True,
+        },
+        "evaluation": {"bootstrap": 10},
+        "executor": {"kind": "slurm", "gpus_per_run": 2, "cpus_per_gpu": 1},
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(cfg))
     study = load_study(path)
@@ -294,7 +371,9 @@ def test_a_study_runs_through_fake_slurm_with_ddp_and_a_requeue(tmp_path, fake_s
     while not last.exists():
         assert time.time() - t0 < 300 and fake_slurm.job(train_id)["state"] in ("PENDING", "RUNNING")
         time.sleep(0.05)
-    subprocess.check_call(["scancel", train_id, "--signal", "SIGTERM"])  # what submitit's job._interrupt() does
+    subprocess.check_call(
+        ["scancel", train_id, "--signal", "SIGTERM"]
+    )  # what submitit's job._interrupt() does
     subprocess.check_call(["scancel", train_id, "--signal", "USR2"])
     states = fake_slurm.wait(list(jobs.values()))
     assert set(states.values()) == {"COMPLETED"}, states

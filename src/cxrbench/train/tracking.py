@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ class WandbTracker(Tracker):
         self, project: str, name: str, params: dict[str, str], run_id: str | None, run_dir: Path
     ) -> None:
         wandb = _require("wandb", "wandb")
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         try:
             self.run = wandb.init(
                 project=project,
