@@ -15,6 +15,8 @@ from cxrbench.study.jobs import read_records, study_status
 from cxrbench.study.load import load_study
 from cxrbench.study.runner import run_study
 
+pytest.importorskip("submitit")  # the slurm extra (part of dev)
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 

@@ -33,6 +33,8 @@ from cxrbench.study.state import write_marker
 
 FAKE = Path(__file__).resolve().parent / "data" / "fake_slurm.py"
 FINDINGS = ["cardiomegaly", "pleural_effusion"]
+pytest.importorskip("submitit")  # the slurm extra (part of dev)
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 CONFIG = """\
