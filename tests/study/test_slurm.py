@@ -320,6 +320,18 @@ def test_a_failed_step_shows_its_error_and_log(study, fake_slurm):
     assert f"log: {rows[victim].log}" in text and "synthetic failure" in text
 
 
+def test_without_accounting_squeue_tells_what_is_alive(study, fake_slurm, monkeypatch):
+    first = run_study(study, quiet=True)
+    fake_slurm.set_state(first.submitted["index/a"], "COMPLETED")
+    monkeypatch.setenv("FAKE_SLURM_NO_SACCT", "1")
+    rows = {r.id: r for r in study_status(study)}
+    assert rows["index/b"].status == "queued" and rows["index/a"].status == "pending"  # finished, not done
+    again = submit_study(study, quiet=True)  # index/a again, so a new job waits for it to submit the rest
+    assert set(again.submitted) == {"index/a", "_replan"} and len(again.kept) == len(first.submitted) - 2
+    third = submit_study(study, quiet=True)
+    assert not third.submitted and third.kept["_replan"] == again.submitted["_replan"]
+
+
 def test_without_slurm_the_error_says_so(study, tmp_path, monkeypatch, cli_runner):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     result = cli_runner.invoke(app, ["study", "run", str(study.path), "--executor", "slurm"])

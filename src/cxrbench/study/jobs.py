@@ -26,7 +26,7 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json
 from cxrbench.common.provenance import now_iso
 from cxrbench.study.config import LoadedStudy
-from cxrbench.study.layout import REPLAN_JOB
+from cxrbench.study.layout import JOB_LOGS, REPLAN_JOB
 from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import RunSummary, execute_step
 from cxrbench.study.state import read_marker
@@ -158,7 +158,7 @@ def read_records(study: LoadedStudy) -> dict[str, JobRecord]:
     out: dict[str, JobRecord] = {}
     if not root.is_dir():
         return out
-    logs = root / "logs"
+    logs = root / JOB_LOGS
     for path in root.rglob("*.json"):
         if logs in path.parents:
             continue
@@ -278,6 +278,9 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
         m = read_marker(study.out, s.id)
         m = m if m is not None and m.get("key") == s.key else None
         st = _state(states.get(rec.job_id)) if rec is not None else None
+        if rec is not None and st is not None and st != rec.state:
+            rec.state = st  # the record keeps the last state the scheduler reported
+            write_record(study, rec)
         row = StepStatus(
             s.id, s.kind, s.status, rec.job_id if rec else None, st, log=rec.stderr if rec else None
         )
@@ -303,19 +306,11 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
             row.status, row.detail = "failed", f"job {rec.job_id} ended {st} without finishing the step"
         rows.append(row)
     replan = records.get(REPLAN_JOB)
-    if replan is not None:
-        st = _state(states.get(replan.job_id))
-        if st in ALIVE or st not in (None, "COMPLETED") or any(r.deferred for r in plan.steps):
-            status = (
-                "queued"
-                if st in QUEUED
-                else "running"
-                if st in RUNNING
-                else (
-                    "cancelled" if st in CANCELLED else "failed" if st not in (None, "COMPLETED") else "done"
-                )
-            )
-            rows.append(StepStatus(REPLAN_JOB, "replan", status, replan.job_id, st, log=replan.stderr))
+    st = _state(states.get(replan.job_id)) if replan is not None else None
+    if replan is not None and st not in (None, "COMPLETED"):  # the job that submits the deferred steps
+        status = "queued" if st in QUEUED else "running" if st in RUNNING else "failed"
+        status = "cancelled" if st in CANCELLED else status
+        rows.append(StepStatus(REPLAN_JOB, "replan", status, replan.job_id, st, log=replan.stderr))
     return rows
 
 

@@ -107,7 +107,7 @@ def drive_local(
             err = job.exception()
             if err is None:
                 (summary.executed if job.result() else summary.skipped).append(sid)
-                say(f"  done     {sid.split('/', 1)[-1]} in {time.perf_counter() - t:.1f} s", highlight=False)
+                say(f"  done     {sid} in {time.perf_counter() - t:.1f} s", highlight=False)
                 continue
             failed.add(sid)
             m = read_marker(study.out, sid)

@@ -101,6 +101,8 @@ def run_study(
     if kind != "local":  # one job per step (study/jobs.py); this process only submits or drives them
         from cxrbench.study.jobs import run_with_jobs
 
+        study.out.mkdir(parents=True, exist_ok=True)
+        _write_study_copy(study)
         return run_with_jobs(study, kind, shard=shard, kinds=kinds, quiet=quiet, device=device,
                              keep_going=keep_going)
     execs = study_executors(study, executors)

@@ -19,9 +19,11 @@ Job states come from ``sacct`` (through submitit's parser), else ``squeue``.
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Any
 
 from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import file_lock
 from cxrbench.common.progress import console
 from cxrbench.study.config import ExecutorSpec, LoadedStudy, time_minutes
 from cxrbench.study.jobs import (
@@ -41,6 +43,7 @@ from cxrbench.study.steps import Step
 _GPU_KINDS = ("train", "pretrain")
 _ONE_GPU_KINDS = ("eval", "external")
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
+_SUBMIT_LOCK = "_submit"
 
 
 def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str]) -> dict[str, Any]:
@@ -110,12 +113,16 @@ def submit_study(
     running job was kept, ``summary.skipped`` the done steps, ``summary.blocked`` the steps whose inputs
     are neither done nor submitted (e.g. another shard's).
     """
-    import time
-
     t0 = time.perf_counter()
+    study.out.mkdir(parents=True, exist_ok=True)
+    with file_lock(study.layout.lock(_SUBMIT_LOCK)):  # one submission at a time per study folder
+        return _submit_all(study, shard, kinds, device, quiet, t0)
+
+
+def _submit_all(study: LoadedStudy, shard: tuple[int, int] | None, kinds: tuple[str, ...] | None,
+                device: str | None, quiet: bool, t0: float) -> RunSummary:
     spec = study.config.executor
     say = (lambda *a, **k: None) if quiet else console.print
-    study.out.mkdir(parents=True, exist_ok=True)
     ex = _executor(study, spec)
     plan = build_plan(study)
     steps = selected_steps(plan, shard, kinds)
@@ -152,11 +159,14 @@ def submit_study(
         say(
             f"  submitted {s.id:<58} job {job.job_id}" + (f"  after {','.join(deps)}" if deps else ""),
             highlight=False,
+            soft_wrap=True,
         )
     if deferred:
         waits = [job_of[s.id] for s in steps if s.kind in _RESOLVES_DEFERRED and s.id in job_of]
-        if waits:
-            old = records.get(REPLAN_JOB)
+        old = records.get(REPLAN_JOB)
+        if waits and old is not None and sorted(old.deps) == sorted(waits) and _alive_id(old.job_id, states):
+            summary.kept[REPLAN_JOB] = old.job_id  # the job that submits them is still waiting
+        elif waits:
             job = _submit(
                 ex, spec, "replan", prefix + "replan", waits, ReplanJob(study, shard, kinds, device)
             )
@@ -166,6 +176,7 @@ def submit_study(
                 f"  submitted {len(deferred)} step(s) known after indexing: job {job.job_id} submits them "
                 f"after {','.join(waits)}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             summary.blocked += [s.id for s in deferred]
@@ -183,13 +194,18 @@ def _alive(study: LoadedStudy, step: Step, job_id: str, states: dict[str, str] |
     if states is None:
         m = read_marker(study.out, step.id)
         return not (m is not None and m.get("key") == step.key and m.get("status") == "failed")
-    raw = states.get(job_id)
+    return _alive_id(job_id, states)
+
+
+def _alive_id(job_id: str, states: dict[str, str] | None) -> bool:
+    raw = (states or {}).get(job_id)
     return raw is not None and raw.split()[0].upper() in ALIVE
 
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``{job id: SLURM state}`` from sacct (submitit's parser), else squeue (alive jobs only); None when
-    neither answers. Jobs the scheduler no longer knows are absent."""
+    """``{job id: SLURM state}`` from sacct (submitit's parser), and from squeue for the ids sacct does not
+    list (no accounting, or accounting lagging behind a fresh submission); None when neither answers.
+    Jobs the scheduler no longer knows are absent."""
     if not job_ids:
         return {}
     require_submitit()
@@ -199,24 +215,23 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
     cmd = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
     for j in ids:
         cmd += ["-j", j]
+    states: dict[str, str] | None = None
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
         info = SlurmInfoWatcher().read_info(out)
-        return {j: info[j]["State"] for j in ids if j in info and info[j].get("State")}
+        states = {j: info[j]["State"] for j in ids if j in info and info[j].get("State")}
+        if len(states) == len(ids):
+            return states
     except (OSError, subprocess.SubprocessError):
         pass
-    try:  # clusters without accounting: squeue knows the jobs that are not finished
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(ids)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
+    missing = [j for j in ids if j not in (states or {})]
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
+        return states
     found = dict(line.strip().split("|", 1) for line in out.splitlines() if "|" in line)
-    return {j: found[j] for j in ids if j in found}
+    return {**(states or {}), **{j: found[j] for j in missing if j in found}}
 
 
 def cancel_jobs(job_ids: list[str]) -> None:

@@ -9,7 +9,8 @@ keep their state under STATE:
   its afterok dependencies, restarts, and the pids of its running tasks;
 * ``calls.jsonl``: every scancel / scontrol call.
 
-``FAKE_SLURM_RUN=0`` (in the environment of sbatch) only records: jobs stay PENDING. Otherwise a job
+``FAKE_SLURM_RUN=0`` (in the environment of sbatch) only records: jobs stay PENDING;
+``FAKE_SLURM_NO_SACCT=1`` makes sacct fail as on a cluster without accounting. Otherwise a job
 starts once all its afterok dependencies COMPLETED (with --kill-on-invalid-dep=yes it is CANCELLED
 when one of them ends otherwise); ``srun`` starts ``--ntasks-per-node x --nodes`` tasks with
 SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS set (one node: localhost); ``scancel --signal SIG``
@@ -227,6 +228,9 @@ def srun(args: list[str]) -> int:
 
 
 def sacct(args: list[str]) -> int:
+    if os.environ.get("FAKE_SLURM_NO_SACCT") == "1":  # a cluster without accounting
+        print("sacct: error: Slurm accounting storage is disabled", file=sys.stderr)
+        return 1
     ids = [args[i + 1] for i, a in enumerate(args) if a == "-j"]
     print("JobID|State|NodeList")
     for job_id in ids:
