@@ -25,6 +25,7 @@ def cfg_for(cache, out, **kw) -> TrainConfig:
     ("eval/test/metrics.json", True), ("eval/val/predictions.parquet", True),
     ("notes.txt", False), ("eval/test/my_plot.png", False), ("checkpoints/epoch3.pt", False),
     ("eval/holdout/metrics.json", False), ("tensorboard/my.csv", False), ("data/x.png", False),
+    ("tracker.json", True), ("wandb/offline-run-1/run-1.wandb", True), ("pretrain_images.parquet", False),
 ])
 def test_the_run_contract_names_its_files(rel, owned):
     assert is_run_file(rel) is owned

@@ -6,6 +6,7 @@ from cxrbench.commands import (
     demo,
     describe,
     evaluate,
+    export,
     index,
     phantom,
     predict,
@@ -17,4 +18,4 @@ from cxrbench.commands import (
 )
 
 COMMAND_MODULES = (phantom, index, prepare, describe, pretrain, train, evaluate, compare, predict, audit,
-                   study, demo, weights)
+                   export, study, demo, weights)

@@ -1,4 +1,5 @@
-"""`cxrbench study run|report`: the whole matrix of a study config, resumable, shardable."""
+"""`cxrbench study run|report|status|cancel`: the whole matrix of a study config, resumable, shardable,
+inline or as SLURM jobs."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ only its share of the runs (plus the indexes and caches those need), then run
 either one process per GPU with --shard (CUDA_VISIBLE_DEVICES=k), or DDP per run with
 `torchrun --nproc_per_node=N -m cxrbench study run STUDY.yaml`.
 
+A SLURM cluster: --executor slurm (or `executor: {kind: slurm, partition: ..., gpus_per_run: ...}`
+in the config) submits every step not done as one job, with afterok dependencies along the step
+graph, and returns; `cxrbench study status STUDY.yaml` follows it, rerunning the same command
+resubmits only what is neither done nor queued. --executor submitit-local runs each step as a local
+subprocess the same way (a dry run of the cluster setup on one machine).
+
 Examples:
 
   cxrbench study run configs/study-2024.yaml --dry-run
@@ -37,6 +44,20 @@ Examples:
   cxrbench study run configs/study-2024.yaml --out /scratch/study-2024
 
   CUDA_VISIBLE_DEVICES=1 cxrbench study run configs/study-2024.yaml --shard 2/4
+
+  cxrbench study run configs/study-2024.yaml --executor slurm
+"""
+
+STATUS_HELP = """Where every step of a study stands: done, running, queued, failed, cancelled or not started.
+
+Reads the step markers and, for steps submitted with --executor slurm, their jobs' states (sacct, or
+squeue); a failure is shown with its error and the job's log file.
+"""
+
+CANCEL_HELP = """Cancel the SLURM jobs this study submitted that are still queued or running.
+
+Only the jobs recorded in STUDY_OUT/.jobs/ are cancelled; finished steps keep their results, and
+`cxrbench study run STUDY.yaml --executor slurm` resubmits the rest.
 """
 
 REPORT_HELP = """Gather every finished result of a study into its report (after sharded runs, or any time).
@@ -78,15 +99,25 @@ def register(app: typer.Typer) -> None:
         keep_going: bool = typer.Option(
             False, "--keep-going", "-k", help="After a failed step, go on with the steps that do not need it."
         ),
+        executor: str = typer.Option(
+            None, "--executor", "-e", show_default=False,
+            help="Where steps run: local (here, one after the other), slurm (one job per step, submitted "
+            "with dependencies), submitit-local (one subprocess per step) [the config's executor.kind, "
+            "local].",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         from cxrbench.common.errors import InputError
         from cxrbench.common.validation import check_choice
+        from cxrbench.study.config import EXECUTOR_KINDS
         from cxrbench.study.plan import KINDS, build_plan, parse_shard
         from cxrbench.study.runner import describe_plan, run_study
 
         shard_t = parse_shard(shard) if shard else None
+        if executor is not None:
+            check_choice("--executor", executor, EXECUTOR_KINDS)
         study = _load(config, out)
+        kind = executor or study.config.executor.kind
         kinds = None
         if only:
             kinds = tuple(check_choice("--only", k.strip(), KINDS) for k in only.split(",") if k.strip())
@@ -94,8 +125,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(describe_plan(build_plan(study), shard_t, kinds))
             return
         summary = run_study(
-            study, shard=shard_t, kinds=kinds, quiet=quiet, device=device, keep_going=keep_going
+            study, shard=shard_t, kinds=kinds, quiet=quiet, device=device, keep_going=keep_going,
+            executor=kind,
         )
+        if kind == "slurm":
+            more = f" --out {out}" if out else ""
+            typer.echo(f"{len(summary.submitted)} job(s) submitted, {len(summary.kept)} still queued or "
+                       f"running, {len(summary.skipped)} step(s) done, {summary.seconds:.1f} s; follow it "
+                       f"with: cxrbench study status {config}{more}")
+            if summary.blocked:
+                typer.echo(f"{len(summary.blocked)} step(s) wait for inputs not submitted here: "
+                           + ", ".join(summary.blocked[:5]), err=True)
+            return
         if summary.failed:
             for sid, msg in summary.failed.items():
                 typer.echo(f"failed: {sid}: {msg}", err=True)
@@ -137,5 +178,34 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
         typer.echo(f"report: {path}")
+
+    @study_app.command("status", help=STATUS_HELP, no_args_is_help=True)
+    def status_command(
+        config: Path = typer.Argument(..., help="The study YAML file.", show_default=False),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="Study output folder [the config's 'out'].", show_default=False
+        ),
+        show_all: bool = typer.Option(False, "--all", "-a", help="List done steps too."),
+    ) -> None:
+        from cxrbench.study.jobs import format_status, study_status
+
+        rows = study_status(_load(config, out))
+        typer.echo(format_status(rows))
+        if show_all:
+            for r in rows:
+                if r.status == "done":
+                    typer.echo(f"{'done':<9} {r.id}")
+
+    @study_app.command("cancel", help=CANCEL_HELP, no_args_is_help=True)
+    def cancel_command(
+        config: Path = typer.Argument(..., help="The study YAML file.", show_default=False),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="Study output folder [the config's 'out'].", show_default=False
+        ),
+    ) -> None:
+        from cxrbench.study.jobs import cancel_study
+
+        ids = cancel_study(_load(config, out))
+        typer.echo(f"cancelled {len(ids)} job(s)" + (f": {', '.join(ids)}" if ids else ""))
 
     app.add_typer(study_app, name="study")

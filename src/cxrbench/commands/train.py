@@ -23,6 +23,10 @@ alone resumes.
 
 Many GPUs: torchrun --nproc_per_node=N -m cxrbench train ... (DDP; NCCL on GPU, gloo on CPU).
 
+Experiment trackers: --tracker mlflow (where MLFLOW_TRACKING_URI points) or --tracker wandb (your W&B
+login; WANDB_MODE=offline keeps it in RUN/wandb/) logs the config, every TensorBoard scalar and the
+final figures with the SHA-256 of best.safetensors, beside log.jsonl and TensorBoard.
+
 Examples:
 
   cxrbench train --cache cache/nih --init dinov2-vitb14 --out runs/nih-dinov2
@@ -99,6 +103,13 @@ def register(app: typer.Typer) -> None:
                                              "optimizer steps (default: 0 = at epoch ends only)."),
         deterministic: bool = typer.Option(None, "--deterministic",
                                            help="Deterministic algorithms: bit-exact reruns, slower on GPU."),
+        tracker: str = typer.Option(None, "--tracker", help="Also log to an experiment tracker: mlflow "
+                                    "(MLFLOW_TRACKING_URI) or wandb (pip install 'cxrbench[mlflow]' / "
+                                    "'[wandb]')."),
+        tracker_project: str = typer.Option(None, "--tracker-project",
+                                            help="MLflow experiment / W&B project (default: cxrbench)."),
+        tracker_name: str = typer.Option(None, "--tracker-name",
+                                         help="The run's name in the tracker (default: the run folder)."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Delete RUN's previous training outputs and start over."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -117,7 +128,8 @@ def register(app: typer.Typer) -> None:
             linear_probe=linear_probe, precision=precision, clip_grad=clip_grad, compile=compile_,
             pos_weight=pos_weight, augment=augment, hflip=hflip, rotate=rotate, patience=patience, seed=seed,
             keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, workers=workers, device=device,
-            log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic),
+            log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic,
+            tracker=tracker, tracker_project=tracker_project, tracker_name=tracker_name),
             config_file=config, overwrite=overwrite, where="cxrbench train")
 
         from cxrbench.common.layout import RUN_BEST_WEIGHTS

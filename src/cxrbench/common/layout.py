@@ -43,10 +43,12 @@ RUN_TENSORBOARD = "tensorboard"
 RUN_EVAL = "eval"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
+RUN_TRACKER = "tracker.json"  # which MLflow / W&B run this run logs to (resumed with it)
+RUN_WANDB = "wandb"  # W&B's own folder (offline runs, logs): everything in it is the run's
 # The top-level entries of a run folder; `train --overwrite` removes only files is_run_file accepts.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
-                                RUN_TENSORBOARD, RUN_EVAL)
-RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG)
+                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB)
+RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG, RUN_TRACKER)
 RUN_EVAL_FILES: list[str] = [PREDICTIONS_FILE, METRICS_FILE]  # stages that add files under eval/ extend it
 RUN_EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TENSORBOARD_PREFIX = "events.out.tfevents."
@@ -74,6 +76,8 @@ def is_run_file(rel: str, extra: tuple[str, ...] = ()) -> bool:
         return owned([RUN_LAST.split("/")[-1]])
     if parts[0] == RUN_TENSORBOARD:
         return name.startswith(TENSORBOARD_PREFIX)
+    if parts[0] == RUN_WANDB:  # written by the W&B tracker for this run
+        return True
     if parts[0] == RUN_EVAL and len(parts) == 3 and parts[1] in RUN_EVAL_SPLITS:
         return owned(RUN_EVAL_FILES)
     return False
@@ -101,3 +105,11 @@ def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
 
 # --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------
 RUN_PRETRAIN_IMAGES = "pretrain_images.parquet"  # dataset, image_id, patient_id, cache of every image
+
+# --- an exported model folder (`cxrbench export`): timm / Hugging Face hub layout, ONNX --------------
+EXPORT_CONFIG = "config.json"  # timm's hub config: architecture, num_classes, label_names, pretrained_cfg
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CARD = "README.md"  # the model card
+EXPORT_THRESHOLDS = "thresholds.json"
+EXPORT_ONNX = "model.onnx"
+EXPORT_MANIFEST = ".cxrbench-export.json"  # what the export wrote (it replaces only these files)

@@ -13,6 +13,8 @@
     OUT/report/                                 index.html, report.md, results.csv, figures/
     OUT/.steps/<step id>.json                   step markers (running, done, failed)
     OUT/.stale/, OUT/.locks/, OUT/.cache/       set-aside outputs, step locks, the weight-hash cache
+    OUT/.jobs/<step id>.json                    the job of a step (SLURM / submitit executors): id, logs
+    OUT/.jobs/logs/<job id>/                    submitit's job folders: scripts, pickles, stdout, stderr
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from cxrbench.common.layout import INDEX_FILE
 STEPS_DIR = ".steps"
 STALE_DIR = ".stale"
 LOCKS_DIR = ".locks"
+JOBS_DIR = ".jobs"
+JOB_LOGS = "logs"
+REPLAN_JOB = "_replan"  # the record of the job that submits the steps known only after indexing
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,19 @@ class StudyLayout:
 
     def stale_dir(self, step_id: str, stamp: str) -> Path:
         return self.out / STALE_DIR / f"{step_id.replace('/', '__')}-{stamp}"
+
+    def job_record(self, step_id: str) -> Path:
+        """``OUT/.jobs/<id>.json``: the job that runs a step (the id's slashes become folders)."""
+        return self.out / JOBS_DIR / f"{step_id}.json"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.out / JOBS_DIR
+
+    @property
+    def job_logs(self) -> Path:
+        """submitit's folder; ``%j`` is replaced by each job's id."""
+        return self.out / JOBS_DIR / JOB_LOGS / "%j"
 
     @property
     def weight_hashes(self) -> Path:

@@ -22,12 +22,14 @@ from cxrbench.study.config import (
     ComparisonSpec,
     DatasetSpec,
     EvaluationSpec,
+    ExecutorSpec,
     ExternalSpec,
     InitSpec,
     LoadedStudy,
     PhantomSpec,
     RecipeSpec,
     StudyConfig,
+    TrackerSpec,
 )
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -113,6 +115,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             ComparisonSpec,
             ExternalSpec,
             PhantomSpec,
+            ExecutorSpec,
+            TrackerSpec,
         ):
             if cand.__name__ in text or ann is cand:
                 nxt = cand

@@ -16,12 +16,14 @@ and the report are left to ``cxrbench study report``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cxrbench.common.errors import CxrbenchError, InputError
 from cxrbench.common.fileio import atomic_write_text
@@ -49,6 +51,8 @@ class RunSummary:
     blocked: list[str] = field(default_factory=list)
     seconds: float = 0.0
     plan: Plan | None = None
+    submitted: dict[str, str] = field(default_factory=dict)  # step id -> job id (slurm executor)
+    kept: dict[str, str] = field(default_factory=dict)  # step id -> its job still queued or running
 
 
 def _rank() -> tuple[int, int]:
@@ -78,6 +82,7 @@ def run_study(
     device: str | None = None,
     keep_going: bool = False,
     executors: dict[str, Executor] | None = None,
+    executor: str | None = None,
 ) -> RunSummary:
     """Run (or resume) the study; returns what was executed, skipped and failed.
 
@@ -89,8 +94,18 @@ def run_study(
         device: training/inference device (``cpu``, ``cuda``, ``cuda:1``); automatic when None.
         keep_going: after a failed step, continue with the steps that do not depend on it.
         executors: step kind -> function (tests replace them); defaults to :data:`EXECUTORS`.
+        executor: ``local`` (inline, here), ``slurm`` (submit one job per step and return) or
+            ``submitit-local`` (one subprocess per step); the config's ``executor.kind`` when None.
     """
-    execs = {**EXECUTORS, **(executors or {})}
+    kind = executor or study.config.executor.kind
+    if kind != "local":  # one job per step (study/jobs.py); this process only submits or drives them
+        from cxrbench.study.jobs import run_with_jobs
+
+        study.out.mkdir(parents=True, exist_ok=True)
+        _write_study_copy(study)
+        return run_with_jobs(study, kind, shard=shard, kinds=kinds, quiet=quiet, device=device,
+                             keep_going=keep_going)
+    execs = study_executors(study, executors)
     rank, world = _rank()
     main = rank == 0
     say = (lambda *a, **k: None) if (quiet or not main) else console.print
@@ -222,6 +237,9 @@ def _execute(step: Step, ctx: Context, fn: Executor, *, main: bool, world: int, 
         except CxrbenchError as err:
             write_marker(out, step, "failed", started=started, error=err.one_line())
             raise
+        except SystemExit as err:  # a job preempted or timed out and requeued (submitit's handler exits)
+            write_marker(out, step, "interrupted", started=started, error=f"SystemExit: {err}")
+            raise
         except BaseException as err:
             write_marker(out, step, "failed", started=started, error=f"{type(err).__name__}: {err}")
             raise
@@ -242,10 +260,56 @@ def _show_warnings(caught: list, say, limit: int = 6) -> None:
         say(f"  [yellow]... and {len(msgs) - limit} more warning(s)[/yellow]")
 
 
+# --- one step by id: what a job of the SLURM / submitit executors runs ---------------------------------
 
 
+def execute_step(study: LoadedStudy, step_id: str, *, key: str | None = None, device: str | None = None,
+                 quiet: bool = True, executors: dict[str, Executor] | None = None) -> bool:
+    """Run one step of the study (its inputs must be done), with its marker and lock, on every rank.
+
+    ``key``: the step key the job was submitted for; a different key (the config or the data changed
+    since) is refused rather than computing something else. Returns False when the step was done.
+    """
+    rank, world = _rank()
+    say = (lambda *a, **k: None) if (quiet or rank) else console.print
+    plan = build_plan(study)
+    step = plan.by_id.get(step_id)
+    if step is None or step.deferred:
+        raise InputError(f"step {step_id} is {'not in' if step is None else 'not yet known to'} the plan",
+                         where=str(study.path), fix="submit the study again (`cxrbench study run`)")
+    if key is not None and step.key != key:
+        raise InputError(f"step {step_id} changed since it was submitted (key {key[:10]}, now "
+                         f"{step.key[:10]})", where=str(study.path),
+                         fix="submit the study again (`cxrbench study run`)")
+    if step.status == "done":
+        return False
+    waiting = [d for d in step.deps if plan.by_id[d].status != "done"]
+    if waiting:
+        raise InputError(f"step {step_id} needs {', '.join(waiting[:3])}, which are not done",
+                         where=str(study.path), fix="run those first (a dependency of the job failed?)")
+    with _process_group(world, device):
+        ctx = Context(study=study, plan=plan, quiet=quiet or rank != 0, device=device)
+        return _execute(step, ctx, study_executors(study, executors)[step.kind], main=rank == 0,
+                        world=world, say=say)
 
 
+def study_executors(study: LoadedStudy, executors: dict[str, Executor] | None = None) -> dict[str, Executor]:
+    """The executor of every step kind; with a ``tracker:`` section, training runs log to it (runtime
+    keys: the step keys do not move)."""
+    execs = {**EXECUTORS, **(executors or {})}
+    spec = study.config.tracker
+    if spec is None:
+        return execs
+
+    def tracked(fn: Executor) -> Executor:
+        def run(step: Step, ctx: Context) -> Any:
+            runtime = {**step.params.runtime, "tracker": spec.kind, "tracker_name": step.id,
+                       "tracker_project": spec.project or study.config.name}
+            params = dataclasses.replace(step.params, runtime=runtime)
+            return fn(dataclasses.replace(step, params=params), ctx)
+        return run
+
+    return {k: tracked(fn) if k in _DIST_KINDS else fn for k, fn in execs.items()}
 
 
 def _wait_for(out: Path, step: Step, statuses: tuple[str, ...]) -> str:

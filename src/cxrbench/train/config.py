@@ -5,11 +5,11 @@ batch 30, up to 100 epochs, horizontal flip p=0.5 and rotation up to 7 degrees, 
 positive weights. Every field is a key of ``config.yaml`` (section ``train``) in the run folder.
 
 Fields in :data:`RUNTIME_KEYS` change how a run executes but not what it computes (data loader
-workers, device, logging and checkpoint intervals, determinism, compilation; the cache path, whose
-content is checked by hash); every other field is part of the run's identity and must match when
-an existing run folder is resumed. :meth:`TrainConfig.for_run` is the one resume merge rule
-(options left out come from the run's ``config.yaml``), shared by the CLI, the Python API and the
-study; :meth:`TrainConfig.step_identity` is what a study hashes into a training step's key.
+workers, device, logging and checkpoint intervals, determinism, compilation, the experiment tracker;
+the cache path, whose content is checked by hash); every other field is part of the run's identity
+and must match when an existing run folder is resumed. :meth:`TrainConfig.for_run` is the one resume
+merge rule (options left out come from the run's ``config.yaml``), shared by the CLI, the Python API and
+the study; :meth:`TrainConfig.step_identity` is what a study hashes into a training step's key.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from cxrbench.common.fileio import json_safe
 from cxrbench.common.validation import closest
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
-    {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile"}
+    {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile",
+     "tracker", "tracker_project", "tracker_name"}
 )
 """Keys that change how a run executes, not what it computes (never part of a run's identity)."""
 
@@ -96,6 +97,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="optimizer steps between log.jsonl lines")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between last.pt saves; 0 = per epoch")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bit-exact reruns")
+    tracker: Literal["mlflow", "wandb"] | None = Field(None, description="also log to MLflow or W&B")
+    tracker_project: str | None = Field(None, description="MLflow experiment / W&B project [cxrbench]")
+    tracker_name: str | None = Field(None, description="the run's name in the tracker [the run folder]")
 
     @field_validator("findings", mode="before")
     @classmethod

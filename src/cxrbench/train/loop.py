@@ -39,7 +39,7 @@ from torch import nn
 from cxrbench.common import distributed as dist_
 from cxrbench.common.errors import InputError, TrainingDiverged
 from cxrbench.common.fileio import file_sha256
-from cxrbench.common.layout import CACHE_MANIFEST
+from cxrbench.common.layout import CACHE_MANIFEST, RUN_BEST_WEIGHTS
 from cxrbench.common.progress import console
 from cxrbench.train.checkpoint import (
     LAST,
@@ -62,6 +62,7 @@ from cxrbench.train.runfolder import (
     write_run_config,
 )
 from cxrbench.train.runlog import Rank0Writer
+from cxrbench.train.tracking import open_tracker
 
 TRAIN_SPLIT, VAL_SPLIT = "train", "val"  # the only splits train() ever opens
 
@@ -218,8 +219,15 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
     loader = make_loader(train_ds, micro, sampler=sampler, num_workers=cfg.workers,
                          pin_memory=device.type == "cuda")
 
-    writer = Rank0Writer(run_dir, env.is_main, resume_step=progress["step"])  # drops redone steps
     n_params = sum(p.numel() for p in model.parameters())
+    tracker = None
+    if env.is_main and not progress["finished"]:
+        tracker = open_tracker(cfg.tracker, run_dir, project=cfg.tracker_project, name=cfg.tracker_name,
+                               resume=resume, params={**cfg.to_dict(), "arch": info.arch, "world_size": world,
+                                                      "num_params": n_params, "findings": findings,
+                                                      "cache_manifest_sha256": cache_sha})
+    # drops the log lines of redone steps
+    writer = Rank0Writer(run_dir, env.is_main, resume_step=progress["step"], tracker=tracker)
     if not quiet:
         print_summary(cfg, env, device, info, image_size, train_ds, val_ds, micro, steps_per_epoch,
                        total_steps, precision, n_params, sum(p.numel() for p in trainable), groups,
@@ -373,6 +381,11 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
             if progress["stopped_early"]:
                 bar.note(f"early stop: no improvement for {cfg.patience} epochs; best epoch {best['epoch']}")
                 break
+        if env.is_main:
+            best_file = run_dir / RUN_BEST_WEIGHTS
+            writer.finish({"best_val_mean_auroc": best["value"], "best_epoch": best["epoch"],
+                           "epochs_done": progress["epoch"], "steps": progress["step"],
+                           "best_weights_sha256": file_sha256(best_file) if best_file.is_file() else ""})
     finally:
         bar.close()
         writer.close()
