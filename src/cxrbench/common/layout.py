@@ -43,6 +43,13 @@ RUN_TENSORBOARD = "tensorboard"
 RUN_EVAL = "eval"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
+SUBGROUPS_FILE = "subgroups.json"  # beside metrics.json: per-subgroup metrics, gaps, underdiagnosis
+CALIBRATION_FILE = "calibration.json"  # beside metrics.json: ECE, Brier, slope, reliability, recalibration
+EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE)
+# A metadata-only baseline folder (`cxrbench shortcut`): the fitted model, plus eval/<split>/ as in a run.
+SHORTCUT_MODEL = "shortcut.json"
+# A folder of saliency overlays (`cxrbench predict --saliency OUT`): the list of the files written there.
+SALIENCY_MANIFEST = "saliency.json"
 # Everything a run folder may hold; `train --overwrite` removes these and nothing else.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
                                 RUN_TENSORBOARD, RUN_EVAL)
@@ -66,3 +73,13 @@ def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
 def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
     """``RUN/eval/SPLIT/metrics.json``."""
     return eval_dir(run_dir, split) / METRICS_FILE
+
+
+def subgroups_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/eval/SPLIT/subgroups.json``."""
+    return eval_dir(run_dir, split) / SUBGROUPS_FILE
+
+
+def calibration_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/eval/SPLIT/calibration.json``."""
+    return eval_dir(run_dir, split) / CALIBRATION_FILE
