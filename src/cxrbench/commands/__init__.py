@@ -9,9 +9,11 @@ from cxrbench.commands import (
     phantom,
     predict,
     prepare,
+    shortcut,
     study,
     train,
     weights,
 )
 
-COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, predict, study, demo, weights)
+COMMAND_MODULES = (phantom, index, prepare, describe, train, evaluate, compare, shortcut, predict, study,
+                   demo, weights)
