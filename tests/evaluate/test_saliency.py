@@ -184,10 +184,11 @@ def test_top_examples_are_the_highest_scoring_true_and_false_positives(tiny_run,
         shutil.copy(source / name, run / name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = evaluate_run(run, "test", n_resamples=0, predict_kwargs={"cache_dir": cache, "device": "cpu"},
-                               subgroups=False, calibration=False)
+        metrics = evaluate_run(run, "test", n_resamples=0, subgroups=False, calibration=False,
+                               predict_kwargs={"cache_dir": cache, "device": "cpu"})
     out = top_examples(run, k=2, cache_dir=cache, device="cpu", thumb_size=48)
-    assert list(out.columns) == list(EXAMPLE_COLUMNS) and set(out["kind"]) <= {"true_positive", "false_positive"}
+    assert list(out.columns) == list(EXAMPLE_COLUMNS)
+    assert set(out["kind"]) <= {"true_positive", "false_positive"} and len(out) > 0
     preds = read_predictions(run / "eval" / "test" / "predictions.parquet").set_index("image_id")
     for (f, kind), rows in out.groupby(["finding", "kind"]):
         t = metrics["per_finding"][f]["threshold"]
