@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "cxrbench"
 NAMES = {layout.CACHE_IMAGES, layout.CACHE_INDEX, layout.CACHE_MANIFEST, layout.CACHE_BUILD_DIR,
          layout.CACHE_LOCK, layout.RUN_CONFIG, layout.RUN_LAST, layout.RUN_BEST_WEIGHTS, layout.RUN_BEST_META,
          layout.RUN_LOG, layout.RUN_TENSORBOARD, layout.PREDICTIONS_FILE, layout.METRICS_FILE, "last.pt",
-         "checkpoints"}
+         "checkpoints", layout.SUBGROUPS_FILE, layout.CALIBRATION_FILE, layout.SHORTCUT_MODEL,
+         layout.SALIENCY_MANIFEST}
 
 
 def test_contract_file_names_are_spelled_only_in_layout():
@@ -29,5 +30,7 @@ def test_paths(tmp_path):
     assert layout.eval_dir(tmp_path, "val") == tmp_path / "eval" / "val"
     assert layout.predictions_path(tmp_path, "test") == tmp_path / "eval" / "test" / "predictions.parquet"
     assert layout.metrics_path(tmp_path, "test").name == "metrics.json"
+    assert layout.subgroups_path(tmp_path, "test") == tmp_path / "eval" / "test" / "subgroups.json"
+    assert layout.calibration_path(tmp_path, "val").name == "calibration.json"
     assert layout.index_report_path(tmp_path / "nih.parquet") == tmp_path / "nih.report.json"
     assert set(layout.RUN_OUTPUTS) >= {layout.RUN_CONFIG, layout.RUN_CHECKPOINTS, layout.RUN_EVAL}

@@ -12,10 +12,11 @@ from cxrbench.commands import (
     predict,
     prepare,
     pretrain,
+    shortcut,
     study,
     train,
     weights,
 )
 
-COMMAND_MODULES = (phantom, index, prepare, describe, pretrain, train, evaluate, compare, predict, audit,
-                   export, study, demo, weights)
+COMMAND_MODULES = (phantom, index, prepare, describe, pretrain, train, evaluate, compare, shortcut, predict,
+                   audit, export, study, demo, weights)

@@ -32,7 +32,43 @@ the patient (all images of a drawn patient), as in `cxrbench study`.
 An existing metrics.json computed with other settings is not replaced: evaluate with its settings,
 write the new metrics elsewhere with --out-json (metrics.json is then left as it is), or pass
 --overwrite.
+
+Subgroups (written to subgroups.json): per sex, age band, view and dataset (those the metadata
+has; --subgroups to choose, --subgroup COLUMN to add any index column) AUROC, AP, sensitivity and
+specificity at the same thresholds with patient-cluster bootstrap CIs, the largest gap between
+subgroups with its CI and p, and underdiagnosis (the false-positive rate of no_finding among images
+with a finding). Metadata is read from the run's cache (or --cache / --metadata INDEX) by image_id.
+
+Calibration (written to calibration.json, when scores are probabilities): ECE over equal-mass bins
+with its bootstrap CI, Brier score, calibration slope and intercept, reliability curves; with
+--recalibrate temperature|platt|isotonic the same after a map fitted on the validation split.
 """
+
+
+def parse_list(value: str | None, where: str) -> tuple[str, ...] | None:
+    """``"sex, age"`` -> ``("sex", "age")``; None when not given."""
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise InputError(f"{where} got an empty list", where=where, fix="e.g. sex,age,view")
+    return items
+
+
+def parse_edges(value: str | None) -> tuple[float, ...] | None:
+    """``"40,60,80"`` -> ``(40.0, 60.0, 80.0)`` (increasing numbers)."""
+    items = parse_list(value, "--age-bands")
+    if items is None:
+        return None
+    try:
+        edges = tuple(float(v) for v in items)
+    except ValueError:
+        raise InputError(f"--age-bands got {value!r}", where="--age-bands",
+                         fix="give increasing ages in years, e.g. 40,60,80") from None
+    if any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or not all(map(math.isfinite, edges)):
+        raise InputError(f"--age-bands got {value!r}: edges must increase", where="--age-bands",
+                         fix="e.g. 40,60,80 (bands <40, 40-60, 60-80, >=80)")
+    return edges
 
 
 def parse_thresholds(values: list[str] | None) -> float | dict[str, float] | None:
@@ -84,10 +120,34 @@ def register(app: typer.Typer) -> None:
         out_json: str | None = typer.Option(None, "--out-json",
                                             help="Also write the metrics JSON to this file ('-' = stdout)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, only warnings and errors."),
+        subgroups: str | None = typer.Option(
+            None, "--subgroups",
+            help="Subgroup variables, comma-separated (default: those of sex,age,view,dataset present)."),
+        subgroup: list[str] | None = typer.Option(
+            None, "--subgroup", help="Add an index column as a subgroup variable (e.g. site); repeatable."),
+        age_bands: str | None = typer.Option(
+            None, "--age-bands", help="Age band edges in years (default 40,60,80: <40, 40-60, 60-80, >=80)."),
+        min_positives: int = typer.Option(10, "--min-positives", min=0,
+                                          help="Subgroups with fewer positives (or negatives) are marked "
+                                               "too_few and left out of the gaps."),
+        prevalence_matched: bool = typer.Option(
+            False, "--prevalence-matched",
+            help="Re-weight each subgroup's positives to the overall prevalence (AP, PPV, NPV comparable)."),
+        metadata: Path | None = typer.Option(
+            None, "--metadata", help="Cache or index .parquet holding the images' metadata (default: the "
+                                     "run's cache)."),
+        no_subgroups: bool = typer.Option(False, "--no-subgroups", help="Skip the subgroup analysis."),
+        calibration_bins: int = typer.Option(10, "--calibration-bins", min=2,
+                                             help="Equal-mass bins of the ECE and reliability curves."),
+        recalibrate: str | None = typer.Option(
+            None, "--recalibrate",
+            help="Fit temperature, platt or isotonic on the val split; report before and after."),
+        no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip the calibration analysis."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Replace a metrics.json computed with other settings."),
     ) -> None:
         from cxrbench.common.fileio import atomic_write_text, json_safe
+        from cxrbench.evaluate.analysis import CalibrationOptions, SubgroupOptions
         from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
@@ -97,11 +157,27 @@ def register(app: typer.Typer) -> None:
             check_writable(out_json)  # before the evaluation writes anything
         fixed = parse_thresholds(threshold)
         predict_kwargs = {"cache_dir": cache, "batch_size": batch_size, "device": device}
+        variables = parse_list(subgroups, "--subgroups")
+        asked = (variables is not None or bool(subgroup) or age_bands is not None or metadata is not None
+                 or prevalence_matched)
+        sub_opts: SubgroupOptions | bool = False
+        if not no_subgroups:
+            sub_opts = SubgroupOptions(variables=variables, extra=tuple(subgroup or ()),
+                                       age_edges=parse_edges(age_bands) or SubgroupOptions().age_edges,
+                                       min_positives=min_positives, min_negatives=min_positives,
+                                       prevalence_matched=prevalence_matched,
+                                       metadata=str(metadata) if metadata is not None else None,
+                                       required=asked)
+        cal_opts: CalibrationOptions | bool = False
+        if not no_calibration:
+            cal_opts = CalibrationOptions(n_bins=calibration_bins, recalibrate=recalibrate,
+                                          required=recalibrate is not None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_run(run, split, n_resamples=n_bootstrap, seed=seed, cluster=cluster,
                                   threshold_from=threshold_from, thresholds=fixed, ci_level=ci,
                                   repredict=repredict, predict_kwargs=predict_kwargs,
+                                  subgroups=sub_opts, calibration=cal_opts,
                                   on_conflict="overwrite" if overwrite
                                   else ("keep" if out_json else "refuse"))
         for w in caught:
@@ -121,6 +197,7 @@ def register(app: typer.Typer) -> None:
             print_metrics(result)
             if written:
                 typer.echo(f"wrote {path}")
+                print_extras(run, split, no_subgroups)
 
 
 def _fmt(summary: dict, digits: int = 3, ci: bool = True) -> str:
@@ -166,3 +243,36 @@ def print_metrics(result: dict) -> None:
                   _fmt(mm["f1"], ci=False),
                   style="bold")
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def print_extras(run: Path, split: str, no_subgroups: bool) -> None:
+    """A few lines on subgroups.json and calibration.json (largest AUROC gaps, ECE per finding)."""
+    from cxrbench.common.fileio import read_json
+    from cxrbench.common.layout import calibration_path, subgroups_path
+
+    sub = subgroups_path(run, split)
+    if sub.is_file():
+        doc = read_json(sub)
+        few = sum(1 for r in doc["table"] if r["too_few"])
+        gaps = sorted((g for g in doc["gaps"] if g["metric"] == "auroc" and g.get("gap") is not None),
+                      key=lambda g: -g["gap"])[:3]
+        text = "; ".join(f"{g['variable']} {g['gap']:.3f} on {g['finding']} ({g['high_group']} vs "
+                         f"{g['low_group']}, p_bonferroni {g['p_bonferroni']:.3g})"
+                         if g.get("p_bonferroni") is not None else
+                         f"{g['variable']} {g['gap']:.3f} on {g['finding']}" for g in gaps)
+        typer.echo(f"subgroups ({', '.join(doc['settings']['variables'])}): {few} subgroup row(s) with too "
+                   f"few cases marked; largest AUROC gaps: {text or 'none'}")
+        typer.echo(f"wrote {sub}")
+    elif not no_subgroups:
+        typer.echo("subgroups: skipped (no metadata: give --metadata INDEX.parquet or --cache CACHE)")
+    path = calibration_path(run, split)
+    if path.is_file():
+        doc = read_json(path)
+        parts = []
+        for f, e in doc["per_finding"].items():
+            v = e["ece"]["value"]
+            after = (e.get("recalibrated") or {}).get("ece", {}).get("value")
+            parts.append(f"{f} {v:.3f}" + (f" -> {after:.3f}" if after is not None else "") if v is not None
+                         else f"{f} -")
+        typer.echo("calibration, ECE: " + ", ".join(parts))
+        typer.echo(f"wrote {path}")

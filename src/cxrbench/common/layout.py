@@ -43,13 +43,20 @@ RUN_TENSORBOARD = "tensorboard"
 RUN_EVAL = "eval"
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
+SUBGROUPS_FILE = "subgroups.json"  # beside metrics.json: per-subgroup metrics, gaps, underdiagnosis
+CALIBRATION_FILE = "calibration.json"  # beside metrics.json: ECE, Brier, slope, reliability, recalibration
+EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE)
+# A metadata-only baseline folder (`cxrbench shortcut`): the fitted model, plus eval/<split>/ as in a run.
+SHORTCUT_MODEL = "shortcut.json"
+# A folder of saliency overlays (`cxrbench predict --saliency OUT`): the list of the files written there.
+SALIENCY_MANIFEST = "saliency.json"
 RUN_TRACKER = "tracker.json"  # which MLflow / W&B run this run logs to (resumed with it)
 RUN_WANDB = "wandb"  # W&B's own folder (offline runs, logs): everything in it is the run's
 # The top-level entries of a run folder; `train --overwrite` removes only files is_run_file accepts.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
                                 RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB)
 RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG, RUN_TRACKER)
-RUN_EVAL_FILES: list[str] = [PREDICTIONS_FILE, METRICS_FILE]  # stages that add files under eval/ extend it
+RUN_EVAL_FILES: tuple[str, ...] = (PREDICTIONS_FILE, METRICS_FILE, *EVAL_EXTRA_FILES)  # RUN/eval/<split>/
 RUN_EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TENSORBOARD_PREFIX = "events.out.tfevents."
 
@@ -101,6 +108,16 @@ def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
 def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
     """``RUN/eval/SPLIT/metrics.json``."""
     return eval_dir(run_dir, split) / METRICS_FILE
+
+
+def subgroups_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/eval/SPLIT/subgroups.json``."""
+    return eval_dir(run_dir, split) / SUBGROUPS_FILE
+
+
+def calibration_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/eval/SPLIT/calibration.json``."""
+    return eval_dir(run_dir, split) / CALIBRATION_FILE
 
 
 # --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------

@@ -101,14 +101,19 @@ def expand_inputs(items: list[str | os.PathLike]) -> list[Path]:
 
 
 def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], batch_size: int = 16,
-                  device: str | torch.device | None = None, skip_bad: bool = False) -> pd.DataFrame:
+                  device: str | torch.device | None = None, skip_bad: bool = False,
+                  saliency_dir: str | os.PathLike | None = None,
+                  saliency_method: str = "gradcam") -> pd.DataFrame:
     """One row per file: ``file``, ``p_<finding>`` (probability) for each finding and, when the run
     has thresholds from :func:`run_thresholds`, ``pred_<finding>`` (``positive``/``negative``, empty
     where the finding has no threshold) and ``threshold_<finding>``.
 
     ``files`` may hold folders and glob patterns (:func:`expand_inputs`). A file that cannot be read
     stops the batch with its name, or with ``skip_bad`` is left out and listed in
-    ``df.attrs["skipped"]`` (``[(file, reason), ...]``).
+    ``df.attrs["skipped"]`` (``[(file, reason), ...]``). With ``saliency_dir``: one overlay PNG per
+    file and finding there (``<stem>_<finding>.png``, the map of
+    :func:`cxrbench.evaluate.saliency.saliency_maps` over the model's input) and ``saliency.json``
+    listing them; the folder must be new, empty or a previous saliency folder.
     """
     from cxrbench.common.distributed import resolve_device
     from cxrbench.data.augment import BatchTransform
@@ -126,6 +131,12 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
         raise InputError("best.json has no cache recipe", where=str(run_dir),
                          fix="re-train the run with this version of cxrbench")
     thresholds, _ = run_thresholds(run_dir, findings)
+    if saliency_dir is not None:
+        from cxrbench.common.validation import check_choice
+        from cxrbench.evaluate.saliency import SALIENCY_METHODS, require_gradcam
+
+        check_choice("--saliency-method", saliency_method, SALIENCY_METHODS)
+        require_gradcam()  # the overlays use the package's colour map, rollout included
     tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
     kept, pixels, skipped = [], [], []
     for path in paths:
@@ -141,12 +152,25 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     if not kept:
         raise InputError(f"none of the {len(paths)} file(s) could be read (the first: {skipped[0][0]}: "
                          f"{skipped[0][1]})", where="cxrbench predict", fix="check the files")
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(kept), batch_size):
-            x = torch.from_numpy(np.stack(pixels[i:i + batch_size])).to(dev)
-            probs.append(torch.sigmoid(model(tf(x)).float()).cpu().numpy())
+    names = None
+    if saliency_dir is not None:
+        from cxrbench.evaluate.saliency import check_saliency_dir, overlay_names
+
+        names = overlay_names([str(f) for f in kept], findings)
+        earlier = check_saliency_dir(saliency_dir, [n for row in names for n in row])
+    probs: list[np.ndarray] = []
+    written: list[dict[str, Any]] = []
+    for i in range(0, len(kept), batch_size):
+        batch = np.stack(pixels[i:i + batch_size])
+        x = tf(torch.from_numpy(batch).to(dev))
+        with torch.no_grad():
+            probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        if names is not None:
+            written += _write_overlays(model, x, batch, names[i:i + batch_size], kept[i:i + batch_size],
+                                       findings, probs[-1], saliency_dir, saliency_method)
     p = np.concatenate(probs)
+    if names is not None:
+        _finish_saliency_dir(saliency_dir, written, earlier, run_dir, saliency_method)
     cols: dict[str, Any] = {"file": [str(f) for f in kept]}
     cols.update({f"p_{f}": p[:, k] for k, f in enumerate(findings)})
     if thresholds is not None:
@@ -157,3 +181,38 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     df = pd.DataFrame(cols)
     df.attrs["skipped"] = skipped
     return df
+
+
+def _write_overlays(model, x: torch.Tensor, pixels: np.ndarray, names: list[list[str]],
+                    files: list[Path], findings: list[str], probs: np.ndarray, out_dir,
+                    method: str) -> list[dict[str, Any]]:
+    """Maps of every finding for one batch, written as overlay PNGs (atomically); their manifest rows."""
+    from cxrbench.common.fileio import atomic_write_bytes
+    from cxrbench.evaluate.saliency import overlay, png_bytes, saliency_maps
+
+    maps = saliency_maps(model, x, list(range(len(findings))), method)
+    rows = []
+    for b in range(maps.shape[0]):
+        for k, finding in enumerate(findings):
+            atomic_write_bytes(Path(out_dir) / names[b][k], png_bytes(overlay(pixels[b], maps[b, k])))
+            rows.append({"file": str(files[b]), "finding": finding, "overlay": names[b][k],
+                         "p": float(probs[b, k])})
+    return rows
+
+
+def _finish_saliency_dir(out_dir, written: list[dict[str, Any]], earlier: list[str], run_dir,
+                         method: str) -> None:
+    """Write saliency.json and remove overlays of an earlier call that this one did not rewrite."""
+    from cxrbench.common.fileio import atomic_write_json
+    from cxrbench.common.layout import SALIENCY_MANIFEST
+    from cxrbench.common.provenance import provenance
+    from cxrbench.evaluate.saliency import SALIENCY_FORMAT
+
+    out = Path(out_dir)
+    now = {r["overlay"] for r in written}
+    for name in earlier:
+        if name not in now and (out / name).is_file():
+            (out / name).unlink()
+    atomic_write_json(out / SALIENCY_MANIFEST, {"format": SALIENCY_FORMAT, "run": str(run_dir),
+                                                "method": method, "files": written,
+                                                "provenance": provenance()})

@@ -2,9 +2,11 @@
 
 :func:`evaluate_run` predicts (through :func:`cxrbench.evaluate.inference.predict_split`) when
 ``RUN/eval/SPLIT/predictions.parquet`` is missing or older than the run's weights, scores it with
-:func:`cxrbench.evaluate.scoring.evaluate_predictions` and writes ``metrics.json``. Every input is
-checked and every number computed before anything is written, so a failed evaluation never
-damages an earlier one.
+:func:`cxrbench.evaluate.scoring.evaluate_predictions` and writes ``metrics.json``; beside it
+``subgroups.json`` (per-subgroup metrics, when the images' metadata is found) and
+``calibration.json`` (when the scores are probabilities), see :mod:`cxrbench.evaluate.analysis`.
+Every input is checked and every number computed before anything is written, so a failed
+evaluation never damages an earlier one.
 """
 
 
@@ -19,8 +21,18 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json
+from cxrbench.common.layout import CALIBRATION_FILE, RUN_CONFIG, SUBGROUPS_FILE
 from cxrbench.common.provenance import provenance
 from cxrbench.common.validation import check_choice
+from cxrbench.evaluate.analysis import (
+    CALIBRATION_FORMAT,
+    SUBGROUPS_FORMAT,
+    CalibrationOptions,
+    SubgroupOptions,
+    calibration_analysis,
+    load_subgroup_metadata,
+    subgroup_analysis,
+)
 from cxrbench.evaluate.predictions import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -33,6 +45,7 @@ from cxrbench.evaluate.predictions import (
 )
 from cxrbench.evaluate.scoring import METRICS_FORMAT, evaluate_predictions, threshold_source
 from cxrbench.stats import bootstrap as bs
+from cxrbench.stats import calibration as cal
 
 PredictFn = Callable[..., pd.DataFrame]
 
@@ -122,15 +135,23 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
                  thresholds: float | Mapping[str, float] | None = None, ci_level: float = 0.95,
                  repredict: bool = False, predict_fn: PredictFn | None = None,
                  predict_kwargs: Mapping[str, Any] | None = None,
-                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES, on_conflict: str = "refuse") -> dict:
+                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES,
+                 subgroups: SubgroupOptions | bool | None = None,
+                 calibration: CalibrationOptions | bool | None = None,
+                 on_conflict: str = "refuse") -> dict:
     """Predict (when needed), evaluate and write ``RUN/eval/SPLIT/{predictions.parquet,metrics.json}``.
 
-    Every input is checked and every number computed before anything is written, and each file is
+    ``subgroups`` / ``calibration``: None (default) computes ``subgroups.json`` when the metadata is
+    found (``subgroups.metadata``, else ``predict_kwargs["cache_dir"]``, else the run's cache) and
+    ``calibration.json`` when the scores are probabilities, and skips them otherwise; False skips
+    them; True or options (``required=True`` by default) compute them or raise InputError. A
+    sibling file this call does not rewrite is removed (it would describe other predictions). Every
+    input is checked and every number computed before anything is written, and each file is
     replaced atomically, so a failed evaluation never damages an earlier one. An existing
     metrics.json computed with other settings (bootstrap count, seed, cluster, CI level, threshold
     policy) is, by ``on_conflict``: ``"refuse"`` (an error naming the settings), ``"overwrite"``
-    (replaced) or ``"keep"`` (left as it is; the metrics are only returned). Returns the metrics
-    dict, with ``"written"``: whether metrics.json was written.
+    (replaced) or ``"keep"`` (left as it is, with its sibling files; the metrics are only returned).
+    Returns the metrics dict, with ``"written"``: whether metrics.json was written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -164,6 +185,31 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
                                   memory_bytes=memory_bytes)
     if source == "val" and split == "val":
         result["threshold_policy"]["description"] += " (here the evaluated split is the validation split)"
+    extras: dict[str, dict] = {}
+    sub_opts = _options(subgroups, SubgroupOptions)
+    if sub_opts is not None:
+        meta_source = sub_opts.metadata or (predict_kwargs or {}).get("cache_dir") or _run_cache(run_dir)
+        if meta_source is None and sub_opts.required:
+            raise InputError("no metadata for the subgroup analysis (the run's cache is unknown)",
+                             where=str(run_dir), fix="give --metadata INDEX.parquet or --cache CACHE")
+        if meta_source is not None:
+            groups, _ = load_subgroup_metadata(test_ps, sub_opts, meta_source)
+            thr = [float("nan") if e["threshold"] is None else float(e["threshold"])
+                   for e in result["per_finding"].values()]
+            extras[SUBGROUPS_FILE] = subgroup_analysis(test_ps, thr, groups, options=sub_opts,
+                                                       n_resamples=n_resamples, seed=seed, ci_level=ci_level,
+                                                       memory_bytes=memory_bytes, source=str(meta_source))
+    cal_opts = _options(calibration, CalibrationOptions)
+    if cal_opts is not None and (cal_opts.required or cal.is_probability(test_ps.scores)):
+        recal_val = val_ps
+        if cal_opts.recalibrate is not None and recal_val is None:
+            val_df, val_meta = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
+                                               predict_kwargs=predict_kwargs)
+            recal_val = PredictionSet.from_frame(val_df, where=f"val predictions of {run_dir}")
+        extras[CALIBRATION_FILE] = calibration_analysis(
+            test_ps, recal_val if cal_opts.recalibrate is not None else None, options=cal_opts,
+            n_resamples=n_resamples, seed=seed, cluster=cluster, ci_level=ci_level,
+            memory_bytes=memory_bytes, same_split=split == "val")
     out_dir = eval_dir(run_dir, split)
     if val_meta is not None:
         write_predictions(val_df, eval_dir(run_dir, "val") / PREDICTIONS_FILE, val_meta)
@@ -176,9 +222,48 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
         result["fixed_thresholds"] = analysis_settings(n_resamples=0, seed=0, cluster=cluster,
                                                        ci_level=ci_level, source=source,
                                                        thresholds=thresholds)["fixed"]
-    if conflict is None:
+    if conflict is None:  # metrics.json and its siblings describe the same evaluation
+        for name, doc in extras.items():
+            atomic_write_json(out_dir / name, {**doc, "predictions_sha256": result["predictions_sha256"]})
+        _remove_stale(out_dir, keep=set(extras))
         atomic_write_json(metrics_path, result)  # json_safe: NaN -> null, inf -> "inf"
     return {**result, "written": conflict is None}
+
+
+def _options(value, cls):
+    """None -> defaults, skipped when not possible; False -> off; True -> defaults, required; options."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        return cls(required=value is True)
+    if not isinstance(value, cls):
+        raise TypeError(f"expected {cls.__name__}, True, False or None, got {type(value).__name__}")
+    return value
+
+
+def _run_cache(run_dir: Path) -> Path | None:
+    """The run's cache from its config.yaml when it still exists (None for foreign predictions)."""
+    if not (run_dir / RUN_CONFIG).is_file():
+        return None
+    from cxrbench.train.runfolder import read_run_config
+
+    cache = (read_run_config(run_dir).get("cache") or {}).get("path")
+    return Path(cache) if cache and Path(cache).is_dir() else None
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Remove subgroups.json / calibration.json written by an earlier evaluation and not rewritten now."""
+    formats = {SUBGROUPS_FILE: SUBGROUPS_FORMAT, CALIBRATION_FILE: CALIBRATION_FORMAT}
+    for name, fmt in formats.items():
+        path = out_dir / name
+        if name in keep or not path.is_file():
+            continue
+        try:
+            doc = read_json(path)
+        except InputError:
+            continue
+        if isinstance(doc, dict) and doc.get("format") == fmt:
+            path.unlink()
 
 
 def read_metrics(path: str | os.PathLike) -> dict:
