@@ -229,3 +229,40 @@ def test_runtime_train_keys_do_not_move_step_keys(tmp_path):
     assert keys(changed) == base
     run = changed["train/a/r224/rand/s0"]
     assert run.params.runtime["compile"] is True and run.params.runtime["workers"] == 3  # still applied
+
+
+def test_an_ssl_arm_pretrains_once_per_recipe_then_fine_tunes_from_the_teacher(tmp_path):
+    inits = {"rand": {"init": "random-vit-test", "datasets": ["a", "b"]},
+             "ssl": {"init": "ssl:cxr", "base": "random-vit-test", "datasets": ["a", "b"],
+                     "pretrain": {"unlabeled": ["src"], "epochs": 3, "out_dim": 256, "workers": 0}}}
+    study = mini(tmp_path, inits=inits, seeds=[0, 1])
+    plan = build_plan(study)
+    ssl = plan["ssl/ssl/r224"]
+    assert [s.id for s in plan.of_kind("ssl")] == ["ssl/ssl/r224"]  # shared by both seeds and datasets
+    assert ssl.config["datasets"] == ["a", "b"] and ssl.config["unlabeled"] == ["src"]
+    assert ssl.config["exclude"] == ["a", "b", "src"] and ssl.config["init"] == "random-vit-test"
+    assert ssl.config["pretrain"]["epochs"] == 3 and ssl.config["pretrain"]["out_dim"] == 256
+    assert "workers" not in ssl.config["pretrain"] and ssl.params.runtime == {"workers": 0}
+    assert set(ssl.deps) == {"cache/a/r224", "cache/b/r224", "cache/src/r224"}
+    assert ssl.params.caches == [str(study.layout.cache_dir(d, "r224")) for d in ("a", "b")]
+    assert ssl.params.unlabeled == [str(study.layout.cache_dir("src", "r224"))] and ssl.params.exclude == []
+    run = plan["train/a/r224/ssl/s1"]
+    assert "ssl/ssl/r224" in run.deps and run.config["init"] == {"pretrained": "ssl/ssl/r224"}
+    assert run.params.init == "checkpoint:" + str(ssl.out / "best.safetensors")
+    assert run.group == ssl.group == "ssl/ssl/r224"  # one shard pretrains and fine-tunes the arm
+    other = build_plan(mini(tmp_path, inits={**inits, "ssl": {**inits["ssl"], "pretrain": {"epochs": 4}}}))
+    assert other["ssl/ssl/r224"].key != ssl.key and other["train/a/r224/rand/s0"].key == plan[
+        "train/a/r224/rand/s0"].key
+
+
+@pytest.mark.parametrize("arm,match", [
+    ({"init": "ssl:cxr"}, "needs 'base: <init>'"),
+    ({"init": "ssl:cxr", "base": "random-vit-test", "pretrain": {"datasets": ["zz"]}},
+     "pretrain.datasets: dataset 'zz'"),
+    ({"init": "ssl:cxr", "base": "random-vit-test", "pretrain": {"epochz": 3}}, "epochz"),
+    ({"init": "ssl:cxr", "base": "random-vit-test", "pretrain": {"caches": ["x"]}}, "set by the study"),
+    ({"init": "ssl:cxr", "base": "random-vit-test", "labels": {"a": "all"}}, "'labels' only applies"),
+])
+def test_ssl_arm_errors_name_the_key(tmp_path, arm, match):
+    with pytest.raises(InputError, match=match):
+        mini(tmp_path, inits={"rand": {"init": "random-vit-test"}, "ssl": arm})

@@ -23,11 +23,11 @@ import yaml
 from cxrbench.cli import app
 from cxrbench.common.errors import InputError
 from cxrbench.index.schema import write_index
-from cxrbench.study.config import ExecutorSpec
 from cxrbench.study.jobs import format_status, read_records, study_status
 from cxrbench.study.load import load_study, parse_study
 from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import run_study
+from cxrbench.study.runtime_config import ExecutorSpec
 from cxrbench.study.slurm import sbatch_parameters, submit_study
 from cxrbench.study.state import write_marker
 

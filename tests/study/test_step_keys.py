@@ -53,3 +53,48 @@ def test_a_study_finished_before_the_move_dry_runs_all_done(cli_runner, tmp_path
     rows = [line.split() for line in result.output.splitlines() if line.startswith((" = ", " + ", " ~ "))]
     assert len(rows) == len(plan.steps) == 25
     assert all(r[0] == "=" and r[2] == "done" for r in rows), result.output
+
+
+def test_new_axes_keep_the_keys_of_the_default_condition(tmp_path):
+    """Adding a label-budget or noise axis adds steps; every step of the default condition keeps its
+    id and key (so a finished study only runs the new conditions), and the report step reruns."""
+    import yaml
+
+    base = yaml.safe_load((DATA / "demo-tiny.yaml").read_text())
+    recorded = RECORDED["demo-tiny.yaml"]
+    path = tmp_path / "axes.yaml"
+    path.write_text(yaml.safe_dump({**base, "label_fractions": [0.25, 1.0], "label_noise": [0.0, 0.2]}))
+    plan = build_plan(load_study(path, out=tmp_path / "study"))
+    keys = {s.id: s.key for s in plan.steps}
+    same = [sid for sid in recorded if sid != "report" and keys.get(sid) != recorded[sid]]
+    assert not same, same[:3]
+    new = sorted(set(keys) - set(recorded))
+    assert "train/target1/px32/random/f0.25/s0" in new and "train/target1/px32/random/f0.25/n0.2/s0" in new
+    assert "eval/target2/px32/source-pretrained/n0.2/s0" in new and "compare/target1/px32/f0.25/s0" in new
+    assert not any(s.startswith("pretrain/") for s in new)  # the supervised source run is shared
+    run = plan["train/target1/px32/random/f0.25/n0.2/s0"]
+    assert run.out == tmp_path / "study" / "runs" / "target1" / "px32" / "random" / "f0.25" / "n0.2" / "s0"
+    ident = run.config["train"]
+    assert (ident["label_fraction"], ident["label_noise"], ident.get("label_seed", 0)) == (0.25, 0.2, 0)
+    explicit = tmp_path / "explicit.yaml"  # the default axis values written out: nothing changes
+    explicit.write_text(yaml.safe_dump({**base, "label_fractions": [1.0], "label_noise": [0]}))
+    plan = build_plan(load_study(explicit, out=tmp_path / "study2"))
+    assert {s.id: s.key for s in plan.steps} == recorded
+
+
+def test_several_seeds_add_pooled_steps(tmp_path):
+    import yaml
+
+    base = yaml.safe_load((DATA / "demo-tiny.yaml").read_text())
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump({**base, "seeds": [0, 1], "label_fractions": [0.5, 1.0]}))
+    plan = build_plan(load_study(path, out=tmp_path / "study"))
+    pooled = {s.id: s for s in plan.of_kind("pooled")}
+    assert set(pooled) == {"pooled/target1/px32", "pooled/target2/px32", "pooled/target1/px32/f0.5",
+                           "pooled/target2/px32/f0.5"}
+    p = pooled["pooled/target1/px32/f0.5"]
+    assert p.params.runs["random"] == [str(plan[f"train/target1/px32/random/f0.5/s{k}"].out) for k in (0, 1)]
+    assert set(p.deps) == {f"eval/target1/px32/{a}/f0.5/s{k}" for a in ("random", "source-pretrained")
+                           for k in (0, 1)}
+    for k in (0, 1):  # each seed draws its own budget
+        assert plan[f"train/target1/px32/random/f0.5/s{k}"].config["train"].get("label_seed", 0) == k

@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--only",
             help="Only these step kinds (and what they need), comma-"
-            "separated: index, cache, pretrain, train, eval, external, compare, report.",
+            "separated: index, cache, pretrain, train, eval, external, compare, pooled, report.",
             show_default=False,
         ),
         keep_going: bool = typer.Option(
@@ -109,9 +109,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from cxrbench.common.errors import InputError
         from cxrbench.common.validation import check_choice
-        from cxrbench.study.config import EXECUTOR_KINDS
         from cxrbench.study.plan import KINDS, build_plan, parse_shard
         from cxrbench.study.runner import describe_plan, run_study
+        from cxrbench.study.runtime_config import EXECUTOR_KINDS
 
         shard_t = parse_shard(shard) if shard else None
         if executor is not None:

@@ -94,6 +94,13 @@ def register(app: typer.Typer) -> None:
                                               help="checkpoint: inits: keep head rows of shared findings."),
         allow_overlap: bool = typer.Option(None, "--allow-overlap", help="checkpoint: inits: accept patients "
                                            "shared with the checkpoint's training cache."),
+        label_fraction: float = typer.Option(None, "--label-fraction", help="Train on this share of the "
+                                             "training patients (nested, stratified by finding), or on "
+                                             "this many patients when above 1 (default: 1 = all)."),
+        label_noise: float = typer.Option(None, "--label-noise", help="Flip this share of the known "
+                                          "training labels of each finding (default: 0)."),
+        label_seed: int = typer.Option(None, "--label-seed",
+                                       help="Seed of the label budget and label noise (default: 0)."),
         workers: int = typer.Option(None, "--workers", help="Data loader processes (default: min(8, CPUs))."),
         device: str = typer.Option(None, "--device",
                                    help="cpu, cuda or cuda:N (default: cuda if available)."),
@@ -127,7 +134,8 @@ def register(app: typer.Typer) -> None:
             layer_decay=layer_decay,
             linear_probe=linear_probe, precision=precision, clip_grad=clip_grad, compile=compile_,
             pos_weight=pos_weight, augment=augment, hflip=hflip, rotate=rotate, patience=patience, seed=seed,
-            keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, workers=workers, device=device,
+            keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, label_fraction=label_fraction,
+            label_noise=label_noise, label_seed=label_seed, workers=workers, device=device,
             log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic,
             tracker=tracker, tracker_project=tracker_project, tracker_name=tracker_name),
             config_file=config, overwrite=overwrite, where="cxrbench train")

@@ -120,6 +120,9 @@ def calibration_path(run_dir: str | os.PathLike, split: str) -> Path:
     return eval_dir(run_dir, split) / CALIBRATION_FILE
 
 
+# --- a study's pooled results (every arm over its seeds, with the paired comparisons) ------------------
+POOLED_FILE = "pooled.json"
+
 # --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------
 RUN_PRETRAIN_IMAGES = "pretrain_images.parquet"  # dataset, image_id, patient_id, cache of every image
 

@@ -61,6 +61,7 @@ class CacheDataset(Dataset):
         self.labels = (sub[self.findings].to_numpy(dtype=np.float32, na_value=np.nan) if self.findings
                        else np.zeros((len(sub), 0), dtype=np.float32))
         _check_labels(self.labels, self.findings, sub, self.cache_dir)
+        self.label_changes: dict[str, Any] | None = None  # a label budget / noise applied (data.budget)
         del index, sub
         self._opened: Cache | None = cache
         self._ids: dict[str, np.ndarray] | None = None
@@ -154,6 +155,17 @@ class CacheDataset(Dataset):
             self._fd = os.open(self._cache().path / CACHE_IMAGES, os.O_RDONLY)
             self._fd_pid = os.getpid()
         return self._fd
+
+    def restrict(self, keep: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Keep only the items where ``keep`` (bool, dataset order) is True; ``labels`` (float32
+        [kept, K]) replaces their labels when given (a label budget, label noise)."""
+        keep = np.asarray(keep, dtype=bool)
+        ids = self._load_ids()
+        self._positions = self._positions[keep]
+        self.rows = self.rows[keep]
+        self.labels = (np.asarray(labels, dtype=np.float32) if labels is not None
+                       else self.labels[keep])
+        self._ids = {k: v[keep] for k, v in ids.items()}
 
     # -- access ----------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -90,7 +90,10 @@ def _init_sentence(runs: Sequence[RunFacts]) -> str:
     r = runs[0]
     how = ("a linear probe (backbone frozen, only the linear classification head trained)" if r.linear_probe
            else "fine-tuned end to end")
-    if r.pretrained_on:
+    if r.self_supervised:
+        start = (f"from the teacher of a self-supervised pretraining run ({r.self_supervised}; started "
+                 f"from {r.base})")
+    elif r.pretrained_on:
         start = (f"from the weights of a supervised pretraining run on {r.pretrained_on} (itself started "
                  f"from {r.base})")
     elif r.pretrained:

@@ -58,7 +58,9 @@ class RunFacts:
     best_epoch: int | None = None
     epochs_run: int | None = None
     pretrained_on: str | None = None  # domain arms: the dataset of the supervised pretraining run
-    base: str | None = None  # domain arms: the init that run started from
+    base: str | None = None  # domain and ssl arms: the init the pretraining run started from
+    self_supervised: str | None = None  # ssl arms: what the self-supervised run trained on, in words
+    condition: dict[str, Any] = field(default_factory=dict)  # the run's axis values (label budget, ...)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,13 @@ from cxrbench.common.provenance import stable_hash
 from cxrbench.common.validation import closest
 from cxrbench.index.schema import VIEWS
 from cxrbench.study.layout import StudyLayout
+from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
 
 ADAPTERS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
 PHANTOM_FORMATS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
 DOMAIN_PREFIX = "domain:"
+SSL_PREFIX = "ssl:"  # self-supervised pretraining (cxrbench pretrain) on the study's images first
+SSL_DATA_KEYS = ("datasets", "unlabeled")  # the pretrain keys of an ssl: arm that name datasets
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUNTIME_SECTIONS: tuple[str, ...] = ("executor", "tracker")  # never hashed
 
@@ -166,10 +169,11 @@ class InitSpec(_Strict):
     """One initialization arm of the study."""
 
     init: str = Field(
-        description="a registry name (`cxrbench weights list`), checkpoint:PATH, or domain:DATASET"
+        description="a registry name (`cxrbench weights list`), checkpoint:PATH, domain:DATASET (supervised "
+        "pretraining on DATASET first) or ssl:NAME (self-supervised pretraining on the study's images first)"
     )
     base: str | None = Field(
-        None, description="for domain:DATASET, the init of the supervised pretraining run"
+        None, description="for domain:DATASET and ssl:NAME, the init the pretraining run starts from"
     )
     recipes: tuple[str, ...] | None = Field(None, description="recipes this init runs with; all when unset")
     datasets: tuple[str, ...] | None = Field(
@@ -187,7 +191,9 @@ class InitSpec(_Strict):
         default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
     )
     pretrain: dict[str, Any] = Field(
-        default_factory=dict, description="overrides for the domain pretraining run"
+        default_factory=dict, description="domain: arms: training overrides of the supervised pretraining "
+        "run; ssl: arms: `cxrbench pretrain` options, plus datasets (whose train splits are used; every "
+        "dataset when unset) and unlabeled (datasets used whole, never evaluated on)"
     )
 
     @property
@@ -195,21 +201,46 @@ class InitSpec(_Strict):
         """The source dataset of a ``domain:`` init, else None."""
         return self.init[len(DOMAIN_PREFIX) :] if self.init.startswith(DOMAIN_PREFIX) else None
 
+    @property
+    def ssl(self) -> str | None:
+        """The name of an ``ssl:`` init (self-supervised pretraining first), else None."""
+        return self.init[len(SSL_PREFIX) :] if self.init.startswith(SSL_PREFIX) else None
+
+    def ssl_datasets(self, study_datasets: list[str]) -> tuple[list[str], list[str]]:
+        """(datasets whose train splits an ``ssl:`` arm pretrains on, datasets it uses whole)."""
+        unlabeled = list(self.pretrain.get("unlabeled") or [])
+        labelled = self.pretrain.get("datasets")
+        labelled = [d for d in study_datasets if d not in unlabeled] if labelled is None else list(labelled)
+        return labelled, unlabeled
+
+    def ssl_options(self) -> dict[str, Any]:
+        """The ``cxrbench pretrain`` options of an ``ssl:`` arm (its pretrain section, data keys out)."""
+        return {k: v for k, v in self.pretrain.items() if k not in SSL_DATA_KEYS}
+
     @model_validator(mode="after")
     def _check(self) -> InitSpec:
         if not self.init.strip():
             raise ValueError("init must not be empty")
-        if self.domain is None and (self.base is not None or self.pretrain or self.labels):
-            raise ValueError("'base', 'pretrain' and 'labels' only apply to init: domain:DATASET")
+        pretrained = self.domain is not None or self.ssl is not None
+        if not pretrained and (self.base is not None or self.pretrain or self.labels):
+            raise ValueError("'base', 'pretrain' and 'labels' only apply to init: domain:DATASET and "
+                             "ssl:NAME")
+        if self.ssl is not None and self.labels:
+            raise ValueError("'labels' only applies to init: domain:DATASET (ssl: uses no label)")
         if self.domain is not None and not self.domain:
             raise ValueError("domain: needs a dataset name, e.g. domain:mimic")
+        if self.ssl is not None and not self.ssl:
+            raise ValueError("ssl: needs a name, e.g. ssl:cxr")
         if self.domain is not None and not self.base:
             raise ValueError(
                 f"{self.init} needs 'base: <init>', the initialization of the supervised "
                 "pretraining run (the study used imagenet21k-vitb16)"
             )
-        if self.base is not None and self.base.startswith(DOMAIN_PREFIX):
-            raise ValueError("'base' cannot itself be a domain: init")
+        if self.ssl is not None and not self.base:
+            raise ValueError(f"{self.init} needs 'base: <init>', the initialization the self-supervised "
+                             "pretraining continues (e.g. dinov2-vitb14) or starts from (random-vit-base)")
+        if self.base is not None and self.base.startswith((DOMAIN_PREFIX, SSL_PREFIX)):
+            raise ValueError("'base' cannot itself be a domain: or ssl: init")
         return self
 
 
@@ -256,91 +287,6 @@ class ExternalSpec(_Strict):
         return [v] if isinstance(v, str) else v
 
 
-# --- where steps run and where runs are tracked (never part of a step key) ------------------------
-
-EXECUTOR_KINDS: tuple[str, ...] = ("local", "slurm", "submitit-local")
-# sbatch flags the SLURM executor sets itself: an `extra` entry may not set them
-_OWN_SBATCH = frozenset({"job-name", "partition", "account", "qos", "constraint", "nodes", "ntasks-per-node",
-                         "gpus-per-node", "cpus-per-task", "mem", "time", "dependency", "output", "error",
-                         "signal", "open-mode", "array", "wckey"})
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def time_minutes(value: int | str) -> int:
-    """SLURM time (minutes, ``MM``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) -> whole minutes (rounded up)."""
-    if isinstance(value, int):
-        return value
-    m = _TIME.match(str(value).strip())
-    if m is None:
-        raise ValueError(f"time {value!r}: write minutes (e.g. 90), HH:MM:SS or D-HH:MM:SS")
-    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
-    if days is None and b is None:
-        return a  # plain minutes
-    if days is not None and b is None:
-        h, mi, sec = a, 0, 0  # D-HH
-    elif c is None:
-        h, mi, sec = (a, b, 0) if days is not None else (0, a, b)  # D-HH:MM or MM:SS
-    else:
-        h, mi, sec = a, b, c
-    return (days or 0) * 1440 + h * 60 + mi + (1 if sec else 0)
-
-
-class ExecutorSpec(_Strict):
-    """Where the steps run: ``local`` (inline, the default), ``slurm`` (one submitit job per step, with
-    afterok dependencies) or ``submitit-local`` (one local subprocess per step through submitit).
-
-    Resources: training runs get ``nodes_per_run`` nodes x ``gpus_per_run`` GPUs (one DDP process per
-    GPU, ``cpus_per_gpu`` CPUs each); evaluations one GPU; the other steps no GPU and
-    ``cpus_per_gpu x gpus_per_run`` CPUs.
-    """
-
-    kind: Literal["local", "slurm", "submitit-local"] = "local"
-    partition: str | None = Field(None, description="SLURM partition (sbatch --partition)")
-    account: str | None = Field(None, description="SLURM account (sbatch --account)")
-    qos: str | None = Field(None, description="quality of service (sbatch --qos)")
-    constraint: str | None = Field(None, description="node features, e.g. a100 (sbatch --constraint)")
-    gpus_per_run: int = Field(1, ge=0, le=64, description="GPUs per node of a training run")
-    nodes_per_run: int = Field(1, ge=1, le=1024, description="nodes of a training run (one DDP job)")
-    cpus_per_gpu: int = Field(8, ge=1, le=512, description="CPUs per GPU process (data loading)")
-    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="memory per node, e.g. 64G")
-    time: int | str = Field("24:00:00", description="time limit of a training run (minutes or HH:MM:SS)")
-    step_time: int | str = Field("4:00:00", description="time limit of every other step")
-    max_requeues: int = Field(3, ge=0, le=100, description="requeues after preemption or time-out")
-    setup: tuple[str, ...] = Field((), description="shell lines run before each step (module load, ...)")
-    extra: dict[str, str | int | bool] = Field(default_factory=dict, description="further sbatch flags")
-    max_parallel: int = Field(2, ge=1, le=256, description="submitit-local: steps running at once")
-
-    @field_validator("time", "step_time")
-    @classmethod
-    def _time(cls, v: int | str) -> int | str:
-        if time_minutes(v) < 1:
-            raise ValueError("the time limit must be at least one minute")
-        return v
-
-    @field_validator("extra")
-    @classmethod
-    def _extra(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for k in v:
-            flag = k.lstrip("-").replace("_", "-")
-            if flag in _OWN_SBATCH:
-                raise ValueError(f"extra flag {k!r} is set by cxrbench; use the executor key for it "
-                                 "(partition, account, qos, constraint, mem, time, gpus_per_run, ...)")
-        return v
-
-    @model_validator(mode="after")
-    def _nodes(self) -> ExecutorSpec:
-        if self.kind == "submitit-local" and self.nodes_per_run > 1:
-            raise ValueError("submitit-local runs on this machine only: nodes_per_run must be 1")
-        return self
-
-
-class TrackerSpec(_Strict):
-    """An experiment tracker every training run of the study logs to (runtime: not in any step key)."""
-
-    kind: Literal["mlflow", "wandb"] = Field(description="mlflow (MLFLOW_TRACKING_URI) or wandb")
-    project: str | None = Field(None, description="MLflow experiment / W&B project [the study name]")
-
-
 class StudyConfig(_Strict):
     """A whole study (see docs/study.md)."""
 
@@ -349,6 +295,12 @@ class StudyConfig(_Strict):
     description: str | None = None
     out: str | None = Field(None, description="output folder; ./<name> beside the config when unset")
     seeds: tuple[int, ...] = Field((0,), description="training seeds; each run once per seed")
+    label_fractions: tuple[float, ...] = Field(
+        (1.0,), description="label budgets: shares of the training patients (nested, stratified), or "
+        "patient counts above 1; each run once per budget", json_schema_extra=ADDED_LATER)
+    label_noise: tuple[float, ...] = Field(
+        (0.0,), description="shares of known training labels flipped (symmetric); each run once per rate",
+        json_schema_extra=ADDED_LATER)
     datasets: dict[str, DatasetSpec]
     preprocess: dict[str, RecipeSpec] = Field(default_factory=lambda: {"r224": RecipeSpec()})
     inits: dict[str, InitSpec]
@@ -392,6 +344,21 @@ class StudyConfig(_Strict):
             raise ValueError("must be a non-empty list of distinct non-negative integers")
         return v
 
+    @field_validator("label_fractions", "label_noise", mode="before")
+    @classmethod
+    def _axis_list(cls, v: Any, info: Any) -> Any:
+        v = [v] if isinstance(v, int | float) else v
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list without repeats")
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                raise ValueError(f"{x!r} is not a number")
+            if info.field_name == "label_noise" and not 0 <= x < 1:
+                raise ValueError(f"{x} is not a share in [0, 1)")
+            if info.field_name == "label_fractions" and not (0 < x <= 1 or float(x).is_integer()):
+                raise ValueError(f"{x} is neither a share in (0, 1] nor a whole patient count")
+        return [float(x) for x in v]
+
     @model_validator(mode="after")
     def _cross(self) -> StudyConfig:
         for kind, names in (
@@ -418,6 +385,18 @@ class StudyConfig(_Strict):
             for d in (*(spec.datasets or ()), *spec.labels):
                 if d not in self.datasets:
                     raise ValueError(_unknown(f"inits.{label}: dataset", d, self.datasets))
+            if spec.ssl is not None:
+                for key in SSL_DATA_KEYS:
+                    value = spec.pretrain.get(key)
+                    if value is not None and (isinstance(value, str) or not isinstance(value, list | tuple)):
+                        raise ValueError(f"inits.{label}.pretrain.{key} must be a list of dataset names")
+                    for d in value or ():
+                        if d not in self.datasets:
+                            raise ValueError(_unknown(f"inits.{label}.pretrain.{key}: dataset", d,
+                                                      self.datasets))
+                labelled, unlabeled = spec.ssl_datasets(list(self.datasets))
+                if not labelled and not unlabeled:
+                    raise ValueError(f"inits.{label}.pretrain: no dataset to pretrain on")
         c = self.comparisons
         if c.reference is not None and c.reference not in self.inits:
             raise ValueError(_unknown("comparisons.reference: init", c.reference, self.inits))

@@ -7,6 +7,7 @@ staleness and progress. Heavy modules are imported inside the functions.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json
-from cxrbench.common.layout import INDEX_FILE, METRICS_FILE, PREDICTIONS_FILE, predictions_path
+from cxrbench.common.layout import INDEX_FILE, METRICS_FILE, POOLED_FILE, PREDICTIONS_FILE, predictions_path
 from cxrbench.study.config import LoadedStudy
 from cxrbench.study.load import expand_path
 from cxrbench.study.steps import (
@@ -24,9 +25,13 @@ from cxrbench.study.steps import (
     ExternalParams,
     IndexParams,
     Plan,
+    PooledParams,
+    SslParams,
     Step,
     TrainParams,
 )
+
+POOLED_FORMAT = "cxrbench.pooled/1"
 
 _PATH_OPTIONS = ("labels_file", "mapping")
 
@@ -240,6 +245,52 @@ def run_compare(step: Step, ctx: Context) -> None:
                               "method": c["method"], "fdr": c["fdr"]})
 
 
+def run_ssl(step: Step, ctx: Context) -> None:
+    """The self-supervised pretraining run of an ``ssl:`` arm (``cxrbench pretrain``): resumes an
+    interrupted run from its ``last.pt``; the teacher backbone becomes the arm's fine-tuning init."""
+    from cxrbench.pretrain.config import PretrainConfig
+    from cxrbench.pretrain.loop import pretrain
+
+    p: SslParams = step.params
+    runtime = {**p.runtime, **({"device": ctx.device} if ctx.device else {})}
+    cfg = PretrainConfig.from_dict({"caches": p.caches, "unlabeled": p.unlabeled, "exclude": p.exclude,
+                                    "init": p.init, "out": str(step.out), **p.options, **runtime},
+                                   where=step.id)
+    pretrain(cfg, quiet=ctx.quiet)
+
+
+def run_pooled(step: Step, ctx: Context) -> None:
+    """Every arm of one dataset/recipe/condition pooled over its seeds (mean over seeds, two-level
+    bootstrap CI over seeds and patients, seed SD, seed-ensemble AUROC), and the paired comparisons
+    of the pooled arms (BH over findings as in ``compare``); written to ``pooled.json``."""
+    from cxrbench.common.provenance import provenance
+    from cxrbench.evaluate.pooled import compare_arms, pooled_metrics
+    from cxrbench.evaluate.predictions import read_predictions
+
+    p: PooledParams = step.params
+    c = step.config
+    ev = c["evaluation"]
+    frames = {label: [read_predictions(predictions_path(run, ev["split"])) for run in runs]
+              for label, runs in p.runs.items()}
+    settings = {"n_resamples": max(1, int(ev["bootstrap"])), "seed": int(ev["seed"]),
+                "cluster": ev["cluster"], "ci_level": float(ev["ci"])}
+    metrics = pooled_metrics(frames, **settings)
+    table = None
+    if len(frames) >= 2:
+        reference = c["reference"] if not c["all_pairs"] and c["reference"] in frames else None
+        table = compare_arms(frames, reference, alternative=c["alternative"], **settings)
+        if c["fdr"] == "none":
+            table["p_adjusted"] = table["p_bootstrap"]
+    step.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(step.out / POOLED_FILE, {
+        "format": POOLED_FORMAT, "dataset": p.dataset, "recipe": p.recipe, "seeds": p.seeds,
+        "condition": p.condition.as_dict, "runs": p.runs, "settings": settings,
+        "metrics": json.loads(metrics.to_json(orient="records")),
+        "comparisons": json.loads(table.to_json(orient="records")) if table is not None else [],
+        "provenance": provenance(),
+    })
+
+
 def run_report(step: Step, ctx: Context) -> None:
     """Gather every result of the study and write index.html, report.md and results.csv."""
     from cxrbench.report.write import write_report
@@ -256,6 +307,8 @@ EXECUTORS: dict[str, Executor] = {
     "train": run_train,
     "eval": run_eval,
     "external": run_external,
+    "ssl": run_ssl,
     "compare": run_compare,
+    "pooled": run_pooled,
     "report": run_report,
 }

@@ -280,11 +280,12 @@ def gather_results(plan: Plan) -> StudyResults:
     hashes = _HashCache(study.layout.weight_hashes)
     weights: dict[str, dict[str, Any]] = {}
     for label, spec in cfg.inits.items():
-        if spec.domain is not None:
+        if spec.domain is not None or spec.ssl is not None:
+            kind = "pretrain" if spec.domain is not None else "ssl"
             runs = [
                 s
-                for s in plan.of_kind("pretrain")
-                if s.id.startswith(f"pretrain/{label}/") and s.status == "done"
+                for s in plan.of_kind(kind)
+                if s.id.startswith(f"{kind}/{label}/") and s.status == "done"
             ]
             base_file, note = weight_files(spec.base or "")
             weights[label] = {
@@ -294,8 +295,9 @@ def gather_results(plan: Plan) -> StudyResults:
             }
             for r in runs:
                 f = r.out / RUN_BEST_WEIGHTS
-                weights[f"{label} ({r.id.split('/', 3)[-1]})"] = {
-                    "init": "domain pretraining run",
+                tail = r.id.split("/", 2)[-1] if kind == "ssl" else r.id.split("/", 3)[-1]
+                weights[f"{label} ({tail})"] = {
+                    "init": ("domain" if kind == "pretrain" else "self-supervised") + " pretraining run",
                     "file": str(f),
                     "sha256": hashes.sha(f),
                 }

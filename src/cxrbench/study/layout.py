@@ -57,14 +57,25 @@ class StudyLayout:
     def pretrain_dir(self, label: str, recipe: str, findings_key: str, seed: int) -> Path:
         return self.out / "pretrain" / label / recipe / findings_key / f"s{seed}"
 
-    def run_dir(self, dataset: str, recipe: str, label: str, seed: int) -> Path:
-        return self.out / "runs" / dataset / recipe / label / f"s{seed}"
+    def ssl_dir(self, label: str, recipe: str) -> Path:
+        """``ssl/<label>/<recipe>``: the self-supervised pretraining run of an ``ssl:`` arm."""
+        return self.out / "ssl" / label / recipe
 
-    def external_dir(self, train: str, test: str, recipe: str, label: str, seed: int) -> Path:
-        return self.out / "external" / f"{train}-on-{test}" / recipe / label / f"s{seed}"
+    def run_dir(self, dataset: str, recipe: str, label: str, seed: int, condition: str = "") -> Path:
+        """``runs/<dataset>/<recipe>/<label>/[<condition>/]s<seed>`` (``condition``: the non-default
+        axis segments, e.g. ``f0.25/``, see :mod:`cxrbench.study.axes`)."""
+        return self.out / "runs" / dataset / recipe / label / f"{condition}s{seed}"
 
-    def compare_dir(self, dataset: str, recipe: str, seed: int) -> Path:
-        return self.out / "compare" / dataset / recipe / f"s{seed}"
+    def external_dir(self, train: str, test: str, recipe: str, label: str, seed: int,
+                     condition: str = "") -> Path:
+        return self.out / "external" / f"{train}-on-{test}" / recipe / label / f"{condition}s{seed}"
+
+    def compare_dir(self, dataset: str, recipe: str, seed: int, condition: str = "") -> Path:
+        return self.out / "compare" / dataset / recipe / f"{condition}s{seed}"
+
+    def pooled_dir(self, dataset: str, recipe: str, condition: str = "") -> Path:
+        """``pooled/<dataset>/<recipe>/[<condition>/]``: every arm pooled over its seeds."""
+        return self.out / "pooled" / dataset / recipe / condition
 
     @property
     def report_dir(self) -> Path:

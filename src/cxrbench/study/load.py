@@ -22,15 +22,14 @@ from cxrbench.study.config import (
     ComparisonSpec,
     DatasetSpec,
     EvaluationSpec,
-    ExecutorSpec,
     ExternalSpec,
     InitSpec,
     LoadedStudy,
     PhantomSpec,
     RecipeSpec,
     StudyConfig,
-    TrackerSpec,
 )
+from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -170,7 +169,8 @@ def _check_inits(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
 
     arms: dict[str, str] = {}
     for label, spec in cfg.inits.items():
-        names = [("base", spec.base)] if spec.domain is not None else [("init", spec.init)]
+        pretrained = spec.domain is not None or spec.ssl is not None
+        names = [("base", spec.base)] if pretrained else [("init", spec.init)]
         for key, name in names:
             if name is None:
                 continue
@@ -190,13 +190,35 @@ def _check_inits(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
         arms[same] = label
 
 
+def _check_ssl_keys(options: dict[str, Any], loc: tuple, where: str, lines: dict[tuple, int]) -> None:
+    """The pretrain section of an ``ssl:`` arm against the ``cxrbench pretrain`` schema."""
+    from cxrbench.pretrain.config import RUN_OWNED_KEYS, PretrainConfig
+
+    for k in options:
+        if k in RUN_OWNED_KEYS:
+            raise InputError(f"{'.'.join(map(str, loc))}.{k} is set by the study for the pretraining run",
+                             where=_at(where, lines, loc + (k,)),
+                             fix="name datasets with pretrain.datasets / pretrain.unlabeled, the start "
+                                 "with base:")
+    try:
+        PretrainConfig.from_dict({"caches": ["x"], "init": "x", "out": "x", **options},
+                                 where=f"{where}: {'.'.join(map(str, loc))}")
+    except InputError as e:
+        key = next((k for k in options if k in e.what or k in (e.where or "")), None)
+        raise InputError(e.what, where=_at(where, lines, loc + ((key,) if key else ())), fix=e.fix) from None
+
+
 def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
     """Validate the train sections against the training config schema (unknown keys, bad values)."""
     from cxrbench.train.config import RUN_OWNED_KEYS, TrainConfig
 
     sections: list[tuple[tuple, dict]] = [(("train",), cfg.train)]
     for label, spec in cfg.inits.items():
-        sections += [(("inits", label, "train"), spec.train), (("inits", label, "pretrain"), spec.pretrain)]
+        sections.append((("inits", label, "train"), spec.train))
+        if spec.ssl is not None:
+            _check_ssl_keys(spec.ssl_options(), ("inits", label, "pretrain"), where, lines)
+        else:
+            sections.append((("inits", label, "pretrain"), spec.pretrain))
         sections += [
             (("inits", label, "recipe_train", r), {**spec.train, **o}) for r, o in spec.recipe_train.items()
         ]

@@ -20,11 +20,13 @@ from cxrbench.common.layout import (
     CACHE_MANIFEST,
     INDEX_FILE,
     METRICS_FILE,
+    POOLED_FILE,
     PREDICTIONS_FILE,
     RUN_BEST_META,
     RUN_BEST_WEIGHTS,
 )
 from cxrbench.common.provenance import stable_hash
+from cxrbench.study.axes import Condition, conditions
 from cxrbench.study.config import InitSpec, LoadedStudy
 from cxrbench.study.facts import index_findings, shared_findings, source_fingerprint
 from cxrbench.study.shard import parse_shard, select_shard, shard_assignment
@@ -39,6 +41,8 @@ from cxrbench.study.steps import (
     IndexParams,
     PhantomParams,
     Plan,
+    PooledParams,
+    SslParams,
     Step,
     TrainParams,
 )
@@ -91,8 +95,10 @@ def build_plan(study: LoadedStudy) -> Plan:
     for name in b.cfg.datasets:
         _dataset_steps(b, name)
     train_steps = [t for label, spec in b.cfg.inits.items() for t in _init_steps(b, label, spec)]
+    _contamination_notes(b)
     _external_steps(b, train_steps)
     _compare_steps(b)
+    _pooled_steps(b)
     _report_step(b)
     plan = Plan(study, b.steps, b.notes)
     _assign_keys(plan)
@@ -138,7 +144,8 @@ def _dataset_steps(b: _Builder, name: str) -> None:
 
 
 def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
-    """For one init arm: per recipe, dataset and seed, (its domain pretraining,) the run, its eval."""
+    """For one init arm: per recipe, dataset, condition (label budget, noise, ...) and seed, (its
+    domain pretraining,) the run, its eval."""
     runs = []
     for r in b.cfg.recipes_for(label):
         overrides = {**spec.train, **spec.recipe_train.get(r, {})}
@@ -148,8 +155,9 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
             if spec.domain is not None and spec.domain == name:
                 b.notes.append(f"init {label} ({spec.init}) is not trained on its own source dataset {name}")
                 continue
-            for seed in b.cfg.seeds:
-                runs.append(_run_steps(b, label, spec, r, name, seed, overrides))
+            for cond in conditions(b.cfg):
+                for seed in b.cfg.seeds:
+                    runs.append(_run_steps(b, label, spec, r, name, seed, overrides, cond))
     return runs
 
 
@@ -172,9 +180,40 @@ def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, o
         group=group, deferred=findings is None))
 
 
+def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str) -> Step:
+    """The self-supervised pretraining run of an ``ssl:`` arm (one per recipe, shared by its seeds):
+    the train splits of its datasets and its unlabeled datasets whole, never a val/test patient of
+    any dataset of the study (every dataset's cache is passed as an exclusion)."""
+    from cxrbench.pretrain.config import RUNTIME_KEYS, PretrainConfig
+
+    sid = f"ssl/{label}/{r}"
+    existing = next((s for s in b.steps if s.id == sid), None)
+    if existing is not None:
+        return existing
+    labelled, unlabeled = spec.ssl_datasets(list(b.cfg.datasets))
+    options = spec.ssl_options()
+    ident = PretrainConfig(caches=["-"], init=spec.base or "-", out="-", **options).step_identity()
+    everything = sorted(b.cfg.datasets)
+    config = {"init": spec.base, "datasets": labelled, "unlabeled": unlabeled, "exclude": everything,
+              "pretrain": ident}
+    runtime = {k: v for k, v in options.items() if k in RUNTIME_KEYS}
+    cache = b.layout.cache_dir
+    return b.add(Step(
+        sid, "ssl", b.layout.ssl_dir(label, r), config, tuple(f"cache/{d}/{r}" for d in everything),
+        complete=_RUN_COMPLETE,
+        params=SslParams(label=label, recipe=r, init=spec.base or "",
+                         caches=[str(cache(d, r)) for d in labelled],
+                         unlabeled=[str(cache(d, r)) for d in unlabeled],
+                         exclude=[str(cache(d, r)) for d in everything if d not in labelled + unlabeled],
+                         options={k: v for k, v in options.items() if k not in RUNTIME_KEYS},
+                         runtime=runtime),
+        group=f"ssl/{label}/{r}"))
+
+
 def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed: int,
-               overrides: dict[str, Any]) -> Step:
-    """One fine-tuning run (after its domain pretraining, for ``domain:`` arms) and its evaluation."""
+               overrides: dict[str, Any], cond: Condition) -> Step:
+    """One fine-tuning run (after its domain pretraining, for ``domain:`` arms) and its evaluation;
+    ``cond`` adds its id segments and training options (none for the default condition)."""
     study = b.study
     deps: tuple[str, ...] = (f"cache/{name}/{r}",)
     ds_findings = b.cfg.datasets[name].findings
@@ -182,8 +221,8 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
     init_ident: Any = spec.init
     init_value = spec.init
     deferred = False
-    group = f"run/{name}/{r}/{label}/s{seed}"
-    arm = dict(overrides)
+    group = f"run/{name}/{r}/{label}/{cond.path}s{seed}"
+    arm = {**overrides, **cond.train_overrides(seed)}
     if spec.domain is not None:
         findings = shared_findings(study, label, name)
         static = shared_findings(study, label, name, static=True)
@@ -197,19 +236,45 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
         if "allow_overlap" not in {**study.train, **overrides} and other_release:
             # different releases: equal patient ids are a naming coincidence, not a leak
             arm = {**arm, "allow_overlap": True}
-    tid = f"train/{name}/{r}/{label}/s{seed}"
-    run_dir = b.layout.run_dir(name, r, label, seed)
+    elif spec.ssl is not None:
+        pre = _ssl_step(b, label, spec, r)
+        group = pre.group or group
+        deps = deps + (pre.id,)
+        init_ident = {"pretrained": pre.id}
+        init_value = "checkpoint:" + str(pre.out / RUN_BEST_WEIGHTS)
+    tid = f"train/{name}/{r}/{label}/{cond.path}s{seed}"
+    run_dir = b.layout.run_dir(name, r, label, seed, cond.path)
     tconf = {"init": init_ident, "findings": findings, "train": b.train_identity(arm, seed)}
     step = b.add(Step(tid, "train", run_dir, tconf, deps, complete=_RUN_COMPLETE,
                       params=TrainParams(cache=str(b.layout.cache_dir(name, r)), init=init_value,
                                          findings=findings, runtime=b.train_runtime(arm), dataset=name,
-                                         recipe=r, label=label, seed=seed),
+                                         recipe=r, label=label, seed=seed, condition=cond),
                       group=group, deferred=deferred))
     ev = b.cfg.evaluation.model_dump(mode="json")
-    b.add(Step(f"eval/{name}/{r}/{label}/s{seed}", "eval", run_dir / "eval" / ev["split"], ev, (tid,),
-               complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed),
+    b.add(Step(f"eval/{name}/{r}/{label}/{cond.path}s{seed}", "eval", run_dir / "eval" / ev["split"], ev,
+               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond),
                group=group, deferred=deferred))
     return step
+
+
+def _contamination_notes(b: _Builder) -> None:
+    """A note per init pretrained on a (real) dataset it is tested on: its scores may be inflated."""
+    from cxrbench.models.contamination import contamination_warnings
+
+    tested: dict[str, set[str]] = {}
+    for s in b.steps:
+        if s.kind == "eval":
+            ds = b.cfg.datasets[s.params.dataset]
+            if ds.phantom is None:  # synthetic images were never anyone's pretraining data
+                tested.setdefault(s.params.label, set()).add(ds.adapter)
+    for label, datasets in tested.items():
+        spec = b.cfg.inits[label]
+        init = spec.base if (spec.domain or spec.ssl) else spec.init
+        try:
+            lines = contamination_warnings(init, sorted(datasets))
+        except Exception:  # an init that cannot be resolved here is reported elsewhere
+            continue
+        b.notes += [f"{label}: {line}" for line in lines]
 
 
 def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
@@ -229,37 +294,67 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
             if shared is not None and not shared:
                 b.notes.append(f"external {a} -> {target} ({p.label}): no shared finding, skipped")
                 continue
+            cond = p.condition
             b.add(Step(
-                f"external/{a}-on-{target}/{p.recipe}/{p.label}/s{p.seed}", "external",
-                b.layout.external_dir(a, target, p.recipe, p.label, p.seed), {**ev, "findings": shared},
+                f"external/{a}-on-{target}/{p.recipe}/{p.label}/{cond.path}s{p.seed}", "external",
+                b.layout.external_dir(a, target, p.recipe, p.label, p.seed, cond.path),
+                {**ev, "findings": shared},
                 (t.id, "eval/" + t.id.split("/", 1)[1], f"cache/{target}/{p.recipe}"),
                 complete=_EVAL_COMPLETE,
                 params=ExternalParams(run=str(t.out), cache=str(b.layout.cache_dir(target, p.recipe)),
                                       train_dataset=a, test_dataset=target, recipe=p.recipe, label=p.label,
-                                      seed=p.seed, findings=shared),
+                                      seed=p.seed, findings=shared, condition=cond),
                 group=t.group, deferred=deferred))
 
 
 def _compare_steps(b: _Builder) -> None:
-    """Paired comparisons of the inits per dataset x recipe x seed (when two or more were evaluated)."""
+    """Paired comparisons of the inits per dataset x recipe x condition x seed (two or more inits)."""
     ev = b.cfg.evaluation.model_dump(mode="json")
     comp = b.cfg.comparisons.model_dump(mode="json")
     for name in b.cfg.datasets:
         for r in b.recipes_used:
-            for seed in b.cfg.seeds:
+            for cond in conditions(b.cfg):
+                for seed in b.cfg.seeds:
+                    evals = [s for s in b.steps if s.kind == "eval" and s.params.dataset == name
+                             and s.params.recipe == r and s.params.seed == seed
+                             and s.params.condition == cond]
+                    if len(evals) < 2:
+                        continue
+                    runs = {s.params.label: s.params.run for s in evals}
+                    b.add(Step(f"compare/{name}/{r}/{cond.path}s{seed}", "compare",
+                               b.layout.compare_dir(name, r, seed, cond.path),
+                               {**comp, "evaluation": ev}, tuple(s.id for s in evals),
+                               complete=("comparison.json",), params=CompareParams(name, r, seed, runs, cond),
+                               deferred=any(s.deferred for s in evals)))
+
+
+def _pooled_steps(b: _Builder) -> None:
+    """With several seeds: every arm of a dataset x recipe x condition pooled over its seeds (mean,
+    two-level bootstrap CI, seed SD) and the paired comparisons of the pooled arms."""
+    if len(b.cfg.seeds) < 2:
+        return
+    ev = b.cfg.evaluation.model_dump(mode="json")
+    comp = b.cfg.comparisons.model_dump(mode="json")
+    for name in b.cfg.datasets:
+        for r in b.recipes_used:
+            for cond in conditions(b.cfg):
                 evals = [s for s in b.steps if s.kind == "eval" and s.params.dataset == name
-                         and s.params.recipe == r and s.params.seed == seed]
-                if len(evals) < 2:
+                         and s.params.recipe == r and s.params.condition == cond]
+                if not evals:
                     continue
-                b.add(Step(f"compare/{name}/{r}/s{seed}", "compare", b.layout.compare_dir(name, r, seed),
-                           {**comp, "evaluation": ev}, tuple(s.id for s in evals),
-                           complete=("comparison.json",),
-                           params=CompareParams(name, r, seed, {s.params.label: s.params.run for s in evals}),
+                runs: dict[str, list[str]] = {}
+                for s in sorted(evals, key=lambda s: s.params.seed):
+                    runs.setdefault(s.params.label, []).append(s.params.run)
+                b.add(Step(f"pooled/{name}/{r}" + (f"/{cond.path.rstrip('/')}" if cond.path else ""),
+                           "pooled", b.layout.pooled_dir(name, r, cond.path),
+                           {**comp, "evaluation": ev, "seeds": list(b.cfg.seeds)},
+                           tuple(s.id for s in evals), complete=(POOLED_FILE,),
+                           params=PooledParams(name, r, runs, list(b.cfg.seeds), cond),
                            deferred=any(s.deferred for s in evals)))
 
 
 def _report_step(b: _Builder) -> None:
-    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare"))
+    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare", "pooled"))
     b.add(Step("report", "report", b.layout.report_dir,
                {"version": PLAN_VERSION, "config_hash": b.cfg.config_hash()}, gathered,
                complete=("index.html", "report.md", "results.csv")))

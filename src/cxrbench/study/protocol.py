@@ -114,6 +114,21 @@ def run_facts(run_dir: Path, dataset: str, label: str) -> RunFacts | None:
     )
 
 
+def ssl_sentence(run_dir: Path) -> str | None:
+    """``3,200 images of 1,100 patients (train splits of a and b, every image of src)`` from a
+    pretraining run's ``best.json``; None when the run is not there."""
+    meta = _json(run_dir / RUN_BEST_META)
+    pre = (meta or {}).get("pretraining") if isinstance(meta, dict) else None
+    if not isinstance(pre, dict):
+        return None
+    per = pre.get("per_dataset") or {}
+    where = ", ".join(f"{d} ({n:,})" for d, n in per.items())
+    return (f"{pre.get('method', 'self-supervised')} for {pre.get('epochs')} epochs on "
+            f"{pre.get('images', 0):,} images of {pre.get('patients', 0):,} patients: {where}; "
+            f"{pre.get('split', 'train split')}, "
+            "no validation or test patient of any dataset of the study")
+
+
 def _log(path: Path) -> list[dict[str, Any]]:
     out = []
     try:
@@ -164,7 +179,9 @@ def read_protocol(plan: Plan) -> Protocol:
         facts = run_facts(Path(p.run), p.dataset, p.label)
         spec = cfg.inits.get(p.label)
         if facts is not None and spec is not None:  # the study's own name of the init, not a temp path
-            facts = replace(facts, init_name=spec.init, pretrained_on=spec.domain, base=spec.base)
+            ssl = ssl_sentence(layout.ssl_dir(p.label, p.recipe)) if spec.ssl is not None else None
+            facts = replace(facts, init_name=spec.init, pretrained_on=spec.domain, base=spec.base,
+                            self_supervised=ssl, condition=p.condition.as_dict)
         if facts is not None:
             runs.append(facts)
         m = _json(s.out / METRICS_FILE)

@@ -36,8 +36,8 @@ from cxrbench.study.shard import select_shard, shard_assignment
 from cxrbench.study.state import is_finished, marker_path, read_marker, set_aside, step_lock, write_marker
 from cxrbench.study.steps import Plan, Step
 
-GATHER_KINDS = ("compare", "report")
-_DIST_KINDS = ("train", "pretrain")  # run on every torchrun rank
+GATHER_KINDS = ("compare", "pooled", "report")
+_DIST_KINDS = ("train", "pretrain", "ssl")  # run on every torchrun rank
 _WAIT_POLL_S = 2.0
 
 
@@ -421,13 +421,13 @@ def report_study(
     summary = RunSummary()
     t0 = time.perf_counter()
     plan = build_plan(study)
-    for step in plan.of_kind("compare"):
+    for step in plan.of_kind("compare", "pooled"):
         if step.status == "done":
             summary.skipped.append(step.id)
         elif all(plan.by_id[d].status == "done" for d in step.deps):
-            say(f"[bold cyan]compare[/bold cyan]  {step.id.split('/', 1)[-1]}")
+            say(f"[bold cyan]{step.kind:8s}[/bold cyan] {step.id.split('/', 1)[-1]}")
             ctx = Context(study=study, plan=plan, quiet=quiet)
-            if _execute(step, ctx, execs["compare"], main=True, world=1, say=say):
+            if _execute(step, ctx, execs[step.kind], main=True, world=1, say=say):
                 summary.executed.append(step.id)
         else:
             summary.blocked.append(step.id)

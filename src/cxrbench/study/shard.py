@@ -33,8 +33,8 @@ def shard_assignment(plan: Plan, n: int) -> dict[str, int]:
     """
     sizes: dict[str, int] = {}
     for s in plan.steps:
-        if s.group is not None and s.kind in ("train", "pretrain"):
-            sizes[s.group] = sizes.get(s.group, 0) + (2 if s.kind == "pretrain" else 1)
+        if s.group is not None and s.kind in ("train", "pretrain", "ssl"):
+            sizes[s.group] = sizes.get(s.group, 0) + {"pretrain": 2, "ssl": 3}.get(s.kind, 1)
     load = [0] * n
     out: dict[str, int] = {}
     for g in sorted(sizes, key=lambda g: (-sizes[g], g)):

@@ -25,7 +25,7 @@ from typing import Any
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import file_lock
 from cxrbench.common.progress import console
-from cxrbench.study.config import ExecutorSpec, LoadedStudy, time_minutes
+from cxrbench.study.config import LoadedStudy
 from cxrbench.study.jobs import (
     ALIVE,
     ReplanJob,
@@ -37,10 +37,11 @@ from cxrbench.study.jobs import (
 from cxrbench.study.layout import REPLAN_JOB
 from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import RunSummary, selected_steps
+from cxrbench.study.runtime_config import ExecutorSpec, time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
 
-_GPU_KINDS = ("train", "pretrain")
+_GPU_KINDS = ("train", "pretrain", "ssl")
 _ONE_GPU_KINDS = ("eval", "external")
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"
@@ -53,7 +54,7 @@ def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str])
         nodes, tasks, gpn, cpus, limit = spec.nodes_per_run, max(1, gpus), gpus, spec.cpus_per_gpu, spec.time
     elif kind in _ONE_GPU_KINDS:
         nodes, tasks, gpn, cpus, limit = 1, 1, min(1, gpus), spec.cpus_per_gpu, spec.step_time
-    else:  # index, cache, compare, report, replan: CPUs only
+    else:  # index, cache, compare, pooled, report, replan: CPUs only
         nodes, tasks, gpn, cpus, limit = 1, 1, 0, spec.cpus_per_gpu * max(1, gpus), spec.step_time
     extra = {k.lstrip("-").replace("_", "-"): v for k, v in spec.extra.items() if v is not False}
     return {

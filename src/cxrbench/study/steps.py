@@ -3,8 +3,9 @@ step kind (what an executor needs besides the hashed ``config``: paths, labels; 
 
 Steps flow one way::
 
-    phantom -> index -> cache (per recipe) -> pretrain (domain:) -> train -> eval -> external
+    phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) -> train -> eval -> external
                                                                               \\-> compare -> report
+                                                                              \\-> pooled (seeds) -> report
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cxrbench.study.axes import DEFAULT, Condition
 
 if TYPE_CHECKING:
     from cxrbench.study.config import LoadedStudy
@@ -22,10 +25,12 @@ KINDS: tuple[str, ...] = (
     "index",
     "cache",
     "pretrain",
+    "ssl",
     "train",
     "eval",
     "external",
     "compare",
+    "pooled",
     "report",
 )
 
@@ -75,6 +80,22 @@ class TrainParams:
     recipe: str
     label: str
     seed: int
+    condition: Condition = DEFAULT
+
+
+@dataclass(frozen=True)
+class SslParams:
+    """The self-supervised pretraining run of an ``ssl:`` arm (``cxrbench pretrain``): the train
+    splits of ``caches``, every image of ``unlabeled``, no val/test patient of ``exclude``."""
+
+    label: str
+    recipe: str
+    init: str
+    caches: list[str]
+    unlabeled: list[str]
+    exclude: list[str]
+    options: dict[str, Any]
+    runtime: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,7 @@ class EvalParams:
     recipe: str
     label: str
     seed: int
+    condition: Condition = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class ExternalParams:
     label: str
     seed: int
     findings: list[str] | None
+    condition: Condition = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,19 @@ class CompareParams:
     recipe: str
     seed: int
     runs: dict[str, str]
+    condition: Condition = DEFAULT
+
+
+@dataclass(frozen=True)
+class PooledParams:
+    """Pool the seeds of every arm on one dataset/recipe/condition: ``runs`` is init label -> the
+    run folders of its seeds (in seed order)."""
+
+    dataset: str
+    recipe: str
+    runs: dict[str, list[str]]
+    seeds: list[int]
+    condition: Condition = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -117,8 +153,8 @@ class ReportParams:
     """Gather everything into the report (no parameters)."""
 
 
-StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | EvalParams | ExternalParams
-              | CompareParams | ReportParams)
+StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | SslParams | EvalParams
+              | ExternalParams | CompareParams | PooledParams | ReportParams)
 
 
 @dataclass

@@ -90,6 +90,12 @@ class TrainConfig(BaseModel):
     # domain-supervised initialization (init = checkpoint:RUN/best.safetensors)
     keep_shared_head: bool = Field(False, description="keep head rows of findings shared with the checkpoint")
     allow_overlap: bool = Field(False, description="accept patients the checkpoint was trained on")
+    # label budget and label noise of the training split (data/budget.py); hashed only when set
+    label_fraction: float = Field(1.0, gt=0, description="share of training patients kept (nested, "
+                                  "stratified), or a patient count above 1")
+    label_noise: float = Field(0.0, ge=0, lt=1, description="share of known training labels flipped "
+                               "per finding (symmetric)")
+    label_seed: int = Field(0, ge=0, description="seed of the label budget and the label noise")
 
     # runtime only (not part of the run's identity)
     workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=0, le=256)

@@ -55,6 +55,16 @@ def print_summary(cfg, env, device, info, image_size, train_ds, val_ds, micro, s
         + (f", clip {cfg.clip_grad:g}" if cfg.clip_grad else "") + f"; {precision} on {device}"
         + (", compiled" if cfg.compile else ""),
     ]
+    changes = train_ds.label_changes or {}
+    if changes.get("budget"):
+        b = changes["budget"]
+        lines.append(f"  labels  budget {b['fraction']:g}: {b['patients']:,} of {b['of_patients']:,} "
+                     f"training patients ({b['images']:,} images), nested and stratified "
+                     f"(seed {changes['seed']})")
+    if changes.get("noise"):
+        n = changes["noise"]
+        lines.append(f"  labels  noise {n['rate']:g}: {sum(n['flipped'].values()):,} training labels flipped "
+                     f"(seed {changes['seed']})")
     if overlap_note:
         lines.append(f"  init    {overlap_note}")
     for line in lines:

@@ -131,6 +131,9 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
         if not set(ds.splits) <= {TRAIN_SPLIT, VAL_SPLIT}:
             raise RuntimeError(f"training opened the splits {sorted(set(ds.splits))}: it must never "
                                "read the test split")
+    from cxrbench.data.budget import apply_budget
+
+    labels_done = apply_budget(train_ds, cfg.label_fraction, cfg.label_noise, cfg.label_seed)
     findings = list(train_ds.findings)
     cache_sha = file_sha256(cache_dir / CACHE_MANIFEST)
     pos_weight = _pos_weight(train_ds, val_ds, cfg)
@@ -208,7 +211,8 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
         write_run_config(run_dir, cfg, env, train_ds, val_ds, info, image_size, cache_sha,
                           dict(micro_batch=micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                warmup_steps=schedule.warmup_steps, precision=precision,
-                               pos_weight=dict(zip(findings, map(float, pos_weight), strict=True))))
+                               pos_weight=dict(zip(findings, map(float, pos_weight), strict=True)),
+                               **({"training_labels": labels_done} if labels_done else {})))
     dist_.barrier(env)
 
     fwd = torch.compile(model) if cfg.compile else model

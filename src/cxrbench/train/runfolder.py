@@ -260,6 +260,7 @@ def best_meta(cfg, info, findings, image_size, train_ds, cache_sha, head_keys, v
         "metric": {"name": "val_mean_auroc", "value": val["mean_auroc"], "per_finding": val["auroc"]},
         "epoch": epoch, "step": step, "linear_probe": cfg.linear_probe, "precision": precision,
         "cache": {"path": str(Path(cfg.cache).resolve()), "manifest_sha256": cache_sha},
+        **({"training_labels": train_ds.label_changes} if train_ds.label_changes else {}),
         "created": now_iso(),
     }
 
