@@ -14,7 +14,6 @@ from cxrbench.common.errors import InputError
 from cxrbench.evaluate import compare as cp
 from cxrbench.evaluate import pooled as pl
 from cxrbench.evaluate import predictions, run_eval, scoring
-from cxrbench.stats import seeds as sd
 from cxrbench.stats.metrics import UndefinedMetricWarning
 
 FINDINGS = ("cardiomegaly", "pleural_effusion", "atelectasis", "hernia")
@@ -277,9 +276,3 @@ def test_cli_compare_arm_refusals(tmp_path, cli_runner, arm_runs):
         assert message in result.stderr, (message, result.stderr)
         assert "Traceback" not in result.output + result.stderr
 
-
-def test_seed_stream_is_the_arms_content():
-    """Library and CLI give the same intervals: the seed draws depend on the runs' scores only."""
-    ps = predictions.PredictionSet.from_frame(seeds_of(truth(), 1.0, 1, 0)[0])
-    digests = sd.seed_digests(ps.scores[None])
-    assert len(digests) == 1 and len(digests[0]) == 16

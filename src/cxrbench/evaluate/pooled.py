@@ -108,7 +108,7 @@ def _select(ps: PredictionSet, findings: list[str], where: str) -> PredictionSet
 
 
 def _bootstraps(sets: dict[str, list[PredictionSet]], n_resamples: int, seed: int, cluster: str,
-                memory_bytes: int) -> tuple[bs.Resamples, dict[str, sd.ArmBootstrap]]:
+                memory_bytes: int, ensemble: bool = True) -> tuple[bs.Resamples, dict[str, sd.ArmBootstrap]]:
     check_choice("--cluster", cluster, bs.CLUSTERS)
     if int(n_resamples) < 1:
         raise InputError(f"bootstrap count {n_resamples} must be at least 1", where="--bootstrap",
@@ -116,7 +116,7 @@ def _bootstraps(sets: dict[str, list[PredictionSet]], n_resamples: int, seed: in
     first = next(iter(sets.values()))[0]
     resamples = first.resamples(int(n_resamples), int(seed), cluster)
     boots = {arm: sd.arm_bootstrap(runs[0].labels, np.stack([r.scores for r in runs]), resamples,
-                                   memory_bytes=memory_bytes)
+                                   ensemble=ensemble, memory_bytes=memory_bytes)
              for arm, runs in sets.items()}
     return resamples, boots
 
@@ -211,7 +211,7 @@ def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, finding
                          fix="give two or more runs or arms")
     sets = arm_sets(arm_frames, findings)
     pairs = comparison_pairs(names, reference)
-    resamples, boots = _bootstraps(sets, n_resamples, seed, cluster, memory_bytes)
+    resamples, boots = _bootstraps(sets, n_resamples, seed, cluster, memory_bytes, ensemble=False)
     pooled = {arm: b.pooled for arm, b in boots.items()}
     rows: list[dict[str, Any]] = []
     for a, b in pairs:

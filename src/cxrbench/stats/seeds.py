@@ -213,14 +213,15 @@ class ArmBootstrap:
 
     ``point`` (S, K): each seed on the full set; ``resampled`` (S, B, K): each seed on each image
     resample; ``draws`` (B, S): seed draw counts (in the order of ``point``); ``ensemble_point`` (K,)
-    and ``ensemble_resampled`` (B, K): the seeds' mean score; ``stream``: the seed-draw stream.
+    and ``ensemble_resampled`` (B, K): the seeds' mean score (None when not asked for); ``stream``:
+    the seed-draw stream.
     """
 
     point: np.ndarray
     resampled: np.ndarray
     draws: np.ndarray
-    ensemble_point: np.ndarray
-    ensemble_resampled: np.ndarray
+    ensemble_point: np.ndarray | None
+    ensemble_resampled: np.ndarray | None
     stream: int
 
     @property
@@ -272,23 +273,27 @@ def full_set_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def arm_bootstrap(labels: np.ndarray, scores: np.ndarray, resamples: bs.Resamples, *,
+def arm_bootstrap(labels: np.ndarray, scores: np.ndarray, resamples: bs.Resamples, *, ensemble: bool = True,
                   memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> ArmBootstrap:
     """The two-level bootstrap of one arm: ``labels`` (n, K) shared, ``scores`` (S, n, K) per seed,
-    on the image ``resamples`` every arm shares (the seed draws are the arm's own, see module doc)."""
+    on the image ``resamples`` every arm shares (the seed draws are the arm's own, see module doc).
+    ``ensemble=False`` skips the seed-ensemble (one score set fewer to bootstrap)."""
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 3 or scores.shape[0] < 1:
         raise ValueError(f"scores must be (S, n, K) with S >= 1; got {scores.shape}")
-    ensemble = ensemble_scores(scores)
+    s = scores.shape[0]
+    mean = ensemble_scores(scores) if ensemble and s > 1 else None
     order, stream = seed_stream(seed_digests(scores))
-    both = np.concatenate([scores, ensemble[None]]) if scores.shape[0] > 1 else scores
+    both = np.concatenate([scores, mean[None]]) if mean is not None else scores
     boot = bootstrap_auroc_many(labels, both, resamples, memory_bytes=memory_bytes)
     canonical = seed_draws(scores.shape[0], resamples.n_resamples, resamples.seed, stream)
     draws = np.empty_like(canonical)
     draws[:, order] = canonical  # canonical column i is seed order[i]
     point = full_set_auroc(labels, scores)
-    s = scores.shape[0]
-    ens_point = point[0].copy() if s == 1 else full_set_auroc(labels, ensemble[None])[0]
+    ens_point = ens_boot = None
+    if ensemble:  # with one seed, the ensemble is that seed
+        ens_point = point[0].copy() if mean is None else full_set_auroc(labels, mean[None])[0]
+        ens_boot = boot[-1]
     return ArmBootstrap(point=point, resampled=boot[:s], draws=draws, ensemble_point=ens_point,
-                        ensemble_resampled=boot[-1], stream=stream)
+                        ensemble_resampled=ens_boot, stream=stream)
