@@ -79,7 +79,7 @@ def check_same_images(sets: Mapping[str, PredictionSet]) -> None:
                                  fix="evaluate every run with the same label policy (index/cache)")
 
 
-def _pairs(names: list[str], reference: str | None) -> list[tuple[str, str]]:
+def comparison_pairs(names: list[str], reference: str | None) -> list[tuple[str, str]]:
     if reference is None:
         return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
     if reference not in names:
@@ -116,52 +116,82 @@ def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], refer
                 raise InputError(f"finding(s) {', '.join(missing)} not in the predictions", where=name,
                                  fix=f"available: {', '.join(ps.findings)}")
     check_same_images(sets)
-    pairs = _pairs(names, reference)
+    pairs = comparison_pairs(names, reference)
     resamples = sets[names[0]].resamples(int(n_resamples), int(seed), cluster)
     boot = {name: bs.bootstrap_auroc(ps.labels, ps.scores, resamples, memory_bytes=memory_bytes)
             for name, ps in sets.items() if any(name in p for p in pairs)}
     rows: list[dict[str, Any]] = []
     for a, b in pairs:
-        sa, sb = sets[a], sets[b]
-        common = [f for f in sa.findings if f in sb.findings and (findings is None or f in findings)]
-        if not common:
-            raise InputError(f"runs {a!r} and {b!r} share no finding", where="compare",
-                             fix="compare runs trained on overlapping label sets")
-        used_a, used_b = [], []
-        for f in common:
-            ia, ib = sa.column(f), sb.column(f)
-            y = sa.labels[:, ia]
-            row: dict[str, Any] = {"model_a": a, "model_b": b, "finding": f, **mt.class_counts(y)}
-            row.pop("n_unknown")
-            why = mt.not_estimable_reason(y)
-            if why:
-                row["note"] = f"not estimable: {why}"
-                rows.append(row)
-                continue
-            dl = delong_test(y, sa.scores[:, ia], sb.scores[:, ib], alternative, ci_level)
-            pb = paired_bootstrap(boot[a][:, ia], boot[b][:, ib], dl["auroc_a"], dl["auroc_b"],
-                                  alternative, ci_level)
-            row.update({"auroc_a": dl["auroc_a"], "auroc_b": dl["auroc_b"], **pb, "p_delong": dl["p_delong"],
-                        "z_delong": dl["z"], "delong_lo": dl["delong_lo"], "delong_hi": dl["delong_hi"]})
-            if pb["n_resamples_excluded"]:
-                row["note"] = f"{pb['n_resamples_excluded']} resample(s) with one class excluded"
+        rows += pair_rows(a, b, sets[a], sets[b], boot[a], boot[b], findings=findings,
+                          alternative=alternative, ci_level=ci_level)
+    return table_from_rows(rows, COLUMNS, alternative=alternative, family=family, resamples=resamples,
+                           attrs={"reference": reference, "pairs": [list(p) for p in pairs],
+                                  "ci_level": ci_level})
+
+
+def pair_rows(a: str, b: str, sa: PredictionSet, sb: PredictionSet, boot_a: np.ndarray,
+              boot_b: np.ndarray, *, findings: list[str] | None = None, alternative: str = "two-sided",
+              ci_level: float = 0.95, points: tuple[np.ndarray, np.ndarray] | None = None,
+              no_delong: str = "") -> list[dict[str, Any]]:
+    """The rows of one pair (A = ``a``, B = ``b``): one per common finding plus the ``mean`` row.
+
+    ``boot_a`` (B, K_a) and ``boot_b`` (B, K_b): each side's AUROC on the shared resamples, in the
+    order of ``sa.findings`` / ``sb.findings``. ``points=None``: the point AUROCs and DeLong's test
+    come from the scores of ``sa``/``sb`` (one run per side); otherwise ``points`` = (K_a,), (K_b,)
+    point AUROCs and DeLong is left empty with the note ``no_delong`` (e.g. pooled seeds).
+    """
+    common = [f for f in sa.findings if f in sb.findings and (findings is None or f in findings)]
+    if not common:
+        raise InputError(f"runs {a!r} and {b!r} share no finding", where="compare",
+                         fix="compare runs trained on overlapping label sets")
+    rows: list[dict[str, Any]] = []
+    used_a, used_b = [], []
+    for f in common:
+        ia, ib = sa.column(f), sb.column(f)
+        y = sa.labels[:, ia]
+        row: dict[str, Any] = {"model_a": a, "model_b": b, "finding": f, **mt.class_counts(y)}
+        row.pop("n_unknown")
+        why = mt.not_estimable_reason(y)
+        if why:
+            row["note"] = f"not estimable: {why}"
             rows.append(row)
-            used_a.append(ia)
-            used_b.append(ib)
-        rows.append(_mean_row(a, b, rows[-len(common):], boot[a][:, used_a], boot[b][:, used_b],
-                              alternative, ci_level))
+            continue
+        notes = []
+        if points is None:
+            dl = delong_test(y, sa.scores[:, ia], sb.scores[:, ib], alternative, ci_level)
+            pa, pb_ = dl["auroc_a"], dl["auroc_b"]
+            row.update({"p_delong": dl["p_delong"], "z_delong": dl["z"], "delong_lo": dl["delong_lo"],
+                        "delong_hi": dl["delong_hi"]})
+        else:
+            pa, pb_ = float(points[0][ia]), float(points[1][ib])
+            notes.append(no_delong)
+        pb = paired_bootstrap(boot_a[:, ia], boot_b[:, ib], pa, pb_, alternative, ci_level)
+        row.update({"auroc_a": pa, "auroc_b": pb_, **pb})
+        if pb["n_resamples_excluded"]:
+            notes.insert(0, f"{pb['n_resamples_excluded']} resample(s) with one class excluded")
+        if any(notes):
+            row["note"] = "; ".join(n for n in notes if n)
+        rows.append(row)
+        used_a.append(ia)
+        used_b.append(ib)
+    rows.append(_mean_row(a, b, rows, boot_a[:, used_a], boot_b[:, used_b], alternative, ci_level))
+    return rows
+
+
+def table_from_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, alternative: str, family: str,
+                    resamples: bs.Resamples, attrs: dict[str, Any]) -> pd.DataFrame:
+    """The comparison table: ``columns`` in order, settings columns, BH within each family, attrs."""
     out = pd.DataFrame(rows)
-    for col in COLUMNS:
+    for col in columns:
         if col not in out.columns:
             out[col] = np.nan
     out["alternative"], out["family"] = alternative, family
-    out["n_resamples"], out["seed"], out["cluster"] = int(n_resamples), int(seed), cluster
+    out["n_resamples"], out["seed"], out["cluster"] = resamples.n_resamples, resamples.seed, resamples.cluster
     out["note"] = out["note"].astype(object).where(out["note"].notna(), "")
     _adjust(out, family)
-    out = out[list(COLUMNS)]
-    out.attrs.update({"family": family, "alternative": alternative, "reference": reference,
-                      "pairs": [list(p) for p in pairs], "bootstrap": resamples.describe(),
-                      "ci_level": ci_level})
+    out = out[list(columns)]
+    out.attrs.update({"family": family, "alternative": alternative, **attrs,
+                      "bootstrap": resamples.describe()})
     return out
 
 
