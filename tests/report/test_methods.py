@@ -104,3 +104,14 @@ def test_methods_text_is_empty_without_facts_and_ordered_with_them():
         evaluation=EvaluationFacts("test", (100,), ("patient",), (0,), 0.95, ("val",)))
     paras = methods_text(res)
     assert [p.split(" ", 1)[0] for p in paras] == ["nih", "Every", "Models:", "Training", "Performance"]
+
+
+def test_the_design_paragraph_names_seeds_budgets_and_noise():
+    from cxrbench.report.methods import design_paragraph
+
+    assert design_paragraph(Protocol(seeds=(0,))) is None
+    axes = {"label_fraction": [0.1, 1.0], "label_noise": [0.0, 0.2]}
+    text = design_paragraph(Protocol(seeds=(0, 1, 2), axes=axes))
+    assert "3 training seeds (0, 1 and 2)" in text and "two-level bootstrap" in text
+    assert "label budgets of 0.1 and 1 of the training patients: nested subsets" in text
+    assert "share of 0 and 0.2 of the known training labels" in text

@@ -67,6 +67,8 @@ def test_tiny_demo_end_to_end_and_cached_rerun(cli_runner, offline_weights, tmp_
     assert "source-pretrained" in result.output and "random" in result.output
 
     df = pd.read_csv(out / "report" / "results.csv")
+    assert df["subgroup"].notna().any()  # per-subgroup rows come after the main rows
+    df = df[df["subgroup"].isna()]
     assert set(df["dataset"]) == set(TARGETS) and set(df["init"]) == {"random", "source-pretrained"}
     assert (df.groupby(["dataset", "init"]).size() == 5).all()  # 4 findings + mean
     assert df.loc[df["init"] == "source-pretrained", "p_vs_reference"].notna().all()

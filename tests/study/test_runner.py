@@ -19,8 +19,9 @@ from cxrbench.common.errors import InputError
 from cxrbench.index.schema import write_index
 from cxrbench.study.load import load_study
 from cxrbench.study.plan import build_plan, select_shard
-from cxrbench.study.runner import describe_plan, report_study, run_study
+from cxrbench.study.runner import GATHER_KINDS, describe_plan, report_study, run_study
 from cxrbench.study.state import read_marker
+from cxrbench.study.steps import KINDS
 
 FINDINGS = ["cardiomegaly", "pleural_effusion"]
 
@@ -77,20 +78,7 @@ class Recorder:
                 (step.out / c).write_text("x")
 
     def executors(self) -> dict:
-        return {
-            k: self
-            for k in (
-                "phantom",
-                "index",
-                "cache",
-                "pretrain",
-                "train",
-                "eval",
-                "external",
-                "compare",
-                "report",
-            )
-        }
+        return dict.fromkeys(KINDS, self)
 
 
 @pytest.fixture
@@ -166,12 +154,13 @@ def test_shards_split_the_runs_and_report_gathers(study):
         calls.append(rec.calls)
     trained = [[c for c in part if c.startswith(("train/", "pretrain/"))] for part in calls]
     assert trained[0] and trained[1] and not set(trained[0]) & set(trained[1])
-    assert not any(c.startswith(("compare", "report")) for part in calls for c in part)
+    assert not any(c.split("/")[0] in GATHER_KINDS for part in calls for c in part)
     plan = build_plan(study)
-    assert all(s.status == "done" for s in plan.steps if s.kind not in ("compare", "report"))
+    assert all(s.status == "done" for s in plan.steps if s.kind not in GATHER_KINDS)
     rec = Recorder()
     html, summary = report_study(study, quiet=True, executors=rec.executors())
-    assert {c.split("/")[0] for c in rec.calls} == {"compare", "report"} and html.name == "index.html"
+    assert {c.split("/")[0] for c in rec.calls} == {"compare", "shortcut", "report"}
+    assert html.name == "index.html"
 
 
 def test_dry_run_lists_the_plan(study, cli_runner):

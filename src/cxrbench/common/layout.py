@@ -120,6 +120,9 @@ def calibration_path(run_dir: str | os.PathLike, split: str) -> Path:
     return eval_dir(run_dir, split) / CALIBRATION_FILE
 
 
+# beside an external validation's metrics.json: the source threshold against the target's optimum
+OPERATING_FILE = "operating.json"
+
 # --- a study's pooled results (every arm over its seeds, with the paired comparisons) ------------------
 POOLED_FILE = "pooled.json"
 

@@ -211,6 +211,31 @@ def comparison_paragraph(c: ComparisonFacts) -> str:
     return f"We compared {who} with a {alt} {test}; {fdr}; significance level {c.alpha:g}."
 
 
+def design_paragraph(p: Protocol) -> str | None:
+    """Seeds pooled, label budgets, label noise: the study's axes beyond the recipes."""
+    parts = []
+    if len(p.seeds) > 1:
+        seeds = _join([str(s) for s in p.seeds])
+        parts.append(f"Every run was repeated with {len(p.seeds)} training seeds ({seeds}); results are "
+                     "the mean over the seeds with a two-level bootstrap confidence interval "
+                     "(seeds and test patients resampled, the same patient resamples for every "
+                     "initialization, so comparisons stay paired), with the seed-to-seed SD beside it")
+    fr = p.axes.get("label_fraction")
+    if fr:
+        shares = _join([f"{v:g}" if v <= 1 else f"{int(v)} patients" for v in fr])
+        parts.append(f"label budgets of {shares} of the training patients: nested subsets (each smaller one "
+                     "inside the larger), stratified by the patients' rarest positive finding, drawn per "
+                     "seed; validation and test splits unchanged")
+    nz = p.axes.get("label_noise")
+    if nz:
+        parts.append(f"symmetric label noise: a share of {_join([f'{v:g}' for v in nz])} of the known "
+                     "training labels of each finding flipped (0 <-> 1, drawn per seed); validation and test "
+                     "labels untouched")
+    if not parts:
+        return None
+    return "Design: " + "; ".join(parts) + "."
+
+
 def methods_text(res: StudyResults) -> list[str]:
     """The Methods paragraphs for ``res`` (empty when nothing was read back)."""
     p: Protocol = res.protocol
@@ -221,6 +246,9 @@ def methods_text(res: StudyResults) -> list[str]:
         out.append(preprocess_paragraph(p.recipes))
     if p.runs:
         out += training_paragraphs(p.runs)
+    design = design_paragraph(p)
+    if design:
+        out.append(design)
     if p.evaluation is not None:
         out.append(evaluation_paragraph(p.evaluation, res.ci_level))
     if p.comparisons is not None and res.inits and len(res.inits) > 1:

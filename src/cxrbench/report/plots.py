@@ -60,7 +60,7 @@ def roc_figure(res: StudyResults, dataset: str, recipe: str, seed: int, max_cols
     cols = min(max_cols, len(findings))
     rows = math.ceil(len(findings) / cols)
     fig = _figure(2.9 * cols, 2.75 * rows + 0.3)
-    t = res.table
+    t = res.default_condition()
     sel = t[(t["dataset"] == dataset) & (t["recipe"] == recipe) & (t["seed"] == seed)]
     auc = {(r["init"], r["finding"]): r["auroc"] for r in sel.to_dict(orient="records")}
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -107,7 +107,7 @@ def forest_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
 
     Only significant differences (BH-adjusted p < alpha) are drawn in their init's colour, filled;
     the others are grey and open, so colour means "significant"."""
-    t = res.table
+    t = res.default_condition()
     if res.reference is None or "diff_vs_reference" not in t.columns:
         return None
     sel = t[
@@ -215,7 +215,7 @@ def curves_figure(res: StudyResults, dataset: str, recipe: str, seed: int) -> by
 
 def external_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
     """Heat maps of the external-validation matrix (mean AUROC), one per init."""
-    e = res.external
+    e = res.default_external()
     if e.empty:
         return None
     e = e[(e["recipe"] == recipe) & (e["seed"] == seed)]
@@ -224,7 +224,7 @@ def external_figure(res: StudyResults, recipe: str, seed: int) -> bytes | None:
         return None
     trains = [d for d in res.datasets if d in set(e["train_dataset"])]
     tests = [d for d in res.datasets if d in set(e["test_dataset"]) | set(trains)]
-    t = res.table
+    t = res.default_condition()
     internal = {
         (r["dataset"], r["init"]): r["auroc"]
         for r in t[(t["recipe"] == recipe) & (t["seed"] == seed) & (t["finding"] == MEAN)].to_dict(

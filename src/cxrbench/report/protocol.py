@@ -95,6 +95,8 @@ class Protocol:
     runs: list[RunFacts] = field(default_factory=list)
     evaluation: EvaluationFacts | None = None
     comparisons: ComparisonFacts | None = None
+    seeds: tuple[int, ...] = ()
+    axes: dict[str, list[Any]] = field(default_factory=dict)  # condition axes with several values
 
     @property
     def empty(self) -> bool:

@@ -34,6 +34,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "p_adjusted",
     "recipe",
     "seed",
+    "label_fraction",
+    "label_noise",
     "init_name",
     "auroc_std",
     "diff_vs_reference",
@@ -48,7 +50,22 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "f1",
     "threshold",
     "n_findings",
+    "n_seeds",
+    "seed_sd",
+    "ensemble_auroc",
+    "ensemble_lo",
+    "ensemble_hi",
+    "subgroup",
+    "ece",
+    "ece_lo",
+    "ece_hi",
+    "brier",
+    "calibration_slope",
+    "calibration_intercept",
 )
+POOLED = "pooled"  # the seed value of rows pooled over seeds
+# The condition axes of the table (besides recipe and seed) and the value of each that changes nothing.
+CONDITION_DEFAULTS: dict[str, Any] = {"label_fraction": 1.0, "label_noise": 0.0}
 # Long table of results (one row per dataset x recipe x seed x init x finding).
 TABLE_REQUIRED: tuple[str, ...] = (
     "dataset",
@@ -63,6 +80,30 @@ TABLE_REQUIRED: tuple[str, ...] = (
 
 
 @dataclass
+class Analyses:
+    """"Right for the right reasons" results, keyed by ``dataset, recipe, seed, init``:
+
+    ``subgroups`` (rows of subgroups.json ``table``: variable, subgroup, finding, n, n_positive,
+    prevalence, auroc/average_precision/sensitivity/specificity with CIs, too_few, note),
+    ``gaps`` and ``underdiagnosis`` (first seed), ``calibration`` (finding, stage, ece, ece_lo,
+    ece_hi, brier, slope, intercept), ``reliability`` (first seed), ``shortcut`` (each image model
+    against the metadata-only baseline: compare rows + beats_shortcut, warning), ``operating``
+    (external validation: source threshold vs the target's optimum), ``examples`` (dataset -> top
+    true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init), ``notes``.
+    """
+
+    subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    underdiagnosis: pd.DataFrame = field(default_factory=pd.DataFrame)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)
+    shortcut: pd.DataFrame = field(default_factory=pd.DataFrame)
+    operating: pd.DataFrame = field(default_factory=pd.DataFrame)
+    examples: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class StudyResults:
     """Everything the report renders.
 
@@ -71,9 +112,17 @@ class StudyResults:
         inits: init labels in display order; ``init_names``: label -> init string (e.g. dinov2-vitb14).
         reference: the reference init label (None: all pairs compared).
         datasets, recipes, seeds: display order of the matrix axes.
-        table: long results, columns :data:`TABLE_REQUIRED` plus any of :data:`RESULT_COLUMNS`.
+        axes: the values of every condition axis with more than one (``{"label_fraction": [0.25,
+            1.0]}``), in config order; the default condition is :data:`CONDITION_DEFAULTS`.
+        table: long results, columns :data:`TABLE_REQUIRED` plus any of :data:`RESULT_COLUMNS`;
+            rows with ``seed == "pooled"`` are pooled over the seeds (mean, two-level bootstrap CI,
+            ``seed_sd``, ``n_seeds``, the seed-ensemble's AUROC).
         pairs: all-pairs comparisons (``dataset, recipe, seed, init_a, init_b, finding, diff,
             diff_lo, diff_hi, p, p_adjusted``), empty with a reference.
+        analyses: subgroups, calibration, shortcut baseline, operating points, saliency examples.
+        recipe_tests: recipe versus the first recipe per dataset and init on the same test images
+            (``dataset, init, recipe_a, recipe_b, finding, diff, diff_lo, diff_hi, p, p_adjusted,
+            n_seeds``), with two or more recipes.
         roc: ``(dataset, recipe, seed, init, finding) -> (fpr, tpr)`` arrays in [0, 1].
         curves: training curves, columns ``dataset, recipe, seed, init, epoch, val_mean_auroc,
             train_loss`` (one row per epoch).
@@ -97,9 +146,12 @@ class StudyResults:
     reference: str | None = None
     recipes: list[str] = field(default_factory=lambda: ["default"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    axes: dict[str, list[Any]] = field(default_factory=dict)
     ci_level: float = 0.95
     alpha: float = 0.05
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    recipe_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    analyses: Analyses = field(default_factory=Analyses)
     roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     external: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -119,10 +171,43 @@ class StudyResults:
     def display_title(self) -> str:
         return self.title or self.name
 
-    def matrix_keys(self) -> list[tuple[str, int]]:
-        """(recipe, seed) combinations present in the table, in display order."""
-        have = set(zip(self.table["recipe"], self.table["seed"], strict=True))
-        return [(r, s) for r in self.recipes for s in self.seeds if (r, s) in have]
+    def default_condition(self) -> pd.DataFrame:
+        """The table's rows of the default condition (all labels, no noise): the main results."""
+        t = self.table
+        mask = np.ones(len(t), dtype=bool)
+        for col, value in CONDITION_DEFAULTS.items():
+            if col in t.columns:
+                mask &= (t[col].astype(float) == value).to_numpy() | t[col].isna().to_numpy()
+        return t[mask]
+
+    def matrix_keys(self) -> list[tuple[str, int | str]]:
+        """(recipe, seed) sections of the main results, in display order: ``(recipe, "pooled")``
+        when the seeds were pooled for that recipe, else one per seed."""
+        t = self.default_condition()
+        have = set(zip(t["recipe"], t["seed"], strict=True))
+        out: list[tuple[str, int | str]] = []
+        for r in self.recipes:
+            if (r, POOLED) in have:
+                out.append((r, POOLED))
+            else:
+                out += [(r, s) for s in self.seeds if (r, s) in have]
+        return out
+
+    def default_external(self) -> pd.DataFrame:
+        """External-validation rows of the default condition."""
+        e = self.external
+        if e.empty:
+            return e
+        mask = np.ones(len(e), dtype=bool)
+        for col, value in CONDITION_DEFAULTS.items():
+            if col in e.columns:
+                mask &= (e[col].astype(float) == value).to_numpy()
+        return e[mask]
+
+    @property
+    def pooled(self) -> bool:
+        """Whether any result is pooled over several seeds."""
+        return bool((self.table["seed"].astype(str) == POOLED).any()) if len(self.table) else False
 
     def findings_of(self, dataset: str) -> list[str]:
         """Findings of a dataset in table order (without the mean)."""
@@ -130,9 +215,39 @@ class StudyResults:
         f = t.loc[(t["dataset"] == dataset) & (t["finding"] != MEAN), "finding"]
         return list(dict.fromkeys(f))
 
-    def results_csv(self) -> pd.DataFrame:
-        """The results.csv frame: one row per dataset x recipe x seed x init x finding, mean included."""
+    def _with_analyses(self) -> pd.DataFrame:
+        """The table plus calibration columns on the finding rows and one row per subgroup
+        (``subgroup = "sex=F"``, the default condition, every seed)."""
         t = self.table.copy()
+        keys = ["dataset", "recipe", "seed", "init", "finding"]
+        cal = self.analyses.calibration
+        if len(cal) and len(t):
+            c = cal[cal["stage"] == "before"].rename(columns={"slope": "calibration_slope",
+                                                             "intercept": "calibration_intercept"})
+            c = c[keys + ["ece", "ece_lo", "ece_hi", "brier", "calibration_slope", "calibration_intercept"]]
+            default = np.ones(len(t), dtype=bool)
+            for col, value in CONDITION_DEFAULTS.items():
+                if col in t.columns:
+                    default &= (t[col].astype(float) == value).to_numpy()
+            merged = t[default].merge(c, on=keys, how="left")
+            t = pd.concat([merged, t[~default]], ignore_index=True)
+        sg = self.analyses.subgroups
+        if len(sg):
+            rows = sg.copy()
+            rows["subgroup"] = rows["variable"].astype(str) + "=" + rows["subgroup"].astype(str)
+            keep = [c for c in (*keys, "subgroup", "auroc", "auroc_lo", "auroc_hi", "n", "n_positive",
+                                "sensitivity", "specificity", "threshold") if c in rows.columns]
+            rows = rows[keep]
+            for col, value in CONDITION_DEFAULTS.items():
+                if col in t.columns:
+                    rows[col] = value
+            t = pd.concat([t, rows], ignore_index=True)
+        return t
+
+    def results_csv(self) -> pd.DataFrame:
+        """The results.csv frame: one row per dataset x recipe x condition x seed x init x finding
+        (mean included; ``seed == "pooled"`` rows pooled over the seeds), then per subgroup."""
+        t = self._with_analyses()
         t["init_name"] = t["init"].map(lambda i: self.init_names.get(i, i))
         for c in RESULT_COLUMNS:
             if c not in t.columns:
@@ -142,7 +257,11 @@ class StudyResults:
         t["_d"] = t["dataset"].map(order)
         t["_i"] = t["init"].map(iorder)
         t["_f"] = (t["finding"] == MEAN).astype(int) * -1
-        t = t.sort_values(["_d", "recipe", "seed", "_i", "_f"], kind="stable")
+        sorder = {s: i for i, s in enumerate(self.seeds)}
+        t["_s"] = t["seed"].map(lambda s: sorder.get(s, len(sorder)))  # per seed, then pooled
+        t["_g"] = t["subgroup"].notna() if "subgroup" in t.columns else False  # subgroup rows last
+        t = t.sort_values(["_g", "_d", "recipe", *[c for c in CONDITION_DEFAULTS if c in t.columns], "_s",
+                           "_i", "_f"], kind="stable")
         extra = [c for c in t.columns if c not in RESULT_COLUMNS and not c.startswith("_")]
         return t[list(RESULT_COLUMNS) + extra].reset_index(drop=True)
 
@@ -154,7 +273,10 @@ def adjust_main_family(table: pd.DataFrame) -> pd.DataFrame:
         return t
     if "p_adjusted" not in t.columns:
         t["p_adjusted"] = np.nan
-    for _, idx in t[t["finding"] == MEAN].groupby(["recipe", "seed"]).groups.items():
+    by = ["recipe", "seed", *[c for c in CONDITION_DEFAULTS if c in t.columns]]
+    mean = t[t["finding"] == MEAN].copy()
+    mean["seed"] = mean["seed"].astype(str)  # int seeds and "pooled" group apart
+    for _, idx in mean.groupby(by, dropna=False).groups.items():
         p = t.loc[idx, "p_vs_reference"].to_numpy(dtype=np.float64)
         t.loc[idx, "p_adjusted"] = benjamini_hochberg(p)
     return t

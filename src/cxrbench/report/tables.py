@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.report.results import MEAN, StudyResults, stars
+from cxrbench.report.results import MEAN, POOLED, StudyResults, stars
 
 DASH = "\u2013"
 NA = "n/a"
@@ -77,8 +77,8 @@ def fmt_diff(row: pd.Series | dict) -> str:
     return f"{float(d):+.3f}{ci}"
 
 
-def _select(res: StudyResults, recipe: str, seed: int) -> pd.DataFrame:
-    t = res.table
+def _select(res: StudyResults, recipe: str, seed: int | str) -> pd.DataFrame:
+    t = res.default_condition()
     return t[(t["recipe"] == recipe) & (t["seed"] == seed)]
 
 
@@ -99,6 +99,9 @@ def _auroc_cell(res: StudyResults, row: dict | None, best: bool, ref: bool) -> C
     if row is None:
         return Cell(NA, "muted", "no result")
     text = fmt_auroc(row)
+    sd = row.get("seed_sd")
+    if sd is not None and np.isfinite(float(sd)):
+        text += f" sd {float(sd):.3f}"
     p_adj = row.get("p_adjusted")
     mark = "" if ref else stars(p_adj if p_adj is not None else float("nan"), res.alpha)
     title = ""
@@ -150,10 +153,9 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
         ]
         rows.append(row)
     ci = int(round(res.ci_level * 100))
-    notes = [
-        f"Mean AUROC over each run's findings, with {ci}% bootstrap confidence interval; "
-        "best per dataset in bold."
-    ]
+    notes = [pooled_note(res, t) if seed == POOLED else
+             f"Mean AUROC over each run's findings, with {ci}% bootstrap confidence interval; "
+             "best per dataset in bold."]
     if res.reference:
         notes.append(
             f"Marks: Benjamini-Hochberg-adjusted p (over every dataset x init test of this table) of the "
@@ -161,7 +163,10 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
             "Where an init uses fewer findings (domain arms), the test is over the findings both share."
         )
     title = "Main table: mean AUROC per dataset and initialization"
-    if len(res.matrix_keys()) > 1:
+    if seed == POOLED:
+        title += f" ({recipe}, pooled over {_n_seeds(t)} seeds)" if len(res.recipes) > 1 else \
+            f" (pooled over {_n_seeds(t)} seeds)"
+    elif len(res.matrix_keys()) > 1:
         title += f" ({recipe}, seed {seed})"
     return Table(title, header, rows, notes, css="main")
 
@@ -225,7 +230,21 @@ def small_sample_warnings(res: StudyResults, dataset: str, recipe: str, seed: in
     return lines
 
 
-def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Table:
+def _n_seeds(t: pd.DataFrame) -> str:
+    n = t["n_seeds"].dropna().astype(int).unique() if "n_seeds" in t.columns else []
+    return "/".join(str(x) for x in sorted(n)) or "?"
+
+
+def pooled_note(res: StudyResults, t: pd.DataFrame) -> str:
+    """What a pooled cell is."""
+    ci = int(round(res.ci_level * 100))
+    return (f"Mean over the {_n_seeds(t)} training seeds of each run's AUROC, with the {ci}% two-level "
+            "bootstrap confidence interval (seeds and patients resampled; the same patient resamples "
+            "for every initialization, so the tests are paired) and the seed-to-seed SD (sd); best per "
+            "dataset in bold.")
+
+
+def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str) -> Table:
     """Per-finding AUROC (CI) per init, the finding's labelled test images (positives / negatives),
     small-sample marks, and p vs the reference (raw and BH over the findings)."""
     t = _select(res, recipe, seed)
@@ -280,7 +299,10 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Ta
             "p: paired test versus the reference on the same bootstrap resamples; in brackets "
             "Benjamini-Hochberg-adjusted over the findings of this dataset (mean row: over the main table)."
         )
-    return Table(f"{dataset}: AUROC per finding", header, rows, notes)
+    if seed == POOLED:
+        notes.insert(0, pooled_note(res, t))
+    return Table(f"{dataset}: AUROC per finding" + (" (pooled over seeds)" if seed == POOLED else ""),
+                 header, rows, notes)
 
 
 _THRESHOLD_WORDS = {"val": "the validation split's Youden threshold",
@@ -347,7 +369,7 @@ def pairs_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Tabl
 
 def external_table(res: StudyResults, recipe: str, seed: int, init: str) -> Table | None:
     """Mean AUROC of models trained on the row dataset and tested on the column dataset."""
-    e = res.external
+    e = res.default_external()
     if e.empty:
         return None
     e = e[(e["recipe"] == recipe) & (e["seed"] == seed) & (e["init"] == init)]

@@ -9,7 +9,7 @@ from cxrbench.report.results import MEAN, StudyResults, stars
 
 def summary_sentences(res: StudyResults, recipe: str, seed: int) -> list[str]:
     """Which init is best how often, and how often significantly better than the reference."""
-    t = res.table
+    t = res.default_condition()
     t = t[(t["recipe"] == recipe) & (t["seed"] == seed) & (t["finding"] == MEAN)]
     if t.empty:
         return []

@@ -16,7 +16,8 @@ from cxrbench.report import html as H
 from cxrbench.report import markdown as M
 from cxrbench.report import plots, tables
 from cxrbench.report.methods import methods_text
-from cxrbench.report.results import StudyResults
+from cxrbench.report.reasons import reasons_section
+from cxrbench.report.results import POOLED, StudyResults
 from cxrbench.report.text import summary_sentences
 
 
@@ -54,7 +55,10 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
 
     for recipe, seed in res.matrix_keys():
         sfx = _suffix(res, recipe, seed)
-        label = "Results" + (f" ({recipe}, seed {seed})" if sfx else "")
+        # figures of single runs (ROC, training curves, external validation) show the first seed
+        run_seed = res.seeds[0] if seed == POOLED else seed
+        where = f" ({recipe}, pooled over seeds)" if seed == POOLED else f" ({recipe}, seed {seed})"
+        label = "Results" + (where if sfx else "")
         sec = H.slug(label)
         toc.append((sec, label, 1))
         html_parts.append(f'<h2 id="{sec}">{H.esc(label)}</h2>')
@@ -101,16 +105,17 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
             pt = tables.pairs_table(res, d, recipe, seed)
             html_parts.append(H.table_html(pt))
             md_parts.append(M.table_md(pt))
-            png, path = fig(f"roc-{d}{sfx}.png", plots.roc_figure(res, d, recipe, seed))
-            cap = f"{d}: ROC curves per finding on the test split; legend: AUROC."
+            png, path = fig(f"roc-{d}{sfx}.png", plots.roc_figure(res, d, recipe, run_seed))
+            cap = f"{d}: ROC curves per finding on the test split; legend: AUROC." + (
+                f" Seed {run_seed}." if seed == POOLED else "")
             html_parts.append(H.figure_html(png, cap, f"ROC curves {d}"))
             md_parts.append(M.figure_md(path, cap))
-            png, path = fig(f"training-{d}{sfx}.png", plots.curves_figure(res, d, recipe, seed))
+            png, path = fig(f"training-{d}{sfx}.png", plots.curves_figure(res, d, recipe, run_seed))
             cap = f"{d}: validation mean AUROC and training loss per epoch."
             html_parts.append(H.figure_html(png, cap, f"training curves {d}"))
             md_parts.append(M.figure_md(path, cap))
         if not res.external.empty:
-            ext_tables = [tables.external_table(res, recipe, seed, i) for i in res.inits]
+            ext_tables = [tables.external_table(res, recipe, run_seed, i) for i in res.inits]
             ext_tables = [t for t in ext_tables if t is not None]
             if ext_tables:
                 esec = H.slug(f"external{sfx}")
@@ -120,10 +125,13 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
                 for t in ext_tables:
                     html_parts.append(H.table_html(t))
                     md_parts.append(M.table_md(t))
-                png, path = fig(f"external{sfx}.png", plots.external_figure(res, recipe, seed))
+                png, path = fig(f"external{sfx}.png", plots.external_figure(res, recipe, run_seed))
                 cap = "External validation: mean AUROC, trained on the row dataset, tested on the column one."
                 html_parts.append(H.figure_html(png, cap, "external validation matrix"))
                 md_parts.append(M.figure_md(path, cap))
+
+    _robustness_section(res, html_parts, md_parts, toc, fig)
+    reasons_section(res, html_parts, md_parts, toc, fig, figures)
 
     st = tables.summary_table(res)
     if st is not None:
@@ -159,6 +167,7 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
         f" · cxrbench {(res.provenance.get('versions') or {}).get('cxrbench', '')}"
     )
     for name, png in figures.items():
+        (figdir / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(figdir / name, png)
     paths = {"html": out / "index.html", "markdown": out / "report.md", "csv": out / "results.csv"}
     atomic_write_text(paths["html"], H.page(res.display_title, meta, toc, "".join(html_parts)))
@@ -166,6 +175,34 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
     with atomic_path(paths["csv"]) as tmp:
         res.results_csv().to_csv(tmp, index=False, float_format="%.6g")
     return paths
+
+
+def _robustness_section(res: StudyResults, html_parts: list[str], md_parts: list[str],
+                        toc: list[tuple[str, str, int]], fig) -> None:
+    """"Does the winner hold?": rankings per condition, label-efficiency / noise curves, recipes."""
+    from cxrbench.report import robustness as R
+
+    rank = R.ranking_table(res)
+    figures = [(c, R.axis_figure(res, c)) for c in res.axes]
+    recipes = R.recipe_table(res)
+    if rank is None and recipes is None and not any(png for _, png in figures):
+        return
+    toc.append(("winner", "Does the winner hold?", 1))
+    html_parts.append('<h2 id="winner">Does the winner hold?</h2>')
+    md_parts.append("## Does the winner hold?\n")
+    html_parts.append(H.table_html(rank))
+    md_parts.append(M.table_md(rank, bold_best=False))
+    captions = {"label_fraction": "Label efficiency: mean AUROC against the share of training patients "
+                                  "with labels (log scale; nested, stratified subsets), CI bands.",
+                "label_noise": "Label noise: mean AUROC against the share of training labels flipped, "
+                               "CI bands."}
+    for column, png in figures:
+        png, path = fig(f"axis-{column}.png", png)
+        cap = captions.get(column, f"Mean AUROC against {column}.")
+        html_parts.append(H.figure_html(png, cap, column))
+        md_parts.append(M.figure_md(path, cap))
+    html_parts.append(H.table_html(recipes))
+    md_parts.append(M.table_md(recipes, bold_best=False))
 
 
 def main_table_text(res: StudyResults) -> str:

@@ -15,7 +15,14 @@ from typing import Any
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json
-from cxrbench.common.layout import INDEX_FILE, METRICS_FILE, POOLED_FILE, PREDICTIONS_FILE, predictions_path
+from cxrbench.common.layout import (
+    INDEX_FILE,
+    METRICS_FILE,
+    OPERATING_FILE,
+    POOLED_FILE,
+    PREDICTIONS_FILE,
+    predictions_path,
+)
 from cxrbench.study.config import LoadedStudy
 from cxrbench.study.load import expand_path
 from cxrbench.study.steps import (
@@ -26,6 +33,7 @@ from cxrbench.study.steps import (
     IndexParams,
     Plan,
     PooledParams,
+    ShortcutParams,
     SslParams,
     Step,
     TrainParams,
@@ -200,6 +208,12 @@ def run_external(step: Step, ctx: Context) -> None:
     )
     write_predictions(test, step.out / PREDICTIONS_FILE, {"run": str(run_dir), "cache": p.cache,
                                                           "split": ev["split"]})
+    if val is not None:  # the cost of a threshold that does not transfer: source's vs target's optimum
+        from cxrbench.evaluate.operating import operating_points
+
+        op = operating_points(test, val, n_resamples=int(ev["bootstrap"]), seed=int(ev["seed"]),
+                              cluster=ev["cluster"], ci_level=float(ev["ci"]))
+        atomic_write_json(step.out / OPERATING_FILE, {"rows": json.loads(op.to_json(orient="records"))})
     atomic_write_json(step.out / METRICS_FILE, {
         "run": str(run_dir),
         "split": ev["split"],
@@ -259,6 +273,14 @@ def run_ssl(step: Step, ctx: Context) -> None:
     pretrain(cfg, quiet=ctx.quiet)
 
 
+def run_shortcut(step: Step, ctx: Context) -> None:
+    """The metadata-only baseline of one dataset (``cxrbench shortcut``): val and test predictions."""
+    from cxrbench.evaluate.shortcut import write_shortcut
+
+    p: ShortcutParams = step.params
+    write_shortcut(p.cache, step.out)
+
+
 def run_pooled(step: Step, ctx: Context) -> None:
     """Every arm of one dataset/recipe/condition pooled over its seeds (mean over seeds, two-level
     bootstrap CI over seeds and patients, seed SD, seed-ensemble AUROC), and the paired comparisons
@@ -309,6 +331,7 @@ EXECUTORS: dict[str, Executor] = {
     "external": run_external,
     "ssl": run_ssl,
     "compare": run_compare,
+    "shortcut": run_shortcut,
     "pooled": run_pooled,
     "report": run_report,
 }

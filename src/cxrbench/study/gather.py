@@ -19,10 +19,14 @@ from cxrbench.common.fileio import atomic_write_json, file_sha256
 from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
 from cxrbench.common.provenance import git_commit, now_iso, package_versions
 from cxrbench.report.results import MEAN, StudyResults, adjust_main_family
+from cxrbench.study.axes import CONDITION_AXES
+from cxrbench.study.gather_analysis import gather_analyses
+from cxrbench.study.gather_compare import CONDITION_COLUMNS, apply_comparisons, pooled_rows, recipe_tests
 from cxrbench.study.protocol import read_protocol
-from cxrbench.study.steps import Plan, Step
+from cxrbench.study.steps import Plan
 
 _ROC_POINTS = 200
+
 _THRESHOLD_METRICS = ("sensitivity", "specificity", "accuracy", "f1")
 
 
@@ -218,7 +222,8 @@ def gather_results(plan: Plan) -> StudyResults:
     missing: list[str] = []
     for s in plan.of_kind("eval"):
         p = s.params
-        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label}
+        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label,
+                **p.condition.as_dict}
         if s.status != "done":
             missing.append(s.id)
             continue
@@ -227,21 +232,35 @@ def gather_results(plan: Plan) -> StudyResults:
             missing.append(s.id)
             continue
         rows += _metric_rows(metrics, keys)
+        if not p.condition.is_default:  # figures show the default condition (all labels, no noise)
+            continue
         pred = pd.read_parquet(s.out / PREDICTIONS_FILE)
         for f in metrics.get("findings") or []:
             if f"y_{f}" in pred.columns:
                 curve = _roc(pred, f)
                 if curve is not None:
                     roc[(p.dataset, p.recipe, p.seed, p.label, f)] = curve
-        curves += _curves(Path(p.run), keys)
+        curves += _curves(Path(p.run), {k: keys[k] for k in ("dataset", "recipe", "seed", "init")})
     table = pd.DataFrame(
         rows,
         columns=None
         if rows
-        else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo", "auroc_hi"],
+        else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo", "auroc_hi",
+              *CONDITION_COLUMNS],
     )
-    pairs = _apply_comparisons(plan, table, missing)
+    pairs = apply_comparisons(plan, table, missing)
     table = pairs.pop("table")
+    pooled, pooled_pairs = pooled_rows(plan, missing)
+    if len(pooled) and len(table):  # a pooled row's n: the test images of its runs
+        cols = ["dataset", "recipe", "init", *CONDITION_COLUMNS]
+        first = table[table["finding"] == MEAN].drop_duplicates(cols)
+        n_of = {tuple(r[c] for c in cols): r["n"] for r in first.to_dict(orient="records")}
+        is_mean = pooled["finding"] == MEAN
+        pooled.loc[is_mean, "n"] = [n_of.get(tuple(r[c] for c in cols))
+                                    for r in pooled[is_mean].to_dict(orient="records")]
+    if len(pooled):
+        table = pd.concat([table, pooled], ignore_index=True)
+        pairs["pairs"] = pd.concat([pairs["pairs"], pooled_pairs], ignore_index=True)
     table = adjust_main_family(table) if cfg.comparisons.fdr == "bh" else table
 
     ext_rows = []
@@ -259,6 +278,7 @@ def gather_results(plan: Plan) -> StudyResults:
                 "recipe": p.recipe,
                 "seed": p.seed,
                 "init": p.label,
+                **p.condition.as_dict,
                 "n_findings": len(p.findings or []),
                 "auroc": _num(a.get("value")),
                 "auroc_lo": _num(a.get("ci_low")),
@@ -327,6 +347,13 @@ def gather_results(plan: Plan) -> StudyResults:
         "weights": weights,
     }
     protocol = read_protocol(plan)
+    firsts = pd.DataFrame()
+    if len(table):  # the first seed's mean AUROC in the default condition: the gallery's init
+        mask = (table["finding"] == MEAN) & (table["seed"].astype(str) == str(cfg.seeds[0]))
+        for a in CONDITION_AXES:
+            mask &= table[a.column].astype(float) == float(a.default)
+        firsts = table[mask]
+    analyses = gather_analyses(plan, firsts[["dataset", "init", "auroc"]] if len(firsts) else None)
     used_recipes = [r for r in cfg.preprocess if len(table) and r in set(table["recipe"])]
     return StudyResults(
         name=cfg.name,
@@ -342,6 +369,10 @@ def gather_results(plan: Plan) -> StudyResults:
         alpha=cfg.comparisons.alpha,
         table=table,
         pairs=pairs["pairs"],
+        recipe_tests=recipe_tests(plan) if len(used_recipes) > 1 else pd.DataFrame(),
+        analyses=analyses,
+        axes={a.column: list(getattr(cfg, a.field)) for a in CONDITION_AXES
+              if len(getattr(cfg, a.field)) > 1},
         roc=roc,
         curves=pd.DataFrame(curves),
         external=pd.DataFrame(ext_rows),
@@ -352,55 +383,3 @@ def gather_results(plan: Plan) -> StudyResults:
         missing=missing,
         notes=list(plan.notes and [n for n in plan.notes if "not trained on its own source" in n]),
     )
-
-
-def _apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> dict[str, pd.DataFrame]:
-    """Add p-values and differences versus the reference to ``table``; all-pairs rows go apart."""
-    cfg = plan.study.config
-    use_delong = cfg.comparisons.method == "delong"
-    pcol, acol = ("p_delong", "p_delong_adjusted") if use_delong else ("p_bootstrap", "p_adjusted")
-    extra: dict[tuple, dict[str, float]] = {}
-    pair_rows: list[dict[str, Any]] = []
-    for s in plan.of_kind("compare"):
-        step: Step = s
-        if step.status != "done":
-            missing.append(step.id)
-            continue
-        doc = _read(step.out / "comparison.json") or {}
-        p = step.params
-        for r in doc.get("rows") or []:
-            k = (p.dataset, p.recipe, p.seed, r["model_a"], r["finding"])
-            vals = {
-                "diff_vs_reference": _num(r.get("diff")),
-                "diff_lo": _num(r.get("diff_lo")),
-                "diff_hi": _num(r.get("diff_hi")),
-                "p_vs_reference": _num(r.get(pcol)),
-                "p_adjusted": _num(r.get(acol)),
-                "p_delong": _num(r.get("p_delong")),
-            }
-            if cfg.comparisons.reference is not None and r.get("model_b") == cfg.comparisons.reference:
-                extra[k] = vals
-            else:
-                pair_rows.append(
-                    {
-                        "dataset": p.dataset,
-                        "recipe": p.recipe,
-                        "seed": p.seed,
-                        "init_a": r["model_a"],
-                        "init_b": r["model_b"],
-                        "finding": r["finding"],
-                        "diff": vals["diff_vs_reference"],
-                        "diff_lo": vals["diff_lo"],
-                        "diff_hi": vals["diff_hi"],
-                        "p": vals["p_vs_reference"],
-                        "p_adjusted": vals["p_adjusted"],
-                    }
-                )
-    t = table.copy()
-    for col in ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong"):
-        t[col] = np.nan
-    if len(t):
-        keys = list(zip(t["dataset"], t["recipe"], t["seed"], t["init"], t["finding"], strict=True))
-        for col in ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong"):
-            t[col] = [extra.get(k, {}).get(col, np.nan) for k in keys]
-    return {"table": t, "pairs": pd.DataFrame(pair_rows)}

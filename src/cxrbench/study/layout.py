@@ -73,9 +73,14 @@ class StudyLayout:
     def compare_dir(self, dataset: str, recipe: str, seed: int, condition: str = "") -> Path:
         return self.out / "compare" / dataset / recipe / f"{condition}s{seed}"
 
+    def shortcut_dir(self, dataset: str, recipe: str) -> Path:
+        """``shortcut/<dataset>/<recipe>``: the metadata-only baseline (``cxrbench shortcut``)."""
+        return self.out / "shortcut" / dataset / recipe
+
     def pooled_dir(self, dataset: str, recipe: str, condition: str = "") -> Path:
-        """``pooled/<dataset>/<recipe>/[<condition>/]``: every arm pooled over its seeds."""
-        return self.out / "pooled" / dataset / recipe / condition
+        """``pooled/<dataset>/<recipe>/[<condition>/]seeds``: every arm pooled over its seeds (a leaf
+        folder, so setting one condition's results aside never moves another's)."""
+        return self.out / "pooled" / dataset / recipe / f"{condition}seeds"
 
     @property
     def report_dir(self) -> Path:

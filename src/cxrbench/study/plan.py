@@ -24,6 +24,7 @@ from cxrbench.common.layout import (
     PREDICTIONS_FILE,
     RUN_BEST_META,
     RUN_BEST_WEIGHTS,
+    SHORTCUT_MODEL,
 )
 from cxrbench.common.provenance import stable_hash
 from cxrbench.study.axes import Condition, conditions
@@ -42,6 +43,7 @@ from cxrbench.study.steps import (
     PhantomParams,
     Plan,
     PooledParams,
+    ShortcutParams,
     SslParams,
     Step,
     TrainParams,
@@ -98,6 +100,7 @@ def build_plan(study: LoadedStudy) -> Plan:
     _contamination_notes(b)
     _external_steps(b, train_steps)
     _compare_steps(b)
+    _shortcut_steps(b)
     _pooled_steps(b)
     _report_step(b)
     plan = Plan(study, b.steps, b.notes)
@@ -328,6 +331,21 @@ def _compare_steps(b: _Builder) -> None:
                                deferred=any(s.deferred for s in evals)))
 
 
+def _shortcut_steps(b: _Builder) -> None:
+    """Per dataset and recipe with evaluated runs: the metadata-only baseline (view, sex, age, site ->
+    each finding, logistic regression fitted on train) the report sets beside the image models."""
+    for name in b.cfg.datasets:
+        for r in b.recipes_used:
+            evaluated = any(s.kind == "eval" and s.params.dataset == name and s.params.recipe == r
+                            for s in b.steps)
+            if not evaluated:
+                continue
+            b.add(Step(f"shortcut/{name}/{r}", "shortcut", b.layout.shortcut_dir(name, r),
+                       {"model": "logistic regression on metadata", "version": 1}, (f"cache/{name}/{r}",),
+                       complete=(SHORTCUT_MODEL,),
+                       params=ShortcutParams(name, r, str(b.layout.cache_dir(name, r)))))
+
+
 def _pooled_steps(b: _Builder) -> None:
     """With several seeds: every arm of a dataset x recipe x condition pooled over its seeds (mean,
     two-level bootstrap CI, seed SD) and the paired comparisons of the pooled arms."""
@@ -354,7 +372,7 @@ def _pooled_steps(b: _Builder) -> None:
 
 
 def _report_step(b: _Builder) -> None:
-    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare", "pooled"))
+    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare", "shortcut", "pooled"))
     b.add(Step("report", "report", b.layout.report_dir,
                {"version": PLAN_VERSION, "config_hash": b.cfg.config_hash()}, gathered,
                complete=("index.html", "report.md", "results.csv")))

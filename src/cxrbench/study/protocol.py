@@ -30,6 +30,7 @@ from cxrbench.report.protocol import (
     RecipeFacts,
     RunFacts,
 )
+from cxrbench.study.axes import CONDITION_AXES
 from cxrbench.study.steps import Plan
 
 # Training settings quoted in the Methods text (config.yaml's train section; the rest is runtime).
@@ -192,7 +193,10 @@ def read_protocol(plan: Plan) -> Protocol:
                     comparisons=ComparisonFacts(
                         reference=cfg.comparisons.reference, alternative=cfg.comparisons.alternative,
                         fdr=cfg.comparisons.fdr, alpha=cfg.comparisons.alpha,
-                        method=cfg.comparisons.method))
+                        method=cfg.comparisons.method),
+                    seeds=tuple(cfg.seeds),
+                    axes={a.column: list(getattr(cfg, a.field)) for a in CONDITION_AXES
+                          if len(getattr(cfg, a.field)) > 1})
 
 
 def evaluation_facts(metrics: list[dict[str, Any]], split: str) -> EvaluationFacts | None:

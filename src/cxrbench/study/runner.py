@@ -36,7 +36,7 @@ from cxrbench.study.shard import select_shard, shard_assignment
 from cxrbench.study.state import is_finished, marker_path, read_marker, set_aside, step_lock, write_marker
 from cxrbench.study.steps import Plan, Step
 
-GATHER_KINDS = ("compare", "pooled", "report")
+GATHER_KINDS = ("compare", "shortcut", "pooled", "report")
 _DIST_KINDS = ("train", "pretrain", "ssl")  # run on every torchrun rank
 _WAIT_POLL_S = 2.0
 
@@ -421,7 +421,7 @@ def report_study(
     summary = RunSummary()
     t0 = time.perf_counter()
     plan = build_plan(study)
-    for step in plan.of_kind("compare", "pooled"):
+    for step in plan.of_kind("compare", "shortcut", "pooled"):
         if step.status == "done":
             summary.skipped.append(step.id)
         elif all(plan.by_id[d].status == "done" for d in step.deps):

@@ -30,6 +30,7 @@ KINDS: tuple[str, ...] = (
     "eval",
     "external",
     "compare",
+    "shortcut",
     "pooled",
     "report",
 )
@@ -137,6 +138,15 @@ class CompareParams:
 
 
 @dataclass(frozen=True)
+class ShortcutParams:
+    """The metadata-only baseline of one dataset and recipe, fitted on ``cache``'s train split."""
+
+    dataset: str
+    recipe: str
+    cache: str
+
+
+@dataclass(frozen=True)
 class PooledParams:
     """Pool the seeds of every arm on one dataset/recipe/condition: ``runs`` is init label -> the
     run folders of its seeds (in seed order)."""
@@ -154,7 +164,7 @@ class ReportParams:
 
 
 StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | SslParams | EvalParams
-              | ExternalParams | CompareParams | PooledParams | ReportParams)
+              | ExternalParams | CompareParams | ShortcutParams | PooledParams | ReportParams)
 
 
 @dataclass

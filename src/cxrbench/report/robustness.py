@@ -1,0 +1,206 @@
+""""Does the winner hold?": the results across the study's conditions (label budget, label noise,
+preprocessing recipe, adaptation, ...) and seeds.
+
+* :func:`condition_table` -- one row per dataset x recipe x condition x init: the mean AUROC (pooled
+  over the seeds when they were pooled, else the mean of the per-seed values) with its CI.
+* :func:`axis_figure` -- AUROC against one axis (label fraction on a log scale, label noise), one
+  line per init, CI bands: the label-efficiency and noise curves.
+* :func:`ranking_table` -- per dataset and condition the ranking of the inits, whether it is the
+  default condition's ranking, and the test that supports the winner (winner versus the reference).
+* :func:`recipe_table` -- recipe against recipe on the same test images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.report.plots import _figure, _png, colour
+from cxrbench.report.results import CONDITION_DEFAULTS, MEAN, POOLED, StudyResults, stars
+from cxrbench.report.tables import DASH, NA, Cell, Table, fmt_diff, fmt_p
+
+AXIS_LABELS = {"label_fraction": "label fraction", "label_noise": "label noise", "recipe": "recipe"}
+
+
+def condition_columns(res: StudyResults) -> list[str]:
+    return [c for c in CONDITION_DEFAULTS if c in res.table.columns]
+
+
+def condition_table(res: StudyResults) -> pd.DataFrame:
+    """Mean-AUROC rows per dataset x recipe x condition x init (``source``: pooled or per-seed mean)."""
+    t = res.table[res.table["finding"] == MEAN]
+    if t.empty:
+        return pd.DataFrame()
+    cols = condition_columns(res)
+    keys = ["dataset", "recipe", *cols, "init"]
+    pooled = t[t["seed"].astype(str) == POOLED]
+    seeds = t[t["seed"].astype(str) != POOLED]
+    rows = []
+    for key, g in seeds.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key, strict=True))
+        match = pooled
+        for k, v in row.items():
+            match = match[match[k] == v]
+        if len(match):
+            r = match.iloc[0]
+            row.update(auroc=r["auroc"], lo=r["auroc_lo"], hi=r["auroc_hi"], n_seeds=r.get("n_seeds"),
+                       p=r.get("p_adjusted"), diff=r.get("diff_vs_reference"), diff_lo=r.get("diff_lo"),
+                       diff_hi=r.get("diff_hi"), source="pooled")
+        else:  # one seed (or not pooled): the mean of the seeds' values, CI of the first seed
+            first = g.iloc[0]
+            row.update(auroc=float(g["auroc"].mean()), lo=first["auroc_lo"], hi=first["auroc_hi"],
+                       n_seeds=len(g), p=first.get("p_adjusted"), diff=first.get("diff_vs_reference"),
+                       diff_lo=first.get("diff_lo"), diff_hi=first.get("diff_hi"),
+                       source="seed" if len(g) == 1 else "mean of seeds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _condition_name(row: dict[str, Any], cols: list[str]) -> str:
+    parts = [f"{AXIS_LABELS.get(c, c)} {float(row[c]):g}" for c in cols
+             if row.get(c) is not None and not _is_default(c, row[c])]
+    return ", ".join(parts) or "all labels"
+
+
+def _is_default(col: str, value: Any) -> bool:
+    try:
+        return float(value) == float(CONDITION_DEFAULTS[col])
+    except (TypeError, ValueError, KeyError):
+        return value is None
+
+
+def axis_figure(res: StudyResults, column: str) -> bytes | None:
+    """Mean AUROC against one condition axis per dataset (one panel each), one line per init with its
+    CI band; other axes at their defaults. Label fractions on a log scale."""
+    ct = condition_table(res)
+    if ct.empty or column not in ct.columns or ct[column].nunique() < 2:
+        return None
+    others = [c for c in condition_columns(res) if c != column]
+    for c in others:
+        ct = ct[[_is_default(c, v) for v in ct[c]]]
+    recipe = res.recipes[0]
+    ct = ct[ct["recipe"] == recipe]
+    datasets = [d for d in res.datasets if d in set(ct["dataset"])]
+    if not datasets:
+        return None
+    fig = _figure(3.3 * len(datasets), 3.0)
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
+    for ax, d in zip(axes, datasets, strict=True):
+        sd = ct[ct["dataset"] == d]
+        for init in res.inits:
+            si = sd[sd["init"] == init].sort_values(column)
+            if si.empty:
+                continue
+            x = si[column].astype(float).to_numpy()
+            c = colour(res, init)
+            ax.plot(x, si["auroc"].astype(float), "o-", color=c, lw=1.4, ms=3.5, label=init)
+            lo, hi = si["lo"].astype(float).to_numpy(), si["hi"].astype(float).to_numpy()
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            if ok.any():
+                ax.fill_between(x[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+        if column == "label_fraction":
+            ax.set_xscale("log")
+        ticks = sorted(set(sd[column].astype(float)))
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.minorticks_off()
+        ax.set_title(d, fontsize=9)
+        ax.set_xlabel(AXIS_LABELS.get(column, column), fontsize=8.5)
+        ax.set_ylabel("mean AUROC", fontsize=8.5)
+        ax.tick_params(labelsize=7.5)
+        ax.grid(color="#dddddd", lw=0.6)
+    axes[0].legend(fontsize=7.5, frameon=False)
+    return _png(fig)
+
+
+def _ranked(sd: pd.DataFrame, key: dict[str, Any]) -> pd.DataFrame:
+    sel = sd
+    for c, v in key.items():
+        sel = sel[sel[c] == v]
+    return sel[np.isfinite(sel["auroc"].astype(float))].sort_values("auroc", ascending=False)
+
+
+def _winner_test(res: StudyResults, order: pd.DataFrame) -> str:
+    """The winner's test versus the reference (the runner-up's when the reference wins)."""
+    if not res.reference or order.empty:
+        return ""
+    pick = order.iloc[0] if order.iloc[0]["init"] != res.reference else (
+        order.iloc[1] if len(order) > 1 else None)
+    if pick is None:
+        return ""
+    mark = stars(pick["p"], res.alpha)
+    return (f"{pick['init']} - {res.reference}: {fmt_diff(_diff(pick))}, p {fmt_p(pick['p']) or NA}"
+            + (f" {mark}" if mark else ""))
+
+
+def ranking_table(res: StudyResults) -> Table | None:
+    """Per dataset and condition (recipe, label budget, noise, ...): the inits ranked by mean AUROC,
+    whether the winner is the default condition's, and the winner's test versus the reference."""
+    ct = condition_table(res)
+    if ct.empty:
+        return None
+    cols = condition_columns(res)
+    conds = [dict(zip(["recipe", *cols], k, strict=True))
+             for k in ct[["recipe", *cols]].drop_duplicates().itertuples(index=False)]
+    if len(conds) < 2:
+        return None
+    default = {"recipe": res.recipes[0], **{c: CONDITION_DEFAULTS[c] for c in cols}}
+    body = []
+    for d in res.datasets:
+        sd = ct[ct["dataset"] == d]
+        if sd.empty:
+            continue
+        base = _ranked(sd, default)
+        base_winner = base.iloc[0]["init"] if len(base) else None
+        for key in conds:
+            order = _ranked(sd, key)
+            if order.empty:
+                continue
+            is_default = key == default
+            text = " > ".join(f"{r['init']} ({float(r['auroc']):.3f})"
+                              for r in order.to_dict(orient="records"))
+            winner = order.iloc[0]["init"]
+            same = DASH if is_default or base_winner is None else (
+                "same winner" if winner == base_winner else f"winner changes: {base_winner} -> {winner}")
+            name = (key["recipe"] + ", " if len(res.recipes) > 1 else "") + _condition_name(key, cols)
+            body.append([Cell(d), Cell(name, "mean" if is_default else ""), Cell(text),
+                         Cell(same, "sigworse" if same.startswith("winner changes") else ""),
+                         Cell(_winner_test(res, order))])
+    notes = ["Ranking by mean AUROC (pooled over the seeds where they were pooled). The test is the "
+             f"winner's paired test versus {res.reference} in that condition (BH-adjusted p), or the "
+             "runner-up's when the reference wins: a changed winner without a significant test is not a "
+             "changed answer." if res.reference else
+             "Ranking by mean AUROC (pooled over the seeds where they were pooled)."]
+    return Table("Does the winner hold? Ranking of the initializations per condition",
+                 ["dataset", "condition", "ranking (mean AUROC)", "vs default condition", "winner's test"],
+                 body, notes)
+
+
+def _diff(row: Any) -> dict[str, Any]:
+    return {"diff_vs_reference": row.get("diff"), "diff_lo": row.get("diff_lo"),
+            "diff_hi": row.get("diff_hi")}
+
+
+def recipe_table(res: StudyResults) -> Table | None:
+    """Recipe versus the first recipe per dataset and init (mean AUROC), on the same test images."""
+    rt = res.recipe_tests
+    if rt is None or rt.empty:
+        return None
+    rt = rt[rt["finding"] == MEAN]
+    rows = []
+    for r in rt.to_dict(orient="records"):
+        if r.get("note") and not isinstance(r.get("diff"), float):
+            rows.append([Cell(r["dataset"]), Cell(r["init"]), Cell(str(r.get("note")), "muted"), Cell(""),
+                         Cell("")])
+            continue
+        d = {"diff_vs_reference": r.get("diff"), "diff_lo": r.get("diff_lo"), "diff_hi": r.get("diff_hi")}
+        p = r.get("p")
+        sig = "sig" if p is not None and math.isfinite(float(p)) and float(p) < res.alpha else ""
+        rows.append([Cell(r["dataset"]), Cell(r["init"]), Cell(f"{r['recipe_a']} - {r['recipe_b']}"),
+                     Cell(fmt_diff(d), sig), Cell(fmt_p(p))])
+    return Table("Preprocessing recipes compared on the same test images (mean AUROC)",
+                 ["dataset", "init", "recipes", "difference (CI)", "p"], rows,
+                 ["Paired test on the same test patients and resamples (pooled over the seeds when there "
+                  "are several); a difference above 0 favours the first recipe."])

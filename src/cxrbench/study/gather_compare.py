@@ -1,0 +1,161 @@
+"""Comparison results of a study folder, keyed like the results table: the per-seed ``compare``
+steps (``comparison.json``) and the seed-pooled ``pooled`` steps (``pooled.json``).
+
+Rows are keyed by (dataset, recipe, seed, condition, init, finding); the condition is the tuple of
+the run's axis values (:data:`cxrbench.study.axes.CONDITION_AXES`), so every condition of every
+axis is handled the same way. Pooled rows carry ``seed = "pooled"``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.common.layout import POOLED_FILE
+from cxrbench.study.axes import CONDITION_AXES
+from cxrbench.study.steps import Plan
+
+POOLED = "pooled"  # the seed value of rows pooled over seeds
+CONDITION_COLUMNS = [a.column for a in CONDITION_AXES]
+DIFF_COLUMNS = ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _split_rows(plan: Plan, rows: list[dict], keys: dict[str, Any], pcol: str, acol: str,
+                extra: dict[tuple, dict[str, float]], pair_rows: list[dict[str, Any]]) -> None:
+    """Rows of one comparison file: versus the reference into ``extra``, other pairs into ``pair_rows``."""
+    reference = plan.study.config.comparisons.reference
+    cond = tuple(keys[c] for c in CONDITION_COLUMNS)
+    for r in rows:
+        vals = {"diff_vs_reference": _num(r.get("diff")), "diff_lo": _num(r.get("diff_lo")),
+                "diff_hi": _num(r.get("diff_hi")), "p_vs_reference": _num(r.get(pcol)),
+                "p_adjusted": _num(r.get(acol)), "p_delong": _num(r.get("p_delong"))}
+        if reference is not None and r.get("model_b") == reference:
+            extra[(keys["dataset"], keys["recipe"], keys["seed"], cond, r["model_a"], r["finding"])] = vals
+        else:
+            pair_rows.append({**keys, "init_a": r["model_a"], "init_b": r["model_b"], "finding": r["finding"],
+                              "diff": vals["diff_vs_reference"], "diff_lo": vals["diff_lo"],
+                              "diff_hi": vals["diff_hi"], "p": vals["p_vs_reference"],
+                              "p_adjusted": vals["p_adjusted"]})
+
+
+def _attach(table: pd.DataFrame, extra: dict[tuple, dict[str, float]]) -> pd.DataFrame:
+    t = table.copy()
+    for col in DIFF_COLUMNS:
+        t[col] = np.nan
+    if len(t):
+        for c in CONDITION_COLUMNS:
+            if c not in t.columns:
+                t[c] = next(a.default for a in CONDITION_AXES if a.column == c)
+        conds = list(zip(*(t[c] for c in CONDITION_COLUMNS), strict=True))
+        keys = list(zip(t["dataset"], t["recipe"], t["seed"], conds, t["init"], t["finding"], strict=True))
+        for col in DIFF_COLUMNS:
+            t[col] = [extra.get(k, {}).get(col, np.nan) for k in keys]
+    return t
+
+
+def _pcols(plan: Plan) -> tuple[str, str]:
+    use_delong = plan.study.config.comparisons.method == "delong"
+    return ("p_delong", "p_delong_adjusted") if use_delong else ("p_bootstrap", "p_adjusted")
+
+
+def apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> dict[str, pd.DataFrame]:
+    """Add the per-seed differences and p-values versus the reference to ``table``; all-pairs rows
+    go apart (``pairs``)."""
+    pcol, acol = _pcols(plan)
+    extra: dict[tuple, dict[str, float]] = {}
+    pair_rows: list[dict[str, Any]] = []
+    for step in plan.of_kind("compare"):
+        if step.status != "done":
+            missing.append(step.id)
+            continue
+        doc = _read(step.out / "comparison.json") or {}
+        p = step.params
+        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, **p.condition.as_dict}
+        _split_rows(plan, doc.get("rows") or [], keys, pcol, acol, extra, pair_rows)
+    return {"table": _attach(table, extra), "pairs": pd.DataFrame(pair_rows)}
+
+
+def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Results rows pooled over seeds (``seed = "pooled"``: mean AUROC over seeds, two-level CI, seed
+    SD, seed-ensemble AUROC, n_seeds) with their comparisons versus the reference, and all-pairs rows.
+    The pooled tests are bootstrap tests (no DeLong for pooled seeds)."""
+    rows: list[dict[str, Any]] = []
+    extra: dict[tuple, dict[str, float]] = {}
+    pair_rows: list[dict[str, Any]] = []
+    for step in plan.of_kind("pooled"):
+        if step.status != "done":
+            missing.append(step.id)
+            continue
+        doc = _read(step.out / POOLED_FILE) or {}
+        p = step.params
+        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": POOLED, **p.condition.as_dict}
+        for m in doc.get("metrics") or []:
+            rows.append({**keys, "init": m["arm"], "finding": m["finding"], "auroc": _num(m.get("auroc")),
+                         "auroc_lo": _num(m.get("auroc_lo")), "auroc_hi": _num(m.get("auroc_hi")),
+                         "seed_sd": _num(m.get("seed_sd")), "n_seeds": m.get("n_seeds"),
+                         "ensemble_auroc": _num(m.get("ensemble_auroc")),
+                         "ensemble_lo": _num(m.get("ensemble_lo")), "ensemble_hi": _num(m.get("ensemble_hi")),
+                         "n": m.get("n"), "n_positive": m.get("n_positive")})
+        _split_rows(plan, doc.get("comparisons") or [], keys, "p_bootstrap", "p_adjusted", extra, pair_rows)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = _attach(table, extra)
+    return table, pd.DataFrame(pair_rows)
+
+
+def recipe_tests(plan: Plan) -> pd.DataFrame:
+    """With two or more preprocessing recipes: per dataset and init (default condition), every
+    recipe against the first one on the same test images, pooled over the seeds (two-level
+    bootstrap when there are several): ``dataset, init, recipe_a, recipe_b, finding, diff, diff_lo,
+    diff_hi, p, p_adjusted, n_seeds``."""
+    from cxrbench.common.layout import predictions_path
+    from cxrbench.evaluate.pooled import compare_arms
+    from cxrbench.evaluate.predictions import read_predictions
+
+    cfg = plan.study.config
+    ev = cfg.evaluation
+    evals = [s for s in plan.of_kind("eval") if s.status == "done" and s.params.condition.is_default]
+    rows: list[dict[str, Any]] = []
+    for name in cfg.datasets:
+        for label in cfg.inits:
+            runs: dict[str, list[str]] = {}
+            for s in sorted(evals, key=lambda s: s.params.seed):
+                if s.params.dataset == name and s.params.label == label:
+                    runs.setdefault(s.params.recipe, []).append(s.params.run)
+            recipes = [r for r in cfg.preprocess if r in runs]
+            if len(recipes) < 2 or len({len(v) for v in runs.values()}) != 1:
+                continue
+            frames = {r: [read_predictions(predictions_path(run, ev.split)) for run in runs[r]]
+                      for r in recipes}
+            try:
+                table = compare_arms(frames, recipes[0], n_resamples=max(1, ev.bootstrap), seed=ev.seed,
+                                     cluster=ev.cluster, alternative="two-sided", ci_level=ev.ci)
+            except Exception as e:  # e.g. caches of other images: say so, never stop the report
+                rows.append({"dataset": name, "init": label, "recipe_a": "", "recipe_b": recipes[0],
+                             "finding": "mean", "note": f"not compared: {e}"})
+                continue
+            for r in table.to_dict(orient="records"):
+                rows.append({"dataset": name, "init": label, "recipe_a": r["model_a"],
+                             "recipe_b": r["model_b"], "finding": r["finding"], "diff": _num(r.get("diff")),
+                             "diff_lo": _num(r.get("diff_lo")), "diff_hi": _num(r.get("diff_hi")),
+                             "p": _num(r.get("p_bootstrap")), "p_adjusted": _num(r.get("p_adjusted")),
+                             "n_seeds": r.get("n_seeds_a")})
+    return pd.DataFrame(rows)

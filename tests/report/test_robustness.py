@@ -1,0 +1,70 @@
+"""The report across conditions and seeds: pooled main table, rankings per condition, curves, recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.report import robustness as R
+from cxrbench.report import tables, write_report
+from cxrbench.report.results import MEAN, POOLED
+
+from .test_report import synthetic
+
+
+def with_axes():
+    res = synthetic(seed=3, datasets=("vindr", "cxr14"), inits=("dinov2", "imagenet", "mimic"))
+    t = res.table.copy()
+    t["label_fraction"], t["label_noise"] = 1.0, 0.0
+    low = t.copy()
+    low["label_fraction"] = 0.25
+    low["auroc"] = low["auroc"] - 0.1
+    flip = (low["dataset"] == "cxr14") & (low["init"] == "imagenet")  # the reference wins at 25% on cxr14
+    low.loc[flip, "auroc"] += 0.5
+    pooled = t.copy()
+    pooled["seed"], pooled["n_seeds"], pooled["seed_sd"] = POOLED, 3, 0.004
+    res.table = pd.concat([t, low, pooled], ignore_index=True)
+    res.seeds = [0]
+    res.axes = {"label_fraction": [0.25, 1.0]}
+    res.recipe_tests = pd.DataFrame([{"dataset": "vindr", "init": "dinov2", "recipe_a": "r512",
+                                      "recipe_b": "r224", "finding": MEAN, "diff": 0.02, "diff_lo": 0.01,
+                                      "diff_hi": 0.03, "p": 0.001, "p_adjusted": 0.001, "n_seeds": 3}])
+    return res
+
+
+def test_pooled_rows_make_one_results_section_with_seed_sd():
+    res = with_axes()
+    assert res.matrix_keys() == [("r224", POOLED)] and res.pooled
+    mt = tables.main_table(res, "r224", POOLED)
+    assert "pooled over 3 seeds" in mt.caption and "two-level bootstrap" in mt.notes[0]
+    assert all(" sd 0.004" in c.text for r in mt.rows for c in r[3:])
+    assert len(res.default_condition()) == 2 * len(res.table) // 3  # the per-seed and pooled rows at 100%
+
+
+def test_ranking_table_shows_where_the_winner_changes_and_the_supporting_test():
+    res = with_axes()
+    rt = R.ranking_table(res)
+    by = {(r[0].text, r[1].text): r for r in rt.rows}
+    assert set(by) == {("vindr", "all labels"), ("vindr", "label fraction 0.25"), ("cxr14", "all labels"),
+                       ("cxr14", "label fraction 0.25")}
+    default = by[("vindr", "all labels")]
+    assert default[2].text.startswith("mimic") and default[3].text == "–"
+    assert by[("vindr", "label fraction 0.25")][3].text == "same winner"
+    assert by[("cxr14", "label fraction 0.25")][3].text == "winner changes: mimic -> imagenet"
+    assert by[("cxr14", "label fraction 0.25")][4].text.startswith("mimic - imagenet:")  # the runner-up
+    assert by[("vindr", "all labels")][4].text.startswith("mimic - imagenet: +")
+
+
+def test_axis_figure_and_recipe_table_and_the_written_report(tmp_path):
+    res = with_axes()
+    assert R.axis_figure(res, "label_fraction").startswith(b"\x89PNG")
+    assert R.axis_figure(res, "label_noise") is None  # one value: no curve
+    recipes = R.recipe_table(res)
+    assert recipes.rows[0][2].text == "r512 - r224" and recipes.rows[0][3].style == "sig"
+    paths = write_report(res, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## Does the winner hold?" in md and "figures/axis-label_fraction.png" in md
+    df = pd.read_csv(paths["csv"])
+    assert {"label_fraction", "label_noise", "n_seeds", "seed_sd"} <= set(df.columns)
+    assert set(df["seed"].astype(str)) == {"0", POOLED} and set(df["label_fraction"]) == {0.25, 1.0}
+    assert np.isfinite(df.loc[df["seed"].astype(str) == POOLED, "seed_sd"]).all()
