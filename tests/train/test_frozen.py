@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import file_sha256
 from cxrbench.models.build import create_model
 from cxrbench.train.checkpoint import load_best, load_last
 from cxrbench.train.config import TrainConfig
@@ -91,7 +92,13 @@ def test_knn_run_folder_rerun_and_restart(tmp_path, tiny_cache_factory):
     best = max(knn["grid"], key=lambda g: g["val_mean_auroc"])
     assert (knn["k"], knn["temperature"]) == (best["k"], best["temperature"])
     assert result.best_metric == pytest.approx(best["val_mean_auroc"]) == meta["metric"]["value"]
-    assert (run / "knn_bank.safetensors").is_file()
+    assert knn["bank_sha256"] == file_sha256(run / "knn_bank.safetensors")
+    # the same backbone with another T (0.9 is not in this grid): best.safetensors differs, so evaluate
+    # re-predicts instead of reusing the other kNN's predictions
+    other = train(cfg_for(cache, tmp_path / "other", adaptation="knn", knn_temperature=(0.9,)), quiet=True)
+    w_other, m_other = load_best(other.run_dir)
+    assert all(torch.equal(w_other[k], weights[k]) for k in weights) and m_other["knn"]["temperature"] == 0.9
+    assert file_sha256(other.run_dir / "best.safetensors") != file_sha256(run / "best.safetensors")
     kinds = [r["kind"] for r in read_log(run)]
     assert kinds == ["start"] + ["knn"] * 6 + ["epoch"]
     doc = yaml.safe_load((run / "config.yaml").read_text())

@@ -188,11 +188,12 @@ def _fit_knn(cfg, model, head_keys, emb, data, device, run_dir, writer) -> tuple
     knn.save_bank(run_dir / RUN_KNN_BANK, bank, data.train.labels, {
         "findings": json.dumps(data.findings), "k": str(k), "temperature": repr(t),
         "embeddings_key": emb["train"].key, "image_ids_sha256": ids_sha256(data.train.image_ids)})
+    bank_sha = file_sha256(run_dir / RUN_KNN_BANK)
     weights = {n: w for n, w in state_dict_cpu(model).items() if n not in head_keys}
     best = {"value": val["mean_auroc"], "epoch": 1, "bad_epochs": 0}
     progress = {"epoch": 1, "micro": 0, "step": 0, "finished": True, "stopped_early": False}
     history = [{"epoch": 1, "step": 0, "val_mean_auroc": val["mean_auroc"], "val_loss": None}]
     record = {"k": k, "temperature": t, "similarity": "cosine", "bank": RUN_KNN_BANK,
-              "n_bank": int(bank.shape[0]),
+              "bank_sha256": bank_sha, "n_bank": int(bank.shape[0]),
               "grid": [{key: r[key] for key in ("k", "temperature", "val_mean_auroc")} for r in grid]}
     return weights, best, progress, history, val, record
