@@ -77,7 +77,7 @@ def write_tiny_cache(out: Path, n_patients: int = 60, size: int = 32, seed: int 
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_cache_factory():
     """``factory(out_dir, **options) -> cache dir``: see :func:`write_tiny_cache`."""
     return write_tiny_cache

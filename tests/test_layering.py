@@ -12,8 +12,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cxrbench"
 # Pipeline order (docs/ARCHITECTURE.md): a module may import its own stage and the ones before it.
-STAGES = ("common", "index", "phantom", "cache", "data", "models", "stats", "train", "pretrain", "evaluate",
-          "export", "report", "study", "commands")
+STAGES = ("common", "index", "phantom", "cache", "data", "models", "stats", "adapt", "train", "pretrain",
+          "evaluate", "export", "report", "study", "commands")
 TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py"}
 MAX_LINES = 500
 LONG_ALLOWED = {"phantom/render.py"}  # the vectorized renderer reads best in one piece

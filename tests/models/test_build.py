@@ -50,7 +50,7 @@ def test_vit_weights(tmp_path_factory) -> tuple[dict, Path]:
 def test_registry_agrees_with_timm():
     from timm.models import get_pretrained_cfg
 
-    assert len(registry.INITS) == 19
+    assert len(registry.INITS) == 23
     for spec in registry.INITS.values():
         cfg = get_pretrained_cfg(spec.timm_name)
         if not spec.convert:  # converted repositories (rad-dino, cxformer-*) only share timm's architecture
@@ -77,6 +77,10 @@ def test_registry_names_and_wildcards():
     assert registry.get_init("DINOv2-ViTB14").timm_name == "vit_base_patch14_dinov2.lvd142m"
     assert registry.get_init("dinov3-convnext-b").timm_name == "convnext_base.dinov3_lvd1689m"
     assert registry.get_init("dinov2-vitg14-reg").timm_name == "vit_giant_patch14_reg4_dinov2.lvd142m"
+    assert registry.get_init("dinov3-vit7b16").timm_name == "vit_7b_patch16_dinov3.lvd1689m"
+    assert registry.get_init("dinov3-vith16plus").timm_name == "vit_huge_plus_patch16_dinov3.lvd1689m"
+    assert registry.get_init("dinov3-vits16plus").architecture == "ViT-S+/16"
+    assert registry.get_init("dinov3-convnext-l").timm_name == "convnext_large.dinov3_lvd1689m"
 
 
 @pytest.mark.parametrize(

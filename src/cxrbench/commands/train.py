@@ -1,4 +1,4 @@
-"""`cxrbench train`: fine-tune (or linear-probe) a backbone on a cache; resumes an existing run."""
+"""`cxrbench train`: fine-tune, linear-probe, LoRA-adapt or kNN-fit a backbone on a cache; resumes runs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ alone resumes.
 
 Many GPUs: torchrun --nproc_per_node=N -m cxrbench train ... (DDP; NCCL on GPU, gloo on CPU).
 
+Adaptation (--adaptation): full (default; with --linear-probe only the head trains, through the
+frozen backbone), lora (low-rank adapters on the attention and MLP projections plus the head,
+merged into best.safetensors; pip install 'cxrbench[lora]'), linear (a linear head on the frozen
+backbone's embeddings, computed once and cached in CACHE/embeddings/; no augmentation), knn (cosine
+kNN over those embeddings, --knn-k and --knn-temperature chosen on val). linear and knn also suit
+backbones too large to fine-tune (dinov3-vit7b16).
+
 Experiment trackers: --tracker mlflow (where MLFLOW_TRACKING_URI points) or --tracker wandb (your W&B
 login; WANDB_MODE=offline keeps it in RUN/wandb/) logs the config, every TensorBoard scalar and the
 final figures with the SHA-256 of best.safetensors, beside log.jsonl and TensorBoard.
@@ -36,6 +43,12 @@ Examples:
 
   cxrbench train --cache cache/vindr --init checkpoint:runs/mimic/best.safetensors --keep-shared-head
   --out runs/vindr-mimic
+
+  cxrbench train --cache cache/nih --init dinov2-vitb14 --out runs/nih-lora --adaptation lora
+  --lora-rank 16 --lora-alpha 16 --lr 1e-4
+
+  cxrbench train --cache cache/nih --init dinov3-vit7b16 --out runs/nih-7b-knn --adaptation knn
+  --knn-k 10,20,50 --knn-temperature 0.07
 """
 
 
@@ -117,6 +130,24 @@ def register(app: typer.Typer) -> None:
                                             help="MLflow experiment / W&B project (default: cxrbench)."),
         tracker_name: str = typer.Option(None, "--tracker-name",
                                          help="The run's name in the tracker (default: the run folder)."),
+        adaptation: str = typer.Option(None, "--adaptation", help="full, linear (head on cached embeddings), "
+                                       "lora or knn (default: full)."),
+        lora_rank: int = typer.Option(None, "--lora-rank", help="LoRA rank r (default: 8)."),
+        lora_alpha: float = typer.Option(None, "--lora-alpha",
+                                         help="LoRA alpha; updates scaled by alpha/r (default: 16)."),
+        lora_dropout: float = typer.Option(None, "--lora-dropout",
+                                           help="Dropout on the LoRA branch (default: 0)."),
+        lora_targets: str = typer.Option(None, "--lora-targets", help="Comma-separated module names to adapt "
+                                         "(default: ViT qkv,proj,fc1,fc2 (+ SwiGLU/Eva names); ConvNeXt "
+                                         "fc1,fc2)."),
+        knn_k: str = typer.Option(None, "--knn-k", help="Comma-separated neighbour counts, the best on val "
+                                  "is used (default: 10,20,50,100)."),
+        knn_temperature: str = typer.Option(None, "--knn-temperature", help="Comma-separated vote "
+                                            "temperatures; the best on val is used (default: "
+                                            "0.02,0.07,0.2)."),
+        embed_batch_size: int = typer.Option(None, "--embed-batch-size", help="linear/knn: first batch of "
+                                             "the embedding pass, halved on out-of-memory (default: 256 on "
+                                             "CUDA, 64 on CPU)."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Delete RUN's previous training outputs and start over."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -127,6 +158,8 @@ def register(app: typer.Typer) -> None:
         if out is None:
             raise InputError("--out is required", where="cxrbench train",
                              fix="give the run folder with --out RUN")
+        method = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      lora_targets=lora_targets, knn_k=knn_k, knn_temperature=knn_temperature)
         cfg = TrainConfig.for_run(out, dict(
             cache=None if cache is None else str(cache), init=init, findings=findings,
             image_size=image_size, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
@@ -137,8 +170,15 @@ def register(app: typer.Typer) -> None:
             keep_shared_head=keep_shared_head, allow_overlap=allow_overlap, label_fraction=label_fraction,
             label_noise=label_noise, label_seed=label_seed, workers=workers, device=device,
             log_every=log_every, checkpoint_every=checkpoint_every, deterministic=deterministic,
-            tracker=tracker, tracker_project=tracker_project, tracker_name=tracker_name),
+            tracker=tracker, tracker_project=tracker_project, tracker_name=tracker_name,
+            adaptation=adaptation, embed_batch_size=embed_batch_size, **method),
             config_file=config, overwrite=overwrite, where="cxrbench train")
+        unused = cfg.unused_options(k for k, v in method.items() if v is not None)
+        if unused:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+            raise InputError(f"{flags} belong(s) to another adaptation than this run's {cfg.adaptation!r}",
+                             where="cxrbench train",
+                             fix=f"leave {flags} out, or pass the --adaptation they belong to")
 
         from cxrbench.common.layout import RUN_BEST_WEIGHTS
         from cxrbench.train.loop import train

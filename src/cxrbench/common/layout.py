@@ -30,6 +30,23 @@ CACHE_MANIFEST = "manifest.json"  # written last: its presence means the cache i
 CACHE_BUILD_DIR = ".build"  # only while a build runs: chunk records for resume
 CACHE_LOCK = ".prepare.lock"
 CACHE_FILES: tuple[str, ...] = (CACHE_IMAGES, CACHE_INDEX, CACHE_MANIFEST)
+# Frozen-backbone embeddings, written by `train --adaptation linear|knn` and the evaluation of knn runs
+# into a sub-folder of the cache (the cache's own files are never touched):
+# CACHE/embeddings/<key>/{embeddings.json, <split>.safetensors}, one <key> per (weights, model, size,
+# precision).
+CACHE_EMBEDDINGS = "embeddings"
+EMBEDDINGS_META = "embeddings.json"
+EMBEDDINGS_LOCK = ".embeddings.lock"
+
+
+def embeddings_dir(cache_dir: str | os.PathLike, key: str) -> Path:
+    """``CACHE/embeddings/<key>``: the embeddings of one frozen backbone over the cache's splits."""
+    return Path(cache_dir) / CACHE_EMBEDDINGS / key
+
+
+def embeddings_file(cache_dir: str | os.PathLike, key: str, split: str) -> Path:
+    """``CACHE/embeddings/<key>/<split>.safetensors`` (tensor ``embeddings``, float32 [N, D])."""
+    return embeddings_dir(cache_dir, key) / f"{split}.safetensors"
 
 
 # --- Contract 4: the run folder -------------------------------------------------------------------
@@ -52,10 +69,12 @@ SHORTCUT_MODEL = "shortcut.json"
 SALIENCY_MANIFEST = "saliency.json"
 RUN_TRACKER = "tracker.json"  # which MLflow / W&B run this run logs to (resumed with it)
 RUN_WANDB = "wandb"  # W&B's own folder (offline runs, logs): everything in it is the run's
+RUN_KNN_BANK = "knn_bank.safetensors"  # adaptation knn: L2-normalized train embeddings + labels it votes with
 # The top-level entries of a run folder; `train --overwrite` removes only files is_run_file accepts.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
-                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB)
-RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG, RUN_TRACKER)
+                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB, RUN_KNN_BANK)
+RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG, RUN_TRACKER,
+                                  RUN_KNN_BANK)
 RUN_EVAL_FILES: tuple[str, ...] = (PREDICTIONS_FILE, METRICS_FILE, *EVAL_EXTRA_FILES)  # RUN/eval/<split>/
 RUN_EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TENSORBOARD_PREFIX = "events.out.tfevents."

@@ -117,14 +117,15 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     """
     from cxrbench.common.distributed import resolve_device
     from cxrbench.data.augment import BatchTransform
-    from cxrbench.evaluate.inference import load_run_model
+    from cxrbench.evaluate.inference import RunScorer
 
     paths = expand_inputs(list(files))
     if not paths:
         raise InputError("no image files given", where="cxrbench predict",
                          fix="pass PNG/JPEG/DICOM files, folders or glob patterns")
     dev = resolve_device(device)
-    model, meta = load_run_model(run_dir, dev)
+    scorer = RunScorer(run_dir, dev)
+    model, meta = scorer.model, scorer.meta
     findings = list(meta["findings"])
     recipe = meta.get("recipe")
     if not recipe:
@@ -136,6 +137,9 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
         from cxrbench.evaluate.saliency import SALIENCY_METHODS, require_gradcam
 
         check_choice("--saliency-method", saliency_method, SALIENCY_METHODS)
+        if scorer.knn:
+            raise InputError("a kNN run has no classifier to explain: saliency maps need one",
+                             where=str(run_dir), fix="leave out --saliency, or use a linear/full/lora run")
         require_gradcam()  # the overlays use the package's colour map, rollout included
     tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
     kept, pixels, skipped = [], [], []
@@ -163,8 +167,7 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     for i in range(0, len(kept), batch_size):
         batch = np.stack(pixels[i:i + batch_size])
         x = tf(torch.from_numpy(batch).to(dev))
-        with torch.no_grad():
-            probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        probs.append(scorer.probs(x))
         if names is not None:
             written += _write_overlays(model, x, batch, names[i:i + batch_size], kept[i:i + batch_size],
                                        findings, probs[-1], saliency_dir, saliency_method)

@@ -127,13 +127,13 @@ def _dinov2(letter: str, size: str, width: str, reg: bool) -> InitSpec:
     )
 
 
-def _dinov3_vit(letter: str, size: str, width: str) -> InitSpec:
-    timm_name = f"vit_{size}_patch16_dinov3.lvd1689m"
+def _dinov3_vit(letter: str, size: str, width: str, plus: bool = False) -> InitSpec:
+    timm_name = f"vit_{size}{'_plus' if plus else ''}_patch16_dinov3.lvd1689m"
     return InitSpec(
-        name=f"dinov3-vit{letter}16",
+        name=f"dinov3-vit{letter}16{'plus' if plus else ''}",
         timm_name=timm_name,
         family="dinov3",
-        architecture=f"ViT-{letter.upper()}/16",
+        architecture=f"ViT-{letter.upper()}{'+' if plus else ''}/16",
         patch_size=16,
         image_size=256,
         mean=IMAGENET_MEAN,
@@ -259,7 +259,16 @@ _SPECS: tuple[InitSpec, ...] = (
             ("l", "large", "300M params"),
         )
     ),
-    *(_dinov3_convnext(letter, size) for letter, size in (("t", "tiny"), ("s", "small"), ("b", "base"))),
+    # the larger DINOv3 backbones (SwiGLU MLPs); too large to fine-tune on one GPU at the top end, they are
+    # compared frozen: --adaptation linear|knn (embeddings computed once in bf16, docs/training.md)
+    _dinov3_vit("s", "small", "29M params, SwiGLU", plus=True),
+    _dinov3_vit("h", "huge", "840M params, SwiGLU; frozen (linear/knn) or LoRA on one GPU", plus=True),
+    _dinov3_vit("7b", "7b", "6.7B params, SwiGLU, the DINOv3 teacher: frozen only (linear/knn); 27 GB "
+                "of fp32 weights, on disk and in memory (bf16 autocast for the embedding pass)"),
+    *(
+        _dinov3_convnext(letter, size)
+        for letter, size in (("t", "tiny"), ("s", "small"), ("b", "base"), ("l", "large"))
+    ),
     _domain_ssl(
         "rad-dino", "vit_base_patch14_dinov2", "rad-dino", "ViT-B/14", "microsoft/rad-dino", "mit",
         _RAD_DINO_PAPER, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),

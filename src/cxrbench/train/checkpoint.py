@@ -95,8 +95,12 @@ def save_best(run_dir: str | os.PathLike, weights: dict[str, torch.Tensor], meta
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
-    header = {"cxrbench": json.dumps({"epoch": meta.get("epoch"), "findings": meta.get("findings"),
-                                      "arch": meta.get("arch"), "init": meta.get("init")})}
+    facts = {"epoch": meta.get("epoch"), "findings": meta.get("findings"), "arch": meta.get("arch"),
+             "init": meta.get("init")}
+    if isinstance(meta.get("knn"), dict):  # a kNN run's weights are the frozen backbone: the header ties
+        # the file to the bank and choice, so evaluate's staleness check (its SHA-256) sees a new kNN
+        facts["knn"] = {k: meta["knn"].get(k) for k in ("k", "temperature", "bank_sha256")}
+    header = {"cxrbench": json.dumps(facts)}
     with atomic_path(run_dir / BEST_WEIGHTS) as tmp:
         save_file(weights, str(tmp), metadata=header)
     atomic_write_json(run_dir / BEST_META, meta)

@@ -26,7 +26,7 @@ from cxrbench.common.validation import closest
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile",
-     "tracker", "tracker_project", "tracker_name"}
+     "tracker", "tracker_project", "tracker_name", "embed_batch_size"}
 )
 """Keys that change how a run executes, not what it computes (never part of a run's identity)."""
 
@@ -43,6 +43,22 @@ _KEYED_V1: tuple[str, ...] = (
     "augment", "hflip", "rotate", "patience", "seed", "keep_shared_head", "allow_overlap",
 )
 _KEYED_CONSTANTS: dict[str, Any] = {"compile": False}
+
+ADAPTATIONS: tuple[str, ...] = ("full", "linear", "lora", "knn")
+"""``full``: the fine-tuning loop (with ``linear_probe``: only the head trains, images go through the
+frozen backbone every step); ``lora``: the same loop with low-rank adapters on the backbone, merged
+into best.safetensors; ``linear``: a linear head fitted on frozen embeddings computed once and cached
+beside the cache; ``knn``: cosine kNN over those embeddings."""
+
+FROZEN_ADAPTATIONS: tuple[str, ...] = ("linear", "knn")
+"""Adaptations that never backpropagate through the backbone (they read cached embeddings)."""
+
+ADAPTATION_OPTIONS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
+    "knn": ("knn_k", "knn_temperature"),
+}
+"""Options that belong to one adaptation: left out of :meth:`TrainConfig.identity` (and so of the
+study key) for every other adaptation, where they change nothing."""
 
 
 class TrainConfig(BaseModel):
@@ -107,6 +123,20 @@ class TrainConfig(BaseModel):
     tracker_project: str | None = Field(None, description="MLflow experiment / W&B project [cxrbench]")
     tracker_name: str | None = Field(None, description="the run's name in the tracker [the run folder]")
 
+    # adaptation (docs/training.md#adaptation-methods); hashed into a study key only when not default
+    adaptation: Literal["full", "linear", "lora", "knn"] = Field(
+        "full", description="full (fine-tune), linear (head on cached embeddings), lora, knn")
+    lora_rank: int = Field(8, ge=1, le=4096, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha/r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input")
+    lora_targets: tuple[str, ...] | None = Field(
+        None, description="module names to adapt (e.g. qkv,proj,fc1,fc2); unset: the architecture's default")
+    knn_k: tuple[int, ...] = Field((10, 20, 50, 100), description="neighbour counts to choose from on val")
+    knn_temperature: tuple[float, ...] = Field((0.02, 0.07, 0.2),
+                                               description="vote temperatures to choose from on val")
+    embed_batch_size: int | None = Field(None, ge=1, description="first batch of the embedding pass "
+                                         "(halved on out-of-memory); runtime [256 on CUDA, 64 on CPU]")
+
     @field_validator("findings", mode="before")
     @classmethod
     def _split_findings(cls, v: Any) -> Any:
@@ -117,6 +147,33 @@ class TrainConfig(BaseModel):
         if v is not None and len(set(v)) != len(v):
             raise ValueError("lists a finding twice")
         return v
+
+    @field_validator("lora_targets", "knn_k", "knn_temperature", mode="before")
+    @classmethod
+    def _split_lists(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            v = [v]
+        if v is not None and len(v) == 0:
+            raise ValueError("must list at least one value")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("lists a value twice")
+        return v
+
+    @field_validator("knn_k")
+    @classmethod
+    def _check_k(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in v):
+            raise ValueError("every k must be at least 1")
+        return tuple(sorted(v))
+
+    @field_validator("knn_temperature")
+    @classmethod
+    def _check_temperature(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < t <= 100 for t in v):
+            raise ValueError("every temperature must be in (0, 100]")
+        return tuple(sorted(v))
 
     @field_validator("device")
     @classmethod
@@ -150,6 +207,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.keep_shared_head and not _is_checkpoint(self.init):
             raise ValueError("keep_shared_head needs init = checkpoint:PATH")
+        if self.linear_probe and self.adaptation != "full":
+            raise ValueError("linear_probe (the head trained through the frozen backbone) cannot be "
+                             f"combined with adaptation {self.adaptation!r}; for a head on cached embeddings "
+                             "use adaptation linear without linear_probe")
         return self
 
     # --- construction and comparison -------------------------------------------------------------
@@ -167,8 +228,15 @@ class TrainConfig(BaseModel):
         return json_safe(self.model_dump())
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        """The fields that define what a run computes: everything but :data:`RUNTIME_KEYS` and the
+        options of adaptations other than this run's (:data:`ADAPTATION_OPTIONS`)."""
+        unused = set(self.unused_options())
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS and k not in unused}
+
+    def unused_options(self, keys: Any = None) -> list[str]:
+        """The options (of ``keys``, default all) that belong to an adaptation other than this run's."""
+        other = {k for a, ks in ADAPTATION_OPTIONS.items() if a != self.adaptation for k in ks}
+        return [k for k in (type(self).model_fields if keys is None else keys) if k in other]
 
     def step_identity(self) -> dict[str, Any]:
         """What a study hashes for a training step: :meth:`identity` without the keys the study
@@ -239,7 +307,8 @@ def _defaults() -> dict[str, Any]:
 
 def _to_input_error(err: ValidationError, where: str) -> InputError:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first.get("loc", ())) or "config"
+    # the key without list positions (knn_k, not knn_k.1)
+    key = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "config"
     if first.get("type") == "extra_forbidden":
         hint = closest(key, TrainConfig.model_fields)
         fix = f"did you mean {hint!r}?" if hint else "remove it; see `cxrbench train --help` for the keys"

@@ -27,23 +27,33 @@ def forward_gflops(model: nn.Module, eval_tf, cache_size: int, device: torch.dev
         return None
 
 
+def model_text(info) -> str:
+    """``init (arch, weights FILE)``; a random init names the bare architecture (timm's default tag,
+    e.g. .augreg_in21k_ft_in1k, would suggest pretrained weights that were never loaded)."""
+    return (f"{info.init} ({info.arch}, weights {info.weights})" if info.pretrained
+            else f"{info.init} ({info.arch.split('.', 1)[0]}, random init: no weights loaded)")
+
+
+def data_text(train_ds, val_ds) -> str:
+    """``N train / M val images, K findings, cache S px (resize, equalized)``."""
+    return (f"{len(train_ds):,} train / {len(val_ds):,} val images, {len(train_ds.findings)} findings, "
+            f"cache {train_ds.size} px ({train_ds.recipe.get('resize')}, "
+            f"{'equalized' if train_ds.recipe.get('equalize') else 'not equalized'})")
+
+
 def print_summary(cfg, env, device, info, image_size, train_ds, val_ds, micro, steps_per_epoch, total_steps,
-                   precision, n_params, n_trainable, groups, gflops, overlap_note, progress, resume) -> None:
+                  precision, n_params, n_trainable, groups, gflops, overlap_note, progress, resume,
+                  adaptation: str | None = None) -> None:
     scales = layer_scales(groups)
-    # a random init names the bare architecture: timm's default tag (e.g. .augreg_in21k_ft_in1k) would
-    # suggest pretrained weights that were never loaded
-    model = (f"{info.init} ({info.arch}, weights {info.weights})" if info.pretrained
-             else f"{info.init} ({info.arch.split('.', 1)[0]}, random init: no weights loaded)")
     lines = [
         f"[bold]cxrbench train[/] -> {cfg.out}" + (f"  (resuming at step {progress['step']}, "
                                                    f"epoch {progress['epoch'] + 1})" if resume else ""),
-        f"  model   {model}, {n_params / 1e6:.2f}M params, "
+        f"  model   {model_text(info)}, {n_params / 1e6:.2f}M params, "
         f"{n_trainable / 1e6:.2f}M trainable"
         f"{' (linear probe)' if cfg.linear_probe else ''}, {image_size} px"
         + (f", {gflops:.3g} GFLOPs/image fwd" if gflops else ""),
-        f"  data    {len(train_ds):,} train / {len(val_ds):,} val images, {len(train_ds.findings)} findings, "
-        f"cache {train_ds.size} px ({train_ds.recipe.get('resize')}, "
-        f"{'equalized' if train_ds.recipe.get('equalize') else 'not equalized'})",
+        f"  adapt   {adaptation or cfg.adaptation}",
+        f"  data    {data_text(train_ds, val_ds)}",
         f"  steps   batch {cfg.batch_size} = {env.world_size} process(es) x {micro} images x "
         f"{cfg.grad_accum} micro-step(s); {steps_per_epoch:,} steps/epoch, {total_steps:,} in "
         f"{cfg.epochs} epochs "
@@ -99,3 +109,19 @@ class ProgressBar:
     def close(self) -> None:
         self._p.stop()
 
+
+
+def print_frozen_summary(cfg, env, device, info, image_size, train_ds, val_ds, n_params: int, adaptation: str,
+                         precision: str, note: str | None) -> None:
+    """The start summary of a run on cached embeddings (``--adaptation linear|knn``)."""
+    lines = [
+        f"[bold]cxrbench train[/] -> {cfg.out}",
+        f"  model   {model_text(info)}, {n_params / 1e6:.2f}M params, frozen, {image_size} px",
+        f"  adapt   {adaptation}",
+        f"  data    {data_text(train_ds, val_ds)}",
+        f"  device  {precision} on {device}, {env.world_size} process(es)",
+    ]
+    if note:
+        lines.append(f"  init    {note}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.common import distributed as dist_
 from cxrbench.common.errors import InputError, TrainingDiverged
 from cxrbench.common.fileio import file_sha256
-from cxrbench.common.layout import CACHE_MANIFEST, RUN_BEST_WEIGHTS
+from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.common.progress import console
+from cxrbench.train.adapters import setup_adaptation
 from cxrbench.train.checkpoint import (
     LAST,
     capture_rng,
@@ -48,9 +48,8 @@ from cxrbench.train.checkpoint import (
     restore_rng,
     save_best,
     save_last,
-    state_dict_cpu,
 )
-from cxrbench.train.config import TrainConfig
+from cxrbench.train.config import FROZEN_ADAPTATIONS, TrainConfig
 from cxrbench.train.console import ProgressBar, forward_gflops, print_summary
 from cxrbench.train.optim import LRSchedule, param_groups, unwrap
 from cxrbench.train.runfolder import (
@@ -62,9 +61,8 @@ from cxrbench.train.runfolder import (
     write_run_config,
 )
 from cxrbench.train.runlog import Rank0Writer
+from cxrbench.train.setup import classifier, head_names, masked_bce_sum, open_data, resolve_precision
 from cxrbench.train.tracking import open_tracker
-
-TRAIN_SPLIT, VAL_SPLIT = "train", "val"  # the only splits train() ever opens
 
 
 @dataclass
@@ -118,25 +116,19 @@ def _seed(seed: int, *key: int) -> int:
 def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrite: bool, quiet: bool,
          on_step, loss_hook) -> TrainResult:
     from cxrbench.data.augment import AugmentConfig, BatchTransform
-    from cxrbench.data.dataset import CacheDataset
     from cxrbench.data.loader import ResumableSampler, make_loader
 
+    if cfg.adaptation in FROZEN_ADAPTATIONS:  # linear / knn on cached embeddings: no backpropagation
+        from cxrbench.train.frozen import run_frozen
+
+        return run_frozen(cfg, env, device, overwrite=overwrite, quiet=quiet)
     run_dir = Path(cfg.out)
-    cache_dir = Path(cfg.cache)
 
     # -- data: train and val splits only ---------------------------------------------------------
-    train_ds = CacheDataset(cache_dir, split=TRAIN_SPLIT, findings=cfg.findings)
-    val_ds = CacheDataset(cache_dir, split=VAL_SPLIT, findings=train_ds.findings)
-    for ds in (train_ds, val_ds):  # a real check, not an assert: it must hold under python -O too
-        if not set(ds.splits) <= {TRAIN_SPLIT, VAL_SPLIT}:
-            raise RuntimeError(f"training opened the splits {sorted(set(ds.splits))}: it must never "
-                               "read the test split")
-    from cxrbench.data.budget import apply_budget
-
-    labels_done = apply_budget(train_ds, cfg.label_fraction, cfg.label_noise, cfg.label_seed)
-    findings = list(train_ds.findings)
-    cache_sha = file_sha256(cache_dir / CACHE_MANIFEST)
-    pos_weight = _pos_weight(train_ds, val_ds, cfg)
+    data = open_data(cfg)
+    train_ds, val_ds, findings, cache_sha, pos_weight = (data.train, data.val, data.findings, data.cache_sha,
+                                                         data.pos_weight)
+    labels_done = data.labels_done
 
     # -- run folder: new, resumed, or restarted ----------------------------------------------------
     resume = check_run_dir(run_dir, cfg, overwrite, cache_sha)  # no side effects before the setup succeeds
@@ -153,13 +145,11 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
     # -- model -------------------------------------------------------------------------------------
     image_size = cfg.image_size or train_ds.size
     model, info, overlap_note = build_run_model(cfg, findings, image_size)  # same on every rank
+    head = classifier(model)
+    adaptation = setup_adaptation(cfg, model, head)  # full, linear probe or LoRA (on the CPU, seeded)
+    head_keys = head_names(model, head)
     torch.manual_seed(_seed(cfg.seed, env.rank, 1))  # dropout etc.: one stream per rank
     model.to(device)
-    head = _classifier(model)
-    head_keys = _head_names(model, head)
-    if cfg.linear_probe:
-        model.requires_grad_(False)
-        head.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     # -- optimization ------------------------------------------------------------------------------
@@ -174,10 +164,7 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError("this GPU has no bf16 support", where="--precision", fix="use --precision fp16")
+    precision, amp_dtype = resolve_precision(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     pw = torch.as_tensor(pos_weight, device=device) if cfg.pos_weight else None
 
@@ -229,13 +216,15 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
         tracker = open_tracker(cfg.tracker, run_dir, project=cfg.tracker_project, name=cfg.tracker_name,
                                resume=resume, params={**cfg.to_dict(), "arch": info.arch, "world_size": world,
                                                       "num_params": n_params, "findings": findings,
+                                                      "trainable_params": adaptation.trainable_params,
                                                       "cache_manifest_sha256": cache_sha})
     # drops the log lines of redone steps
     writer = Rank0Writer(run_dir, env.is_main, resume_step=progress["step"], tracker=tracker)
     if not quiet:
         print_summary(cfg, env, device, info, image_size, train_ds, val_ds, micro, steps_per_epoch,
                        total_steps, precision, n_params, sum(p.numel() for p in trainable), groups,
-                       forward_gflops(model, eval_tf, train_ds.size, device), overlap_note, progress, resume)
+                       forward_gflops(model, eval_tf, train_ds.size, device), overlap_note, progress, resume,
+                       adaptation.describe())
     if progress["finished"]:
         writer.close()
         if not quiet:
@@ -244,7 +233,8 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
         return _result(run_dir, best, progress, history, resume)
 
     writer.log({"kind": "start", "step": progress["step"], "epoch": progress["epoch"] + 1, "resumed": resume,
-                "world_size": world, "device": str(device), "precision": precision, "time": time.time()})
+                "world_size": world, "device": str(device), "precision": precision, "time": time.time(),
+                **adaptation.record()})
 
     def checkpoint() -> None:
         """Gather every rank's RNG states and running loss; rank 0 writes last.pt."""
@@ -281,10 +271,7 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
             first = progress["micro"]
             sampler.set_epoch(epoch)
             sampler.set_start(first * micro)
-            model.train()
-            if cfg.linear_probe:
-                model.eval()
-                head.train()
+            adaptation.set_mode(model)
             # Creating a loader iterator draws from the global RNG. A checkpoint taken mid-epoch saved
             # the RNG after that draw, one taken at an epoch end before it: restore on the same side.
             if rng_state is not None and first == 0:
@@ -306,7 +293,7 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
                 with sync:
                     with autocast:
                         logits = fwd(x)
-                    lsum, n = _masked_bce_sum(logits.float(), y, pw)
+                    lsum, n = masked_bce_sum(logits.float(), y, pw)
                     if loss_hook is not None:
                         lsum = loss_hook(progress["step"], lsum)
                     # normalize by the known labels of the global micro-batch; DDP then averages the
@@ -363,9 +350,9 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
             if improved:
                 best.update(value=val["mean_auroc"], epoch=epoch + 1, bad_epochs=0)
                 if env.is_main:
-                    save_best(run_dir, state_dict_cpu(unwrap(model)),
+                    save_best(run_dir, adaptation.best_weights(unwrap(model)),
                               best_meta(cfg, info, findings, image_size, train_ds, cache_sha, head_keys, val,
-                                         epoch + 1, progress["step"], precision))
+                                        epoch + 1, progress["step"], precision, adaptation.record()))
             else:
                 best["bad_epochs"] += 1
             progress["stopped_early"] = cfg.patience > 0 and best["bad_epochs"] >= cfg.patience
@@ -396,19 +383,6 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
     return _result(run_dir, best, progress, history, resume)
 
 
-def _masked_bce_sum(logits: torch.Tensor, y: torch.Tensor,
-                    pos_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of BCE-with-logits over the known labels, number of known labels); NaN labels count 0.
-
-    ``logits`` and ``y`` are float32 ``[B, K]``; ``pos_weight`` ``[K]`` or None. One fused op: the
-    mask is BCE's element ``weight``.
-    """
-    known = (y == y).to(logits.dtype)  # NaN != NaN
-    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y, nan=0.0), weight=known,
-                                              pos_weight=pos_weight, reduction="sum")
-    return loss, known.sum()
-
-
 @torch.no_grad()
 def _validate(model, val_ds, eval_tf, device, env, micro, workers, autocast, pw, findings) -> dict[str, Any]:
     """Mean AUROC over findings with both classes, per-finding AUROC and loss on the val split."""
@@ -421,48 +395,13 @@ def _validate(model, val_ds, eval_tf, device, env, micro, workers, autocast, pw,
     model.train(was_training)
     y = val_ds.labels
     t_logits, t_y = torch.from_numpy(np.array(logits)), torch.from_numpy(np.array(y))
-    loss_sum, n_known = _masked_bce_sum(t_logits, t_y, None if pw is None else pw.cpu())
+    loss_sum, n_known = masked_bce_sum(t_logits, t_y, None if pw is None else pw.cpu())
     loss = float(loss_sum / n_known.clamp(min=1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # findings with one class in val: NaN, excluded from the mean
         per = {f: auroc(y[:, k], logits[:, k]) for k, f in enumerate(findings)}
     finite = [v for v in per.values() if np.isfinite(v)]
     return {"mean_auroc": float(np.mean(finite)) if finite else float("nan"), "auroc": per, "loss": loss}
-
-
-def _pos_weight(train_ds, val_ds, cfg: TrainConfig) -> np.ndarray:
-    """negatives/positives per finding on the train split; refuses findings it cannot learn or score."""
-    labels = train_ds.labels
-    for k, f in enumerate(train_ds.findings):
-        col = labels[:, k]
-        if not (col == 1).any() or not (col == 0).any():
-            missing = "positive" if not (col == 1).any() else "negative"
-            raise InputError(f"finding {f!r} has no {missing} label in the train split",
-                             where=str(cfg.cache),
-                             fix="leave it out with --findings (the cache has: "
-                                 f"{', '.join(train_ds.findings)})")
-    yv = val_ds.labels
-    if not any((yv[:, k] == 1).any() and (yv[:, k] == 0).any() for k in range(yv.shape[1])):
-        raise InputError("no finding has both positives and negatives in the val split, so the validation "
-                         "AUROC that selects the checkpoint is undefined", where=str(cfg.cache),
-                         fix="re-index with a larger validation split")
-    return train_ds.pos_weight()
-
-
-def _classifier(model: nn.Module) -> nn.Module:
-    """The model's classification head (timm ``get_classifier``)."""
-    base = unwrap(model)
-    head = base.get_classifier() if hasattr(base, "get_classifier") else None
-    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
-        raise InputError(f"cannot find the classification head of {type(base).__name__}", where="model",
-                         fix="use a timm-based initialization (see `cxrbench weights list`)")
-    return head
-
-
-def _head_names(model: nn.Module, head: nn.Module) -> list[str]:
-    """State-dict keys of the head's parameters, e.g. ``['head.weight', 'head.bias']``."""
-    ids = {id(p) for p in head.parameters()}
-    return [n for n, p in unwrap(model).named_parameters() if id(p) in ids]
 
 
 def _result(run_dir, best, progress, history, resumed) -> TrainResult:

@@ -247,8 +247,9 @@ def write_run_config(run_dir, cfg, env, train_ds, val_ds, info, image_size, cach
 
 
 def best_meta(cfg, info, findings, image_size, train_ds, cache_sha, head_keys, val, epoch, step,
-               precision) -> dict[str, Any]:
-    """``best.json``: everything needed to use best.safetensors without the run's config."""
+              precision, adaptation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``best.json``: everything needed to use best.safetensors without the run's config;
+    ``adaptation`` adds what the adaptation records (``adaptation``, ``trainable_params``, ...)."""
     from cxrbench.common.provenance import now_iso
 
     return {
@@ -262,5 +263,6 @@ def best_meta(cfg, info, findings, image_size, train_ds, cache_sha, head_keys, v
         "cache": {"path": str(Path(cfg.cache).resolve()), "manifest_sha256": cache_sha},
         **({"training_labels": train_ds.label_changes} if train_ds.label_changes else {}),
         "created": now_iso(),
+        **(adaptation or {"adaptation": cfg.adaptation}),
     }
 
