@@ -68,3 +68,47 @@ def test_axis_figure_and_recipe_table_and_the_written_report(tmp_path):
     assert {"label_fraction", "label_noise", "n_seeds", "seed_sd"} <= set(df.columns)
     assert set(df["seed"].astype(str)) == {"0", POOLED} and set(df["label_fraction"]) == {0.25, 1.0}
     assert np.isfinite(df.loc[df["seed"].astype(str) == POOLED, "seed_sd"]).all()
+
+
+def with_adaptations():
+    res = synthetic(seed=4, datasets=("vindr",), inits=("dinov2", "imagenet"))
+    t = res.table.copy()
+    t["adaptation"], t["label_fraction"], t["label_noise"] = "full", 1.0, 0.0
+    knn = t.copy()
+    knn["adaptation"] = "knn"
+    knn["auroc"] = knn["auroc"] - 0.05
+    low = pd.concat([t, knn]).assign(label_fraction=0.1)
+    low["auroc"] = low["auroc"] - 0.1
+    lin = t[t["init"] == "dinov2"].copy()
+    lin["adaptation"] = "linear"  # only one init was probed
+    res.table = pd.concat([t, knn, lin, low], ignore_index=True)
+    res.seeds = [0]
+    res.axes = {"adaptation": ["full", "linear", "knn"], "label_fraction": [0.1, 1.0]}
+    res.adaptation_tests = pd.DataFrame([
+        {"dataset": "vindr", "recipe": "r224", "init": "dinov2", "adaptation_a": "knn",
+         "adaptation_b": "full", "finding": MEAN, "diff": -0.05, "diff_lo": -0.07, "diff_hi": -0.03,
+         "p": 0.002, "p_adjusted": 0.004, "n_seeds": 1}])
+    return res
+
+
+def test_adaptation_table_sets_methods_side_by_side_with_their_tests(tmp_path):
+    res = with_adaptations()
+    at = R.adaptation_table(res)
+    assert at.header == ["dataset", "init", "full", "linear", "knn", "best method"]
+    rows = {r[1].text: r for r in at.rows}
+    assert set(rows) == {"dinov2", "imagenet"}
+    assert rows["imagenet"][3].text == "–"  # not probed: a dash, not a hole
+    knn = rows["dinov2"][4]
+    assert "vs full -0.050" in knn.text and "p 0.002" in knn.text and knn.style == "sigworse"
+    assert rows["dinov2"][5].text == "full" and rows["imagenet"][5].text == "full"
+    ranking = {r[1].text for r in R.ranking_table(res).rows}
+    assert {"full fine-tuning, all labels", "adaptation knn", "adaptation linear",
+            "adaptation knn, label fraction 0.1"} <= ranking
+    assert R.axis_figure(res, "label_fraction").startswith(b"\x89PNG")
+    assert R.axis_figure(res, "adaptation") is None  # methods are names, not a curve
+    md = write_report(res, tmp_path)["markdown"].read_text()
+    assert "Adaptation methods: mean AUROC per initialization and method" in md
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df.columns[:11]) == ["dataset", "init", "finding", "auroc", "auroc_lo", "auroc_hi",
+                                     "p_vs_reference", "p_adjusted", "recipe", "seed", "adaptation"]
+    assert set(df["adaptation"]) == {"full", "linear", "knn"}

@@ -266,3 +266,40 @@ def test_an_ssl_arm_pretrains_once_per_recipe_then_fine_tunes_from_the_teacher(t
 def test_ssl_arm_errors_name_the_key(tmp_path, arm, match):
     with pytest.raises(InputError, match=match):
         mini(tmp_path, inits={"rand": {"init": "random-vit-test"}, "ssl": arm})
+
+
+def test_adaptations_are_an_axis_and_an_init_may_list_its_own(tmp_path):
+    inits = {"rand": {"init": "random-vit-test", "datasets": ["a"]},
+             "big": {"init": "random-vit-test", "datasets": ["a"], "adaptations": ["linear", "knn"]}}
+    base = build_plan(mini(tmp_path, inits={"rand": inits["rand"]}))
+    plan = build_plan(mini(tmp_path, inits=inits, adaptations=["full", "lora"],
+                           train={"epochs": 2, "lora_rank": 4}))
+    runs = {s.id: s for s in plan.of_kind("train")}
+    assert set(runs) == {"train/a/r224/rand/s0", "train/a/r224/rand/lora/s0",
+                         "train/a/r224/big/linear/s0", "train/a/r224/big/knn/s0"}
+    # full fine-tuning keeps the id and key it had before the axis existed
+    assert runs["train/a/r224/rand/s0"].key == base["train/a/r224/rand/s0"].key
+    assert "lora_rank" not in runs["train/a/r224/rand/s0"].config["train"]  # lora's option only for lora
+    lora = runs["train/a/r224/rand/lora/s0"]
+    assert lora.config["train"]["adaptation"] == "lora" and lora.config["train"]["lora_rank"] == 4
+    assert lora.params.condition.as_dict["adaptation"] == "lora"
+    assert runs["train/a/r224/big/knn/s0"].config["train"]["adaptation"] == "knn"
+    assert lora.out == plan.study.layout.run_dir("a", "r224", "rand", 0, "lora/")
+    # a comparison per condition with two or more inits: none here (every method has one init)
+    assert not plan.of_kind("compare")
+    both = build_plan(mini(tmp_path, inits={**inits, "big": {**inits["big"], "adaptations": None,
+                                                             "train": {"lr": 1e-3}}},
+                           adaptations=["full", "knn"]))
+    assert {s.id for s in both.of_kind("compare")} == {"compare/a/r224/s0", "compare/a/r224/knn/s0"}
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"adaptations": ["full", "lorra"]}, "did you mean 'lora'"),
+    ({"adaptations": ["full", "full"]}, "without repeats"),
+    ({"train": {"adaptation": "lora"}}, "adaptation method is a study axis"),
+    ({"inits": {"rand": {"init": "random-vit-test", "train": {"adaptation": "knn"}}}}, "inits.rand.train"),
+    ({"inits": {"rand": {"init": "random-vit-test", "adaptations": "knnn"}}}, "unknown adaptation"),
+])
+def test_adaptation_errors_name_the_key(tmp_path, changes, match):
+    with pytest.raises(InputError, match=match):
+        mini(tmp_path, **changes)

@@ -231,9 +231,31 @@ def design_paragraph(p: Protocol) -> str | None:
         parts.append(f"symmetric label noise: a share of {_join([f'{v:g}' for v in nz])} of the known "
                      "training labels of each finding flipped (0 <-> 1, drawn per seed); validation and test "
                      "labels untouched")
+    methods = p.axes.get("adaptation")
+    if methods:
+        parts.append("adaptation methods " + _join([_adaptation_words(m, p.runs) for m in methods]))
     if not parts:
         return None
     return "Design: " + "; ".join(parts) + "."
+
+
+def _adaptation_words(method: str, runs: list[RunFacts]) -> str:
+    """How one adaptation method was run, in words, with its options from the runs."""
+    facts = next((r.adaptation for r in runs if r.adaptation.get("method") == method), {})
+    if method == "lora":
+        rank, alpha = facts.get("lora_rank"), facts.get("lora_alpha")
+        opts = ", ".join(x for x in (f"rank {rank}" if rank else "", f"alpha {alpha}" if alpha else "") if x)
+        return ("LoRA (low-rank adapters through peft on the attention and MLP projections"
+                + (f", {opts}" if opts else "") + "; head trained fully; adapters merged for evaluation)")
+    if method == "linear":
+        return "linear probing (a linear head on frozen-backbone embeddings computed once and cached)"
+    if method == "knn":
+        k, t = facts.get("chosen_k"), facts.get("chosen_temperature")
+        chosen = f", k {k} and temperature {t:g} chosen on validation" if k and isinstance(t, float) else (
+            ", k and temperature chosen on validation")
+        return ("kNN (cosine similarity on L2-normalized frozen embeddings, temperature-weighted votes of "
+                f"the nearest training images per finding{chosen})")
+    return "full fine-tuning (every weight trained)"
 
 
 def methods_text(res: StudyResults) -> list[str]:

@@ -61,6 +61,7 @@ class RunFacts:
     base: str | None = None  # domain and ssl arms: the init the pretraining run started from
     self_supervised: str | None = None  # ssl arms: what the self-supervised run trained on, in words
     condition: dict[str, Any] = field(default_factory=dict)  # the run's axis values (label budget, ...)
+    adaptation: dict[str, Any] = field(default_factory=dict)  # {"method": "lora", "lora_rank": 8, ...}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.common.axes import CONDITION_DEFAULTS, is_default
 from cxrbench.report.protocol import Protocol
 from cxrbench.stats.significance import benjamini_hochberg
 
@@ -34,6 +35,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "p_adjusted",
     "recipe",
     "seed",
+    "adaptation",
     "label_fraction",
     "label_noise",
     "init_name",
@@ -64,8 +66,6 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "calibration_intercept",
 )
 POOLED = "pooled"  # the seed value of rows pooled over seeds
-# The condition axes of the table (besides recipe and seed) and the value of each that changes nothing.
-CONDITION_DEFAULTS: dict[str, Any] = {"label_fraction": 1.0, "label_noise": 0.0}
 # Long table of results (one row per dataset x recipe x seed x init x finding).
 TABLE_REQUIRED: tuple[str, ...] = (
     "dataset",
@@ -151,6 +151,7 @@ class StudyResults:
     alpha: float = 0.05
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
     recipe_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    adaptation_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     analyses: Analyses = field(default_factory=Analyses)
     roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -175,9 +176,9 @@ class StudyResults:
         """The table's rows of the default condition (all labels, no noise): the main results."""
         t = self.table
         mask = np.ones(len(t), dtype=bool)
-        for col, value in CONDITION_DEFAULTS.items():
+        for col in CONDITION_DEFAULTS:
             if col in t.columns:
-                mask &= (t[col].astype(float) == value).to_numpy() | t[col].isna().to_numpy()
+                mask &= default_mask(t[col], col)
         return t[mask]
 
     def matrix_keys(self) -> list[tuple[str, int | str]]:
@@ -199,9 +200,9 @@ class StudyResults:
         if e.empty:
             return e
         mask = np.ones(len(e), dtype=bool)
-        for col, value in CONDITION_DEFAULTS.items():
+        for col in CONDITION_DEFAULTS:
             if col in e.columns:
-                mask &= (e[col].astype(float) == value).to_numpy()
+                mask &= default_mask(e[col], col)
         return e[mask]
 
     @property
@@ -226,9 +227,9 @@ class StudyResults:
                                                              "intercept": "calibration_intercept"})
             c = c[keys + ["ece", "ece_lo", "ece_hi", "brier", "calibration_slope", "calibration_intercept"]]
             default = np.ones(len(t), dtype=bool)
-            for col, value in CONDITION_DEFAULTS.items():
+            for col in CONDITION_DEFAULTS:
                 if col in t.columns:
-                    default &= (t[col].astype(float) == value).to_numpy()
+                    default &= default_mask(t[col], col)
             merged = t[default].merge(c, on=keys, how="left")
             t = pd.concat([merged, t[~default]], ignore_index=True)
         sg = self.analyses.subgroups
@@ -264,6 +265,12 @@ class StudyResults:
                            "_i", "_f"], kind="stable")
         extra = [c for c in t.columns if c not in RESULT_COLUMNS and not c.startswith("_")]
         return t[list(RESULT_COLUMNS) + extra].reset_index(drop=True)
+
+
+def default_mask(values: pd.Series, column: str) -> np.ndarray:
+    """Rows whose value of the condition axis ``column`` is its default (missing counts as default:
+    tables gathered before the axis existed)."""
+    return np.array([is_default(column, v) for v in values], dtype=bool)
 
 
 def adjust_main_family(table: pd.DataFrame) -> pd.DataFrame:

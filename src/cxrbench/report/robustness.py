@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.common.axes import BY_COLUMN, CONDITION_DEFAULTS, condition_name, is_default
 from cxrbench.report.plots import _figure, _png, colour
-from cxrbench.report.results import CONDITION_DEFAULTS, MEAN, POOLED, StudyResults, stars
-from cxrbench.report.tables import DASH, NA, Cell, Table, fmt_diff, fmt_p
+from cxrbench.report.results import MEAN, POOLED, StudyResults, stars
+from cxrbench.report.tables import DASH, NA, Cell, Table, fmt_auroc, fmt_diff, fmt_p
 
-AXIS_LABELS = {"label_fraction": "label fraction", "label_noise": "label noise", "recipe": "recipe"}
+AXIS_LABELS = {c: a.label for c, a in BY_COLUMN.items()}
+LINESTYLES = ("-", "--", ":", "-.")  # one per adaptation method on the curves
 
 
 def condition_columns(res: StudyResults) -> list[str]:
@@ -59,26 +61,24 @@ def condition_table(res: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _condition_name(row: dict[str, Any], cols: list[str]) -> str:
-    parts = [f"{AXIS_LABELS.get(c, c)} {float(row[c]):g}" for c in cols
-             if row.get(c) is not None and not _is_default(c, row[c])]
-    return ", ".join(parts) or "all labels"
+def _condition_name(row: dict[str, Any], cols: list[str], varying: Any = ()) -> str:
+    return condition_name({c: row.get(c) for c in cols}, varying)
 
 
 def _is_default(col: str, value: Any) -> bool:
-    try:
-        return float(value) == float(CONDITION_DEFAULTS[col])
-    except (TypeError, ValueError, KeyError):
-        return value is None
+    return is_default(col, value)
 
 
 def axis_figure(res: StudyResults, column: str) -> bytes | None:
-    """Mean AUROC against one condition axis per dataset (one panel each), one line per init with its
-    CI band; other axes at their defaults. Label fractions on a log scale."""
+    """Mean AUROC against one numeric condition axis per dataset (one panel each), one line per init
+    (and per adaptation method, by line style, when the study has several) with its CI band; the
+    other axes at their defaults. Label fractions on a log scale."""
     ct = condition_table(res)
-    if ct.empty or column not in ct.columns or ct[column].nunique() < 2:
+    axis = BY_COLUMN.get(column)
+    if ct.empty or axis is None or not axis.numeric or column not in ct.columns or ct[column].nunique() < 2:
         return None
-    others = [c for c in condition_columns(res) if c != column]
+    lined = "adaptation" if "adaptation" in ct.columns and ct["adaptation"].nunique() > 1 else None
+    others = [c for c in condition_columns(res) if c not in (column, lined)]
     for c in others:
         ct = ct[[_is_default(c, v) for v in ct[c]]]
     recipe = res.recipes[0]
@@ -86,21 +86,27 @@ def axis_figure(res: StudyResults, column: str) -> bytes | None:
     datasets = [d for d in res.datasets if d in set(ct["dataset"])]
     if not datasets:
         return None
+    methods = list(dict.fromkeys(ct[lined])) if lined else [None]
     fig = _figure(3.3 * len(datasets), 3.0)
     axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
     for ax, d in zip(axes, datasets, strict=True):
         sd = ct[ct["dataset"] == d]
         for init in res.inits:
-            si = sd[sd["init"] == init].sort_values(column)
-            if si.empty:
-                continue
-            x = si[column].astype(float).to_numpy()
-            c = colour(res, init)
-            ax.plot(x, si["auroc"].astype(float), "o-", color=c, lw=1.4, ms=3.5, label=init)
-            lo, hi = si["lo"].astype(float).to_numpy(), si["hi"].astype(float).to_numpy()
-            ok = np.isfinite(lo) & np.isfinite(hi)
-            if ok.any():
-                ax.fill_between(x[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
+            for m, method in enumerate(methods):
+                si = sd[sd["init"] == init]
+                if method is not None:
+                    si = si[si[lined] == method]
+                si = si.assign(_x=si[column].astype(float)).sort_values("_x")
+                if len(si) < 1:
+                    continue
+                x = si["_x"].to_numpy()
+                c = colour(res, init)
+                ax.plot(x, si["auroc"].astype(float), marker="o", ls=LINESTYLES[m % len(LINESTYLES)],
+                        color=c, lw=1.4, ms=3.5, label=init + (f" ({method})" if lined else ""))
+                lo, hi = si["lo"].astype(float).to_numpy(), si["hi"].astype(float).to_numpy()
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any() and m == 0:
+                    ax.fill_between(x[ok], lo[ok], hi[ok], color=c, alpha=0.15, lw=0)
         if column == "label_fraction":
             ax.set_xscale("log")
         ticks = sorted(set(sd[column].astype(float)))
@@ -164,7 +170,8 @@ def ranking_table(res: StudyResults) -> Table | None:
             winner = order.iloc[0]["init"]
             same = DASH if is_default or base_winner is None else (
                 "same winner" if winner == base_winner else f"winner changes: {base_winner} -> {winner}")
-            name = (key["recipe"] + ", " if len(res.recipes) > 1 else "") + _condition_name(key, cols)
+            name = ((key["recipe"] + ", " if len(res.recipes) > 1 else "")
+                    + _condition_name(key, cols, res.axes))
             body.append([Cell(d), Cell(name, "mean" if is_default else ""), Cell(text),
                          Cell(same, "sigworse" if same.startswith("winner changes") else ""),
                          Cell(_winner_test(res, order))])
@@ -204,3 +211,62 @@ def recipe_table(res: StudyResults) -> Table | None:
                  ["dataset", "init", "recipes", "difference (CI)", "p"], rows,
                  ["Paired test on the same test patients and resamples (pooled over the seeds when there "
                   "are several); a difference above 0 favours the first recipe."])
+
+
+def adaptation_table(res: StudyResults) -> Table | None:
+    """Init x adaptation method per dataset (and recipe): the mean AUROC (pooled over the seeds,
+    all labels, no noise) with its CI, each method's paired test versus full fine-tuning of the
+    same init, and the init's best method."""
+    methods = res.axes.get("adaptation")
+    ct = condition_table(res)
+    if not methods or ct.empty or "adaptation" not in ct.columns:
+        return None
+    for c in condition_columns(res):
+        if c != "adaptation":
+            ct = ct[[_is_default(c, v) for v in ct[c]]]
+    tests = res.adaptation_tests
+    if tests is not None and len(tests):
+        tests = tests[tests["finding"] == MEAN]
+    body = []
+    for d in res.datasets:
+        for recipe in res.recipes:
+            sd = ct[(ct["dataset"] == d) & (ct["recipe"] == recipe)]
+            for init in res.inits:
+                si = sd[sd["init"] == init]
+                if si.empty:
+                    continue
+                cells, best = [], None
+                for m in methods:
+                    row = si[si["adaptation"] == m]
+                    if row.empty:
+                        cells.append(Cell(DASH, "muted"))
+                        continue
+                    r = row.iloc[0]
+                    text = fmt_auroc({"auroc": r["auroc"], "auroc_lo": r["lo"], "auroc_hi": r["hi"]})
+                    if best is None or float(r["auroc"]) > best[1]:
+                        best = (m, float(r["auroc"]))
+                    style = ""
+                    t = (tests[(tests["dataset"] == d) & (tests["recipe"] == recipe) & (tests["init"] == init)
+                               & (tests["adaptation_a"] == m)] if tests is not None and len(tests) else None)
+                    if t is not None and len(t) and isinstance(t.iloc[0].get("diff"), float):
+                        tr = t.iloc[0]
+                        p = tr.get("p")
+                        diff = fmt_diff({"diff_vs_reference": tr["diff"], "diff_lo": tr["diff_lo"],
+                                         "diff_hi": tr["diff_hi"]})
+                        text += f"; vs {tr['adaptation_b']} {diff}, p {fmt_p(p) or NA}"
+                        if p is not None and math.isfinite(float(p)) and float(p) < res.alpha:
+                            style = "sig" if float(tr["diff"]) > 0 else "sigworse"
+                    cells.append(Cell(text, style))
+                head = [Cell(d)] + ([Cell(recipe)] if len(res.recipes) > 1 else []) + [Cell(init)]
+                body.append(head + cells + [Cell(best[0] if best else DASH, "mean")])
+    if not body:
+        return None
+    header = ["dataset", *(["recipe"] if len(res.recipes) > 1 else []), "init",
+              *(BY_COLUMN["adaptation"].text(m).replace("adaptation ", "") for m in methods), "best method"]
+    return Table("Adaptation methods: mean AUROC per initialization and method", header, body,
+                 ["Mean AUROC with its CI (pooled over the seeds where there are several; all labels, no "
+                  "label noise). Each method's paired test is against full fine-tuning of the same init "
+                  "(or its first method) on the same test patients and bootstrap resamples (two-level over "
+                  "seeds when pooled; unadjusted p). full: every weight fine-tuned; lora: low-rank adapters "
+                  "and head; linear: a head on the cached frozen embeddings; knn: cosine kNN on them (no "
+                  "training). A dash: the init was not run with that method."])

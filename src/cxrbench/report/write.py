@@ -183,17 +183,20 @@ def _robustness_section(res: StudyResults, html_parts: list[str], md_parts: list
     from cxrbench.report import robustness as R
 
     rank = R.ranking_table(res)
+    adapt = R.adaptation_table(res)
     figures = [(c, R.axis_figure(res, c)) for c in res.axes]
     recipes = R.recipe_table(res)
-    if rank is None and recipes is None and not any(png for _, png in figures):
+    if rank is None and recipes is None and adapt is None and not any(png for _, png in figures):
         return
     toc.append(("winner", "Does the winner hold?", 1))
     html_parts.append('<h2 id="winner">Does the winner hold?</h2>')
     md_parts.append("## Does the winner hold?\n")
-    html_parts.append(H.table_html(rank))
-    md_parts.append(M.table_md(rank, bold_best=False))
+    for t in (rank, adapt):
+        html_parts.append(H.table_html(t))
+        md_parts.append(M.table_md(t, bold_best=False))
     captions = {"label_fraction": "Label efficiency: mean AUROC against the share of training patients "
-                                  "with labels (log scale; nested, stratified subsets), CI bands.",
+                                  "with labels (log scale; nested, stratified subsets), CI bands; one "
+                                  "line style per adaptation method when there are several.",
                 "label_noise": "Label noise: mean AUROC against the share of training labels flipped, "
                                "CI bands."}
     for column, png in figures:

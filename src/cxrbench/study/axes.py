@@ -1,121 +1,73 @@
-"""Study axes: named lists of conditions that multiply the arms, handled one way everywhere.
-
-An :class:`Axis` is a study config field holding a list of values (``seeds``, ``preprocess``
-recipes, ``label_fractions``, ``label_noise``, ...). Every axis value becomes one segment of a
-run's step id and folder, and (for the training axes) one training option; the planner, the step
-keys, sharding, gathering, ``results.csv`` and the report all go through :data:`AXES`, so a new
-axis is one more entry here (and a TrainConfig field).
-
-Key stability: a *training* axis at its default value (the whole training split, no label noise)
-adds no id segment, no folder level and no hashed key (the TrainConfig field stays at its
-default), so the steps of a study made before the axis existed keep their ids and keys. ``recipe``
-and ``seed`` are always shown (they were part of every id from the start).
-"""
+"""The study's side of the axes (:mod:`cxrbench.common.axes`): the conditions a config (and an
+init arm's own ``adaptations``) multiplies the runs by."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cxrbench.common.axes import (  # noqa: F401  (re-exported: the study's imports of the axes)
+    ADAPTATION,
+    AXES,
+    CONDITION_AXES,
+    DEFAULT,
+    LABEL_FRACTION,
+    LABEL_NOISE,
+    RECIPE,
+    SEED,
+    Axis,
+    Condition,
+)
+
 if TYPE_CHECKING:
-    from cxrbench.study.config import StudyConfig
+    from cxrbench.study.config import InitSpec, StudyConfig
 
 
-@dataclass(frozen=True)
-class Axis:
-    """One axis of the study matrix.
+def adaptation_list(v: Any) -> list[str]:
+    """``lora`` or ``[full, lora]`` -> a list of known adaptation methods without repeats."""
+    from cxrbench.common.validation import closest
+    from cxrbench.train.config import ADAPTATIONS
 
-    Attributes:
-        field: the StudyConfig field listing the values (``label_fractions``).
-        column: the results.csv column of one value (``label_fraction``).
-        prefix: the id/folder segment of a value is ``prefix + str(value)`` (``f0.25``).
-        default: the value that changes nothing (None: the axis is always shown).
-        train_key: the TrainConfig field the value sets (None: not a training option).
-        label: how the report names the axis.
-    """
-
-    field: str
-    column: str
-    prefix: str
-    default: Any = None
-    train_key: str | None = None
-    label: str = ""
-
-    def segment(self, value: Any) -> str:
-        """``f0.25``, ``n0.2``, ``s3``: the id and folder segment of a value."""
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        return f"{self.prefix}{text}"
-
-    def shown(self, value: Any) -> bool:
-        """Whether the value gets an id segment (always, unless it is the axis default)."""
-        return self.default is None or value != self.default
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list | tuple) or not v or len(set(v)) != len(v):
+        raise ValueError("must be a non-empty list of adaptation methods without repeats")
+    for x in v:
+        if x not in ADAPTATIONS:
+            hint = closest(str(x), list(ADAPTATIONS))
+            raise ValueError(f"unknown adaptation {x!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                             + f"; known: {', '.join(ADAPTATIONS)}")
+    return list(v)
 
 
-RECIPE = Axis("preprocess", "recipe", "", label="recipe")
-SEED = Axis("seeds", "seed", "s", label="seed")
-LABEL_FRACTION = Axis("label_fractions", "label_fraction", "f", 1.0, "label_fraction", "label fraction")
-LABEL_NOISE = Axis("label_noise", "label_noise", "n", 0.0, "label_noise", "label noise")
-
-# The axes of a training condition, in id order (between the init label and the seed). The
-# adaptation axis of the adaptation-methods work plugs in here.
-CONDITION_AXES: tuple[Axis, ...] = (LABEL_FRACTION, LABEL_NOISE)
-AXES: tuple[Axis, ...] = (RECIPE, *CONDITION_AXES, SEED)
+def axis_values(cfg: StudyConfig, axis: Axis, spec: InitSpec | None = None) -> tuple[Any, ...]:
+    """The values of a condition axis for one init arm: the arm's own list when it sets one
+    (``adaptations`` of an init), else the study's."""
+    own = getattr(spec, axis.field, None) if spec is not None else None
+    return tuple(own) if own is not None else tuple(getattr(cfg, axis.field))
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One value per condition axis (the training settings a run differs in besides recipe and seed)."""
-
-    values: tuple[tuple[str, Any], ...]  # (axis column, value), in CONDITION_AXES order
-
-    @property
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.values)
-
-    @property
-    def is_default(self) -> bool:
-        return not self.segments
-
-    @property
-    def segments(self) -> tuple[str, ...]:
-        """The id/folder segments of the non-default values (``("f0.25",)``); () for the default."""
-        by_col = {a.column: a for a in CONDITION_AXES}
-        return tuple(by_col[c].segment(v) for c, v in self.values if by_col[c].shown(v))
-
-    @property
-    def path(self) -> str:
-        """``f0.25/n0.2/`` (empty for the default condition): inserted before the seed segment."""
-        return "".join(f"{s}/" for s in self.segments)
-
-    @property
-    def name(self) -> str:
-        """A readable name for the report: ``label fraction 0.25, label noise 0.2`` (or ``default``)."""
-        by_col = {a.column: a for a in CONDITION_AXES}
-        parts = [f"{by_col[c].label} {v:g}" if isinstance(v, float) else f"{by_col[c].label} {v}"
-                 for c, v in self.values if by_col[c].shown(v)]
-        return ", ".join(parts) or "all labels"
-
-    def train_overrides(self, seed: int) -> dict[str, Any]:
-        """The TrainConfig options of this condition (only the non-default ones, so keys of the
-        default condition never move); the label budget and noise are drawn from the run's seed."""
-        by_col = {a.column: a for a in CONDITION_AXES}
-        out = {by_col[c].train_key: v for c, v in self.values if by_col[c].shown(v) and by_col[c].train_key}
-        if "label_fraction" in out or "label_noise" in out:
-            out["label_seed"] = seed
-        return out
-
-
-DEFAULT = Condition(tuple((a.column, a.default) for a in CONDITION_AXES))
-
-
-def conditions(cfg: StudyConfig) -> list[Condition]:
-    """Every combination of the condition axes' values, default condition first."""
-    lists = [tuple(getattr(cfg, a.field)) for a in CONDITION_AXES]
+def conditions(cfg: StudyConfig, spec: InitSpec | None = None) -> list[Condition]:
+    """Every combination of the condition axes' values (of one init arm, or of the study when
+    ``spec`` is None: the union over its arms), default condition first."""
+    if spec is None:
+        seen = dict.fromkeys(c for s in cfg.inits.values() for c in conditions(cfg, s))
+        return sorted(seen, key=lambda c: (not c.is_default,))
+    lists = [axis_values(cfg, a, spec) for a in CONDITION_AXES]
     combos = [Condition(tuple(zip((a.column for a in CONDITION_AXES), vals, strict=True)))
               for vals in itertools.product(*lists)]
     return sorted(combos, key=lambda c: (not c.is_default,))
+
+
+def study_axes(cfg: StudyConfig) -> dict[str, list[Any]]:
+    """The condition axes with more than one value over the study's arms: column -> values, in
+    config order (``{"adaptation": ["full", "linear"]}``)."""
+    out = {}
+    for a in CONDITION_AXES:
+        values = list(dict.fromkeys(v for spec in cfg.inits.values() for v in axis_values(cfg, a, spec)))
+        if len(values) > 1:
+            out[a.column] = values
+    return out
 
 
 def axis_columns() -> list[str]:

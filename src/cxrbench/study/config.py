@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cxrbench.common.provenance import stable_hash
 from cxrbench.common.validation import closest
 from cxrbench.index.schema import VIEWS
+from cxrbench.study.axes import adaptation_list
 from cxrbench.study.layout import StudyLayout
 from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
 
@@ -186,6 +187,10 @@ class InitSpec(_Strict):
             "and fine-tuning runs; the findings target and source share when unset"
         ),
     )
+    adaptations: tuple[str, ...] | None = Field(
+        None, description="adaptation methods of this init (full, linear, lora, knn); the study's "
+        "adaptations when unset (e.g. [linear, knn] for a backbone too large to fine-tune)",
+        json_schema_extra=ADDED_LATER)
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
     recipe_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
@@ -216,6 +221,11 @@ class InitSpec(_Strict):
     def ssl_options(self) -> dict[str, Any]:
         """The ``cxrbench pretrain`` options of an ``ssl:`` arm (its pretrain section, data keys out)."""
         return {k: v for k, v in self.pretrain.items() if k not in SSL_DATA_KEYS}
+
+    @field_validator("adaptations", mode="before")
+    @classmethod
+    def _adaptations(cls, v: Any) -> Any:
+        return None if v is None else adaptation_list(v)
 
     @model_validator(mode="after")
     def _check(self) -> InitSpec:
@@ -301,6 +311,10 @@ class StudyConfig(_Strict):
     label_noise: tuple[float, ...] = Field(
         (0.0,), description="shares of known training labels flipped (symmetric); each run once per rate",
         json_schema_extra=ADDED_LATER)
+    adaptations: tuple[str, ...] = Field(
+        ("full",), description="adaptation methods: full (fine-tuning), linear (head on cached frozen "
+        "embeddings), lora (peft adapters), knn (on cached frozen embeddings); each run once per method",
+        json_schema_extra=ADDED_LATER)
     datasets: dict[str, DatasetSpec]
     preprocess: dict[str, RecipeSpec] = Field(default_factory=lambda: {"r224": RecipeSpec()})
     inits: dict[str, InitSpec]
@@ -343,6 +357,11 @@ class StudyConfig(_Strict):
         if not v or len(set(v)) != len(v) or any(not isinstance(s, int) or s < 0 for s in v):
             raise ValueError("must be a non-empty list of distinct non-negative integers")
         return v
+
+    @field_validator("adaptations", mode="before")
+    @classmethod
+    def _study_adaptations(cls, v: Any) -> Any:
+        return adaptation_list(v)
 
     @field_validator("label_fractions", "label_noise", mode="before")
     @classmethod
@@ -397,6 +416,13 @@ class StudyConfig(_Strict):
                 labelled, unlabeled = spec.ssl_datasets(list(self.datasets))
                 if not labelled and not unlabeled:
                     raise ValueError(f"inits.{label}.pretrain: no dataset to pretrain on")
+        for where, section in (("train", self.train),
+                               *((f"inits.{k}.{w}", sec) for k, v in self.inits.items()
+                                 for w, sec in (("train", v.train), *((f"recipe_train.{r}", t)
+                                                                     for r, t in v.recipe_train.items())))):
+            if "adaptation" in section:
+                raise ValueError(f"{where}.adaptation: the adaptation method is a study axis; list it in "
+                                 "'adaptations: [full, lora, ...]' (of the study or of an init)")
         c = self.comparisons
         if c.reference is not None and c.reference not in self.inits:
             raise ValueError(_unknown("comparisons.reference: init", c.reference, self.inits))

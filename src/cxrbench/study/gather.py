@@ -18,10 +18,16 @@ import pandas as pd
 from cxrbench.common.fileio import atomic_write_json, file_sha256
 from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
 from cxrbench.common.provenance import git_commit, now_iso, package_versions
-from cxrbench.report.results import MEAN, StudyResults, adjust_main_family
-from cxrbench.study.axes import CONDITION_AXES
+from cxrbench.report.results import MEAN, StudyResults, adjust_main_family, default_mask
+from cxrbench.study.axes import CONDITION_AXES, study_axes
 from cxrbench.study.gather_analysis import gather_analyses
-from cxrbench.study.gather_compare import CONDITION_COLUMNS, apply_comparisons, pooled_rows, recipe_tests
+from cxrbench.study.gather_compare import (
+    CONDITION_COLUMNS,
+    adaptation_tests,
+    apply_comparisons,
+    pooled_rows,
+    recipe_tests,
+)
 from cxrbench.study.protocol import read_protocol
 from cxrbench.study.steps import Plan
 
@@ -351,10 +357,11 @@ def gather_results(plan: Plan) -> StudyResults:
     if len(table):  # the first seed's mean AUROC in the default condition: the gallery's init
         mask = (table["finding"] == MEAN) & (table["seed"].astype(str) == str(cfg.seeds[0]))
         for a in CONDITION_AXES:
-            mask &= table[a.column].astype(float) == float(a.default)
+            mask &= default_mask(table[a.column], a.column)
         firsts = table[mask]
     analyses = gather_analyses(plan, firsts[["dataset", "init", "auroc"]] if len(firsts) else None)
     used_recipes = [r for r in cfg.preprocess if len(table) and r in set(table["recipe"])]
+    multi_adaptation = len(table) and table["adaptation"].nunique() > 1
     return StudyResults(
         name=cfg.name,
         title=cfg.title,
@@ -370,9 +377,9 @@ def gather_results(plan: Plan) -> StudyResults:
         table=table,
         pairs=pairs["pairs"],
         recipe_tests=recipe_tests(plan) if len(used_recipes) > 1 else pd.DataFrame(),
+        adaptation_tests=adaptation_tests(plan) if multi_adaptation else pd.DataFrame(),
         analyses=analyses,
-        axes={a.column: list(getattr(cfg, a.field)) for a in CONDITION_AXES
-              if len(getattr(cfg, a.field)) > 1},
+        axes=study_axes(cfg),
         roc=roc,
         curves=pd.DataFrame(curves),
         external=pd.DataFrame(ext_rows),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.common.axes import is_default
 from cxrbench.common.layout import POOLED_FILE
 from cxrbench.study.axes import CONDITION_AXES
 from cxrbench.study.steps import Plan
@@ -121,41 +122,68 @@ def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFr
     return table, pd.DataFrame(pair_rows)
 
 
-def recipe_tests(plan: Plan) -> pd.DataFrame:
-    """With two or more preprocessing recipes: per dataset and init (default condition), every
-    recipe against the first one on the same test images, pooled over the seeds (two-level
-    bootstrap when there are several): ``dataset, init, recipe_a, recipe_b, finding, diff, diff_lo,
-    diff_hi, p, p_adjusted, n_seeds``."""
+def _tests_across(plan: Plan, groups: dict[tuple[str, str, str], dict[str, list[str]]], order: list[str],
+                  ref_of: Any) -> list[dict[str, Any]]:
+    """Paired tests between the arms of each group on the same test images, pooled over the seeds
+    (two-level bootstrap when there are several). ``groups``: (dataset, recipe, init) -> arm value
+    -> run folders (in seed order); ``order``: the arm values in config order; ``ref_of(arms)``: the
+    reference arm of a group. Rows: ``dataset, recipe, init, arm_a, arm_b, finding, diff, ...``."""
     from cxrbench.common.layout import predictions_path
     from cxrbench.evaluate.pooled import compare_arms
     from cxrbench.evaluate.predictions import read_predictions
 
-    cfg = plan.study.config
-    ev = cfg.evaluation
-    evals = [s for s in plan.of_kind("eval") if s.status == "done" and s.params.condition.is_default]
+    ev = plan.study.config.evaluation
     rows: list[dict[str, Any]] = []
-    for name in cfg.datasets:
-        for label in cfg.inits:
-            runs: dict[str, list[str]] = {}
-            for s in sorted(evals, key=lambda s: s.params.seed):
-                if s.params.dataset == name and s.params.label == label:
-                    runs.setdefault(s.params.recipe, []).append(s.params.run)
-            recipes = [r for r in cfg.preprocess if r in runs]
-            if len(recipes) < 2 or len({len(v) for v in runs.values()}) != 1:
-                continue
-            frames = {r: [read_predictions(predictions_path(run, ev.split)) for run in runs[r]]
-                      for r in recipes}
-            try:
-                table = compare_arms(frames, recipes[0], n_resamples=max(1, ev.bootstrap), seed=ev.seed,
-                                     cluster=ev.cluster, alternative="two-sided", ci_level=ev.ci)
-            except Exception as e:  # e.g. caches of other images: say so, never stop the report
-                rows.append({"dataset": name, "init": label, "recipe_a": "", "recipe_b": recipes[0],
-                             "finding": "mean", "note": f"not compared: {e}"})
-                continue
-            for r in table.to_dict(orient="records"):
-                rows.append({"dataset": name, "init": label, "recipe_a": r["model_a"],
-                             "recipe_b": r["model_b"], "finding": r["finding"], "diff": _num(r.get("diff")),
-                             "diff_lo": _num(r.get("diff_lo")), "diff_hi": _num(r.get("diff_hi")),
-                             "p": _num(r.get("p_bootstrap")), "p_adjusted": _num(r.get("p_adjusted")),
-                             "n_seeds": r.get("n_seeds_a")})
-    return pd.DataFrame(rows)
+    for (name, recipe, label), runs in groups.items():
+        arms = [a for a in order if a in runs]
+        if len(arms) < 2 or len({len(v) for v in runs.values()}) != 1:
+            continue
+        ref = ref_of(arms)
+        arms = [ref, *(a for a in arms if a != ref)]
+        base = {"dataset": name, "recipe": recipe, "init": label}
+        try:
+            frames = {a: [read_predictions(predictions_path(run, ev.split)) for run in runs[a]] for a in arms}
+            table = compare_arms(frames, ref, n_resamples=max(1, ev.bootstrap), seed=ev.seed,
+                                 cluster=ev.cluster, alternative="two-sided", ci_level=ev.ci)
+        except Exception as e:  # e.g. caches of other images: say so, never stop the report
+            rows.append({**base, "arm_a": "", "arm_b": ref, "finding": "mean", "note": f"not compared: {e}"})
+            continue
+        for r in table.to_dict(orient="records"):
+            rows.append({**base, "arm_a": r["model_a"], "arm_b": r["model_b"], "finding": r["finding"],
+                         "diff": _num(r.get("diff")), "diff_lo": _num(r.get("diff_lo")),
+                         "diff_hi": _num(r.get("diff_hi")), "p": _num(r.get("p_bootstrap")),
+                         "p_adjusted": _num(r.get("p_adjusted")), "n_seeds": r.get("n_seeds_a")})
+    return rows
+
+
+def recipe_tests(plan: Plan) -> pd.DataFrame:
+    """With two or more preprocessing recipes: per dataset and init (default condition), every
+    recipe against the first one on the same test images, pooled over the seeds: ``dataset, init,
+    recipe_a, recipe_b, finding, diff, diff_lo, diff_hi, p, p_adjusted, n_seeds``."""
+    cfg = plan.study.config
+    groups: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    for s in sorted(plan.of_kind("eval"), key=lambda s: s.params.seed):
+        if s.status == "done" and s.params.condition.is_default:
+            groups.setdefault((s.params.dataset, "", s.params.label), {}).setdefault(
+                s.params.recipe, []).append(s.params.run)
+    rows = _tests_across(plan, groups, list(cfg.preprocess), lambda arms: arms[0])
+    out = pd.DataFrame(rows).rename(columns={"arm_a": "recipe_a", "arm_b": "recipe_b"})
+    return out.drop(columns=["recipe"]) if "recipe" in out.columns else out
+
+
+def adaptation_tests(plan: Plan) -> pd.DataFrame:
+    """With two or more adaptation methods: per dataset, recipe and init (all labels, no noise),
+    every method against full fine-tuning (or the init's first method) on the same test images,
+    pooled over the seeds: ``dataset, recipe, init, adaptation_a, adaptation_b, finding, diff, ...``."""
+    cfg = plan.study.config
+    groups: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    for s in sorted(plan.of_kind("eval"), key=lambda s: s.params.seed):
+        values = s.params.condition.as_dict
+        if s.status != "done" or any(not is_default(c, v) for c, v in values.items() if c != "adaptation"):
+            continue
+        groups.setdefault((s.params.dataset, s.params.recipe, s.params.label), {}).setdefault(
+            values["adaptation"], []).append(s.params.run)
+    order = list(dict.fromkeys([*cfg.adaptations,
+                                *(a for i in cfg.inits.values() for a in i.adaptations or ())]))
+    rows = _tests_across(plan, groups, order, lambda arms: "full" if "full" in arms else arms[0])
+    return pd.DataFrame(rows).rename(columns={"arm_a": "adaptation_a", "arm_b": "adaptation_b"})

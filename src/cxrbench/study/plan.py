@@ -147,7 +147,7 @@ def _dataset_steps(b: _Builder, name: str) -> None:
 
 
 def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
-    """For one init arm: per recipe, dataset, condition (label budget, noise, ...) and seed, (its
+    """For one init arm: per recipe, dataset, condition (adaptation, label budget, noise) and seed, (its
     domain pretraining,) the run, its eval."""
     runs = []
     for r in b.cfg.recipes_for(label):
@@ -158,7 +158,7 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
             if spec.domain is not None and spec.domain == name:
                 b.notes.append(f"init {label} ({spec.init}) is not trained on its own source dataset {name}")
                 continue
-            for cond in conditions(b.cfg):
+            for cond in conditions(b.cfg, spec):
                 for seed in b.cfg.seeds:
                     runs.append(_run_steps(b, label, spec, r, name, seed, overrides, cond))
     return runs

@@ -30,7 +30,7 @@ from cxrbench.report.protocol import (
     RecipeFacts,
     RunFacts,
 )
-from cxrbench.study.axes import CONDITION_AXES
+from cxrbench.study.axes import study_axes
 from cxrbench.study.steps import Plan
 
 # Training settings quoted in the Methods text (config.yaml's train section; the rest is runtime).
@@ -112,7 +112,22 @@ def run_facts(run_dir: Path, dataset: str, label: str) -> RunFacts | None:
         settings=settings,
         best_epoch=best.get("epoch"),
         epochs_run=max((int(e) for e in epochs if e is not None), default=None),
+        adaptation=_adaptation_facts(train, best),
     )
+
+
+def _adaptation_facts(train: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """``{"method": "lora", "lora_rank": 8, ...}``: the run's adaptation and its own options (kNN:
+    the k and temperature chosen on validation, from best.json)."""
+    from cxrbench.train.config import ADAPTATION_OPTIONS
+
+    method = str(best.get("adaptation") or train.get("adaptation") or "full")
+    out: dict[str, Any] = {"method": method}
+    out.update({k: train.get(k) for k in ADAPTATION_OPTIONS.get(method, ()) if k in train})
+    knn = best.get("knn")
+    if method == "knn" and isinstance(knn, dict):
+        out.update({f"chosen_{k}": knn.get(k) for k in ("k", "temperature") if k in knn})
+    return out
 
 
 def ssl_sentence(run_dir: Path) -> str | None:
@@ -195,8 +210,7 @@ def read_protocol(plan: Plan) -> Protocol:
                         fdr=cfg.comparisons.fdr, alpha=cfg.comparisons.alpha,
                         method=cfg.comparisons.method),
                     seeds=tuple(cfg.seeds),
-                    axes={a.column: list(getattr(cfg, a.field)) for a in CONDITION_AXES
-                          if len(getattr(cfg, a.field)) > 1})
+                    axes=study_axes(cfg))
 
 
 def evaluation_facts(metrics: list[dict[str, Any]], split: str) -> EvaluationFacts | None:
