@@ -75,18 +75,19 @@ def mark_done(study, step) -> None:
 
 def test_study_2024_graph(tmp_path):
     plan = build_plan(study_2024(tmp_path / "s"))
-    kinds = {
-        k: len(plan.of_kind(k)) for k in ("index", "cache", "pretrain", "train", "eval", "compare", "report")
-    }
-    # 6 datasets x 3 inits minus MIMIC pretraining applied to MIMIC itself = 17 runs; one MIMIC pretraining
-    # run per distinct shared label set (cxr14 and padchest share theirs) = 4.
+    kinds = {k: len(plan.of_kind(k))
+             for k in ("index", "cache", "pretrain", "train", "eval", "compare", "pooled", "report")}
+    # 6 datasets x 3 inits minus MIMIC pretraining applied to MIMIC itself = 17 runs per seed, 3 seeds;
+    # one MIMIC pretraining run per distinct shared label set (cxr14 and padchest share theirs) and
+    # seed = 4 x 3; a comparison per dataset and seed, and one pooled over the seeds per dataset.
     assert kinds == {
         "index": 6,
         "cache": 6,
-        "pretrain": 4,
-        "train": 17,
-        "eval": 17,
-        "compare": 6,
+        "pretrain": 12,
+        "train": 51,
+        "eval": 51,
+        "compare": 18,
+        "pooled": 6,
         "report": 1,
     }
     assert "train/mimic/r224/mimic/s0" not in plan.by_id
@@ -303,3 +304,11 @@ def test_adaptations_are_an_axis_and_an_init_may_list_its_own(tmp_path):
 def test_adaptation_errors_name_the_key(tmp_path, changes, match):
     with pytest.raises(InputError, match=match):
         mini(tmp_path, **changes)
+
+
+def test_external_validation_scores_the_clean_models_unless_asked(tmp_path):
+    study = mini(tmp_path, label_noise=[0.0, 0.2], adaptations=["full", "knn"])
+    ids = {s.id for s in build_plan(study).of_kind("external")}
+    assert ids == {f"external/a-on-b/r224/{i}/{a}s0" for i in ("rand", "dom") for a in ("", "knn/")}
+    every = build_plan(mini(tmp_path, label_noise=[0.0, 0.2], external_conditions="all"))
+    assert "external/a-on-b/r224/rand/n0.2/s0" in {s.id for s in every.of_kind("external")}

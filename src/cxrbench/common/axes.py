@@ -115,6 +115,10 @@ class Condition:
     def is_default(self) -> bool:
         return not self.segments
 
+    def is_default_for(self, column: str) -> bool:
+        """Whether this condition's value of the axis ``column`` is its default."""
+        return is_default(column, self.as_dict.get(column))
+
     @property
     def segments(self) -> tuple[str, ...]:
         """The id/folder segments of the non-default values (``("f0.25",)``); () for the default."""

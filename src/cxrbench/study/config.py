@@ -322,6 +322,10 @@ class StudyConfig(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     comparisons: ComparisonSpec = ComparisonSpec()
     external: tuple[ExternalSpec, ...] | Literal["all"] = ()
+    external_conditions: Literal["clean", "all"] = Field(
+        "clean", description="models external validation scores: clean = trained on all labels without "
+        "noise (every adaptation method), all = every label budget and noise level too",
+        json_schema_extra=ADDED_LATER)
     prepare_workers: int | None = Field(None, ge=1, le=256, description="workers of the cache build")
     executor: ExecutorSpec = Field(ExecutorSpec(), description="where steps run (not hashed)")
     tracker: TrackerSpec | None = Field(None, description="experiment tracker of the runs (not hashed)")

@@ -289,6 +289,9 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
             p: TrainParams = t.params
             if p.dataset != a or (labels is not None and p.label not in labels):
                 continue
+            if b.cfg.external_conditions == "clean" and any(
+                    not p.condition.is_default_for(c) for c in ("label_fraction", "label_noise")):
+                continue  # budgets and noise are internal-test axes unless asked for
             b_findings = index_findings(study, target)
             a_unknown = p.findings is None and index_findings(study, a) is None
             deferred = t.deferred or b_findings is None or a_unknown
