@@ -251,8 +251,8 @@ def _adaptation_words(method: str, runs: list[RunFacts]) -> str:
         return "linear probing (a linear head on frozen-backbone embeddings computed once and cached)"
     if method == "knn":
         k, t = facts.get("chosen_k"), facts.get("chosen_temperature")
-        chosen = f", k {k} and temperature {t:g} chosen on validation" if k and isinstance(t, float) else (
-            ", k and temperature chosen on validation")
+        chosen = ", k and temperature chosen on the validation split of each run" + (
+            f" (e.g. k {k}, temperature {t:g})" if k and isinstance(t, float) else "")
         return ("kNN (cosine similarity on L2-normalized frozen embeddings, temperature-weighted votes of "
                 f"the nearest training images per finding{chosen})")
     return "full fine-tuning (every weight trained)"

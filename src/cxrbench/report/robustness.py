@@ -134,7 +134,7 @@ def _winner_test(res: StudyResults, order: pd.DataFrame) -> str:
         return ""
     pick = order.iloc[0] if order.iloc[0]["init"] != res.reference else (
         order.iloc[1] if len(order) > 1 else None)
-    if pick is None:
+    if pick is None or not _finite(pick.get("diff")):
         return ""
     mark = stars(pick["p"], res.alpha)
     return (f"{pick['init']} - {res.reference}: {fmt_diff(_diff(pick))}, p {fmt_p(pick['p']) or NA}"
@@ -150,6 +150,7 @@ def ranking_table(res: StudyResults) -> Table | None:
     cols = condition_columns(res)
     conds = [dict(zip(["recipe", *cols], k, strict=True))
              for k in ct[["recipe", *cols]].drop_duplicates().itertuples(index=False)]
+    conds.sort(key=lambda key: _config_order(res, key))
     if len(conds) < 2:
         return None
     default = {"recipe": res.recipes[0], **{c: CONDITION_DEFAULTS[c] for c in cols}}
@@ -170,6 +171,8 @@ def ranking_table(res: StudyResults) -> Table | None:
             winner = order.iloc[0]["init"]
             same = DASH if is_default or base_winner is None else (
                 "same winner" if winner == base_winner else f"winner changes: {base_winner} -> {winner}")
+            if len(order) < 2:  # one init ran in this condition: nothing is ranked
+                text, same = text + " (the only init)", DASH
             name = ((key["recipe"] + ", " if len(res.recipes) > 1 else "")
                     + _condition_name(key, cols, res.axes))
             body.append([Cell(d), Cell(name, "mean" if is_default else ""), Cell(text),
@@ -183,6 +186,25 @@ def ranking_table(res: StudyResults) -> Table | None:
     return Table("Does the winner hold? Ranking of the initializations per condition",
                  ["dataset", "condition", "ranking (mean AUROC)", "vs default condition", "winner's test"],
                  body, notes)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _config_order(res: StudyResults, key: dict[str, Any]) -> tuple:
+    """Sort key of a condition: recipe, then each axis value in config order (defaults first)."""
+    out: list[Any] = [res.recipes.index(key["recipe"]) if key["recipe"] in res.recipes else 99]
+    for c, v in key.items():
+        if c == "recipe":
+            continue
+        values = res.axes.get(c, [])
+        pos = next((i for i, x in enumerate(values) if BY_COLUMN[c].same(x, v)), len(values))
+        out.append((not _is_default(c, v), pos))
+    return tuple(out)
 
 
 def _diff(row: Any) -> dict[str, Any]:
