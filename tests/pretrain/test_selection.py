@@ -109,3 +109,24 @@ def test_unlabeled_caches_are_read_whole_minus_the_others_held_out_patients(tmp_
     df.loc[0, "patient_id"] = tdf.loc[tdf["split"] == "test", "patient_id"].iloc[0]
     write_index(df, source / "index.parquet", findings)
     assert select_images([target], unlabeled=[source]).n_images == 69
+
+
+def test_images_of_other_dataset_folders_are_never_duplicates(tmp_path, tiny_cache_factory):
+    import json
+
+    def from_folder(cache, root):
+        path = cache / "manifest.json"
+        doc = json.loads(path.read_text())
+        doc["source"] = {"index": str(cache / "index.parquet"), "root": str(root)}
+        path.write_text(json.dumps(doc))
+        return cache
+
+    # two phantom-like datasets of one format: the same image ids and patient ids, other folders
+    a = from_folder(tiny_cache_factory(tmp_path / "a", n_patients=50), tmp_path / "site-a")
+    b = from_folder(tiny_cache_factory(tmp_path / "b", n_patients=50, seed=3), tmp_path / "site-b")
+    sel = select_images([a], unlabeled=[b])
+    assert sel.dropped["duplicate_images"] == 0
+    # patients: the same ids under the same adapter count as possibly the same people (the safe side)
+    assert sel.n_images == 30 + 30 and sel.dropped["held_out_images"] == 20
+    again = from_folder(tiny_cache_factory(tmp_path / "a2", n_patients=50, seed=3), tmp_path / "site-a")
+    assert select_images([a, again]).dropped["duplicate_images"] == 30  # one release prepared twice

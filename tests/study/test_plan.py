@@ -312,3 +312,38 @@ def test_external_validation_scores_the_clean_models_unless_asked(tmp_path):
     assert ids == {f"external/a-on-b/r224/{i}/{a}s0" for i in ("rand", "dom") for a in ("", "knn/")}
     every = build_plan(mini(tmp_path, label_noise=[0.0, 0.2], external_conditions="all"))
     assert "external/a-on-b/r224/rand/n0.2/s0" in {s.id for s in every.of_kind("external")}
+
+
+def test_an_ssl_arm_is_not_fine_tuned_on_what_it_read_whole(tmp_path):
+    inits = {"rand": {"init": "random-vit-test"},
+             "ssl": {"init": "ssl:cxr", "base": "random-vit-test", "pretrain": {"unlabeled": ["src"]}}}
+    plan = build_plan(mini(tmp_path, inits=inits))
+    runs = {s.id for s in plan.of_kind("train")}
+    assert "train/a/r224/ssl/s0" in runs and "train/src/r224/ssl/s0" not in runs
+    assert "train/src/r224/rand/s0" in runs
+    assert any("ssl" in n and "src" in n and "unlabeled" in n for n in plan.notes)
+
+
+def test_a_condition_without_the_reference_compares_its_inits_pairwise(tmp_path):
+    inits = {"rand": {"init": "random-vit-test", "datasets": ["a"]},
+             "big": {"init": "random-vit-test", "datasets": ["a"], "adaptations": ["full", "linear"],
+                     "train": {"lr": 1e-3}},
+             "huge": {"init": "random-vit-test", "datasets": ["a"], "adaptations": ["linear"],
+                      "train": {"lr": 3e-3}}}
+    plan = build_plan(mini(tmp_path, inits=inits))
+    default, linear = plan["compare/a/r224/s0"], plan["compare/a/r224/linear/s0"]
+    assert default.config["reference"] == "rand" and not default.config["all_pairs"]
+    assert linear.config["reference"] is None and linear.config["all_pairs"]
+    assert set(linear.params.runs) == {"big", "huge"}
+    assert any("compared pairwise" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"label_fractions": [0]}, "neither a share"),
+    ({"label_fractions": [-2]}, "neither a share"),
+    ({"train": {"label_fraction": 0.5}}, "from its 'label_fractions' axis"),
+    ({"inits": {"rand": {"init": "random-vit-test", "train": {"label_noise": 0.1}}}}, "inits.rand.train"),
+])
+def test_label_axes_are_set_by_the_study_only(tmp_path, changes, match):
+    with pytest.raises(InputError, match=match):
+        mini(tmp_path, **changes)

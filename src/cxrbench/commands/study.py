@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from cxrbench.study.steps import KINDS
+
 HELP = """Run a whole study from one YAML config: datasets x recipes x initializations x seeds.
 
 The config (see docs/study.md and configs/study-2024.yaml) names the datasets, preprocessing
@@ -92,8 +94,7 @@ def register(app: typer.Typer) -> None:
         only: str = typer.Option(
             None,
             "--only",
-            help="Only these step kinds (and what they need), comma-"
-            "separated: index, cache, pretrain, train, eval, external, compare, pooled, report.",
+            help="Only these step kinds (and what they need), comma-separated: " + ", ".join(KINDS) + ".",
             show_default=False,
         ),
         keep_going: bool = typer.Option(
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from cxrbench.common.errors import InputError
         from cxrbench.common.validation import check_choice
-        from cxrbench.study.plan import KINDS, build_plan, parse_shard
+        from cxrbench.study.plan import build_plan, parse_shard
         from cxrbench.study.runner import describe_plan, run_study
         from cxrbench.study.runtime_config import EXECUTOR_KINDS
 

@@ -2,8 +2,11 @@
 
 The rule: only the **train** split of each given cache, minus every patient who is in a val or test
 split of any given cache or of any further index/cache passed as ``exclude`` (a study passes every
-dataset it evaluates on). Patients are compared by ``(dataset, patient_id)``. An image found in two
-caches (the same dataset prepared twice) is used once. Caches passed as ``unlabeled`` are the one
+dataset it evaluates on). Patients are compared by ``(dataset, patient_id)`` with ``dataset`` the
+adapter name: two datasets of one format whose patient ids coincide (e.g. phantoms, or two releases
+of one dataset in other folders) count as possibly the same patient, the safe side. An image found
+in two caches of the same dataset folder (one release prepared twice) is used once; images of
+different folders are never duplicates of each other. Caches passed as ``unlabeled`` are the one
 opt-out: data that is never evaluated on (e.g. a source hospital's archive) is used whole, every
 split, still minus the held-out patients of the others. The selection is recorded in the run folder
 (``pretrain_images.parquet``: dataset, image_id, patient_id, cache) with the SHA-256 of its sorted
@@ -114,6 +117,21 @@ def _read_ids(source: str | os.PathLike, where: str) -> pd.DataFrame:
     return df.astype({c: str for c in _ID_COLUMNS})
 
 
+def _origin(source: str | os.PathLike) -> str:
+    """The dataset folder a cache (its manifest) or an index (its report) was made from, or ''."""
+    from cxrbench.common.fileio import read_json
+    from cxrbench.common.layout import index_report_path
+
+    path = Path(source)
+    meta = path / CACHE_MANIFEST if path.is_dir() else index_report_path(path)
+    try:
+        doc = read_json(meta)
+    except Exception:  # no or unreadable record: duplicates fall back to the dataset name
+        return ""
+    root = (doc.get("source") or {}).get("root") if path.is_dir() else doc.get("root")
+    return str(Path(root).resolve()) if isinstance(root, str) and root else ""
+
+
 def _keys(df: pd.DataFrame) -> pd.Series:
     return df["dataset"] + "\x00" + df["patient_id"]
 
@@ -136,6 +154,7 @@ def select_images(
         open_cache(c)  # a complete cache, or one clear error
         df = _read_ids(c, where=str(c))
         df["source"] = k
+        df["origin"] = _origin(c) or df["dataset"]
         frames.append(df)
         if not whole[k]:
             held_out.update(_keys(df[df["split"].isin(HELD_OUT_SPLITS)]))
@@ -157,7 +176,7 @@ def select_images(
         dropped["held_out_images"] += int((~keep).sum())
         parts.append(rows[keep])
     table = pd.concat(parts, ignore_index=True)
-    dup = table.duplicated(subset=["dataset", "image_id"], keep="first")
+    dup = table.duplicated(subset=["dataset", "origin", "image_id"], keep="first")
     dropped["duplicate_images"] = int(dup.sum())
     table = table[~dup].reset_index(drop=True)
     if table.empty:

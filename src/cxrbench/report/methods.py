@@ -222,8 +222,12 @@ def design_paragraph(p: Protocol) -> str | None:
                      "initialization, so comparisons stay paired), with the seed-to-seed SD beside it")
     fr = p.axes.get("label_fraction")
     if fr:
-        shares = _join([f"{v:g}" if v <= 1 else f"{int(v)} patients" for v in fr])
-        parts.append(f"label budgets of {shares} of the training patients: nested subsets (each smaller one "
+        parts_fr = [f"{_join([f'{v:g}' for v in fr if v <= 1])} of the training patients"] if any(
+            v <= 1 for v in fr) else []
+        parts_fr += [f"{_join([str(int(v)) for v in fr if v > 1])} training patients"] if any(
+            v > 1 for v in fr) else []
+        shares = " and ".join(parts_fr)
+        parts.append(f"label budgets of {shares}: nested subsets (each smaller one "
                      "inside the larger), stratified by the patients' rarest positive finding, drawn per "
                      "seed; validation and test splits unchanged")
     nz = p.axes.get("label_noise")

@@ -62,7 +62,7 @@ def shortcut_table(
 
 
 def warning_lines(check: pd.DataFrame) -> list[str]:
-    """The check's warnings, one line each (shown under the table and in the report's summary)."""
+    """The check's warnings, one line each (shown under the shortcut table)."""
     if "warning" not in check.columns:
         return []
     return [f"Warning: {w}" for w in check["warning"] if isinstance(w, str) and w]

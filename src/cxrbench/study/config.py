@@ -378,7 +378,7 @@ class StudyConfig(_Strict):
                 raise ValueError(f"{x!r} is not a number")
             if info.field_name == "label_noise" and not 0 <= x < 1:
                 raise ValueError(f"{x} is not a share in [0, 1)")
-            if info.field_name == "label_fractions" and not (0 < x <= 1 or float(x).is_integer()):
+            if info.field_name == "label_fractions" and not (0 < x <= 1 or (x > 1 and float(x).is_integer())):
                 raise ValueError(f"{x} is neither a share in (0, 1] nor a whole patient count")
         return [float(x) for x in v]
 
@@ -427,6 +427,11 @@ class StudyConfig(_Strict):
             if "adaptation" in section:
                 raise ValueError(f"{where}.adaptation: the adaptation method is a study axis; list it in "
                                  "'adaptations: [full, lora, ...]' (of the study or of an init)")
+            for key, axis in (("label_fraction", "label_fractions"), ("label_noise", "label_noise"),
+                              ("label_seed", "seeds")):
+                if key in section:
+                    raise ValueError(f"{where}.{key}: set by the study from its '{axis}' axis (and the "
+                                     "run's seed); list the values there")
         c = self.comparisons
         if c.reference is not None and c.reference not in self.inits:
             raise ValueError(_unknown("comparisons.reference: init", c.reference, self.inits))

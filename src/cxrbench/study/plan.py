@@ -158,6 +158,10 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
             if spec.domain is not None and spec.domain == name:
                 b.notes.append(f"init {label} ({spec.init}) is not trained on its own source dataset {name}")
                 continue
+            if spec.ssl is not None and name in spec.ssl_datasets(list(b.cfg.datasets))[1]:
+                b.notes.append(f"init {label} ({spec.init}) is not trained on {name}, which its "
+                               "self-supervised pretraining read whole (unlabeled)")
+                continue
             for cond in conditions(b.cfg, spec):
                 for seed in b.cfg.seeds:
                     runs.append(_run_steps(b, label, spec, r, name, seed, overrides, cond))
@@ -327,9 +331,17 @@ def _compare_steps(b: _Builder) -> None:
                     if len(evals) < 2:
                         continue
                     runs = {s.params.label: s.params.run for s in evals}
+                    how = comp
+                    ref = comp["reference"]
+                    if ref is not None and ref not in runs and not comp["all_pairs"]:
+                        how = {**comp, "reference": None, "all_pairs": True}  # e.g. linear probes only
+                        note = (f"{cond.name}: {ref} has no run there, so its inits "
+                                "are compared pairwise")
+                        if note not in b.notes:
+                            b.notes.append(note)
                     b.add(Step(f"compare/{name}/{r}/{cond.path}s{seed}", "compare",
                                b.layout.compare_dir(name, r, seed, cond.path),
-                               {**comp, "evaluation": ev}, tuple(s.id for s in evals),
+                               {**how, "evaluation": ev}, tuple(s.id for s in evals),
                                complete=("comparison.json",), params=CompareParams(name, r, seed, runs, cond),
                                deferred=any(s.deferred for s in evals)))
 
