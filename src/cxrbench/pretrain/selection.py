@@ -43,8 +43,8 @@ class ImageSelection:
     ``caches`` are the sources, the ``unlabeled`` ones last (``whole[k]``: every split of source k is
     read). ``table`` has one row per image: ``source`` (position in ``caches``), ``position`` (the
     image's position among the rows read of that cache: its train split, or all rows when whole),
-    ``dataset``, ``image_id``, ``patient_id``. ``dropped`` counts images left out because the patient is
-    held out somewhere, or because the image came twice.
+    ``dataset``, ``image_id``, ``patient_id``, ``origin`` (the dataset folder). ``dropped`` counts
+    images left out because the patient is held out somewhere, or because the image came twice.
     """
 
     caches: tuple[str, ...]
@@ -77,7 +77,8 @@ class ImageSelection:
         """What config.yaml and best.json record about the pretraining data."""
         return {
             "images": self.n_images,
-            "patients": int(self.table[["dataset", "patient_id"]].drop_duplicates().shape[0]),
+            "patients": int(self.table[[c for c in ("dataset", "origin", "patient_id") if c in self.table]]
+                            .drop_duplicates().shape[0]),  # patients of other folders are other people
             "datasets": self.datasets,
             "per_dataset": {
                 str(k): int(v) for k, v in self.table["dataset"].value_counts().sort_index().items()
@@ -185,7 +186,7 @@ def select_images(
             where=", ".join(map(str, sources)),
             fix="check the caches and --exclude indexes",
         )
-    table = table[["source", "position", "dataset", "image_id", "patient_id"]]
+    table = table[["source", "position", "dataset", "image_id", "patient_id", "origin"]]
     return ImageSelection(
         caches=tuple(str(Path(c).resolve()) for c in sources),
         table=table,
