@@ -377,7 +377,8 @@ def test_a_study_runs_through_fake_slurm_with_ddp_and_a_requeue(
     path.write_text(yaml.safe_dump(cfg))
     study = load_study(path)
     result = cli_runner.invoke(app, ["study", "run", str(path), "--device", "cpu", "-q"])
-    assert result.exit_code == 0 and "6 job(s) submitted" in result.output, result.output
+    # phantom, index, cache, train, eval, shortcut (the metadata-only baseline), report
+    assert result.exit_code == 0 and "7 job(s) submitted" in result.output, result.output
     jobs = {r.step: r.job_id for r in read_records(study).values()}
     train_id = jobs["train/a/px32/rand/s0"]
     last = study.out / "runs/a/px32/rand/s0/checkpoints/last.pt"
@@ -402,4 +403,4 @@ def test_a_study_runs_through_fake_slurm_with_ddp_and_a_requeue(
     assert {r.status for r in study_status(study)} == {"done"}
     assert (study.out / "report" / "results.csv").is_file()
     again = submit_study(study, quiet=True)
-    assert not again.submitted and len(again.skipped) == 6  # nothing done is resubmitted
+    assert not again.submitted and len(again.skipped) == 7  # nothing done is resubmitted
