@@ -1,7 +1,7 @@
 import pytest
 
 from cxrbench.common.errors import InputError
-from cxrbench.train.config import RUNTIME_KEYS, TrainConfig, load_config_file
+from cxrbench.train.config import RUNTIME_KEYS, TrainConfig
 
 BASE = {"cache": "c", "init": "random-vit-test", "out": "r"}
 
@@ -74,25 +74,6 @@ def test_micro_batch_splits_the_global_batch():
 def test_to_dict_roundtrips():
     cfg = TrainConfig(**BASE, findings=["a"], betas=(0.8, 0.9))
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-
-
-def test_load_config_file(tmp_path):
-    run = tmp_path / "config.yaml"
-    run.write_text("train:\n  lr: 0.001\n  init: x\ncache:\n  path: /c\n")
-    assert load_config_file(run) == {"lr": 0.001, "init": "x"}
-    flat = tmp_path / "flat.yaml"
-    flat.write_text("epochs: 3\n")
-    assert load_config_file(flat) == {"epochs": 3}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("a: [1,\n")
-    with pytest.raises(InputError, match="invalid YAML"):
-        load_config_file(bad)
-    lst = tmp_path / "list.yaml"
-    lst.write_text("- 1\n")
-    with pytest.raises(InputError, match="not a mapping"):
-        load_config_file(lst)
-    with pytest.raises(InputError, match="not found"):
-        load_config_file(tmp_path / "nope.yaml")
 
 
 def test_compile_is_runtime_and_step_identity_is_stable():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 from cxrbench.common.errors import InputError
 
@@ -43,3 +44,24 @@ def check_columns(
             where=where,
             fix=fix or "check that this is the official file, unmodified",
         )
+
+
+def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
+    """The first error of a pydantic ``ValidationError`` on ``model`` (a BaseModel class) as one
+    InputError naming the key (without list positions: ``knn_k``, not ``knn_k.1``) and the fix;
+    ``command`` is the CLI command whose ``--help`` lists the keys."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "config"
+    if first.get("type") == "extra_forbidden":
+        hint = closest(key, model.model_fields)
+        fix = f"did you mean {hint!r}?" if hint else f"remove it; see `{command} --help` for the keys"
+        return InputError(f"unknown key {key!r}", where=where, fix=fix)
+    if first.get("type") == "missing":
+        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    field = model.model_fields.get(key)
+    desc = f"; {field.description}" if field is not None and field.description else ""
+    return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
+

@@ -69,3 +69,18 @@ def load_yaml(path: str | os.PathLike, what: str = "YAML file") -> tuple[Any, di
         raise InputError(f"invalid YAML ({getattr(e, 'problem', None) or e.__class__.__name__})", where=at,
                          fix="fix the YAML syntax (indentation, colons, quotes)") from None
     return data, key_lines(node)
+
+
+def load_config_section(path: str | os.PathLike, section: str, what: str) -> dict[str, Any]:
+    """The options of a config file: a run's ``config.yaml`` (its ``section``) or a flat mapping.
+
+    ``what`` names the file in errors (``"train config"``).
+    """
+    data, _ = load_yaml(Path(path), what)
+    data = data or {}
+    if not isinstance(data, dict):
+        raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
+    if section in data and isinstance(data[section], dict):
+        data = data[section]
+    return dict(data)
+

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import json_safe
-from cxrbench.common.validation import closest
+from cxrbench.common.validation import config_error
+from cxrbench.common.yamlio import load_config_section
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
@@ -213,7 +214,7 @@ class PretrainConfig(BaseModel):
         try:
             return cls(**data)
         except ValidationError as e:
-            raise _to_input_error(e, where) from None
+            raise config_error(e, PretrainConfig, where, "cxrbench pretrain") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples as lists)."""
@@ -274,9 +275,9 @@ class PretrainConfig(BaseModel):
         merged: dict[str, Any] = {}
         saved = Path(out) / RUN_CONFIG
         if saved.is_file() and not overwrite:
-            merged.update(load_config_file(saved))
+            merged.update(load_config_section(saved, SECTION, "pretrain config"))
         if config_file is not None:
-            merged.update(load_config_file(config_file))
+            merged.update(load_config_section(config_file, SECTION, "pretrain config"))
         merged.update({k: v for k, v in options.items() if v is not None and v != ()})
         merged["out"] = str(out)
         for key, flag in (("caches", "--cache"), ("init", "--init")):
@@ -287,40 +288,3 @@ class PretrainConfig(BaseModel):
                     fix=f"give {flag} (or point --out at an existing run to resume it)",
                 )
         return cls.from_dict(merged, where=where)
-
-
-def _to_input_error(err: ValidationError, where: str) -> InputError:
-    first = err.errors()[0]
-    key = str(first.get("loc", ("config",))[0]) if first.get("loc") else "config"
-    if first.get("type") == "extra_forbidden":
-        hint = closest(key, PretrainConfig.model_fields)
-        fix = f"did you mean {hint!r}?" if hint else "remove it; see `cxrbench pretrain --help` for the keys"
-        return InputError(f"unknown key {key!r}", where=where, fix=fix)
-    if first.get("type") == "missing":
-        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
-    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
-    given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    field = PretrainConfig.model_fields.get(key)
-    desc = f"; {field.description}" if field is not None and field.description else ""
-    return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML pretrain config: a run's ``config.yaml`` (its ``pretrain`` section) or a flat mapping."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("config file not found", where=str(path), fix="check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise InputError(
-            f"invalid YAML ({e.__class__.__name__})", where=str(path), fix="fix the YAML syntax"
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
-    if SECTION in data and isinstance(data[SECTION], dict):
-        data = data[SECTION]
-    return dict(data)

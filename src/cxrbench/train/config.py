@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import json_safe
-from cxrbench.common.validation import closest
+from cxrbench.common.validation import config_error
+from cxrbench.common.yamlio import load_config_section
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile",
@@ -221,7 +222,7 @@ class TrainConfig(BaseModel):
         try:
             return cls(**data)
         except ValidationError as e:
-            raise _to_input_error(e, where) from None
+            raise config_error(e, TrainConfig, where, "cxrbench train") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples as lists)."""
@@ -265,9 +266,9 @@ class TrainConfig(BaseModel):
         merged: dict[str, Any] = {}
         saved = Path(out) / RUN_CONFIG
         if saved.is_file() and not overwrite:
-            merged.update(load_config_file(saved))
+            merged.update(load_config_section(saved, "train", "train config"))
         if config_file is not None:
-            merged.update(load_config_file(config_file))
+            merged.update(load_config_section(config_file, "train", "train config"))
         merged.update({k: v for k, v in options.items() if v is not None})
         merged["out"] = str(out)
         for key in ("cache", "init"):
@@ -303,35 +304,3 @@ def _is_checkpoint(init: str) -> bool:
 
 def _defaults() -> dict[str, Any]:
     return TrainConfig(cache="-", init="-", out="-").to_dict()
-
-
-def _to_input_error(err: ValidationError, where: str) -> InputError:
-    first = err.errors()[0]
-    # the key without list positions (knn_k, not knn_k.1)
-    key = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "config"
-    if first.get("type") == "extra_forbidden":
-        hint = closest(key, TrainConfig.model_fields)
-        fix = f"did you mean {hint!r}?" if hint else "remove it; see `cxrbench train --help` for the keys"
-        return InputError(f"unknown key {key!r}", where=where, fix=fix)
-    if first.get("type") == "missing":
-        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
-    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
-    given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    field = TrainConfig.model_fields.get(key)
-    desc = f"; {field.description}" if field is not None and field.description else ""
-    return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML train config: either a run's ``config.yaml`` (its ``train`` section) or a flat mapping."""
-    from cxrbench.common.yamlio import load_yaml
-
-    path = Path(path)
-    data, _ = load_yaml(path, "train config")
-    data = data or {}
-    if not isinstance(data, dict):
-        raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
-    if "train" in data and isinstance(data["train"], dict):
-        data = data["train"]
-    return dict(data)
