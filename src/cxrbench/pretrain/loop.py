@@ -35,7 +35,7 @@ from cxrbench.common import distributed as dist_
 from cxrbench.common.errors import InputError, TrainingDiverged
 from cxrbench.common.layout import RUN_PRETRAIN_IMAGES
 from cxrbench.pretrain.config import PretrainConfig
-from cxrbench.train.checkpoint import LAST, capture_rng, load_last, restore_rng, save_best, save_last
+from cxrbench.train.checkpoint import LAST, capture_rng, load_last, resume_epoch, save_best, save_last
 from cxrbench.train.optim import unwrap
 from cxrbench.train.runlog import Rank0Writer
 
@@ -340,18 +340,10 @@ def _run(
         for epoch in range(progress["epoch"], cfg.epochs):
             progress["epoch"] = epoch
             first = progress["micro"]
-            sampler.set_epoch(epoch)
-            sampler.set_start(first * micro)
             student.train()
-            # creating a loader iterator draws from the global RNG (stochastic depth uses it too): a
-            # checkpoint taken at an epoch end was before that draw, one taken mid-epoch after it
-            if rng_state is not None and first == 0:
-                restore_rng(rng_state, {"augment": aug_gen})
-                rng_state = None
-            batches = iter(loader)
-            if rng_state is not None:
-                restore_rng(rng_state, {"augment": aug_gen})
-                rng_state = None
+            # the global RNG also drives stochastic depth: restored with the loader's draw in mind
+            batches = resume_epoch(loader, sampler, epoch, first, micro, rng_state, {"augment": aug_gen})
+            rng_state = None
             bar.epoch(epoch, cfg.epochs)
             for m in range(first, n_micro):
                 images = next(batches).to(device, non_blocking=True)

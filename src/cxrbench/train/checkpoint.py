@@ -83,6 +83,23 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         g.set_state(state["generators"][name])
 
 
+def resume_epoch(loader, sampler, epoch: int, first_micro: int, micro: int, rng_state: dict[str, Any] | None,
+                 generators: dict[str, torch.Generator]):
+    """The batch iterator of ``epoch`` from micro-step ``first_micro`` (``micro`` samples each), with a
+    checkpoint's RNG ``rng_state`` (None: a fresh start) restored on the right side of the draw that
+    creating a loader iterator makes from the global RNG: a checkpoint taken at an epoch end was
+    saved before that draw, one taken mid-epoch after it."""
+    sampler.set_epoch(epoch)
+    sampler.set_start(first_micro * micro)
+    if rng_state is not None and first_micro == 0:
+        restore_rng(rng_state, generators)
+        return iter(loader)
+    batches = iter(loader)
+    if rng_state is not None:
+        restore_rng(rng_state, generators)
+    return batches
+
+
 # --- best weights -----------------------------------------------------------------------------------
 
 def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from cxrbench.train.checkpoint import (
     LAST,
     capture_rng,
     load_last,
-    restore_rng,
+    resume_epoch,
     save_best,
     save_last,
 )
@@ -269,18 +269,9 @@ def _run(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrit
         for epoch in range(progress["epoch"], cfg.epochs):
             progress["epoch"] = epoch
             first = progress["micro"]
-            sampler.set_epoch(epoch)
-            sampler.set_start(first * micro)
             adaptation.set_mode(model)
-            # Creating a loader iterator draws from the global RNG. A checkpoint taken mid-epoch saved
-            # the RNG after that draw, one taken at an epoch end before it: restore on the same side.
-            if rng_state is not None and first == 0:
-                restore_rng(rng_state, {"augment": aug_gen})
-                rng_state = None
-            batches = iter(loader)
-            if rng_state is not None:
-                restore_rng(rng_state, {"augment": aug_gen})
-                rng_state = None
+            batches = resume_epoch(loader, sampler, epoch, first, micro, rng_state, {"augment": aug_gen})
+            rng_state = None
             bar.epoch(epoch, cfg.epochs)
             for m in range(first, n_micro):
                 images, labels = next(batches)
