@@ -189,6 +189,15 @@ def read_json(path: str | os.PathLike) -> Any:
                          fix="the file is damaged; regenerate it") from None
 
 
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """A JSON file's content, or None when it is missing, unreadable or invalid (outputs a study
+    gathers that may not exist yet; use :func:`read_json` where the file must be there)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, *, wait: bool = True,
               on_busy: Callable[[], None] | None = None) -> Iterator[None]:

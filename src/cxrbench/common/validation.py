@@ -65,3 +65,10 @@ def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
     desc = f"; {field.description}" if field is not None and field.description else ""
     return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
 
+
+def as_float(value: Any) -> float:
+    """``float(value)``, or NaN when it is None or not a number (values read back from JSON files)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

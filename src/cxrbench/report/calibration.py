@@ -12,8 +12,9 @@ import math
 
 import pandas as pd
 
+from cxrbench.common.validation import as_float
 from cxrbench.report.plots import _figure, _png
-from cxrbench.report.subgroups import _num, fmt_ci
+from cxrbench.report.subgroups import fmt_ci
 from cxrbench.report.tables import NA, Cell, Table
 
 
@@ -44,7 +45,7 @@ def calibration_table(df: pd.DataFrame, caption: str = "Calibration per finding"
 
 
 def _f(x, digits: int = 3) -> str:
-    v = _num(x)
+    v = as_float(x)
     return f"{v:.{digits}f}" if math.isfinite(v) else NA
 
 
@@ -110,12 +111,12 @@ def operating_table(df: pd.DataFrame, caption: str = "Operating points on extern
     ]
     rows = []
     for r in df.to_dict(orient="records"):
-        if not math.isfinite(_num(r.get("target_threshold"))):
+        if not math.isfinite(as_float(r.get("target_threshold"))):
             rows.append(
                 [Cell(str(r["finding"]))] + [Cell(NA, "muted")] * 6 + [Cell(str(r.get("note")), "muted")]
             )
             continue
-        loss = _num(r.get("youden_loss_lo"))
+        loss = as_float(r.get("youden_loss_lo"))
         rows.append(
             [
                 Cell(str(r["finding"])),

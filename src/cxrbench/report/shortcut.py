@@ -10,7 +10,8 @@ import math
 
 import pandas as pd
 
-from cxrbench.report.subgroups import _num, fmt_ci
+from cxrbench.common.validation import as_float
+from cxrbench.report.subgroups import fmt_ci
 from cxrbench.report.tables import NA, Cell, Table, fmt_p
 
 
@@ -23,7 +24,7 @@ def shortcut_table(
     rows = []
     for r in check.to_dict(orient="records"):
         mean = r["finding"] == "mean"
-        if not math.isfinite(_num(r.get("auroc_a"))):
+        if not math.isfinite(as_float(r.get("auroc_a"))):
             rows.append(
                 [
                     Cell(str(r["model_a"])),
@@ -42,8 +43,8 @@ def shortcut_table(
             [
                 Cell(str(r["model_a"])),
                 Cell(str(r["finding"]), "mean" if mean else ""),
-                Cell(f"{_num(r['auroc_a']):.3f}"),
-                Cell(f"{_num(r['auroc_b']):.3f}", "muted"),
+                Cell(f"{as_float(r['auroc_a']):.3f}"),
+                Cell(f"{as_float(r['auroc_b']):.3f}", "muted"),
                 Cell(
                     fmt_ci(r.get("diff"), r.get("diff_lo"), r.get("diff_hi"), signed=True),
                     "sig" if beats else "sigworse",

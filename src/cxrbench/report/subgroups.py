@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxrbench.common.validation import as_float
 from cxrbench.report.tables import DASH, NA, Cell, Table, fmt_p
 
 METRIC_LABELS = {
@@ -33,22 +34,14 @@ def frames(doc: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     )
 
 
-def _num(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-    return v
-
-
 def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3, signed: bool = False) -> str:
     """``0.842 (0.831–0.853)``, the value alone without a CI, or n/a."""
-    v = _num(value)
+    v = as_float(value)
     if not math.isfinite(v):
         return NA
     spec = f"+.{digits}f" if signed else f".{digits}f"
     text = format(v, spec)
-    a, b = _num(lo), _num(hi)
+    a, b = as_float(lo), as_float(hi)
     return text if not (math.isfinite(a) and math.isfinite(b)) else f"{text} ({a:{spec}}{DASH}{b:{spec}})"
 
 
@@ -70,7 +63,7 @@ def subgroup_table(table: pd.DataFrame, finding: str, caption: str | None = None
     rows = []
     for r in sel.to_dict(orient="records"):
         style = "muted" if r.get("too_few") or r.get("subgroup") == "unknown" else ""
-        prev = _num(r.get("prevalence"))
+        prev = as_float(r.get("prevalence"))
         pos = (
             f"{int(r['n_positive'])} ({100 * prev:.1f}%)"
             if math.isfinite(prev)
@@ -107,7 +100,7 @@ def gap_table(
     header = ["finding", "variable", "highest", "lowest", f"{label} gap (CI)", "p", "p (Bonferroni)"]
     rows = []
     for r in sel.to_dict(orient="records"):
-        if not math.isfinite(_num(r.get("gap"))):
+        if not math.isfinite(as_float(r.get("gap"))):
             rows.append(
                 [
                     Cell(str(r["finding"])),
@@ -120,13 +113,13 @@ def gap_table(
                 ]
             )
             continue
-        sig = "sig" if _num(r.get("p_bonferroni")) < alpha else ""
+        sig = "sig" if as_float(r.get("p_bonferroni")) < alpha else ""
         rows.append(
             [
                 Cell(str(r["finding"])),
                 Cell(str(r["variable"])),
-                Cell(f"{r['high_group']} ({_num(r['high']):.3f})"),
-                Cell(f"{r['low_group']} ({_num(r['low']):.3f})"),
+                Cell(f"{r['high_group']} ({as_float(r['high']):.3f})"),
+                Cell(f"{r['low_group']} ({as_float(r['low']):.3f})"),
                 Cell(fmt_ci(r["gap"], r.get("gap_lo"), r.get("gap_hi")), sig, str(r.get("note") or "")),
                 Cell(fmt_p(r.get("p_value"))),
                 Cell(fmt_p(r.get("p_bonferroni")), sig),

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.fileio import atomic_write_json, file_sha256
+from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json_or_none
 from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
 from cxrbench.common.provenance import git_commit, now_iso, package_versions
+from cxrbench.common.validation import as_float
 from cxrbench.report.results import MEAN, StudyResults, adjust_main_family, default_mask
 from cxrbench.study.axes import CONDITION_AXES, study_axes
 from cxrbench.study.gather_analysis import gather_analyses
@@ -45,47 +46,33 @@ def _metric_rows(metrics: dict, keys: dict[str, Any]) -> list[dict[str, Any]]:
         row = {
             **keys,
             "finding": f,
-            "auroc": _num(a.get("value")),
-            "auroc_lo": _num(a.get("ci_low")),
-            "auroc_hi": _num(a.get("ci_high")),
-            "auroc_std": _num(a.get("std")),
+            "auroc": as_float(a.get("value")),
+            "auroc_lo": as_float(a.get("ci_low")),
+            "auroc_hi": as_float(a.get("ci_high")),
+            "auroc_std": as_float(a.get("std")),
             "n": entry.get("n"),
             "n_positive": entry.get("n_positive"),
-            "threshold": _num(entry.get("threshold")),
+            "threshold": as_float(entry.get("threshold")),
         }
         for t in _THRESHOLD_METRICS:
-            row[t] = _num((m.get(t) or {}).get("value"))
+            row[t] = as_float((m.get(t) or {}).get("value"))
         rows.append(row)
     macro = (metrics.get("macro") or {}).get("metrics") or {}
     a = macro.get("auroc") or {}
     mean = {
         **keys,
         "finding": MEAN,
-        "auroc": _num(a.get("value")),
-        "auroc_lo": _num(a.get("ci_low")),
-        "auroc_hi": _num(a.get("ci_high")),
-        "auroc_std": _num(a.get("std")),
+        "auroc": as_float(a.get("value")),
+        "auroc_lo": as_float(a.get("ci_low")),
+        "auroc_hi": as_float(a.get("ci_high")),
+        "auroc_std": as_float(a.get("std")),
         "n": metrics.get("n_images"),
         "n_findings": a.get("n_findings", len((metrics.get("macro") or {}).get("findings") or [])),
     }
     for t in _THRESHOLD_METRICS:
-        mean[t] = _num((macro.get(t) or {}).get("value"))
+        mean[t] = as_float((macro.get(t) or {}).get("value"))
     rows.append(mean)
     return rows
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _roc(pred: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -123,7 +110,7 @@ def _curves(run_dir: Path, keys: dict[str, Any]) -> list[dict[str, Any]]:
         if rec.get("kind") == "step" and rec.get("loss") is not None:
             losses.setdefault(int(rec["epoch"]), []).append(float(rec["loss"]))
         elif rec.get("kind") == "epoch":
-            epochs[int(rec["epoch"])] = _num(rec.get("val_mean_auroc"))
+            epochs[int(rec["epoch"])] = as_float(rec.get("val_mean_auroc"))
     return [
         {
             **keys,
@@ -178,7 +165,7 @@ class _HashCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data = _read(path) or {}
+        self.data = read_json_or_none(path) or {}
         self.dirty = False
 
     def sha(self, file: Path) -> str | None:
@@ -233,7 +220,7 @@ def gather_results(plan: Plan) -> StudyResults:
         if s.status != "done":
             missing.append(s.id)
             continue
-        metrics = _read(s.out / METRICS_FILE)
+        metrics = read_json_or_none(s.out / METRICS_FILE)
         if metrics is None:
             missing.append(s.id)
             continue
@@ -274,7 +261,7 @@ def gather_results(plan: Plan) -> StudyResults:
         if s.status != "done":
             missing.append(s.id)
             continue
-        m = _read(s.out / METRICS_FILE) or {}
+        m = read_json_or_none(s.out / METRICS_FILE) or {}
         a = ((m.get("macro") or {}).get("metrics") or {}).get("auroc") or {}
         p = s.params
         ext_rows.append(
@@ -286,9 +273,9 @@ def gather_results(plan: Plan) -> StudyResults:
                 "init": p.label,
                 **p.condition.as_dict,
                 "n_findings": len(p.findings or []),
-                "auroc": _num(a.get("value")),
-                "auroc_lo": _num(a.get("ci_low")),
-                "auroc_hi": _num(a.get("ci_high")),
+                "auroc": as_float(a.get("value")),
+                "auroc_lo": as_float(a.get("ci_low")),
+                "auroc_hi": as_float(a.get("ci_high")),
             }
         )
 

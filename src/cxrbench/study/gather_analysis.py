@@ -11,23 +11,16 @@ numbers go to ``results.csv``, the report tables show the first seed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cxrbench.common.errors import InputError
+from cxrbench.common.fileio import read_json_or_none
 from cxrbench.common.layout import CALIBRATION_FILE, OPERATING_FILE, SUBGROUPS_FILE, predictions_path
 from cxrbench.report.results import Analyses
 from cxrbench.study.steps import Plan
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _keyed(df: pd.DataFrame, keys: dict[str, Any]) -> pd.DataFrame:
@@ -51,21 +44,22 @@ def gather_analyses(plan: Plan, mean_auroc: pd.DataFrame | None = None, saliency
     for s in evals:
         p = s.params
         keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label}
-        sub = _read(s.out / SUBGROUPS_FILE)
+        sub = read_json_or_none(s.out / SUBGROUPS_FILE)
         if isinstance(sub, dict):
             table, gaps, under = frames(sub)
             parts["sub"].append(_keyed(table, keys))
             if p.seed == first_seed:
                 parts["gaps"].append(_keyed(gaps, keys))
                 parts["under"].append(_keyed(under, keys))
-        cal = _read(s.out / CALIBRATION_FILE)
+        cal = read_json_or_none(s.out / CALIBRATION_FILE)
         if isinstance(cal, dict):
             parts["cal"].append(_keyed(calibration_table(cal), keys))
             if p.seed == first_seed:
                 parts["rel"].append(_keyed(reliability_frame(cal), keys))
     for s in plan.of_kind("external"):
         p = s.params
-        doc = _read(s.out / OPERATING_FILE) if s.status == "done" and p.condition.is_default else None
+        done = s.status == "done" and p.condition.is_default
+        doc = read_json_or_none(s.out / OPERATING_FILE) if done else None
         if isinstance(doc, dict) and p.seed == first_seed:
             parts["op"].append(_keyed(pd.DataFrame(doc.get("rows") or []),
                                       {"train_dataset": p.train_dataset, "test_dataset": p.test_dataset,

@@ -8,15 +8,15 @@ axis is handled the same way. Pooled rows carry ``seed = "pooled"``.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cxrbench.common.axes import is_default
+from cxrbench.common.fileio import read_json_or_none
 from cxrbench.common.layout import POOLED_FILE
+from cxrbench.common.validation import as_float
 from cxrbench.study.axes import CONDITION_AXES
 from cxrbench.study.steps import Plan
 
@@ -25,29 +25,15 @@ CONDITION_COLUMNS = [a.column for a in CONDITION_AXES]
 DIFF_COLUMNS = ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong")
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def _split_rows(plan: Plan, rows: list[dict], keys: dict[str, Any], pcol: str, acol: str,
                 extra: dict[tuple, dict[str, float]], pair_rows: list[dict[str, Any]]) -> None:
     """Rows of one comparison file: versus the reference into ``extra``, other pairs into ``pair_rows``."""
     reference = plan.study.config.comparisons.reference
     cond = tuple(keys[c] for c in CONDITION_COLUMNS)
     for r in rows:
-        vals = {"diff_vs_reference": _num(r.get("diff")), "diff_lo": _num(r.get("diff_lo")),
-                "diff_hi": _num(r.get("diff_hi")), "p_vs_reference": _num(r.get(pcol)),
-                "p_adjusted": _num(r.get(acol)), "p_delong": _num(r.get("p_delong"))}
+        vals = {"diff_vs_reference": as_float(r.get("diff")), "diff_lo": as_float(r.get("diff_lo")),
+                "diff_hi": as_float(r.get("diff_hi")), "p_vs_reference": as_float(r.get(pcol)),
+                "p_adjusted": as_float(r.get(acol)), "p_delong": as_float(r.get("p_delong"))}
         if reference is not None and r.get("model_b") == reference:
             extra[(keys["dataset"], keys["recipe"], keys["seed"], cond, r["model_a"], r["finding"])] = vals
         else:
@@ -87,7 +73,7 @@ def apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> di
         if step.status != "done":
             missing.append(step.id)
             continue
-        doc = _read(step.out / "comparison.json") or {}
+        doc = read_json_or_none(step.out / "comparison.json") or {}
         p = step.params
         keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, **p.condition.as_dict}
         _split_rows(plan, doc.get("rows") or [], keys, pcol, acol, extra, pair_rows)
@@ -105,15 +91,16 @@ def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFr
         if step.status != "done":
             missing.append(step.id)
             continue
-        doc = _read(step.out / POOLED_FILE) or {}
+        doc = read_json_or_none(step.out / POOLED_FILE) or {}
         p = step.params
         keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": POOLED, **p.condition.as_dict}
         for m in doc.get("metrics") or []:
-            rows.append({**keys, "init": m["arm"], "finding": m["finding"], "auroc": _num(m.get("auroc")),
-                         "auroc_lo": _num(m.get("auroc_lo")), "auroc_hi": _num(m.get("auroc_hi")),
-                         "seed_sd": _num(m.get("seed_sd")), "n_seeds": m.get("n_seeds"),
-                         "ensemble_auroc": _num(m.get("ensemble_auroc")),
-                         "ensemble_lo": _num(m.get("ensemble_lo")), "ensemble_hi": _num(m.get("ensemble_hi")),
+            rows.append({**keys, "init": m["arm"], "finding": m["finding"], "auroc": as_float(m.get("auroc")),
+                         "auroc_lo": as_float(m.get("auroc_lo")), "auroc_hi": as_float(m.get("auroc_hi")),
+                         "seed_sd": as_float(m.get("seed_sd")), "n_seeds": m.get("n_seeds"),
+                         "ensemble_auroc": as_float(m.get("ensemble_auroc")),
+                         "ensemble_lo": as_float(m.get("ensemble_lo")),
+                         "ensemble_hi": as_float(m.get("ensemble_hi")),
                          "n": m.get("n"), "n_positive": m.get("n_positive")})
         _split_rows(plan, doc.get("comparisons") or [], keys, "p_bootstrap", "p_adjusted", extra, pair_rows)
     table = pd.DataFrame(rows)
@@ -150,9 +137,9 @@ def _tests_across(plan: Plan, groups: dict[tuple[str, str, str], dict[str, list[
             continue
         for r in table.to_dict(orient="records"):
             rows.append({**base, "arm_a": r["model_a"], "arm_b": r["model_b"], "finding": r["finding"],
-                         "diff": _num(r.get("diff")), "diff_lo": _num(r.get("diff_lo")),
-                         "diff_hi": _num(r.get("diff_hi")), "p": _num(r.get("p_bootstrap")),
-                         "p_adjusted": _num(r.get("p_adjusted")), "n_seeds": r.get("n_seeds_a")})
+                         "diff": as_float(r.get("diff")), "diff_lo": as_float(r.get("diff_lo")),
+                         "diff_hi": as_float(r.get("diff_hi")), "p": as_float(r.get("p_bootstrap")),
+                         "p_adjusted": as_float(r.get("p_adjusted")), "n_seeds": r.get("n_seeds_a")})
     return rows
 
 

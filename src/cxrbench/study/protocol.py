@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cxrbench.common.fileio import read_json_or_none
 from cxrbench.common.layout import (
     CACHE_MANIFEST,
     METRICS_FILE,
@@ -38,13 +39,6 @@ TRAIN_SETTINGS: tuple[str, ...] = (
     "epochs", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "schedule",
     "warmup_epochs", "layer_decay", "clip_grad", "pos_weight", "augment", "hflip", "rotate", "patience",
 )
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _yaml(path: Path) -> Any:
@@ -88,7 +82,7 @@ def dataset_facts(name: str, report: dict[str, Any]) -> DatasetFacts:
 
 def run_facts(run_dir: Path, dataset: str, label: str) -> RunFacts | None:
     """The Methods facts of one finished run folder (None when its files are not there)."""
-    config, best = _yaml(run_dir / RUN_CONFIG), _json(run_dir / RUN_BEST_META)
+    config, best = _yaml(run_dir / RUN_CONFIG), read_json_or_none(run_dir / RUN_BEST_META)
     if not isinstance(config, dict) or not isinstance(best, dict):
         return None
     train = config.get("train") or {}
@@ -133,7 +127,7 @@ def _adaptation_facts(train: dict[str, Any], best: dict[str, Any]) -> dict[str, 
 def ssl_sentence(run_dir: Path) -> str | None:
     """``3,200 images of 1,100 patients (train splits of a and b, every image of src)`` from a
     pretraining run's ``best.json``; None when the run is not there."""
-    meta = _json(run_dir / RUN_BEST_META)
+    meta = read_json_or_none(run_dir / RUN_BEST_META)
     pre = (meta or {}).get("pretraining") if isinstance(meta, dict) else None
     if not isinstance(pre, dict):
         return None
@@ -168,14 +162,14 @@ def read_protocol(plan: Plan) -> Protocol:
     layout = study.layout
     datasets = []
     for name in cfg.datasets:
-        report = _json(index_report_path(layout.index_file(name)))
+        report = read_json_or_none(index_report_path(layout.index_file(name)))
         if isinstance(report, dict):
             datasets.append(dataset_facts(name, report))
     recipes = []
     for name, spec in cfg.preprocess.items():
         seen: list[dict[str, Any]] = []
         for d in cfg.datasets:
-            manifest = _json(layout.cache_dir(d, name) / CACHE_MANIFEST)
+            manifest = read_json_or_none(layout.cache_dir(d, name) / CACHE_MANIFEST)
             if isinstance(manifest, dict) and isinstance(manifest.get("recipe"), dict):
                 seen.append({**manifest["recipe"], "dtype": manifest.get("dtype", "uint8")})
         if not seen:
@@ -200,7 +194,7 @@ def read_protocol(plan: Plan) -> Protocol:
                             self_supervised=ssl, condition=p.condition.as_dict)
         if facts is not None:
             runs.append(facts)
-        m = _json(s.out / METRICS_FILE)
+        m = read_json_or_none(s.out / METRICS_FILE)
         if isinstance(m, dict):
             metrics.append(m)
     return Protocol(datasets=datasets, recipes=recipes, runs=runs,
