@@ -16,15 +16,12 @@ among them: their content is checked by manifest hash and by the hash of the sel
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.fileio import json_safe
-from cxrbench.common.validation import config_error
-from cxrbench.common.yamlio import load_config_section
+from cxrbench.common.runconfig import RunConfig
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
@@ -51,10 +48,10 @@ _KEYED_V1: tuple[str, ...] = (
 )
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(RunConfig):
     """Everything ``cxrbench pretrain`` needs; immutable once built."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    SECTION: ClassVar[str] = SECTION
 
     # data, start, output
     caches: tuple[str, ...] = Field(description="prepared caches whose train splits are used (Contract 3)")
@@ -208,18 +205,6 @@ class PretrainConfig(BaseModel):
 
     # --- construction and comparison -------------------------------------------------------------
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "pretrain config") -> PretrainConfig:
-        """Validate ``data``; any unknown key or bad value raises one InputError naming the key."""
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise config_error(e, PretrainConfig, where, "cxrbench pretrain") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-able dict (tuples as lists)."""
-        return json_safe(self.model_dump())
-
     def identity(self) -> dict[str, Any]:
         """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
@@ -234,11 +219,6 @@ class PretrainConfig(BaseModel):
             if k not in _KEYED_V1 and k not in RUN_OWNED_KEYS and v != defaults.get(k):
                 out[k] = v
         return out
-
-    def differences(self, other: PretrainConfig) -> list[str]:
-        """Identity keys whose values differ, as ``key: saved X, given Y`` strings."""
-        a, b = self.identity(), other.identity()
-        return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
 
     def micro_batch(self, world_size: int = 1) -> int:
         """Images per process per micro-step; raises InputError when the batch does not divide."""
@@ -270,16 +250,8 @@ class PretrainConfig(BaseModel):
         with ``overwrite``), then from ``config_file``; the ``options`` given win; None = not given.
         A new run needs ``caches`` and ``init``.
         """
-        from cxrbench.common.layout import RUN_CONFIG
-
-        merged: dict[str, Any] = {}
-        saved = Path(out) / RUN_CONFIG
-        if saved.is_file() and not overwrite:
-            merged.update(load_config_section(saved, SECTION, "pretrain config"))
-        if config_file is not None:
-            merged.update(load_config_section(config_file, SECTION, "pretrain config"))
-        merged.update({k: v for k, v in options.items() if v is not None and v != ()})
-        merged["out"] = str(out)
+        merged = cls.merged_options(out, {k: v for k, v in options.items() if v is not None and v != ()},
+                                    config_file=config_file, overwrite=overwrite)
         for key, flag in (("caches", "--cache"), ("init", "--init")):
             if not merged.get(key):
                 raise InputError(

@@ -15,15 +15,12 @@ the study; :meth:`TrainConfig.step_identity` is what a study hashes into a train
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.fileio import json_safe
-from cxrbench.common.validation import config_error
-from cxrbench.common.yamlio import load_config_section
+from cxrbench.common.runconfig import RunConfig
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"cache", "out", "workers", "device", "log_every", "checkpoint_every", "deterministic", "compile",
@@ -62,14 +59,14 @@ ADAPTATION_OPTIONS: dict[str, tuple[str, ...]] = {
 study key) for every other adaptation, where they change nothing."""
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunConfig):
     """Everything ``cxrbench train`` needs; immutable once built.
 
     ``batch_size`` is the *global* batch: images per optimizer step over all processes and
     gradient-accumulation micro-steps, so results do not depend on the number of GPUs.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    SECTION: ClassVar[str] = "train"
 
     # what to train on, from what, into where
     cache: str = Field(description="prepared cache directory (Contract 3)")
@@ -216,18 +213,6 @@ class TrainConfig(BaseModel):
 
     # --- construction and comparison -------------------------------------------------------------
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
-        """Validate ``data``; any unknown key or bad value raises one InputError naming the key."""
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise config_error(e, TrainConfig, where, "cxrbench train") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-able dict (tuples as lists)."""
-        return json_safe(self.model_dump())
-
     def identity(self) -> dict[str, Any]:
         """The fields that define what a run computes: everything but :data:`RUNTIME_KEYS` and the
         options of adaptations other than this run's (:data:`ADAPTATION_OPTIONS`)."""
@@ -261,26 +246,13 @@ class TrainConfig(BaseModel):
         restarted with ``overwrite``), then from ``config_file``; the ``options`` given win. A new
         run needs ``cache`` and ``init``. Values equal to None count as not given.
         """
-        from cxrbench.common.layout import RUN_CONFIG
-
-        merged: dict[str, Any] = {}
-        saved = Path(out) / RUN_CONFIG
-        if saved.is_file() and not overwrite:
-            merged.update(load_config_section(saved, "train", "train config"))
-        if config_file is not None:
-            merged.update(load_config_section(config_file, "train", "train config"))
-        merged.update({k: v for k, v in options.items() if v is not None})
-        merged["out"] = str(out)
+        merged = cls.merged_options(out, {k: v for k, v in options.items() if v is not None},
+                                    config_file=config_file, overwrite=overwrite)
         for key in ("cache", "init"):
             if key not in merged:
                 raise InputError(f"--{key} is required for a new run", where=str(out),
                                  fix=f"give --{key} (or point --out at an existing run to resume it)")
         return cls.from_dict(merged, where=where)
-
-    def differences(self, other: TrainConfig) -> list[str]:
-        """Identity keys whose values differ, as ``key: saved X, given Y`` strings."""
-        a, b = self.identity(), other.identity()
-        return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
 
     def micro_batch(self, world_size: int = 1) -> int:
         """Images per process per micro-step; raises InputError when the batch does not divide."""
