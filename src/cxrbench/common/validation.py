@@ -31,6 +31,17 @@ def check_choice(name: str, value: str, allowed: Iterable[str], where: str | Non
     raise InputError(f"{name} got {value!r}, which is not allowed", where=where, fix=fix)
 
 
+def one_of(value: str, allowed: Iterable[str], what: str) -> str:
+    """``value`` when it is one of ``allowed``, else a ValueError (for pydantic validators) naming the
+    closest choice and every allowed one."""
+    allowed = [str(a) for a in allowed]
+    if value not in allowed:
+        hint = closest(str(value), allowed)
+        raise ValueError(f"unknown {what} {value!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                         + f"; allowed: {', '.join(allowed)}")
+    return value
+
+
 def check_columns(
     columns: Iterable[str], required: Iterable[str], where: str, fix: str | None = None
 ) -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from cxrbench.common.errors import InputError
 from cxrbench.models import safeload, store
-from cxrbench.models.resolve import ResolvedInit, _cfg_fields, resolve_init
+from cxrbench.models.arch import cfg_fields, timm_create
+from cxrbench.models.resolve import ResolvedInit, resolve_init
 
 if TYPE_CHECKING:
     from torch import nn
@@ -138,29 +139,6 @@ def _keep_rows(
     return tuple(kept)
 
 
-def _timm_create(arch: str, init: str, **kwargs: Any) -> nn.Module:
-    import timm
-
-    try:
-        return timm.create_model(arch, **kwargs)
-    except TypeError as e:
-        if "unexpected keyword" in str(e) or "got an unexpected" in str(e):
-            raise InputError(
-                f"timm model {arch!r} does not accept an option: {e}",
-                where=f"init {init}",
-                fix="remove that model option",
-            ) from None
-        raise
-    except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        detail = " ".join(str(e).split())[:400]
-        raise InputError(
-            f"the weights do not fit {arch!r}: {first[:200]} ({detail})",
-            where=f"init {init}",
-            fix="check that the file belongs to this architecture (for a checkpoint: 'arch' in its json)",
-        ) from None
-
-
 def create_model(
     init: str,
     num_classes: int,
@@ -222,7 +200,7 @@ def create_model(
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))  # CPU generator only; restored on exit
         if not r.pretrained:
-            model = _timm_create(r.arch, r.init, pretrained=False, num_classes=num_classes, **kwargs)
+            model = timm_create(r.arch, r.init, pretrained=False, num_classes=num_classes, **kwargs)
         else:
             if r.kind == "checkpoint":
                 location = store.WeightLocation(path=r.checkpoint, origin="checkpoint")  # type: ignore[arg-type]
@@ -288,7 +266,7 @@ def _load_pretrained(
     """Build with the file's own head size, load strictly through timm's filter, then put on a new head."""
     from timm.models import get_pretrained_cfg
 
-    cfg = {**_cfg_fields(get_pretrained_cfg(r.arch)), **r.cfg_overlay}
+    cfg = {**cfg_fields(get_pretrained_cfg(r.arch)), **r.cfg_overlay}
     classifier = cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     with safeload.as_safetensors(path) as st:
@@ -305,7 +283,7 @@ def _load_pretrained(
             "hf_hub_id": None,
             "url": None,
         }
-        model = _timm_create(
+        model = timm_create(
             r.arch, r.init, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=n_src, **kwargs
         )
         head_keys = [f"{c}.{p}" for c in classifier for p in ("weight", "bias") if f"{c}.{p}" in shapes]

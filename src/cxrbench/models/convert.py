@@ -241,7 +241,8 @@ def import_converted(spec, source: str | os.PathLike, force: bool = False) -> wt
     the configs beside it) into cxrbench's store, after a strict load into the timm model."""
     import torch
 
-    from cxrbench.models import build, safeload
+    from cxrbench.models import safeload
+    from cxrbench.models.arch import timm_create
 
     if spec.convert != "hf-dinov2":
         raise InputError(
@@ -267,7 +268,7 @@ def import_converted(spec, source: str | os.PathLike, force: bool = False) -> wt
             fix="add --force to replace them",
         )
     with torch.random.fork_rng(devices=[]):
-        model = build._timm_create(spec.timm_name, spec.name, pretrained=False, num_classes=0, **kwargs)
+        model = timm_create(spec.timm_name, spec.name, pretrained=False, num_classes=0, **kwargs)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
         raise InputError(

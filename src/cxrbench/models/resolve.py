@@ -30,6 +30,7 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import read_json
 from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.models import store as wt
+from cxrbench.models.arch import cfg_fields
 from cxrbench.models.convert import converted_record
 from cxrbench.models.registry import (
     IMAGENET_MEAN,
@@ -144,10 +145,6 @@ def _timm_cfg(name: str, where: str) -> Any:
     return cfg
 
 
-def _cfg_fields(cfg: Any) -> dict[str, Any]:
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
-
-
 def _size_from_cfg(cfg: Mapping[str, Any]) -> int:
     input_size = cfg.get("input_size") or (3, 224, 224)
     return int(input_size[-1])
@@ -186,7 +183,7 @@ def _from_spec(spec: InitSpec, init: str, kind: str) -> ResolvedInit:
 
 def _from_timm(name: str, init: str, kind: str) -> ResolvedInit:
     where = f"init {init}"
-    cfg = _cfg_fields(_timm_cfg(name, where))
+    cfg = cfg_fields(_timm_cfg(name, where))
     arch = name.split(".", 1)[0]
     tag = cfg.get("tag")
     full = f"{arch}.{tag}" if tag else arch
@@ -243,7 +240,7 @@ def _from_config_json(
     init: str, kind: str, config: Path, source: wt.WeightSource | None, checkpoint: Path | None
 ) -> ResolvedInit:
     arch, pcfg, model_args = _timm_config_json(config)
-    base = _cfg_fields(_timm_cfg(arch, f"init {init}"))
+    base = cfg_fields(_timm_cfg(arch, f"init {init}"))
     merged = {**base, **pcfg}
     overlay = {
         k: v for k, v in pcfg.items() if k not in {"url", "file", "hf_hub_id", "hf_hub_filename", "source"}

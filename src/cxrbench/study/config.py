@@ -17,14 +17,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxrbench.common.provenance import stable_hash
-from cxrbench.common.validation import closest
+from cxrbench.common.validation import closest, one_of
 from cxrbench.index.schema import VIEWS
+from cxrbench.index.sources import DATASETS
+from cxrbench.phantom.formats import FORMATS
 from cxrbench.study.axes import adaptation_list
 from cxrbench.study.layout import StudyLayout
 from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
+from cxrbench.study.sections import (
+    ADDED_LATER,
+    ComparisonSpec,
+    EvaluationSpec,
+    ExternalSpec,
+    RecipeSpec,
+    Strict,
+    stable_dump,
+)
 
-ADAPTERS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
-PHANTOM_FORMATS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "csv")
+ADAPTERS: tuple[str, ...] = DATASETS  # the index stage's source registry: a new source is known here at once
+PHANTOM_FORMATS: tuple[str, ...] = tuple(FORMATS)
 DOMAIN_PREFIX = "domain:"
 SSL_PREFIX = "ssl:"  # self-supervised pretraining (cxrbench pretrain) on the study's images first
 SSL_DATA_KEYS = ("datasets", "unlabeled")  # the pretrain keys of an ssl: arm that name datasets
@@ -32,43 +43,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RUNTIME_SECTIONS: tuple[str, ...] = ("executor", "tracker")  # never hashed
 
 
-# json_schema_extra of a field added after the study format was fixed: hashed only when not at its default
-ADDED_LATER = {"added_later": True}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def stable_dump(model: BaseModel) -> Any:
-    """``model.model_dump(mode="json")`` without the ADDED_LATER fields left at their default
-    (recursively): what hashes see, stable across cxrbench versions."""
-    out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name)
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if extra.get("added_later") and value == info.get_default(call_default_factory=True):
-            continue
-        out[name] = _dump_value(value)
-    return out
-
-
-def _dump_value(value: Any) -> Any:
-    from pydantic import TypeAdapter
-
-    if isinstance(value, BaseModel):
-        return stable_dump(value)
-    if isinstance(value, dict):
-        return {k: _dump_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_dump_value(v) for v in value]
-    return TypeAdapter(type(value)).dump_python(value, mode="json") if value is not None else None
-
-
-class PhantomSpec(_Strict):
+class PhantomSpec(Strict):
     """Generate this dataset with the phantom generator instead of reading a real one."""
 
-    format: Literal["nih", "chexpert", "mimic", "padchest", "vindr", "csv"] | None = Field(
+    format: str | None = Field(
         None, description="official layout to imitate; the dataset's adapter when unset"
     )
     patients: int = Field(200, ge=4, le=10_000_000, description="number of synthetic patients")
@@ -79,8 +57,13 @@ class PhantomSpec(_Strict):
         default_factory=dict, description="extra keyword arguments of phantom.generate"
     )
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str | None) -> str | None:
+        return None if v is None else one_of(v, PHANTOM_FORMATS, "phantom format")
 
-class DatasetSpec(_Strict):
+
+class DatasetSpec(Strict):
     """One dataset: where it is, how to read it, which labels and views to use, how to split it.
 
     ``labels``, ``uncertain``, ``views``, ``split_seed`` and ``options`` are the options of
@@ -88,7 +71,7 @@ class DatasetSpec(_Strict):
     ``split_mode``, ``split_fractions``, ``readers``, ``labeler``, ``labels_file``, ``mapping``...).
     """
 
-    adapter: Literal["nih", "chexpert", "mimic", "padchest", "vindr", "csv"]
+    adapter: str = Field(description="the dataset's source (`cxrbench index --dataset`)")
     root: str | None = Field(
         None, description="dataset folder (official layout); <out>/data/<name> for phantoms"
     )
@@ -99,6 +82,11 @@ class DatasetSpec(_Strict):
     findings: tuple[str, ...] | None = Field(None, description="train and evaluate on this subset only")
     options: dict[str, Any] = Field(default_factory=dict, description="further `cxrbench index` options")
     phantom: PhantomSpec | None = None
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str) -> str:
+        return one_of(v, ADAPTERS, "source")
 
     @field_validator("views", mode="before")
     @classmethod
@@ -149,24 +137,7 @@ class DatasetSpec(_Strict):
         return self
 
 
-class RecipeSpec(_Strict):
-    """Offline preprocessing of the image cache (``cxrbench prepare``)."""
-
-    size: int = Field(224, ge=16, le=4096, description="square side, px")
-    resize: Literal["stretch", "pad", "crop"] = "stretch"
-    equalize: bool = Field(True, description="histogram equalization")
-    resample: Literal["area", "pil-box"] | None = Field(
-        None, description="shrinking resampler: area (exact, the default for new caches) or pil-box (the "
-        "legacy one); set it to rebuild a cache made by the other one (hashed only when set)",
-        json_schema_extra=ADDED_LATER)
-
-    def step_config(self) -> dict[str, Any]:
-        """What a cache step hashes: the recipe, ``resample`` only when set (so the keys of studies
-        made before it existed do not move)."""
-        return stable_dump(self)
-
-
-class InitSpec(_Strict):
+class InitSpec(Strict):
     """One initialization arm of the study."""
 
     init: str = Field(
@@ -254,50 +225,7 @@ class InitSpec(_Strict):
         return self
 
 
-class EvaluationSpec(_Strict):
-    """How every run is evaluated (``cxrbench evaluate``)."""
-
-    split: Literal["test", "val"] = "test"
-    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="bootstrap resamples (0 = none)")
-    cluster: Literal["image", "patient"] = Field("patient", description="bootstrap sampling unit")
-    threshold: Literal["val", "test", "fixed"] = Field(
-        "val", description="where the Youden-J threshold is chosen; 'test' reproduces the reference code"
-    )
-    fixed_threshold: float = Field(0.5, gt=0, lt=1, description="with threshold: fixed")
-    ci: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
-    seed: int = Field(0, ge=0, description="bootstrap seed: the same resamples for every model (paired)")
-    batch_size: int = Field(64, ge=1, description="inference batch size")
-
-
-class ComparisonSpec(_Strict):
-    """Which pairs of initializations are tested, and how."""
-
-    reference: str | None = Field(None, description="compare every init against this one")
-    all_pairs: bool = Field(False, description="compare every pair of inits")
-    method: Literal["bootstrap", "delong"] = Field(
-        "bootstrap", description="p-value of the main table: paired bootstrap (the study's) or DeLong"
-    )
-    alternative: Literal["two-sided", "greater"] = Field(
-        "two-sided", description="'greater' = one-sided 'init better than reference' as the reference code"
-    )
-    fdr: Literal["bh", "none"] = Field("bh", description="Benjamini-Hochberg over the per-finding family")
-    alpha: float = Field(0.05, gt=0, lt=1)
-
-
-class ExternalSpec(_Strict):
-    """Models trained on ``train`` evaluated on the test split of each ``test`` dataset."""
-
-    train: str
-    test: tuple[str, ...]
-    inits: tuple[str, ...] | None = Field(None, description="init labels to validate; all when unset")
-
-    @field_validator("test", mode="before")
-    @classmethod
-    def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     """A whole study (see docs/study.md)."""
 
     name: str = Field(description="short name, used in folder names and the report title")

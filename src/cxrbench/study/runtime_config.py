@@ -7,12 +7,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from cxrbench.study.sections import Strict
 
 # --- where steps run and where runs are tracked (never part of a step key) ------------------------
 
@@ -43,7 +40,7 @@ def time_minutes(value: int | str) -> int:
     return (days or 0) * 1440 + h * 60 + mi + (1 if sec else 0)
 
 
-class ExecutorSpec(_Strict):
+class ExecutorSpec(Strict):
     """Where the steps run: ``local`` (inline, the default), ``slurm`` (one submitit job per step, with
     afterok dependencies) or ``submitit-local`` (one local subprocess per step through submitit).
 
@@ -92,7 +89,7 @@ class ExecutorSpec(_Strict):
         return self
 
 
-class TrackerSpec(_Strict):
+class TrackerSpec(Strict):
     """An experiment tracker every training run of the study logs to (runtime: not in any step key)."""
 
     kind: Literal["mlflow", "wandb"] = Field(description="mlflow (MLFLOW_TRACKING_URI) or wandb")

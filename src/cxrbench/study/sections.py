@@ -1,0 +1,103 @@
+"""The sections of a study config that describe a protocol rather than the matrix: preprocessing
+recipes, evaluation, comparisons and external validation (typed settings the executors receive),
+and the stable dump every study hash is computed from."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# json_schema_extra of a field added after the study format was fixed: hashed only when not at its default
+ADDED_LATER = {"added_later": True}
+
+
+class Strict(BaseModel):
+    """A frozen section that forbids unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def stable_dump(model: BaseModel) -> Any:
+    """``model.model_dump(mode="json")`` without the ADDED_LATER fields left at their default
+    (recursively): what hashes see, stable across cxrbench versions."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("added_later") and value == info.get_default(call_default_factory=True):
+            continue
+        out[name] = _dump_value(value)
+    return out
+
+
+def _dump_value(value: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    if isinstance(value, BaseModel):
+        return stable_dump(value)
+    if isinstance(value, dict):
+        return {k: _dump_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_dump_value(v) for v in value]
+    return TypeAdapter(type(value)).dump_python(value, mode="json") if value is not None else None
+
+
+class RecipeSpec(Strict):
+    """Offline preprocessing of the image cache (``cxrbench prepare``)."""
+
+    size: int = Field(224, ge=16, le=4096, description="square side, px")
+    resize: Literal["stretch", "pad", "crop"] = "stretch"
+    equalize: bool = Field(True, description="histogram equalization")
+    resample: Literal["area", "pil-box"] | None = Field(
+        None, description="shrinking resampler: area (exact, the default for new caches) or pil-box (the "
+        "legacy one); set it to rebuild a cache made by the other one (hashed only when set)",
+        json_schema_extra=ADDED_LATER)
+
+    def step_config(self) -> dict[str, Any]:
+        """What a cache step hashes: the recipe, ``resample`` only when set (so the keys of studies
+        made before it existed do not move)."""
+        return stable_dump(self)
+
+
+class EvaluationSpec(Strict):
+    """How every run is evaluated (``cxrbench evaluate``)."""
+
+    split: Literal["test", "val"] = "test"
+    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="bootstrap resamples (0 = none)")
+    cluster: Literal["image", "patient"] = Field("patient", description="bootstrap sampling unit")
+    threshold: Literal["val", "test", "fixed"] = Field(
+        "val", description="where the Youden-J threshold is chosen; 'test' reproduces the reference code"
+    )
+    fixed_threshold: float = Field(0.5, gt=0, lt=1, description="with threshold: fixed")
+    ci: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
+    seed: int = Field(0, ge=0, description="bootstrap seed: the same resamples for every model (paired)")
+    batch_size: int = Field(64, ge=1, description="inference batch size")
+
+
+class ComparisonSpec(Strict):
+    """Which pairs of initializations are tested, and how."""
+
+    reference: str | None = Field(None, description="compare every init against this one")
+    all_pairs: bool = Field(False, description="compare every pair of inits")
+    method: Literal["bootstrap", "delong"] = Field(
+        "bootstrap", description="p-value of the main table: paired bootstrap (the study's) or DeLong"
+    )
+    alternative: Literal["two-sided", "greater"] = Field(
+        "two-sided", description="'greater' = one-sided 'init better than reference' as the reference code"
+    )
+    fdr: Literal["bh", "none"] = Field("bh", description="Benjamini-Hochberg over the per-finding family")
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class ExternalSpec(Strict):
+    """Models trained on ``train`` evaluated on the test split of each ``test`` dataset."""
+
+    train: str
+    test: tuple[str, ...]
+    inits: tuple[str, ...] | None = Field(None, description="init labels to validate; all when unset")
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
