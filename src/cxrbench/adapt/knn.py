@@ -8,8 +8,9 @@ finding, so every finding gets k real votes), and the score is the weighted vote
 
 (DINO's weighted kNN, Caron et al. 2021, with one binary vote per finding), a number in [0, 1] used
 as the Contract-4 probability. The weights are computed as ``exp((s_j - s_1) / T)``, the same ratio
-without overflow at small T. k and T are chosen on the validation split by mean AUROC
-(:func:`choose`). Similarities are matrix products in torch, chunked so that one block of
+without overflow at small T. The ``knn`` adaptation method (:mod:`cxrbench.train.methods.knn`)
+chooses k and T on the validation split and keeps the bank in its run folder. Similarities are
+matrix products in torch, chunked so that one block of
 ``queries x bank`` stays within a memory budget (GPU when given one, CPU otherwise); findings
 that share the same known-label mask share one top-k pass. On CPUs with AMX (where bf16 products
 are several times faster), candidates come from a bf16 product and are rescored in fp32, with a
@@ -20,14 +21,11 @@ search, in about a third of the time.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from cxrbench.common.errors import InputError
 
 CPU_BUDGET = 1 << 25  # similarity entries per block (128 MB of float32)
 GPU_BUDGET = 1 << 28
@@ -203,64 +201,3 @@ def predict(queries: np.ndarray, bank: torch.Tensor, labels: np.ndarray, k: int,
     """kNN scores ``[Q, K]`` of raw query embeddings against a normalized bank and its labels."""
     nbs = neighbours(queries, bank, labels, k, device=device, budget=budget, prefilter=prefilter)
     return scores(nbs, labels, min(int(k), bank.shape[0]), temperature)
-
-
-def mean_auroc(y: np.ndarray, s: np.ndarray) -> tuple[float, list[float]]:
-    """Mean AUROC over the findings with both classes (NaN labels skipped), and per finding."""
-    from cxrbench.stats.metrics import auroc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a finding with one class: NaN, left out of the mean
-        per = [float(auroc(y[:, j], s[:, j])) for j in range(y.shape[1])]
-    finite = [v for v in per if np.isfinite(v)]
-    return (float(np.mean(finite)) if finite else float("nan")), per
-
-
-def choose(val: np.ndarray, val_labels: np.ndarray, bank: torch.Tensor, labels: np.ndarray,
-           ks: Sequence[int], temperatures: Sequence[float], *, device: torch.device | str = "cpu",
-           budget: int | None = None) -> tuple[int, float, list[dict]]:
-    """``(k, T, grid)``: the pair with the highest validation mean AUROC (ties: the smaller k, then
-    the smaller T) and every pair's figures (``k``, ``temperature``, ``val_mean_auroc``,
-    ``val_auroc``). The neighbours are found once, for the largest k."""
-    n = bank.shape[0]
-    ks = sorted({min(int(k), n) for k in ks})
-    if not ks or n == 0:
-        raise InputError("the kNN bank is empty", where="adaptation knn", fix="train on a cache with images")
-    nbs = neighbours(val, bank, labels, ks[-1], device=device, budget=budget)
-    grid, best = [], None
-    for k in ks:
-        for t in sorted(temperatures):
-            m, per = mean_auroc(val_labels, scores(nbs, labels, k, t))
-            grid.append({"k": k, "temperature": float(t), "val_mean_auroc": m, "val_auroc": per})
-            if np.isfinite(m) and (best is None or m > best[2]):
-                best = (k, float(t), m)
-    if best is None:
-        raise InputError("no finding has both classes in the val split, so k and T cannot be chosen",
-                         where="adaptation knn", fix="re-index with a larger validation split")
-    return best[0], best[1], grid
-
-
-def save_bank(path, embeddings: torch.Tensor, labels: np.ndarray, metadata: dict[str, str]) -> None:
-    """Write the bank (normalized ``embeddings`` [N, D], ``labels`` [N, K] with NaN) atomically."""
-    from safetensors.torch import save_file
-
-    from cxrbench.common.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        tensors = {"embeddings": embeddings.float().contiguous(),
-                   "labels": torch.tensor(np.ascontiguousarray(labels), dtype=torch.float32).contiguous()}
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_bank(path) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
-    """``(embeddings [N, D], labels [N, K], metadata)`` of a bank file (InputError when unreadable)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            emb, labels = f.get_tensor("embeddings"), f.get_tensor("labels")
-    except (SafetensorError, OSError) as e:
-        raise InputError(f"cannot read the kNN bank ({e})", where=str(path),
-                         fix="re-train the run (cxrbench train --adaptation knn --overwrite)") from None
-    return emb.float(), labels.numpy(), meta

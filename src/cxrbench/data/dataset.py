@@ -259,3 +259,28 @@ def _split_mask(index: pd.DataFrame, split: str | Sequence[str] | None, where: P
         keep |= hit
     return keep
 
+
+
+class ArrayDataset(Dataset):
+    """Images already in memory (uint8 ``[N, S, S]``, e.g. files decoded for ``cxrbench predict``) with
+    the batch interface of :class:`CacheDataset` (no labels: ``[B, 0]``), so a run scores them on the
+    same path as a cache split."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [N, S, S] images, got {images.dtype} {images.shape}")
+        self.images = images
+        self.findings: list[str] = []
+        self.cache_dir = None
+        self.size = int(images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, idx):  # sequence -> one batch (as CacheDataset)
+        return self.batch(idx)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``uint8 [B, S, S]`` and empty labels ``float32 [B, 0]`` for positions ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return torch.from_numpy(np.ascontiguousarray(self.images[idx])), torch.zeros((len(idx), 0))

@@ -1,22 +1,17 @@
 """The one prediction path: a trained run scored over a cache split (Contract-4 predictions).
 
-:func:`load_run_model` rebuilds a run's best model from ``best.safetensors`` + ``best.json`` alone
-(no pretrained download: the architecture is created empty and every weight is loaded);
-:func:`predict_split` scores one split of the run's cache, or of another cache over a subset of
-the run's findings (external validation), in the precision the run was trained in, and returns
-``image_id``, ``patient_id``, ``p_<finding>`` (sigmoid probabilities) and ``y_<finding>`` (labels,
-NaN = unknown). ``cxrbench evaluate``, ``cxrbench predict`` and the study all come through here.
-
-A kNN run (``adaptation: knn`` in ``best.json``) has no classifier: its ``best.safetensors`` is the
-frozen backbone and ``knn_bank.safetensors`` the normalized train embeddings and labels it votes
-with. :func:`predict_split` then embeds the split (reusing the embeddings stored beside the cache
-when they exist, :mod:`cxrbench.adapt.embeddings`) and scores it by kNN (:mod:`cxrbench.adapt.knn`)
-with the k and temperature chosen on validation; :func:`load_scorer` does the same for image files.
+Every kind of scoring comes through a run's adaptation method (:meth:`Method.scorer`, see
+:mod:`cxrbench.train.methods`): ``cxrbench evaluate``, ``cxrbench predict``, external validation and
+the study. The scorer rebuilds the run from ``best.safetensors`` + ``best.json`` alone (no pretrained
+download) and scores in the precision the run was trained and validated in, so thresholds chosen on
+its validation scores apply to every later score. :func:`predict_split` scores one split of the run's
+cache, or of another cache over a subset of the run's findings (external validation), and returns
+``image_id``, ``patient_id``, ``p_<finding>`` (probabilities) and ``y_<finding>`` (labels, NaN =
+unknown).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,43 +24,29 @@ from torch import nn
 
 from cxrbench.common.distributed import resolve_device
 from cxrbench.common.errors import InputError
-from cxrbench.common.layout import RUN_KNN_BANK
-from cxrbench.train.checkpoint import load_best, read_best_meta
+from cxrbench.train.checkpoint import read_best_meta
+from cxrbench.train.methods import method_of
+from cxrbench.train.methods.base import Scorer, load_run_network
 from cxrbench.train.runfolder import read_run_config
 
 
-def is_knn(meta: dict[str, Any]) -> bool:
-    """True for the ``best.json`` of a kNN run (``--adaptation knn``)."""
-    return meta.get("adaptation") == "knn"
+def run_scorer(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> Scorer:
+    """The scorer of a finished run (its method's), on ``device`` (default: automatic)."""
+    meta = read_best_meta(run_dir)
+    return method_of(meta).scorer(run_dir, meta, resolve_device(device))
 
 
 def load_run_model(run_dir: str | os.PathLike, device: str | torch.device | None = None,
                    ) -> tuple[nn.Module, dict[str, Any]]:
-    """The run's best model in eval mode on ``device`` (default CPU), and its ``best.json``."""
-    from cxrbench.models.build import create_model
-
-    run_dir = Path(run_dir)
-    weights, meta = load_best(run_dir)
-    if is_knn(meta):
-        raise InputError("a kNN run has no classifier model: it scores an image by its nearest training "
-                         f"images ({RUN_KNN_BANK})", where=str(run_dir),
+    """The run's best network in eval mode on ``device`` (default CPU), and its ``best.json``;
+    InputError for a run whose method has no classifier network (kNN)."""
+    meta = read_best_meta(run_dir)
+    method = method_of(meta)
+    if not method.has_classifier:
+        raise InputError(method.no_classifier(), where=str(run_dir),
                          fix="evaluate and predict score it as it is; for one exportable model train "
                              "--adaptation linear (a head on the same embeddings) or full")
-    # an empty model of the run's architecture (no download), then every weight from the run
-    model, _ = create_model(f"random-{meta['arch']}", len(meta["findings"]),
-                            image_size=int(meta["image_size"]), **(meta.get("model_kwargs") or {}))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise InputError(f"best.safetensors does not fit architecture {meta['arch']!r} (missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]})", where=str(run_dir),
-                         fix="the run was trained with another cxrbench/timm version; re-train it")
-    return model.to(resolve_device(device or "cpu")).eval(), meta
-
-
-def run_autocast(meta: dict[str, Any], device: torch.device) -> contextlib.AbstractContextManager | None:
-    """Autocast in the precision the run was trained and validated in (bf16/fp16 on CUDA), else None."""
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(meta.get("precision", "fp32"))
-    return torch.autocast(device.type, dtype=amp) if amp is not None and device.type == "cuda" else None
+    return load_run_network(run_dir, resolve_device(device or "cpu")), meta
 
 
 def predict_split(run_dir: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None,
@@ -79,15 +60,10 @@ def predict_split(run_dir: str | os.PathLike, split: str, cache_dir: str | os.Pa
     those). The cache must have been prepared with the run's recipe (size, resize, equalization),
     so the model sees the pixels it was trained on.
     """
-    from cxrbench.data.augment import BatchTransform
     from cxrbench.data.dataset import CacheDataset
-    from cxrbench.models.forward import predict_dataset
 
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
     meta = read_best_meta(run_dir)
-    knn_run = is_knn(meta)
-    model = None if knn_run else load_run_model(run_dir, dev)[0]
     wanted = list(meta["findings"]) if findings is None else list(findings)
     unknown = [f for f in wanted if f not in meta["findings"]]
     if unknown:
@@ -97,13 +73,8 @@ def predict_split(run_dir: str | os.PathLike, split: str, cache_dir: str | os.Pa
     cache_dir = Path(cache_dir) if cache_dir is not None else run_cache_dir(run_dir)
     ds = CacheDataset(cache_dir, split=split, findings=wanted)
     check_recipe(meta, ds.recipe, where=str(cache_dir))
-    tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
-    if knn_run:
-        probs = _knn_split(run_dir, meta, split, ds, tf, dev, batch_size, cols_idx)
-    else:
-        _, logits = predict_dataset(model, ds, tf, dev, batch_size=batch_size,
-                                    autocast=run_autocast(meta, dev))
-        probs = 1.0 / (1.0 + np.exp(-logits[:, cols_idx].astype(np.float64)))
+    scorer = method_of(meta).scorer(run_dir, meta, resolve_device(device))
+    probs = scorer.score(ds, batch_size=batch_size, split=split)[:, cols_idx]
     cols: dict[str, Any] = {"image_id": ds.image_ids.astype(str), "patient_id": ds.patient_ids.astype(str)}
     for k, f in enumerate(wanted):
         cols[f"p_{f}"] = probs[:, k].astype(np.float32)
@@ -135,90 +106,3 @@ def check_recipe(meta: dict[str, Any], recipe: dict[str, Any], where: str) -> No
                                  f"{trained.get('resize')} "
                                  f"{'--equalize' if trained.get('equalize') else '--no-equalize'} "
                                  f"--resample {trained.get('resample')}")
-
-
-def load_backbone(run_dir: str | os.PathLike, device: torch.device) -> nn.Module:
-    """A kNN run's frozen backbone (no head) in eval mode on ``device``."""
-    from cxrbench.models.build import create_model
-
-    weights, meta = load_best(run_dir)
-    model, _ = create_model(f"random-{meta['arch']}", 0, image_size=int(meta["image_size"]),
-                            **(meta.get("model_kwargs") or {}))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise InputError(f"best.safetensors does not fit architecture {meta['arch']!r} (missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]})", where=str(run_dir),
-                         fix="the run was trained with another cxrbench/timm version; re-train it")
-    return model.to(device).eval()
-
-
-def knn_bank(run_dir: str | os.PathLike, meta: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray, int, float]:
-    """``(normalized bank [N, D], labels [N, K], k, temperature)`` of a kNN run."""
-    from cxrbench.adapt.knn import load_bank
-
-    bank, labels, _ = load_bank(Path(run_dir) / RUN_KNN_BANK)
-    choice = meta.get("knn") or {}
-    if "k" not in choice or "temperature" not in choice or labels.shape[1] != len(meta["findings"]):
-        raise InputError("best.json and the kNN bank do not belong together", where=str(run_dir),
-                         fix="re-train the run with --overwrite")
-    return bank, labels, int(choice["k"]), float(choice["temperature"])
-
-
-def _embedding_precision(meta: dict[str, Any], device: torch.device) -> tuple[str, Any]:
-    """The run's embedding precision where the device can do it (bf16/fp16 on CUDA), else fp32."""
-    spec = (meta.get("embeddings") or {}).get("spec") or {}
-    wanted = str(spec.get("precision", "fp32"))
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(wanted)
-    if amp is None or device.type != "cuda":
-        return "fp32", None
-    return wanted, torch.autocast(device.type, dtype=amp)
-
-
-def _knn_split(run_dir: Path, meta: dict[str, Any], split: str, ds, tf, dev: torch.device, batch_size: int,
-               cols: list[int]) -> np.ndarray:
-    """kNN probabilities ``[N, len(cols)]`` of a cache split (embeddings stored beside that cache)."""
-    from dataclasses import replace
-
-    from cxrbench.adapt import knn
-    from cxrbench.adapt.embeddings import EmbeddingSpec, EmbeddingStore, split_embeddings
-    from cxrbench.adapt.features import extract_features
-
-    bank, labels, k, t = knn_bank(run_dir, meta)
-    spec_doc = (meta.get("embeddings") or {}).get("spec")
-    if not spec_doc:
-        raise InputError("best.json of the kNN run has no embeddings spec", where=str(run_dir),
-                         fix="re-train the run with this version of cxrbench")
-    precision, autocast = _embedding_precision(meta, dev)
-    store = EmbeddingStore(ds.cache_dir, replace(EmbeddingSpec.from_dict(spec_doc), precision=precision))
-
-    def compute() -> tuple[np.ndarray, int]:
-        return extract_features(load_backbone(run_dir, dev), ds, tf, dev, batch_size=batch_size,
-                                autocast=autocast)
-
-    values = split_embeddings(store, split, ds, compute).values
-    return knn.predict(values, bank, labels[:, cols], k, t, device=dev).astype(np.float64)
-
-
-class RunScorer:
-    """Probabilities ``[B, K]`` of a run for normalized image batches: sigmoid of the model's logits,
-    or a kNN run's votes (``.knn`` True; ``.model`` is then the backbone)."""
-
-    def __init__(self, run_dir: str | os.PathLike, device: torch.device) -> None:
-        self.meta = read_best_meta(run_dir)
-        self.device = device
-        self.knn = is_knn(self.meta)
-        if self.knn:
-            self.model = load_backbone(run_dir, device)
-            self.bank, self.labels, self.k, self.temperature = knn_bank(run_dir, self.meta)
-        else:
-            self.model, self.meta = load_run_model(run_dir, device)
-
-    @torch.no_grad()
-    def probs(self, x: torch.Tensor) -> np.ndarray:
-        if not self.knn:
-            return torch.sigmoid(self.model(x).float()).cpu().numpy()
-        from cxrbench.adapt.features import pooled_features
-        from cxrbench.adapt.knn import predict
-
-        feats = pooled_features(self.model, x).float().cpu().numpy()
-        return predict(feats, self.bank, self.labels, self.k, self.temperature, device=self.device)

@@ -115,17 +115,15 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     :func:`cxrbench.evaluate.saliency.saliency_maps` over the model's input) and ``saliency.json``
     listing them; the folder must be new, empty or a previous saliency folder.
     """
-    from cxrbench.common.distributed import resolve_device
-    from cxrbench.data.augment import BatchTransform
-    from cxrbench.evaluate.inference import RunScorer
+    from cxrbench.data.dataset import ArrayDataset
+    from cxrbench.evaluate.inference import run_scorer
 
     paths = expand_inputs(list(files))
     if not paths:
         raise InputError("no image files given", where="cxrbench predict",
                          fix="pass PNG/JPEG/DICOM files, folders or glob patterns")
-    dev = resolve_device(device)
-    scorer = RunScorer(run_dir, dev)
-    model, meta = scorer.model, scorer.meta
+    scorer = run_scorer(run_dir, device)
+    meta = scorer.meta
     findings = list(meta["findings"])
     recipe = meta.get("recipe")
     if not recipe:
@@ -133,15 +131,42 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
                          fix="re-train the run with this version of cxrbench")
     thresholds, _ = run_thresholds(run_dir, findings)
     if saliency_dir is not None:
-        from cxrbench.common.validation import check_choice
-        from cxrbench.evaluate.saliency import SALIENCY_METHODS, require_gradcam
+        _check_saliency(scorer, run_dir, saliency_method)
+    kept, pixels, skipped = _read_files(paths, recipe, skip_bad)
+    # one scoring path: the run's method in the run's precision, stored as float32 like the evaluation's
+    # predictions, on which the thresholds were chosen
+    p = scorer.score(ArrayDataset(np.stack(pixels)), batch_size=batch_size).astype(np.float32)
+    if saliency_dir is not None:
+        _saliency(scorer, pixels, kept, findings, p, run_dir, saliency_dir, saliency_method, batch_size)
+    cols: dict[str, Any] = {"file": [str(f) for f in kept]}
+    cols.update({f"p_{f}": p[:, k] for k, f in enumerate(findings)})
+    if thresholds is not None:
+        for k, f in enumerate(findings):
+            t = thresholds[f]  # None: no threshold (finding not estimable on validation)
+            cols[f"pred_{f}"] = "" if t is None else np.where(p[:, k] >= t, "positive", "negative")
+        cols.update({f"threshold_{f}": np.nan if thresholds[f] is None else thresholds[f] for f in findings})
+    df = pd.DataFrame(cols)
+    df.attrs["skipped"] = skipped
+    return df
 
-        check_choice("--saliency-method", saliency_method, SALIENCY_METHODS)
-        if scorer.knn:
-            raise InputError("a kNN run has no classifier to explain: saliency maps need one",
-                             where=str(run_dir), fix="leave out --saliency, or use a linear/full/lora run")
-        require_gradcam()  # the overlays use the package's colour map, rollout included
-    tf = BatchTransform(meta["mean"], meta["std"], out_size=int(meta["image_size"])).to(dev).eval()
+
+def _check_saliency(scorer, run_dir, method: str) -> None:
+    """InputError unless saliency maps can be drawn for this run with this method."""
+    from cxrbench.common.validation import check_choice
+    from cxrbench.evaluate.saliency import SALIENCY_METHODS, require_gradcam
+
+    check_choice("--saliency-method", method, SALIENCY_METHODS)
+    if scorer.classifier is None:
+        from cxrbench.train.methods import method_of
+
+        raise InputError(f"{method_of(scorer.meta).no_classifier()}; saliency maps need one",
+                         where=str(run_dir), fix="leave out --saliency, or use a linear/full/lora run")
+    require_gradcam()  # the overlays use the package's colour map, rollout included
+
+
+def _read_files(paths: list[Path], recipe: dict[str, Any], skip_bad: bool,
+                ) -> tuple[list[Path], list[np.ndarray], list[tuple[str, str]]]:
+    """``(files read, their uint8 pixels, (file, reason) of those left out)``: the cache's pixel path."""
     kept, pixels, skipped = [], [], []
     for path in paths:
         try:
@@ -156,34 +181,24 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     if not kept:
         raise InputError(f"none of the {len(paths)} file(s) could be read (the first: {skipped[0][0]}: "
                          f"{skipped[0][1]})", where="cxrbench predict", fix="check the files")
-    names = None
-    if saliency_dir is not None:
-        from cxrbench.evaluate.saliency import check_saliency_dir, overlay_names
+    return kept, pixels, skipped
 
-        names = overlay_names([str(f) for f in kept], findings)
-        earlier = check_saliency_dir(saliency_dir, [n for row in names for n in row])
-    probs: list[np.ndarray] = []
+
+def _saliency(scorer, pixels: list[np.ndarray], kept: list[Path], findings: list[str], probs: np.ndarray,
+              run_dir, saliency_dir, method: str, batch_size: int) -> None:
+    """Overlay PNGs of every file and finding in ``saliency_dir`` and its ``saliency.json``."""
+    from cxrbench.evaluate.saliency import check_saliency_dir, overlay_names
+
+    names = overlay_names([str(f) for f in kept], findings)
+    earlier = check_saliency_dir(saliency_dir, [n for row in names for n in row])
     written: list[dict[str, Any]] = []
     for i in range(0, len(kept), batch_size):
         batch = np.stack(pixels[i:i + batch_size])
-        x = tf(torch.from_numpy(batch).to(dev))
-        probs.append(scorer.probs(x))
-        if names is not None:
-            written += _write_overlays(model, x, batch, names[i:i + batch_size], kept[i:i + batch_size],
-                                       findings, probs[-1], saliency_dir, saliency_method)
-    p = np.concatenate(probs)
-    if names is not None:
-        _finish_saliency_dir(saliency_dir, written, earlier, run_dir, saliency_method)
-    cols: dict[str, Any] = {"file": [str(f) for f in kept]}
-    cols.update({f"p_{f}": p[:, k] for k, f in enumerate(findings)})
-    if thresholds is not None:
-        for k, f in enumerate(findings):
-            t = thresholds[f]  # None: no threshold (finding not estimable on validation)
-            cols[f"pred_{f}"] = "" if t is None else np.where(p[:, k] >= t, "positive", "negative")
-        cols.update({f"threshold_{f}": np.nan if thresholds[f] is None else thresholds[f] for f in findings})
-    df = pd.DataFrame(cols)
-    df.attrs["skipped"] = skipped
-    return df
+        x = scorer.transform(torch.from_numpy(batch).to(scorer.device))
+        rows = slice(i, i + batch_size)
+        written += _write_overlays(scorer.classifier, x, batch, names[rows], kept[rows], findings,
+                                   probs[rows], saliency_dir, method)
+    _finish_saliency_dir(saliency_dir, written, earlier, run_dir, method)
 
 
 def _write_overlays(model, x: torch.Tensor, pixels: np.ndarray, names: list[list[str]],

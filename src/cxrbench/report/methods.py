@@ -244,22 +244,11 @@ def design_paragraph(p: Protocol) -> str | None:
 
 
 def _adaptation_words(method: str, runs: list[RunFacts]) -> str:
-    """How one adaptation method was run, in words, with its options from the runs."""
-    facts = next((r.adaptation for r in runs if r.adaptation.get("method") == method), {})
-    if method == "lora":
-        rank, alpha = facts.get("lora_rank"), facts.get("lora_alpha")
-        opts = ", ".join(x for x in (f"rank {rank}" if rank else "", f"alpha {alpha}" if alpha else "") if x)
-        return ("LoRA (low-rank adapters through peft on the attention and MLP projections"
-                + (f", {opts}" if opts else "") + "; head trained fully; adapters merged for evaluation)")
-    if method == "linear":
-        return "linear probing (a linear head on frozen-backbone embeddings computed once and cached)"
-    if method == "knn":
-        k, t = facts.get("chosen_k"), facts.get("chosen_temperature")
-        chosen = ", k and temperature chosen on the validation split of each run" + (
-            f" (e.g. k {k}, temperature {t:g})" if k and isinstance(t, float) else "")
-        return ("kNN (cosine similarity on L2-normalized frozen embeddings, temperature-weighted votes of "
-                f"the nearest training images per finding{chosen})")
-    return "full fine-tuning (every weight trained)"
+    """How one adaptation method was run, in words (its registry entry's sentence, with what its runs
+    recorded)."""
+    from cxrbench.train.methods import get_method
+
+    return get_method(method).sentence([r.adaptation for r in runs if r.adaptation.get("method") == method])
 
 
 def methods_text(res: StudyResults) -> list[str]:

@@ -112,6 +112,17 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def mean_auroc(y: np.ndarray, s: np.ndarray) -> tuple[float, list[float]]:
+    """Mean AUROC over the findings (columns of ``y``/``s``, ``[N, K]``) with both classes, and the AUROC
+    of every finding (NaN where one class is missing: left out of the mean, without a warning). The
+    figure that selects epochs, kNN's k and T, and tuning choices on the validation split."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        per = [float(auroc(y[:, j], s[:, j])) for j in range(y.shape[1])]
+    finite = [v for v in per if np.isfinite(v)]
+    return (float(np.mean(finite)) if finite else float("nan")), per
+
+
 def binary_clf_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative false and true positives at each distinct score, highest first.
 

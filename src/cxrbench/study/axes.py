@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxrbench.common.axes import (  # noqa: F401  (re-exported: the study's imports of the axes)
     ADAPTATION,
@@ -19,25 +19,7 @@ from cxrbench.common.axes import (  # noqa: F401  (re-exported: the study's impo
     Axis,
     Condition,
 )
-
-if TYPE_CHECKING:
-    from cxrbench.study.config import InitSpec, StudyConfig
-
-
-def adaptation_list(v: Any) -> list[str]:
-    """``lora`` or ``[full, lora]`` -> a list of known adaptation methods without repeats."""
-    from cxrbench.common.validation import closest
-    from cxrbench.train.config import ADAPTATIONS
-
-    v = [v] if isinstance(v, str) else v
-    if not isinstance(v, list | tuple) or not v or len(set(v)) != len(v):
-        raise ValueError("must be a non-empty list of adaptation methods without repeats")
-    for x in v:
-        if x not in ADAPTATIONS:
-            hint = closest(str(x), list(ADAPTATIONS))
-            raise ValueError(f"unknown adaptation {x!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-                             + f"; known: {', '.join(ADAPTATIONS)}")
-    return list(v)
+from cxrbench.study.config import InitSpec, StudyConfig
 
 
 def axis_values(cfg: StudyConfig, axis: Axis, spec: InitSpec | None = None) -> tuple[Any, ...]:

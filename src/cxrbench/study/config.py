@@ -21,7 +21,6 @@ from cxrbench.common.validation import closest, one_of
 from cxrbench.index.schema import VIEWS
 from cxrbench.index.sources import DATASETS
 from cxrbench.phantom.formats import FORMATS
-from cxrbench.study.axes import adaptation_list
 from cxrbench.study.layout import StudyLayout
 from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
 from cxrbench.study.sections import (
@@ -31,6 +30,7 @@ from cxrbench.study.sections import (
     ExternalSpec,
     RecipeSpec,
     Strict,
+    adaptation_list,
     stable_dump,
 )
 

@@ -111,17 +111,13 @@ def run_facts(run_dir: Path, dataset: str, label: str) -> RunFacts | None:
 
 
 def _adaptation_facts(train: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
-    """``{"method": "lora", "lora_rank": 8, ...}``: the run's adaptation and its own options (kNN:
-    the k and temperature chosen on validation, from best.json)."""
-    from cxrbench.train.config import ADAPTATION_OPTIONS
+    """``{"method": "lora", "lora_rank": 8, ...}``: the run's adaptation method and what its Methods
+    sentence uses (the method's own options; kNN: the k and temperature chosen on validation)."""
+    from cxrbench.train.methods import get_method
+    from cxrbench.train.settings import DEFAULT_ADAPTATION
 
-    method = str(best.get("adaptation") or train.get("adaptation") or "full")
-    out: dict[str, Any] = {"method": method}
-    out.update({k: train.get(k) for k in ADAPTATION_OPTIONS.get(method, ()) if k in train})
-    knn = best.get("knn")
-    if method == "knn" and isinstance(knn, dict):
-        out.update({f"chosen_{k}": knn.get(k) for k in ("k", "temperature") if k in knn})
-    return out
+    method = get_method(str(best.get("adaptation") or train.get("adaptation") or DEFAULT_ADAPTATION))
+    return method.facts(train, best)
 
 
 def ssl_sentence(run_dir: Path) -> str | None:

@@ -12,6 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ADDED_LATER = {"added_later": True}
 
 
+def adaptation_list(v: Any) -> list[str]:
+    """``lora`` or ``[full, lora]`` -> a list of registered adaptation methods without repeats."""
+    from cxrbench.common.validation import one_of
+    from cxrbench.train.methods import method_names
+
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list | tuple) or not v or len(set(v)) != len(v):
+        raise ValueError("must be a non-empty list of adaptation methods without repeats")
+    return [one_of(str(x), method_names(), "adaptation") for x in v]
+
+
 class Strict(BaseModel):
     """A frozen section that forbids unknown keys."""
 

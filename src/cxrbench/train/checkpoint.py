@@ -107,16 +107,18 @@ def state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def save_best(run_dir: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write ``best.safetensors`` then ``best.json`` atomically; the epoch ties the pair together."""
+def save_best(run_dir: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any],
+              header: dict[str, Any] | None = None) -> None:
+    """Write ``best.safetensors`` then ``best.json`` atomically; the epoch ties the pair together.
+
+    ``header``: further facts for the weights file's header, where the weights alone do not tell two
+    fits apart (a kNN run's frozen backbone: its choice and bank, so evaluate's staleness check, the
+    file's SHA-256, sees a new fit)."""
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
     facts = {"epoch": meta.get("epoch"), "findings": meta.get("findings"), "arch": meta.get("arch"),
-             "init": meta.get("init")}
-    if isinstance(meta.get("knn"), dict):  # a kNN run's weights are the frozen backbone: the header ties
-        # the file to the bank and choice, so evaluate's staleness check (its SHA-256) sees a new kNN
-        facts["knn"] = {k: meta["knn"].get(k) for k in ("k", "temperature", "bank_sha256")}
+             "init": meta.get("init"), **(header or {})}
     header = {"cxrbench": json.dumps(facts)}
     with atomic_path(run_dir / BEST_WEIGHTS) as tmp:
         save_file(weights, str(tmp), metadata=header)

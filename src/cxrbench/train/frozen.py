@@ -1,15 +1,9 @@
-"""``cxrbench train --adaptation linear|knn``: adapt a frozen backbone through its cached embeddings.
+"""The driver of the methods that fit on a frozen backbone's cached embeddings (``regime: embeddings``).
 
 The backbone's pooled features of the train and val splits are computed once
 (:mod:`cxrbench.adapt.embeddings`: beside the cache, reused by every later run with the same weights,
-model, size and precision), then
-
-* ``linear``: a linear head is fitted on them exactly as the loop's linear probe would
-  (:mod:`cxrbench.train.linear`) and saved with the backbone as the whole model in
-  ``best.safetensors``, so evaluation, prediction and export see an ordinary run;
-* ``knn``: k and the vote temperature are chosen on val (:func:`cxrbench.adapt.knn.choose`), the
-  normalized train embeddings and labels are written to ``RUN/knn_bank.safetensors`` and the
-  backbone (no head) to ``best.safetensors``; ``evaluate.inference`` scores such runs by kNN.
+model, size and precision), then the method fits on them (:meth:`Method.fit`: ``linear`` a head,
+``knn`` its k and T and a bank) and the driver saves what it returns as an ordinary run.
 
 The run folder is Contract 4 (config.yaml, best.*, log.jsonl with ``start``/``step``/``epoch``
 records). ``checkpoints/last.pt`` is written once the run is finished and holds no weights: these
@@ -21,7 +15,6 @@ rank 0 fits and writes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +23,13 @@ import torch
 
 from cxrbench.common import distributed as dist_
 from cxrbench.common.fileio import file_sha256
-from cxrbench.common.layout import RUN_BEST_WEIGHTS, RUN_KNN_BANK
+from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.common.progress import console
-from cxrbench.train.checkpoint import LAST, load_last, save_best, save_last, state_dict_cpu
+from cxrbench.train.checkpoint import LAST, load_last, save_best, save_last
 from cxrbench.train.config import TrainConfig
 from cxrbench.train.console import ProgressBar, print_frozen_summary
-from cxrbench.train.loop import TrainResult, _result
+from cxrbench.train.methods.base import EmbeddingFit, EmbeddingTask, Method
+from cxrbench.train.result import TrainResult, train_result
 from cxrbench.train.runfolder import (
     best_meta,
     build_run_model,
@@ -45,28 +39,105 @@ from cxrbench.train.runfolder import (
     write_run_config,
 )
 from cxrbench.train.runlog import Rank0Writer
-from cxrbench.train.setup import classifier, full_train_split, head_names, open_data, resolve_precision
+from cxrbench.train.setup import (
+    TrainData,
+    classifier,
+    full_train_split,
+    head_names,
+    open_data,
+    resolve_precision,
+)
 from cxrbench.train.tracking import open_tracker
 
 
-def run_frozen(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, overwrite: bool,
-               quiet: bool) -> TrainResult:
-    """Train (or find finished) the linear or kNN run ``cfg.out``; returns its summary on every rank."""
-    from cxrbench.adapt.embeddings import EmbeddingStore, spec_for, split_embeddings
-    from cxrbench.adapt.features import check_linear_head, extract_features, feature_dim
-    from cxrbench.data.augment import BatchTransform
+@dataclasses.dataclass
+class _Frozen:
+    """The frozen backbone of one run and what its embeddings depend on."""
 
+    model: torch.nn.Module
+    info: Any
+    note: str | None
+    head: torch.nn.Module
+    head_keys: list[str]
+    image_size: int
+    precision: str
+    autocast: Any
+    transform: torch.nn.Module
+    store: Any
+    record: dict[str, Any]
+    n_params: int
+    n_head: int
+
+
+def run_frozen(cfg: TrainConfig, method: Method, env: dist_.DistEnv, device: torch.device, *, overwrite: bool,
+               quiet: bool) -> TrainResult:
+    """Train (or find finished) the run ``cfg.out`` of an embeddings-regime ``method``; returns its
+    summary on every rank."""
     run_dir = Path(cfg.out)
     data = open_data(cfg)
-    resume = check_run_dir(run_dir, cfg, overwrite, data.cache_sha)
-    if resume:
+    if check_run_dir(run_dir, cfg, overwrite, data.cache_sha):
         state = load_last(run_dir / LAST)
         if state.get("progress", {}).get("finished"):
             best = state["best"]
             if not quiet:
                 console.print(f"[bold]run already complete[/] ({cfg.adaptation} on cached embeddings, "
                               f"best val mean AUROC {best['value']:.4f}); nothing to do")
-            return _result(run_dir, best, state["progress"], state["history"], True)
+            return train_result(run_dir, best, state["progress"], state["history"], True)
+    frozen = _frozen_backbone(cfg, method, data, device)
+    if env.is_main:
+        if run_dir.is_dir():
+            clean_interrupted_writes(run_dir)
+        start_run_dir(run_dir, overwrite)
+        write_run_config(run_dir, cfg, env, data.train, data.val, frozen.info, frozen.image_size,
+                         data.cache_sha,
+                         {"precision": frozen.precision, "embeddings": frozen.record,
+                          "pos_weight": dict(zip(data.findings, map(float, data.pos_weight), strict=True)),
+                          **({"training_labels": data.labels_done} if data.labels_done else {})})
+    dist_.barrier(env)
+    tracker = None
+    if env.is_main:
+        params = {**cfg.to_dict(), "arch": frozen.info.arch, "num_params": frozen.n_params,
+                  "findings": data.findings, "cache_manifest_sha256": data.cache_sha}
+        tracker = open_tracker(cfg.tracker, run_dir, project=cfg.tracker_project, name=cfg.tracker_name,
+                               resume=False, params=params)
+    # resume_step=-1: the lines of an unfinished earlier try go (the fit starts again)
+    writer = Rank0Writer(run_dir, env.is_main, resume_step=-1, tracker=tracker)
+    trainable = frozen.n_head if method.has_classifier else 0
+    if not quiet:
+        print_frozen_summary(cfg, env, device, frozen.info, frozen.image_size, data.train, data.val,
+                             frozen.n_params, method.describe(cfg, trainable, frozen.n_params),
+                             frozen.precision, frozen.note)
+    try:
+        emb = _embeddings(cfg, data, frozen, device, env, quiet)
+        writer.log({"kind": "start", "step": 0, "epoch": 1, "resumed": False, "world_size": env.world_size,
+                    "device": str(device), "precision": frozen.precision, "time": time.time(),
+                    "adaptation": cfg.adaptation, "trainable_params": trainable,
+                    "num_params": frozen.n_params, "embeddings": frozen.record})
+        summary = None
+        if env.is_main:
+            task = EmbeddingTask(cfg=cfg, model=frozen.model, head=frozen.head, head_keys=frozen.head_keys,
+                                 findings=data.findings, train_x=emb["train"].values,
+                                 train_y=data.train.labels,
+                                 val_x=emb["val"].values, val_y=data.val.labels,
+                                 train_ids=data.train.image_ids, pos_weight=data.pos_weight,
+                                 embeddings_key=emb["train"].key, device=device, run_dir=run_dir,
+                                 writer=writer,
+                                 make_bar=lambda total: ProgressBar(quiet, total, 0))
+            fit = method.fit(task)
+            _save(cfg, run_dir, fit, frozen, data, trainable, env.world_size, writer)
+            summary = (fit.best, fit.progress, fit.history)
+        best, progress, history = dist_.broadcast_object(summary, env)
+    finally:
+        writer.close()
+    return train_result(run_dir, best, progress, history, False)
+
+
+def _frozen_backbone(cfg: TrainConfig, method: Method, data: TrainData, device: torch.device) -> _Frozen:
+    """Build the backbone (head drawn from the seed), check the method can use it, and the store its
+    embeddings go to."""
+    from cxrbench.adapt.embeddings import EmbeddingStore, spec_for
+    from cxrbench.adapt.features import feature_dim
+    from cxrbench.data.augment import BatchTransform
 
     image_size = cfg.image_size or data.train.size
     model, info, note = build_run_model(cfg, data.findings, image_size)
@@ -76,129 +147,50 @@ def run_frozen(cfg: TrainConfig, env: dist_.DistEnv, device: torch.device, *, ov
     precision, amp = resolve_precision(cfg, device)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else None
     tf = BatchTransform(info.mean, info.std, out_size=image_size).to(device).eval()
-    linear = cfg.adaptation == "linear"
-    if linear:
-        check_linear_head(model, tf(data.val.batch([0, min(1, len(data.val) - 1)])[0].to(device)))
+    method.check_model(model, tf(data.val.batch([0, min(1, len(data.val) - 1)])[0].to(device)))
     store = EmbeddingStore(cfg.cache, spec_for(info, image_size, precision, cfg.seed))
-    n_params = sum(p.numel() for p in model.parameters())
-    n_head = sum(p.numel() for p in head.parameters())
-    emb_record = {"key": store.key, "folder": str(store.folder), "dim": feature_dim(model),
-                  "spec": store.spec.to_dict()}
-    if env.is_main:
-        if run_dir.is_dir():
-            clean_interrupted_writes(run_dir)
-        start_run_dir(run_dir, overwrite)
-        write_run_config(run_dir, cfg, env, data.train, data.val, info, image_size, data.cache_sha,
-                         {"precision": precision, "embeddings": emb_record,
-                          "pos_weight": dict(zip(data.findings, map(float, data.pos_weight), strict=True)),
-                          **({"training_labels": data.labels_done} if data.labels_done else {})})
-    dist_.barrier(env)
-    tracker = None
-    if env.is_main:
-        params = {**cfg.to_dict(), "arch": info.arch, "num_params": n_params, "findings": data.findings,
-                  "cache_manifest_sha256": data.cache_sha}
-        tracker = open_tracker(cfg.tracker, run_dir, project=cfg.tracker_project, name=cfg.tracker_name,
-                               resume=False, params=params)
-    # resume_step=-1: the lines of an unfinished earlier try go (the fit starts again)
-    writer = Rank0Writer(run_dir, env.is_main, resume_step=-1, tracker=tracker)
+    record = {"key": store.key, "folder": str(store.folder), "dim": feature_dim(model),
+              "spec": store.spec.to_dict()}
+    return _Frozen(model, info, note, head, head_keys, image_size, precision, autocast, tf, store, record,
+                   sum(p.numel() for p in model.parameters()), sum(p.numel() for p in head.parameters()))
+
+
+def _embeddings(cfg: TrainConfig, data: TrainData, frozen: _Frozen, device: torch.device, env: dist_.DistEnv,
+                quiet: bool) -> dict[str, Any]:
+    """The train and val embeddings (stored ones reused); the train rows of the run's label budget."""
+    from cxrbench.adapt.embeddings import split_embeddings
+    from cxrbench.adapt.features import extract_features
+
+    emb = {}
+    full_train, kept = full_train_split(cfg, data)  # embeddings of the whole split serve every budget
+    for split, ds in (("train", full_train), ("val", data.val)):
+        def compute(ds=ds, split=split):
+            return extract_features(frozen.model, ds, frozen.transform, device,
+                                    batch_size=cfg.embed_batch_size, env=env, autocast=frozen.autocast,
+                                    quiet=quiet,
+                                    description=f"{split} embeddings")
+        emb[split] = split_embeddings(frozen.store, split, ds, compute, env)
+    if len(kept) != len(full_train):
+        emb["train"] = dataclasses.replace(emb["train"], values=emb["train"].values[kept])
+    how = {s: "reused" if e.reused else f"computed (batch {e.batch_size})" for s, e in emb.items()}
+    frozen.record.update(train=how["train"], val=how["val"])
     if not quiet:
-        print_frozen_summary(cfg, env, device, info, image_size, data.train, data.val, n_params,
-                             _describe(cfg, n_head if linear else 0, n_params), precision, note)
-    bar = None
-    try:
-        emb = {}
-        full_train, kept = full_train_split(cfg, data)  # embeddings of the whole split serve every budget
-        for split, ds in (("train", full_train), ("val", data.val)):
-            def compute(ds=ds, split=split):
-                return extract_features(model, ds, tf, device, batch_size=cfg.embed_batch_size, env=env,
-                                        autocast=autocast, quiet=quiet, description=f"{split} embeddings")
-            emb[split] = split_embeddings(store, split, ds, compute, env)
-        if len(kept) != len(full_train):
-            emb["train"] = dataclasses.replace(emb["train"], values=emb["train"].values[kept])
-        how = {s: "reused" if e.reused else f"computed (batch {e.batch_size})" for s, e in emb.items()}
-        emb_record.update(train=how["train"], val=how["val"])
-        if not quiet:
-            console.print(f"  embed   {emb_record['dim']}-d pooled features, {store.folder}: "
-                          f"train {how['train']}, val {how['val']}", highlight=False, soft_wrap=True)
-        writer.log({"kind": "start", "step": 0, "epoch": 1, "resumed": False, "world_size": env.world_size,
-                    "device": str(device), "precision": precision, "time": time.time(),
-                    "adaptation": cfg.adaptation, "trainable_params": n_head if linear else 0,
-                    "num_params": n_params, "embeddings": emb_record})
-        summary = None
-        if env.is_main:
-            record = {"adaptation": cfg.adaptation, "trainable_params": n_head if linear else 0,
-                      "num_params": n_params, "embeddings": emb_record}
-            if linear:
-                from cxrbench.train.linear import fit_linear_head, schedule_for
-
-                bar = ProgressBar(quiet, schedule_for(cfg, len(data.train))[3].total_steps, 0)
-                fit = fit_linear_head(cfg, model, head, emb["train"].values, data.train.labels,
-                                      emb["val"].values, data.val.labels, data.findings, data.pos_weight,
-                                      device, writer, bar)
-                head.load_state_dict(fit.head_state)
-                weights = state_dict_cpu(model)
-                best, progress, history, val = fit.best, fit.progress, fit.history, fit.val
-                record["linear"] = {"on": "cached embeddings", "augment": False, **fit.derived}
-            else:
-                weights, best, progress, history, val, record["knn"] = _fit_knn(
-                    cfg, model, head_keys, emb, data, device, run_dir, writer)
-                head_keys = []
-            meta = best_meta(cfg, info, data.findings, image_size, data.train, data.cache_sha, head_keys, val,
-                             best["epoch"], progress["step"], precision, record)
-            save_best(run_dir, weights, meta)
-            save_last(run_dir / LAST, {"adaptation": cfg.adaptation, "progress": progress, "best": best,
-                                       "history": history, "world_size": env.world_size,
-                                       "config": cfg.identity()})
-            writer.finish({"best_val_mean_auroc": best["value"], "best_epoch": best["epoch"],
-                           "epochs_done": progress["epoch"], "steps": progress["step"],
-                           "best_weights_sha256": file_sha256(run_dir / RUN_BEST_WEIGHTS)})
-            summary = (best, progress, history)
-        best, progress, history = dist_.broadcast_object(summary, env)
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-    return _result(run_dir, best, progress, history, False)
+        console.print(f"  embed   {frozen.record['dim']}-d pooled features, {frozen.store.folder}: "
+                      f"train {how['train']}, val {how['val']}", highlight=False, soft_wrap=True)
+    return emb
 
 
-def _describe(cfg: TrainConfig, trainable: int, total: int) -> str:
-    share = f"{trainable:,} of {total:,} parameters trainable"
-    if cfg.adaptation == "linear":
-        return (f"linear head on cached embeddings (no augmentation), AdamW lr {cfg.lr:g}, batch "
-                f"{cfg.batch_size}, up to {cfg.epochs} epochs: {share}")
-    ks = ", ".join(map(str, cfg.knn_k))
-    ts = ", ".join(f"{t:g}" for t in cfg.knn_temperature)
-    return (f"knn on cached embeddings: cosine similarity, votes exp(s/T) per finding; k in ({ks}) x T in "
-            f"({ts}) chosen on val; {share}")
-
-
-def _fit_knn(cfg, model, head_keys, emb, data, device, run_dir, writer) -> tuple[Any, ...]:
-    """Choose k and T on val, write the bank; ``(backbone weights, best, progress, history, val, record)``."""
-    from cxrbench.adapt import knn
-    from cxrbench.adapt.embeddings import ids_sha256
-
-    bank = knn.normalize(emb["train"].values)
-    k, t, grid = knn.choose(emb["val"].values, data.val.labels, bank, data.train.labels, cfg.knn_k,
-                            cfg.knn_temperature, device=device)
-    for row in grid:
-        writer.log({"kind": "knn", "step": 0, "k": row["k"], "temperature": row["temperature"],
-                    "val_mean_auroc": row["val_mean_auroc"], "time": time.time()})
-    chosen = next(r for r in grid if r["k"] == k and r["temperature"] == t)
-    val = {"mean_auroc": chosen["val_mean_auroc"], "auroc": dict(zip(data.findings, chosen["val_auroc"],
-                                                                      strict=True)), "loss": None}
-    writer.log({"kind": "epoch", "epoch": 1, "step": 0, "val_mean_auroc": val["mean_auroc"], "val_loss": None,
-                "val_auroc": val["auroc"], "best_epoch": 1, "improved": True, "k": k, "temperature": t,
-                "time": time.time()})
-    writer.scalars(0, {"val/mean_auroc": val["mean_auroc"]})
-    knn.save_bank(run_dir / RUN_KNN_BANK, bank, data.train.labels, {
-        "findings": json.dumps(data.findings), "k": str(k), "temperature": repr(t),
-        "embeddings_key": emb["train"].key, "image_ids_sha256": ids_sha256(data.train.image_ids)})
-    bank_sha = file_sha256(run_dir / RUN_KNN_BANK)
-    weights = {n: w for n, w in state_dict_cpu(model).items() if n not in head_keys}
-    best = {"value": val["mean_auroc"], "epoch": 1, "bad_epochs": 0}
-    progress = {"epoch": 1, "micro": 0, "step": 0, "finished": True, "stopped_early": False}
-    history = [{"epoch": 1, "step": 0, "val_mean_auroc": val["mean_auroc"], "val_loss": None}]
-    record = {"k": k, "temperature": t, "similarity": "cosine", "bank": RUN_KNN_BANK,
-              "bank_sha256": bank_sha, "n_bank": int(bank.shape[0]),
-              "grid": [{key: r[key] for key in ("k", "temperature", "val_mean_auroc")} for r in grid]}
-    return weights, best, progress, history, val, record
+def _save(cfg: TrainConfig, run_dir: Path, fit: EmbeddingFit, frozen: _Frozen, data: TrainData,
+          trainable: int, world_size: int, writer: Rank0Writer) -> None:
+    """best.safetensors + best.json, the finished last.pt and the log's closing line (rank 0)."""
+    record = {"adaptation": cfg.adaptation, "trainable_params": trainable, "num_params": frozen.n_params,
+              "embeddings": frozen.record, **fit.record}
+    meta = best_meta(cfg, frozen.info, data.findings, frozen.image_size, data.train, data.cache_sha,
+                     fit.head_keys, fit.val, fit.best["epoch"], fit.progress["step"], frozen.precision,
+                     record)
+    save_best(run_dir, fit.weights, meta, fit.header)
+    save_last(run_dir / LAST, {"adaptation": cfg.adaptation, "progress": fit.progress, "best": fit.best,
+                               "history": fit.history, "world_size": world_size, "config": cfg.identity()})
+    writer.finish({"best_val_mean_auroc": fit.best["value"], "best_epoch": fit.best["epoch"],
+                   "epochs_done": fit.progress["epoch"], "steps": fit.progress["step"],
+                   "best_weights_sha256": file_sha256(run_dir / RUN_BEST_WEIGHTS)})

@@ -1,9 +1,9 @@
-"""What every training mode opens first: the train and val splits with their checks, the positive
-weights, the precision, the masked loss, and the model's head.
+"""What every training driver opens first: the train and val splits with their checks, the positive
+weights, the precision, and the model's head.
 
 Shared by the fine-tuning loop (:mod:`cxrbench.train.loop`: full, linear probe, LoRA) and the
-frozen-embedding modes (:mod:`cxrbench.train.frozen`: linear, kNN), so both read the same rows,
-refuse the same data and compute the same loss.
+driver of the methods on cached embeddings (:mod:`cxrbench.train.frozen`: linear, kNN), so both read
+the same rows and refuse the same data.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.common.errors import InputError
@@ -94,19 +93,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, torc
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError("this GPU has no bf16 support", where="--precision", fix="use --precision fp16")
     return precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-
-def masked_bce_sum(logits: torch.Tensor, y: torch.Tensor,
-                   pos_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of BCE-with-logits over the known labels, number of known labels); NaN labels count 0.
-
-    ``logits`` and ``y`` are float32 ``[B, K]``; ``pos_weight`` ``[K]`` or None. One fused op: the
-    mask is BCE's element ``weight``.
-    """
-    known = (y == y).to(logits.dtype)  # NaN != NaN
-    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y, nan=0.0), weight=known,
-                                              pos_weight=pos_weight, reduction="sum")
-    return loss, known.sum()
 
 
 def classifier(model: nn.Module) -> nn.Module:

@@ -1,4 +1,4 @@
-"""train.adapters: LoRA runs through the fine-tuning loop (counts, frozen weights, merged best weights in
+"""train.methods.lora: LoRA runs through the fine-tuning loop (counts, frozen weights, merged best weights in
 plain timm, exact resume, bf16, ConvNeXt, DDP) and the adaptation's records."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cxrbench.train.checkpoint import load_best, load_last
 from cxrbench.train.config import TrainConfig
 from cxrbench.train.loop import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 

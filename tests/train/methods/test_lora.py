@@ -1,4 +1,4 @@
-"""adapt.lora: adapters only on the projections, counts, the merge equals the adapted model, plain timm
+"""train.methods.lora: adapters only on the projections, counts, the merge equals the adapted model, plain timm
 weights; ConvNeXt too; grouped convolutions and a missing peft are one-line errors."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from cxrbench.adapt.lora import LoraSpec, apply_lora, lora_layers, merged_state_dict, target_modules
+from cxrbench.train.methods.lora import LoraSpec, apply_lora, lora_layers, merged_state_dict, target_modules
 from cxrbench.common.errors import InputError
 from cxrbench.models.build import create_model
 

@@ -1,4 +1,4 @@
-"""A linear head fitted on cached frozen embeddings: the linear probe without the backbone pass.
+"""``linear``: a linear head fitted on cached frozen embeddings, the linear probe without the backbone pass.
 
 The fit is the fine-tuning loop's linear probe step for step, only on features computed once
 instead of images sent through the frozen backbone at every step: the same head initialization
@@ -8,23 +8,30 @@ groups, learning-rate schedule, clipping, validation mean AUROC after every epoc
 selection and early stopping. With ``augment`` off the two give the same head up to float rounding
 (tested), so the probe's result costs one embedding pass instead of ``epochs`` backbone passes.
 Augmentation cannot apply to fixed embeddings: ``augment``, ``hflip`` and ``rotate`` are ignored here.
+The head is saved with the backbone as the whole model, so a linear run scores, predicts and exports
+as any run of its network.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from cxrbench.common.errors import TrainingDiverged
-from cxrbench.train.config import TrainConfig
-from cxrbench.train.optim import LRSchedule, param_groups
-from cxrbench.train.setup import masked_bce_sum
+from cxrbench.stats.metrics import mean_auroc
+from cxrbench.train.methods.base import EmbeddingFit, EmbeddingTask, Method, Regime
+from cxrbench.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from cxrbench.train.optim import LRSchedule
 
 
 @dataclass
@@ -39,8 +46,10 @@ class LinearFit:
     derived: dict[str, Any] = field(default_factory=dict)
 
 
-def schedule_for(cfg: TrainConfig, n_train: int) -> tuple[int, int, int, LRSchedule]:
+def schedule_for(cfg: TrainSettings, n_train: int) -> tuple[int, int, int, LRSchedule]:
     """``(micro-batch, micro-batches per epoch, steps per epoch, schedule)`` of one process, as the loop."""
+    from cxrbench.train.optim import LRSchedule
+
     micro = cfg.micro_batch(1)
     n_micro = math.ceil(n_train / micro)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
@@ -49,21 +58,23 @@ def schedule_for(cfg: TrainConfig, n_train: int) -> tuple[int, int, int, LRSched
     return micro, n_micro, steps_per_epoch, LRSchedule(cfg.lr, total, warmup, cfg.schedule, cfg.min_lr)
 
 
-@torch.no_grad()
 def validate(head: nn.Module, x: torch.Tensor, y: np.ndarray, findings: list[str],
              pw: torch.Tensor | None) -> dict[str, Any]:
     """The loop's validation figures (mean AUROC over findings with both classes, per finding, loss)."""
-    from cxrbench.adapt.knn import mean_auroc
+    import torch
 
-    logits = head(x).float()
-    t_y = torch.tensor(y, device=logits.device)
-    lsum, n = masked_bce_sum(logits, t_y, pw)
+    from cxrbench.train.loss import masked_bce_sum
+
+    with torch.no_grad():
+        logits = head(x).float()
+        t_y = torch.tensor(y, device=logits.device)
+        lsum, n = masked_bce_sum(logits, t_y, pw)
     mean, per = mean_auroc(y, logits.cpu().numpy())
     return {"mean_auroc": mean, "auroc": dict(zip(findings, per, strict=True)),
             "loss": float(lsum / n.clamp(min=1))}
 
 
-def fit_linear_head(cfg: TrainConfig, model: nn.Module, head: nn.Module, train_x: np.ndarray,
+def fit_linear_head(cfg: TrainSettings, model: nn.Module, head: nn.Module, train_x: np.ndarray,
                     train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, findings: list[str],
                     pos_weight: np.ndarray, device: torch.device, writer, bar) -> LinearFit:
     """Fit ``head`` (the model's classifier, the only trainable part) on embeddings ``[N, D]``.
@@ -71,7 +82,11 @@ def fit_linear_head(cfg: TrainConfig, model: nn.Module, head: nn.Module, train_x
     ``writer`` (a :class:`cxrbench.train.runlog.Rank0Writer`) gets the loop's ``step`` and ``epoch``
     records; ``bar`` the progress (:class:`cxrbench.train.console.ProgressBar`).
     """
+    import torch
+
     from cxrbench.data.loader import ResumableBatchSampler, ResumableSampler
+    from cxrbench.train.loss import masked_bce_sum
+    from cxrbench.train.optim import param_groups
 
     model.requires_grad_(False)
     head.requires_grad_(True)
@@ -157,3 +172,39 @@ def fit_linear_head(cfg: TrainConfig, model: nn.Module, head: nn.Module, train_x
     derived = {"micro_batch": micro, "steps_per_epoch": steps_per_epoch, "total_steps": schedule.total_steps,
                "warmup_steps": schedule.warmup_steps}
     return LinearFit(best_state, best, progress, history, best_val, derived)
+
+
+class LinearProbe(Method):
+    name: ClassVar[str] = "linear"
+    summary: ClassVar[str] = "a linear head on the frozen backbone's embeddings, computed once and cached " \
+                             "in CACHE/embeddings/ (no augmentation)"
+    regime: ClassVar[Regime] = "embeddings"
+
+    def check_model(self, model: nn.Module, sample: torch.Tensor) -> None:
+        from cxrbench.adapt.features import check_linear_head
+
+        check_linear_head(model, sample)
+
+    def describe(self, cfg: TrainSettings, trainable: int, total: int) -> str:
+        return (f"linear head on cached embeddings (no augmentation), AdamW lr {cfg.lr:g}, batch "
+                f"{cfg.batch_size}, up to {cfg.epochs} epochs: {trainable:,} of {total:,} parameters "
+                "trainable")
+
+    def fit(self, task: EmbeddingTask) -> EmbeddingFit:
+        from cxrbench.train.checkpoint import state_dict_cpu
+
+        bar = task.make_bar(schedule_for(task.cfg, len(task.train_x))[3].total_steps)
+        try:
+            fit = fit_linear_head(task.cfg, task.model, task.head, task.train_x, task.train_y, task.val_x,
+                                  task.val_y, task.findings, task.pos_weight, task.device, task.writer, bar)
+        finally:
+            bar.close()
+        task.head.load_state_dict(fit.head_state)
+        return EmbeddingFit(state_dict_cpu(task.model), task.head_keys, fit.best, fit.progress, fit.history,
+                            fit.val, {"linear": {"on": "cached embeddings", "augment": False, **fit.derived}})
+
+    def sentence(self, facts: Sequence[dict[str, Any]]) -> str:
+        return "linear probing (a linear head on frozen-backbone embeddings computed once and cached)"
+
+
+METHOD = LinearProbe()
