@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
                 where=str(config),
                 fix="fix the errors above and run the same command again (finished steps are kept)",
             )
-        report = study.out / "report" / "index.html"
+        report = study.layout.report_html
         if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
             typer.echo(
                 f"{len(summary.executed)} step(s) run, {len(summary.skipped)} up to date, "

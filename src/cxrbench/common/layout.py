@@ -142,8 +142,19 @@ def calibration_path(run_dir: str | os.PathLike, split: str) -> Path:
 # beside an external validation's metrics.json: the source threshold against the target's optimum
 OPERATING_FILE = "operating.json"
 
-# --- a study's pooled results (every arm over its seeds, with the paired comparisons) ------------------
+# --- comparisons (`cxrbench compare --out`, a study's compare and pooled steps): one format, see
+# cxrbench.evaluate.compare.write_comparison; a pooled file adds the arms' metrics pooled over seeds
+COMPARISON_JSON = "comparison.json"
+COMPARISON_CSV = "comparison.csv"
 POOLED_FILE = "pooled.json"
+
+# --- a study's report folder ------------------------------------------------------------------------------
+REPORT_HTML = "index.html"
+REPORT_MARKDOWN = "report.md"
+RESULTS_CSV = "results.csv"
+REPORT_FILES: tuple[str, ...] = (REPORT_HTML, REPORT_MARKDOWN, RESULTS_CSV)
+STUDY_COPY = "study.yaml"  # the validated config as run, in the study folder
+DEMO_CONFIG = "demo.yaml"  # `cxrbench demo`: the study it ran, in its output folder
 
 # --- a pretraining run folder (cxrbench pretrain): Contract 4's names plus the images it used --------
 RUN_PRETRAIN_IMAGES = "pretrain_images.parquet"  # dataset, image_id, patient_id, cache of every image

@@ -37,6 +37,7 @@ from cxrbench.stats import metrics as mt
 from cxrbench.stats.significance import ALTERNATIVES, benjamini_hochberg, delong_test, paired_bootstrap
 
 FAMILIES: tuple[str, ...] = ("pair", "all")
+FDR_METHODS: tuple[str, ...] = ("bh", "none")  # Benjamini-Hochberg, or the raw p-values
 MEAN_ROW = "mean"
 COLUMNS: tuple[str, ...] = (
     "model_a", "model_b", "finding", "auroc_a", "auroc_b", "diff", "diff_lo", "diff_hi",
@@ -90,16 +91,20 @@ def comparison_pairs(names: list[str], reference: str | None) -> list[tuple[str,
 def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], reference: str | None = None, *,
                         findings: list[str] | None = None, n_resamples: int = 1000, seed: int = 0,
                         cluster: str = "patient", alternative: str = "two-sided", family: str = "pair",
-                        ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
+                        ci_level: float = 0.95, fdr: str = "bh",
+                        memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
     """Paired comparison of the AUROCs of several models' predictions on the same images.
 
     ``preds``: model name -> Contract-4 predictions frame. One row per (pair, finding) plus a
     ``mean`` row per pair (macro AUROC over the pair's common estimable findings), with the columns
     of :data:`COLUMNS`. Resamples follow (seed, n_resamples, cluster) exactly as in ``evaluate``, so
     the per-model numbers agree with each run's metrics.json. ``df.attrs`` holds the settings.
+    ``fdr``: ``bh`` (Benjamini-Hochberg within each ``family``) or ``none`` (the adjusted columns repeat
+    the raw p-values).
     """
     check_choice("--alternative", alternative, ALTERNATIVES)
     check_choice("--family", family, FAMILIES)
+    check_choice("--fdr", fdr, FDR_METHODS)
     check_choice("--cluster", cluster, bs.CLUSTERS)
     if int(n_resamples) < 1:
         raise InputError(f"bootstrap count {n_resamples} must be at least 1", where="--bootstrap",
@@ -126,7 +131,7 @@ def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], refer
                           alternative=alternative, ci_level=ci_level)
     return table_from_rows(rows, COLUMNS, alternative=alternative, family=family, resamples=resamples,
                            attrs={"reference": reference, "pairs": [list(p) for p in pairs],
-                                  "ci_level": ci_level})
+                                  "ci_level": ci_level}, fdr=fdr)
 
 
 def pair_rows(a: str, b: str, sa: PredictionSet, sb: PredictionSet, boot_a: np.ndarray,
@@ -179,8 +184,9 @@ def pair_rows(a: str, b: str, sa: PredictionSet, sb: PredictionSet, boot_a: np.n
 
 
 def table_from_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, alternative: str, family: str,
-                    resamples: bs.Resamples, attrs: dict[str, Any]) -> pd.DataFrame:
-    """The comparison table: ``columns`` in order, settings columns, BH within each family, attrs."""
+                    resamples: bs.Resamples, attrs: dict[str, Any], fdr: str = "bh") -> pd.DataFrame:
+    """The comparison table: ``columns`` in order, settings columns, BH within each family (or, with
+    ``fdr="none"``, the raw p-values as the adjusted ones), attrs."""
     out = pd.DataFrame(rows)
     for col in columns:
         if col not in out.columns:
@@ -188,9 +194,9 @@ def table_from_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, alt
     out["alternative"], out["family"] = alternative, family
     out["n_resamples"], out["seed"], out["cluster"] = resamples.n_resamples, resamples.seed, resamples.cluster
     out["note"] = out["note"].astype(object).where(out["note"].notna(), "")
-    _adjust(out, family)
+    _adjust(out, family, fdr)
     out = out[list(columns)]
-    out.attrs.update({"family": family, "alternative": alternative, **attrs,
+    out.attrs.update({"family": family, "alternative": alternative, "fdr": fdr, **attrs,
                       "bootstrap": resamples.describe()})
     return out
 
@@ -211,8 +217,13 @@ def _mean_row(a: str, b: str, finding_rows: list[dict], boot_a: np.ndarray, boot
     return row
 
 
-def _adjust(out: pd.DataFrame, family: str) -> None:
-    """Benjamini-Hochberg over each family of per-finding tests (the mean rows stay unadjusted)."""
+def _adjust(out: pd.DataFrame, family: str, fdr: str = "bh") -> None:
+    """Benjamini-Hochberg over each family of per-finding tests (the mean rows stay unadjusted); with
+    ``fdr="none"`` every row's adjusted p-values are its raw ones."""
+    if fdr == "none":
+        out["p_adjusted"] = out["p_bootstrap"]
+        out["p_delong_adjusted"] = out["p_delong"]
+        return
     out["p_adjusted"] = np.nan
     out["p_delong_adjusted"] = np.nan
     tests = out["finding"] != MEAN_ROW
@@ -298,34 +309,51 @@ def _where(df: pd.DataFrame | PredictionSet, name: str) -> str:
 COMPARISON_FORMAT = "cxrbench.compare/1"
 
 
-def write_comparison(table: pd.DataFrame, out: str | os.PathLike, *, runs: Mapping[str, str] | None = None,
-                     context: Mapping[str, Any] | None = None) -> None:
-    """Write a :func:`compare_predictions` table atomically: ``.csv`` (one row per pair and finding,
-    plus ``mean``) or ``.json`` (``format``, ``settings`` = the table's attrs, ``runs``, ``rows``,
-    ``provenance``, plus any ``context`` keys such as the study's dataset, recipe and seed)."""
+def write_comparison(table: pd.DataFrame | None, out: str | os.PathLike, *,
+                     runs: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+                     metrics: pd.DataFrame | None = None) -> None:
+    """Write a comparison atomically, the one format of ``cxrbench compare --out`` and a study's
+    ``comparison.json`` / ``pooled.json``: ``.csv`` (the table: one row per pair and finding, plus
+    ``mean``) or ``.json`` (``format``, any ``context`` keys such as the study's dataset, recipe and
+    seed, ``settings`` = the table's attrs, ``runs``, ``rows``, with ``metrics`` the arms' metrics
+    pooled over their seeds (:func:`cxrbench.evaluate.pooled.pooled_metrics`), ``provenance``).
+    ``table`` may be None for a pooled file of one arm (no comparison)."""
     import json
 
     from cxrbench.common.fileio import atomic_path, atomic_write_json
     from cxrbench.common.provenance import provenance
 
     out = Path(out)
-    if out.suffix.lower() == ".csv":
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise InputError(f"{str(out)!r} has an unknown extension", where=str(out),
+                         fix="use a .csv or .json file name")
+    if suffix == ".csv":
+        if table is None:
+            raise InputError("nothing to compare: one arm", where=str(out), fix="write a .json file instead")
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False, float_format="%.10g")
         return
-    if out.suffix.lower() != ".json":
-        raise InputError(f"{str(out)!r} has an unknown extension", where=str(out),
-                         fix="use a .csv or .json file name")
-    records = json.loads(table.to_json(orient="records"))
-    atomic_write_json(out, {"format": COMPARISON_FORMAT, **dict(context or {}), "settings": dict(table.attrs),
-                            "runs": dict(runs or {}), "rows": records, "provenance": provenance()})
+    doc: dict[str, Any] = {"format": COMPARISON_FORMAT, **dict(context or {}),
+                           "settings": dict(table.attrs) if table is not None else {},
+                           "runs": dict(runs or {}),
+                           "rows": json.loads(table.to_json(orient="records")) if table is not None else []}
+    if metrics is not None:
+        doc["metrics"] = json.loads(metrics.to_json(orient="records"))
+    atomic_write_json(out, {**doc, "provenance": provenance()})
+
+
+LEGACY_POOLED_FORMAT = "cxrbench.pooled/1"  # pooled.json of studies made before one comparison format
 
 
 def read_comparison(path: str | os.PathLike) -> dict[str, Any]:
-    """A comparison ``.json`` (this format, or a study's before it had one): a dict with ``rows``."""
+    """A comparison ``.json`` (this format, a study's ``pooled.json`` of the earlier pooled format, or a
+    study's comparison from before it had a format): a dict with ``rows`` (and ``metrics`` when pooled)."""
     from cxrbench.common.fileio import read_json
 
     doc = read_json(path)
+    if isinstance(doc, dict) and doc.get("format") == LEGACY_POOLED_FORMAT:
+        doc = {**doc, "rows": doc.get("comparisons") or []}
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         raise InputError("not a cxrbench comparison file (no 'rows')", where=str(path),
                          fix="re-run the comparison (`cxrbench compare ... --out FILE.json`)")

@@ -25,6 +25,7 @@ from cxrbench.common.validation import check_choice
 from cxrbench.evaluate.compare import (
     COLUMNS,
     FAMILIES,
+    FDR_METHODS,
     MEAN_ROW,
     check_same_images,
     comparison_pairs,
@@ -194,17 +195,18 @@ def _summary(values: np.ndarray, point: float, ens_values: np.ndarray, ens_point
 def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, findings: list[str] | None = None,
                  n_resamples: int = 1000, seed: int = 0, cluster: str = "patient",
                  alternative: str = "two-sided", family: str = "pair", ci_level: float = 0.95,
-                 memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
+                 fdr: str = "bh", memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> pd.DataFrame:
     """Paired comparison of arms: the difference of the pooled means, its two-level bootstrap CI and p.
 
-    Pairs, orientation (``diff = A - B``), the p-value definition, ``alternative`` and the BH
-    ``family`` are those of :func:`~cxrbench.evaluate.compare.compare_predictions`; the image
+    Pairs, orientation (``diff = A - B``), the p-value definition, ``alternative``, the BH
+    ``family`` and ``fdr`` are those of :func:`~cxrbench.evaluate.compare.compare_predictions`; the image
     resamples are shared by every arm (that pairs them) and the seeds are drawn per arm. DeLong is
     computed only when both arms have one seed (then every column equals ``compare_predictions``).
     Columns :data:`ARM_COLUMNS`.
     """
     check_choice("--alternative", alternative, ALTERNATIVES)
     check_choice("--family", family, FAMILIES)
+    check_choice("--fdr", fdr, FDR_METHODS)
     names = [str(n) for n in arm_frames]
     if len(names) < 2:
         raise InputError(f"need at least two arms to compare, got {len(names)}", where="compare",
@@ -234,7 +236,27 @@ def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, finding
         rows += pair
     return table_from_rows(rows, ARM_COLUMNS, alternative=alternative, family=family, resamples=resamples,
                            attrs={"reference": reference, "pairs": [list(p) for p in pairs],
-                                  **_settings(resamples, boots, ci_level)})
+                                  **_settings(resamples, boots, ci_level)}, fdr=fdr)
+
+
+def pooled_comparison(arm_frames: ArmFrames, reference: str | None = None, *,
+                      findings: list[str] | None = None,
+                      n_resamples: int = 1000, seed: int = 0, cluster: str = "patient",
+                      alternative: str = "two-sided", family: str = "pair", ci_level: float = 0.95,
+                      fdr: str = "bh", memory_bytes: int = bs.DEFAULT_MEMORY_BYTES,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(metrics, comparisons)``: every arm pooled over its seeds (:func:`pooled_metrics`) and, with two
+    or more arms, their paired comparisons (:func:`compare_arms`; None with one arm). What a study's
+    ``pooled.json`` and ``cxrbench compare --arm ... --out FILE.json`` hold (written by
+    :func:`cxrbench.evaluate.compare.write_comparison`)."""
+    settings: dict[str, Any] = {"findings": findings, "n_resamples": n_resamples, "seed": seed,
+                                "cluster": cluster, "ci_level": ci_level, "memory_bytes": memory_bytes}
+    metrics = pooled_metrics(arm_frames, **settings)
+    table = None
+    if len(arm_frames) >= 2:
+        table = compare_arms(arm_frames, reference, alternative=alternative, family=family, fdr=fdr,
+                             **settings)
+    return metrics, table
 
 
 def ensemble_frame(frames: Sequence[pd.DataFrame | PredictionSet], where: str = "ensemble") -> pd.DataFrame:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from cxrbench.common.fileio import atomic_path, atomic_write_bytes, atomic_write_text
+from cxrbench.common.layout import REPORT_HTML, REPORT_MARKDOWN, RESULTS_CSV
 from cxrbench.common.provenance import now_iso
 from cxrbench.report import html as H
 from cxrbench.report import markdown as M
@@ -169,7 +170,7 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
     for name, png in figures.items():
         (figdir / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(figdir / name, png)
-    paths = {"html": out / "index.html", "markdown": out / "report.md", "csv": out / "results.csv"}
+    paths = {"html": out / REPORT_HTML, "markdown": out / REPORT_MARKDOWN, "csv": out / RESULTS_CSV}
     atomic_write_text(paths["html"], H.page(res.display_title, meta, toc, "".join(html_parts)))
     atomic_write_text(paths["markdown"], "\n".join(md_parts))
     with atomic_path(paths["csv"]) as tmp:

@@ -19,6 +19,7 @@ import yaml
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_text, read_text
+from cxrbench.common.layout import DEMO_CONFIG
 
 DEMO_HEADER = "# written by `cxrbench demo`"
 
@@ -118,7 +119,7 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out).resolve()
     cfg, skipped = demo_config(tiny=tiny, optional=optional)
-    path = out / "demo.yaml"
+    path = out / DEMO_CONFIG
     # `out: .` makes the file name its own folder: `cxrbench study run OUT/demo.yaml` finds every step done
     cfg = {"name": cfg.pop("name"), "out": ".", **cfg}
     text = DEMO_HEADER + f"; rerun with: cxrbench study run {path}\n" + yaml.safe_dump(cfg, sort_keys=False)
@@ -135,7 +136,7 @@ def run_demo(
     res = gather_results(build_plan(study))
     return DemoResult(
         out=out,
-        report=out / "report" / "index.html",
+        report=study.layout.report_html,
         config=path,
         table=main_table_text(res),
         skipped=skipped,

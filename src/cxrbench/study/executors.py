@@ -7,24 +7,16 @@ staleness and progress. Heavy modules are imported inside the functions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.fileio import atomic_write_json
-from cxrbench.common.layout import (
-    INDEX_FILE,
-    METRICS_FILE,
-    OPERATING_FILE,
-    POOLED_FILE,
-    PREDICTIONS_FILE,
-    predictions_path,
-)
+from cxrbench.common.layout import COMPARISON_CSV, COMPARISON_JSON, INDEX_FILE, POOLED_FILE, predictions_path
 from cxrbench.study.config import LoadedStudy
 from cxrbench.study.load import expand_path
+from cxrbench.study.sections import EvaluationSpec
 from cxrbench.study.steps import (
     CacheParams,
     CompareParams,
@@ -38,8 +30,6 @@ from cxrbench.study.steps import (
     Step,
     TrainParams,
 )
-
-POOLED_FORMAT = "cxrbench.pooled/1"
 
 _PATH_OPTIONS = ("labels_file", "mapping")
 
@@ -62,18 +52,11 @@ def run_phantom(step: Step, ctx: Context) -> None:
     """Generate a synthetic dataset in its official layout (the dataset's root)."""
     from cxrbench.phantom import generate
 
-    c = step.config
+    ph = step.params.phantom
     # an earlier or interrupted phantom is regenerated (cheap, deterministic): generate replaces only
     # files its marker lists, and refuses a folder holding anything else
-    generate(
-        step.out,
-        c["format"],
-        int(c["patients"]),
-        size=int(c["size"]),
-        site=c["site"],
-        seed=int(c["seed"]),
-        **{"quiet": ctx.quiet, **dict(c.get("options") or {}), "overwrite": True},
-    )
+    generate(step.out, ph.format, ph.patients, size=ph.size, site=ph.site, seed=ph.seed,
+             **{"quiet": ctx.quiet, **ph.options, "overwrite": True})
 
 
 def index_options(study: LoadedStudy, dataset: str) -> Any:
@@ -114,10 +97,9 @@ def run_cache(step: Step, ctx: Context) -> None:
     from cxrbench.cache.build import prepare_cache
 
     p: CacheParams = step.params
-    c = step.config
-    prepare_cache(p.index, p.root, step.out, size=int(c["size"]), resize=c["resize"],
-                  equalize=bool(c["equalize"]), resample=c.get("resample") or "area", workers=p.workers,
-                  quiet=ctx.quiet, overwrite=True)
+    r = p.spec
+    prepare_cache(p.index, p.root, step.out, size=r.size, resize=r.resize, equalize=r.equalize,
+                  resample=r.resample or "area", workers=p.workers, quiet=ctx.quiet, overwrite=True)
 
 
 def train_config(step: Step, ctx: Context) -> Any:
@@ -129,7 +111,7 @@ def train_config(step: Step, ctx: Context) -> Any:
     if ctx.device is not None:
         runtime["device"] = ctx.device
     return TrainConfig.from_dict(
-        {**step.config["train"], **runtime, "cache": p.cache, "init": p.init, "out": str(step.out),
+        {**p.options, **runtime, "cache": p.cache, "init": p.init, "out": str(step.out),
          "findings": p.findings},
         where=step.id,
     )
@@ -142,10 +124,12 @@ def run_train(step: Step, ctx: Context) -> None:
     train(train_config(step, ctx), quiet=ctx.quiet)
 
 
-def _threshold_args(ev: dict[str, Any]) -> dict[str, Any]:
-    if ev["threshold"] == "fixed":
-        return {"threshold_from": None, "thresholds": float(ev["fixed_threshold"])}
-    return {"threshold_from": ev["threshold"], "thresholds": None}
+def evaluation_args(ev: EvaluationSpec) -> dict[str, Any]:
+    """The keyword arguments of the evaluate stage's functions for a study's evaluation section."""
+    thresholds = {"threshold_from": None, "thresholds": ev.fixed_threshold} if ev.threshold == "fixed" else \
+        {"threshold_from": ev.threshold, "thresholds": None}
+    return {"n_resamples": ev.bootstrap, "seed": ev.seed, "cluster": ev.cluster, "ci_level": ev.ci,
+            **thresholds}
 
 
 def run_eval(step: Step, ctx: Context) -> None:
@@ -153,75 +137,28 @@ def run_eval(step: Step, ctx: Context) -> None:
     from cxrbench.evaluate.run_eval import evaluate_run
 
     p: EvalParams = step.params
-    ev = step.config
-    evaluate_run(
-        p.run,
-        ev["split"],
-        n_resamples=int(ev["bootstrap"]),
-        seed=int(ev["seed"]),
-        cluster=ev["cluster"],
-        ci_level=float(ev["ci"]),
-        repredict=True,
-        predict_kwargs={"batch_size": int(ev["batch_size"]), "device": ctx.device},
-        on_conflict="overwrite",  # the study's own eval step: its key names the settings
-        **_threshold_args(ev),
-    )
+    ev = p.evaluation
+    evaluate_run(p.run, ev.split, repredict=True, predict_kwargs={"batch_size": ev.batch_size,
+                                                                    "device": ctx.device},
+                 on_conflict="overwrite",  # the study's own eval step: its key names the settings
+                 **evaluation_args(ev))
 
 
 def run_external(step: Step, ctx: Context) -> None:
-    """Evaluate a run trained on dataset A on dataset B's split, over the findings both share.
-
-    Scored by the one prediction path (:func:`cxrbench.evaluate.inference.predict_split`, in the
-    run's training precision); the decision threshold comes from A's own validation split (the
-    operating point a model would ship with), never from B.
-    """
-    from cxrbench.common.provenance import provenance
-    from cxrbench.evaluate.inference import predict_split
-    from cxrbench.evaluate.predictions import read_predictions, write_predictions
-    from cxrbench.evaluate.scoring import evaluate_predictions
+    """A run trained on dataset A scored on dataset B's split over the findings both share, thresholds
+    from A's own validation split (:func:`cxrbench.evaluate.external.evaluate_external`)."""
+    from cxrbench.evaluate.external import evaluate_external
 
     p: ExternalParams = step.params
-    ev = step.config
-    findings = list(p.findings or [])
-    run_dir = Path(p.run)
-    test = predict_split(run_dir, ev["split"], cache_dir=p.cache, batch_size=int(ev["batch_size"]),
-                         device=ctx.device, findings=findings)
-    val = None
-    if ev["threshold"] == "val":
-        path = predictions_path(run_dir, "val")
-        if not path.is_file():
-            raise InputError(
-                "the run has no validation predictions",
-                where=str(run_dir),
-                fix="evaluate the run first (its eval step writes them)",
-            )
-        full = read_predictions(path)
-        val = full[["image_id", "patient_id", *[f"p_{f}" for f in findings], *[f"y_{f}" for f in findings]]]
-    metrics = evaluate_predictions(
-        test,
-        val,
-        n_resamples=int(ev["bootstrap"]),
-        seed=int(ev["seed"]),
-        cluster=ev["cluster"],
-        ci_level=float(ev["ci"]),
-        **_threshold_args(ev),
-    )
-    write_predictions(test, step.out / PREDICTIONS_FILE, {"run": str(run_dir), "cache": p.cache,
-                                                          "split": ev["split"]})
-    if val is not None:  # the cost of a threshold that does not transfer: source's vs target's optimum
-        from cxrbench.evaluate.operating import operating_points
+    ev = p.evaluation
+    evaluate_external(p.run, p.cache, step.out, split=ev.split, findings=list(p.findings or []),
+                      batch_size=ev.batch_size, device=ctx.device,
+                      context={"train_dataset": p.train_dataset, "test_dataset": p.test_dataset},
+                      **evaluation_args(ev))
 
-        op = operating_points(test, val, n_resamples=int(ev["bootstrap"]), seed=int(ev["seed"]),
-                              cluster=ev["cluster"], ci_level=float(ev["ci"]))
-        atomic_write_json(step.out / OPERATING_FILE, {"rows": json.loads(op.to_json(orient="records"))})
-    atomic_write_json(step.out / METRICS_FILE, {
-        "run": str(run_dir),
-        "split": ev["split"],
-        "train_dataset": p.train_dataset,
-        "test_dataset": p.test_dataset,
-        **metrics,
-        "provenance": provenance(),
-    })
+
+def _resample_args(ev: EvaluationSpec) -> dict[str, Any]:
+    return {"n_resamples": max(1, ev.bootstrap), "seed": ev.seed, "cluster": ev.cluster, "ci_level": ev.ci}
 
 
 def run_compare(step: Step, ctx: Context) -> None:
@@ -230,33 +167,18 @@ def run_compare(step: Step, ctx: Context) -> None:
     from cxrbench.evaluate.predictions import read_predictions
 
     p: CompareParams = step.params
-    c = step.config
-    ev = c["evaluation"]
-    preds = {label: read_predictions(predictions_path(run, ev["split"])) for label, run in p.runs.items()}
-    reference = c["reference"] if not c["all_pairs"] else None
+    c, ev = p.comparison, p.evaluation
+    preds = {label: read_predictions(predictions_path(run, ev.split)) for label, run in p.runs.items()}
+    reference = c.reference if not c.all_pairs else None
     if reference is not None and reference not in preds:
-        raise InputError(
-            f"the reference init {reference!r} has no run on {p.dataset}",
-            where=step.id,
-            fix="train it on every dataset, or use all_pairs: true",
-        )
-    table = compare_predictions(
-        preds,
-        reference,
-        n_resamples=max(1, int(ev["bootstrap"])),
-        seed=int(ev["seed"]),
-        cluster=ev["cluster"],
-        alternative=c["alternative"],
-        ci_level=float(ev["ci"]),
-    )
-    if c["fdr"] == "none":
-        table["p_adjusted"] = table["p_bootstrap"]
-        table["p_delong_adjusted"] = table["p_delong"]
+        raise InputError(f"the reference init {reference!r} has no run on {p.dataset}", where=step.id,
+                         fix="train it on every dataset, or use all_pairs: true")
+    table = compare_predictions(preds, reference, alternative=c.alternative, fdr=c.fdr, **_resample_args(ev))
     step.out.mkdir(parents=True, exist_ok=True)
-    write_comparison(table, step.out / "comparison.csv")
-    write_comparison(table, step.out / "comparison.json", runs=p.runs,
-                     context={"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed,
-                              "method": c["method"], "fdr": c["fdr"]})
+    write_comparison(table, step.out / COMPARISON_CSV)
+    write_comparison(table, step.out / COMPARISON_JSON, runs=p.runs,
+                     context={"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "method": c.method,
+                              "fdr": c.fdr})
 
 
 def run_ssl(step: Step, ctx: Context) -> None:
@@ -284,33 +206,22 @@ def run_shortcut(step: Step, ctx: Context) -> None:
 def run_pooled(step: Step, ctx: Context) -> None:
     """Every arm of one dataset/recipe/condition pooled over its seeds (mean over seeds, two-level
     bootstrap CI over seeds and patients, seed SD, seed-ensemble AUROC), and the paired comparisons
-    of the pooled arms (BH over findings as in ``compare``); written to ``pooled.json``."""
-    from cxrbench.common.provenance import provenance
-    from cxrbench.evaluate.pooled import compare_arms, pooled_metrics
+    of the pooled arms (BH over findings as in ``compare``), in the comparison format (``pooled.json``)."""
+    from cxrbench.evaluate.compare import write_comparison
+    from cxrbench.evaluate.pooled import pooled_comparison
     from cxrbench.evaluate.predictions import read_predictions
 
     p: PooledParams = step.params
-    c = step.config
-    ev = c["evaluation"]
-    frames = {label: [read_predictions(predictions_path(run, ev["split"])) for run in runs]
+    c, ev = p.comparison, p.evaluation
+    frames = {label: [read_predictions(predictions_path(run, ev.split)) for run in runs]
               for label, runs in p.runs.items()}
-    settings = {"n_resamples": max(1, int(ev["bootstrap"])), "seed": int(ev["seed"]),
-                "cluster": ev["cluster"], "ci_level": float(ev["ci"])}
-    metrics = pooled_metrics(frames, **settings)
-    table = None
-    if len(frames) >= 2:
-        reference = c["reference"] if not c["all_pairs"] and c["reference"] in frames else None
-        table = compare_arms(frames, reference, alternative=c["alternative"], **settings)
-        if c["fdr"] == "none":
-            table["p_adjusted"] = table["p_bootstrap"]
+    reference = c.reference if not c.all_pairs and c.reference in frames else None
+    metrics, table = pooled_comparison(frames, reference, alternative=c.alternative, fdr=c.fdr,
+                                       **_resample_args(ev))
     step.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(step.out / POOLED_FILE, {
-        "format": POOLED_FORMAT, "dataset": p.dataset, "recipe": p.recipe, "seeds": p.seeds,
-        "condition": p.condition.as_dict, "runs": p.runs, "settings": settings,
-        "metrics": json.loads(metrics.to_json(orient="records")),
-        "comparisons": json.loads(table.to_json(orient="records")) if table is not None else [],
-        "provenance": provenance(),
-    })
+    write_comparison(table, step.out / POOLED_FILE, runs=p.runs, metrics=metrics,
+                     context={"dataset": p.dataset, "recipe": p.recipe, "seeds": p.seeds,
+                              "condition": p.condition.as_dict, "fdr": c.fdr})
 
 
 def run_report(step: Step, ctx: Context) -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.common.axes import is_default
-from cxrbench.common.fileio import read_json_or_none
-from cxrbench.common.layout import POOLED_FILE
+from cxrbench.common.errors import InputError
+from cxrbench.common.layout import COMPARISON_JSON, POOLED_FILE
 from cxrbench.common.validation import as_float
 from cxrbench.study.axes import CONDITION_AXES
 from cxrbench.study.steps import Plan
@@ -73,11 +73,21 @@ def apply_comparisons(plan: Plan, table: pd.DataFrame, missing: list[str]) -> di
         if step.status != "done":
             missing.append(step.id)
             continue
-        doc = read_json_or_none(step.out / "comparison.json") or {}
+        doc = _comparison(step.out / COMPARISON_JSON)
         p = step.params
         keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, **p.condition.as_dict}
         _split_rows(plan, doc.get("rows") or [], keys, pcol, acol, extra, pair_rows)
     return {"table": _attach(table, extra), "pairs": pd.DataFrame(pair_rows)}
+
+
+def _comparison(path: Any) -> dict[str, Any]:
+    """A comparison file's content (``rows``, pooled ``metrics``), or empty when it cannot be read."""
+    from cxrbench.evaluate.compare import read_comparison
+
+    try:
+        return read_comparison(path)
+    except InputError:
+        return {}
 
 
 def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -91,7 +101,7 @@ def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFr
         if step.status != "done":
             missing.append(step.id)
             continue
-        doc = read_json_or_none(step.out / POOLED_FILE) or {}
+        doc = _comparison(step.out / POOLED_FILE)
         p = step.params
         keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": POOLED, **p.condition.as_dict}
         for m in doc.get("metrics") or []:
@@ -102,7 +112,7 @@ def pooled_rows(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, pd.DataFr
                          "ensemble_lo": as_float(m.get("ensemble_lo")),
                          "ensemble_hi": as_float(m.get("ensemble_hi")),
                          "n": m.get("n"), "n_positive": m.get("n_positive")})
-        _split_rows(plan, doc.get("comparisons") or [], keys, "p_bootstrap", "p_adjusted", extra, pair_rows)
+        _split_rows(plan, doc.get("rows") or [], keys, "p_bootstrap", "p_adjusted", extra, pair_rows)
     table = pd.DataFrame(rows)
     if len(table):
         table = _attach(table, extra)

@@ -26,28 +26,13 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json
 from cxrbench.common.provenance import now_iso
 from cxrbench.study.config import LoadedStudy
+from cxrbench.study.execute import execute_step
 from cxrbench.study.layout import JOB_LOGS, REPLAN_JOB
 from cxrbench.study.plan import build_plan
-from cxrbench.study.runner import RunSummary, execute_step
+from cxrbench.study.queue import ALIVE, CANCELLED, QUEUED, RUNNING, cancel_jobs, job_states, require_submitit
 from cxrbench.study.state import read_marker
 
-# scheduler states (sacct / squeue; the first word: "CANCELLED by 123" -> CANCELLED)
-QUEUED = frozenset(
-    {
-        "PENDING",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "CONFIGURING",
-        "SUSPENDED",
-        "PREEMPTED",
-        "RESV_DEL_HOLD",
-        "SPECIAL_EXIT",
-    }
-)
-RUNNING = frozenset({"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
-ALIVE = QUEUED | RUNNING
-CANCELLED = frozenset({"CANCELLED", "REVOKED"})
+# the statuses `cxrbench study status` reports
 STATUSES: tuple[str, ...] = (
     "done",
     "running",
@@ -58,19 +43,6 @@ STATUSES: tuple[str, ...] = (
     "stale",
     "deferred",
 )
-
-
-def require_submitit() -> Any:
-    """The submitit module, or one InputError naming the extra that installs it."""
-    try:
-        import submitit
-    except ImportError:
-        raise InputError(
-            "the slurm and submitit-local executors need submitit, which is not installed",
-            where="--executor",
-            fix="pip install 'cxrbench[slurm]'",
-        ) from None
-    return submitit
 
 
 # --- what a job runs -----------------------------------------------------------------------------------
@@ -90,29 +62,6 @@ class StepJob:
         """Preempted or timed out: requeue the same step (a training run resumes from its last.pt)."""
         submitit = require_submitit()
         return submitit.helpers.DelayedSubmission(StepJob(self.study, self.step_id, self.key, self.device))
-
-
-class ReplanJob:
-    """Submits the steps known only once the indexes exist (a ``domain:`` arm's label sets)."""
-
-    def __init__(
-        self,
-        study: LoadedStudy,
-        shard: tuple[int, int] | None,
-        kinds: tuple[str, ...] | None,
-        device: str | None,
-    ) -> None:
-        self.study, self.shard, self.kinds, self.device = study, shard, kinds, device
-
-    def __call__(self) -> list[str]:
-        from cxrbench.study.slurm import submit_study
-
-        submitit = require_submitit()
-        with submitit.helpers.clean_env():  # the new jobs must not inherit this job's SLURM variables
-            summary = submit_study(
-                self.study, shard=self.shard, kinds=self.kinds, device=self.device, quiet=True
-            )
-        return list(summary.submitted.values())
 
 
 def export_torch_env() -> None:
@@ -210,38 +159,6 @@ def new_record(
 # --- running a study through jobs ----------------------------------------------------------------------
 
 
-def run_with_jobs(
-    study: LoadedStudy,
-    kind: str,
-    *,
-    shard: tuple[int, int] | None = None,
-    kinds: tuple[str, ...] | None = None,
-    quiet: bool = False,
-    device: str | None = None,
-    keep_going: bool = False,
-) -> RunSummary:
-    """``slurm``: submit every step not done (returns at once); ``submitit-local``: run them here, one
-    subprocess per step, in dependency order."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError(
-            f"--executor {kind} under torchrun",
-            where="--executor",
-            fix="run `cxrbench study run` once (not under torchrun); multi-GPU runs come from "
-            "executor.gpus_per_run",
-        )
-    if kind == "slurm":
-        from cxrbench.study.slurm import submit_study
-
-        return submit_study(study, shard=shard, kinds=kinds, device=device, quiet=quiet)
-    if kind == "submitit-local":
-        from cxrbench.study.localjobs import drive_local
-
-        return drive_local(study, shard=shard, kinds=kinds, device=device, quiet=quiet, keep_going=keep_going)
-    raise InputError(
-        f"unknown executor {kind!r}", where="--executor", fix="use local, slurm or submitit-local"
-    )
-
-
 # --- status and cancel ---------------------------------------------------------------------------------
 
 
@@ -265,8 +182,6 @@ def _state(raw: str | None) -> str | None:
 def study_status(study: LoadedStudy) -> list[StepStatus]:
     """Every step: done / running / queued / failed / cancelled / pending / stale / deferred, with its job
     and, for a failure, the error and the log file."""
-    from cxrbench.study.slurm import job_states
-
     plan = build_plan(study)
     records = read_records(study)
     slurm_ids = [r.job_id for r in records.values() if r.executor == "slurm"]
@@ -346,8 +261,6 @@ def format_status(rows: list[StepStatus]) -> str:
 
 def cancel_study(study: LoadedStudy) -> list[str]:
     """Cancel every job this study folder's records name that is still queued or running; returns the ids."""
-    from cxrbench.study.slurm import cancel_jobs, job_states
-
     records = [r for r in read_records(study).values() if r.executor == "slurm"]
     states = job_states([r.job_id for r in records]) if records else {}
     if states is None:

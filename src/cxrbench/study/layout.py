@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrbench.common.layout import INDEX_FILE
+from cxrbench.common.layout import INDEX_FILE, REPORT_HTML, STUDY_COPY
 
 STEPS_DIR = ".steps"
 STALE_DIR = ".stale"
@@ -40,7 +40,7 @@ class StudyLayout:
 
     @property
     def study_copy(self) -> Path:
-        return self.out / "study.yaml"
+        return self.out / STUDY_COPY
 
     def phantom_root(self, dataset: str) -> Path:
         return self.out / "data" / dataset
@@ -85,6 +85,11 @@ class StudyLayout:
     @property
     def report_dir(self) -> Path:
         return self.out / "report"
+
+    @property
+    def report_html(self) -> Path:
+        """The report's entry page."""
+        return self.report_dir / REPORT_HTML
 
     def marker(self, step_id: str) -> Path:
         """``OUT/.steps/<id>.json`` (the id's slashes become folders)."""

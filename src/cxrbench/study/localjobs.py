@@ -17,9 +17,10 @@ from typing import Any
 from cxrbench.common.errors import InputError
 from cxrbench.common.progress import console
 from cxrbench.study.config import LoadedStudy
-from cxrbench.study.jobs import StepJob, new_record, read_records, require_submitit
+from cxrbench.study.execute import RunSummary, selected_steps
+from cxrbench.study.jobs import StepJob, new_record, read_records
 from cxrbench.study.plan import build_plan
-from cxrbench.study.runner import RunSummary, selected_steps
+from cxrbench.study.queue import require_submitit
 from cxrbench.study.runtime_config import time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Plan, Step

@@ -18,10 +18,12 @@ from typing import Any
 
 from cxrbench.common.layout import (
     CACHE_MANIFEST,
+    COMPARISON_JSON,
     INDEX_FILE,
     METRICS_FILE,
     POOLED_FILE,
     PREDICTIONS_FILE,
+    REPORT_FILES,
     RUN_BEST_META,
     RUN_BEST_WEIGHTS,
     SHORTCUT_MODEL,
@@ -120,7 +122,7 @@ def _dataset_steps(b: _Builder, name: str) -> None:
         ph = ds.phantom.model_dump(mode="json")
         ph["format"] = ph["format"] or ds.adapter
         b.add(Step(f"phantom/{name}", "phantom", root, ph, complete=("_phantom",),
-                   params=PhantomParams(name)))
+                   params=PhantomParams(name, ds.phantom.model_copy(update={"format": ph["format"]}))))
         deps = (f"phantom/{name}",)
         fingerprint: Any = "phantom"
     else:
@@ -143,7 +145,7 @@ def _dataset_steps(b: _Builder, name: str) -> None:
                    b.cfg.preprocess[r].step_config(), (f"index/{name}",),
                    complete=(CACHE_MANIFEST,),
                    params=CacheParams(name, r, str(root), str(b.layout.index_file(name)),
-                                      b.cfg.prepare_workers)))
+                                      b.cfg.prepare_workers, b.cfg.preprocess[r])))
 
 
 def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
@@ -183,7 +185,7 @@ def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, o
         complete=_RUN_COMPLETE,
         params=TrainParams(cache=str(b.layout.cache_dir(spec.domain, r)), init=spec.base, findings=findings,
                            runtime=b.train_runtime({**overrides, **spec.pretrain}), dataset=spec.domain,
-                           recipe=r, label=label, seed=seed),
+                           recipe=r, label=label, seed=seed, options=pconf["train"]),
         group=group, deferred=findings is None))
 
 
@@ -255,11 +257,13 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
     step = b.add(Step(tid, "train", run_dir, tconf, deps, complete=_RUN_COMPLETE,
                       params=TrainParams(cache=str(b.layout.cache_dir(name, r)), init=init_value,
                                          findings=findings, runtime=b.train_runtime(arm), dataset=name,
-                                         recipe=r, label=label, seed=seed, condition=cond),
+                                         recipe=r, label=label, seed=seed, condition=cond,
+                                         options=tconf["train"]),
                       group=group, deferred=deferred))
     ev = b.cfg.evaluation.model_dump(mode="json")
     b.add(Step(f"eval/{name}/{r}/{label}/{cond.path}s{seed}", "eval", run_dir / "eval" / ev["split"], ev,
-               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond),
+               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond,
+                                                                      b.cfg.evaluation),
                group=group, deferred=deferred))
     return step
 
@@ -313,7 +317,8 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
                 complete=_EVAL_COMPLETE,
                 params=ExternalParams(run=str(t.out), cache=str(b.layout.cache_dir(target, p.recipe)),
                                       train_dataset=a, test_dataset=target, recipe=p.recipe, label=p.label,
-                                      seed=p.seed, findings=shared, condition=cond),
+                                      seed=p.seed, findings=shared, condition=cond,
+                                      evaluation=b.cfg.evaluation),
                 group=t.group, deferred=deferred))
 
 
@@ -331,10 +336,11 @@ def _compare_steps(b: _Builder) -> None:
                     if len(evals) < 2:
                         continue
                     runs = {s.params.label: s.params.run for s in evals}
-                    how = comp
+                    how, spec = comp, b.cfg.comparisons
                     ref = comp["reference"]
                     if ref is not None and ref not in runs and not comp["all_pairs"]:
                         how = {**comp, "reference": None, "all_pairs": True}  # e.g. linear probes only
+                        spec = spec.model_copy(update={"reference": None, "all_pairs": True})
                         note = (f"{cond.name}: {ref} has no run there, so its inits "
                                 "are compared pairwise")
                         if note not in b.notes:
@@ -342,7 +348,8 @@ def _compare_steps(b: _Builder) -> None:
                     b.add(Step(f"compare/{name}/{r}/{cond.path}s{seed}", "compare",
                                b.layout.compare_dir(name, r, seed, cond.path),
                                {**how, "evaluation": ev}, tuple(s.id for s in evals),
-                               complete=("comparison.json",), params=CompareParams(name, r, seed, runs, cond),
+                               complete=(COMPARISON_JSON,),
+                               params=CompareParams(name, r, seed, runs, cond, spec, b.cfg.evaluation),
                                deferred=any(s.deferred for s in evals)))
 
 
@@ -382,7 +389,8 @@ def _pooled_steps(b: _Builder) -> None:
                            "pooled", b.layout.pooled_dir(name, r, cond.path),
                            {**comp, "evaluation": ev, "seeds": list(b.cfg.seeds)},
                            tuple(s.id for s in evals), complete=(POOLED_FILE,),
-                           params=PooledParams(name, r, runs, list(b.cfg.seeds), cond),
+                           params=PooledParams(name, r, runs, list(b.cfg.seeds), cond, b.cfg.comparisons,
+                                               b.cfg.evaluation),
                            deferred=any(s.deferred for s in evals)))
 
 
@@ -390,7 +398,7 @@ def _report_step(b: _Builder) -> None:
     gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare", "shortcut", "pooled"))
     b.add(Step("report", "report", b.layout.report_dir,
                {"version": PLAN_VERSION, "config_hash": b.cfg.config_hash()}, gathered,
-               complete=("index.html", "report.md", "results.csv")))
+               complete=REPORT_FILES))
 
 
 def _assign_keys(plan: Plan) -> None:

@@ -11,14 +11,13 @@ rerun of ``cxrbench study run --executor slurm`` resubmits exactly what is left.
 
 Steps whose settings are known only once the indexes exist (a ``domain:`` arm's label sets) are
 submitted by one more job, after the index jobs, that runs this same submission on the cluster
-(:class:`~cxrbench.study.jobs.ReplanJob`; compute nodes must be allowed to call ``sbatch``).
+(:class:`ReplanJob`; compute nodes must be allowed to call ``sbatch``).
 
 Job states come from ``sacct`` (through submitit's parser), else ``squeue``.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -26,17 +25,11 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import file_lock
 from cxrbench.common.progress import console
 from cxrbench.study.config import LoadedStudy
-from cxrbench.study.jobs import (
-    ALIVE,
-    ReplanJob,
-    StepJob,
-    new_record,
-    read_records,
-    require_submitit,
-)
+from cxrbench.study.execute import RunSummary, selected_steps
+from cxrbench.study.jobs import StepJob, new_record, read_records
 from cxrbench.study.layout import REPLAN_JOB
 from cxrbench.study.plan import build_plan
-from cxrbench.study.runner import RunSummary, selected_steps
+from cxrbench.study.queue import ALIVE, job_states, require_submitit
 from cxrbench.study.runtime_config import ExecutorSpec, time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
@@ -45,6 +38,27 @@ _GPU_KINDS = ("train", "pretrain", "ssl")
 _ONE_GPU_KINDS = ("eval", "external")
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"
+
+
+class ReplanJob:
+    """Submits the steps known only once the indexes exist (a ``domain:`` arm's label sets)."""
+
+    def __init__(
+        self,
+        study: LoadedStudy,
+        shard: tuple[int, int] | None,
+        kinds: tuple[str, ...] | None,
+        device: str | None,
+    ) -> None:
+        self.study, self.shard, self.kinds, self.device = study, shard, kinds, device
+
+    def __call__(self) -> list[str]:
+        submitit = require_submitit()
+        with submitit.helpers.clean_env():  # the new jobs must not inherit this job's SLURM variables
+            summary = submit_study(
+                self.study, shard=self.shard, kinds=self.kinds, device=self.device, quiet=True
+            )
+        return list(summary.submitted.values())
 
 
 def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str]) -> dict[str, Any]:
@@ -201,49 +215,3 @@ def _alive(study: LoadedStudy, step: Step, job_id: str, states: dict[str, str] |
 def _alive_id(job_id: str, states: dict[str, str] | None) -> bool:
     raw = (states or {}).get(job_id)
     return raw is not None and raw.split()[0].upper() in ALIVE
-
-
-def job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``{job id: SLURM state}`` from sacct (submitit's parser), and from squeue for the ids sacct does not
-    list (no accounting, or accounting lagging behind a fresh submission); None when neither answers.
-    Jobs the scheduler no longer knows are absent."""
-    if not job_ids:
-        return {}
-    require_submitit()
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    ids = sorted({str(j) for j in job_ids})
-    cmd = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
-    for j in ids:
-        cmd += ["-j", j]
-    states: dict[str, str] | None = None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
-        info = SlurmInfoWatcher().read_info(out)
-        states = {j: info[j]["State"] for j in ids if j in info and info[j].get("State")}
-        if len(states) == len(ids):
-            return states
-    except (OSError, subprocess.SubprocessError):
-        pass
-    missing = [j for j in ids if j not in (states or {})]
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True,
-                             text=True, timeout=120, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return states
-    found = dict(line.strip().split("|", 1) for line in out.splitlines() if "|" in line)
-    return {**(states or {}), **{j: found[j] for j in missing if j in found}}
-
-
-def cancel_jobs(job_ids: list[str]) -> None:
-    """``scancel`` the jobs (one call)."""
-    if not job_ids:
-        return
-    try:
-        subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=120, check=True)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise InputError(
-            f"scancel failed: {' '.join(str(err).split())[:300]}",
-            where="cxrbench study cancel",
-            fix="run it where SLURM's commands are available (the login node)",
-        ) from None

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrbench.study.axes import DEFAULT, Condition
+from cxrbench.study.sections import ComparisonSpec, EvaluationSpec, RecipeSpec
 
 if TYPE_CHECKING:
-    from cxrbench.study.config import LoadedStudy
+    from cxrbench.study.config import LoadedStudy, PhantomSpec
 
 PLAN_VERSION = 1
 KINDS: tuple[str, ...] = (
@@ -41,9 +42,11 @@ KINDS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class PhantomParams:
-    """Generate the synthetic dataset ``dataset`` into the step's folder (its root)."""
+    """Generate the synthetic dataset ``dataset`` into the step's folder (its root), as ``phantom``
+    says (its ``format`` filled in: the dataset's adapter when the config leaves it out)."""
 
     dataset: str
+    phantom: PhantomSpec
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,16 @@ class CacheParams:
     root: str
     index: str
     workers: int | None = None
+    spec: RecipeSpec = RecipeSpec()
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """One training run (a domain pretraining run too): on ``cache`` from ``init``.
 
-    ``findings`` None means every finding of the cache; ``runtime`` holds the runtime-only train
-    keys (workers, device, ...). ``dataset``/``recipe``/``label``/``seed`` name the arm.
+    ``findings`` None means every finding of the cache; ``options`` are the run's identity options
+    (``TrainConfig`` keys, what its step key hashes) and ``runtime`` the runtime-only ones (workers,
+    device, ...). ``dataset``/``recipe``/``label``/``seed`` name the arm.
     """
 
     cache: str
@@ -82,6 +87,7 @@ class TrainParams:
     label: str
     seed: int
     condition: Condition = DEFAULT
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class SslParams:
 
 @dataclass(frozen=True)
 class EvalParams:
-    """Evaluate the run folder ``run`` (the arm's dataset/recipe/label/seed)."""
+    """Evaluate the run folder ``run`` (the arm's dataset/recipe/label/seed) as ``evaluation`` says."""
 
     run: str
     dataset: str
@@ -109,6 +115,7 @@ class EvalParams:
     label: str
     seed: int
     condition: Condition = DEFAULT
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 @dataclass(frozen=True)
@@ -124,17 +131,22 @@ class ExternalParams:
     seed: int
     findings: list[str] | None
     condition: Condition = DEFAULT
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 @dataclass(frozen=True)
 class CompareParams:
-    """Compare the evaluations of ``runs`` (init label -> run folder) on one dataset/recipe/seed."""
+    """Compare the evaluations of ``runs`` (init label -> run folder) on one dataset/recipe/seed, as
+    ``comparison`` says (the study's, or all pairs where its reference has no run) over the
+    ``evaluation``'s resamples."""
 
     dataset: str
     recipe: str
     seed: int
     runs: dict[str, str]
     condition: Condition = DEFAULT
+    comparison: ComparisonSpec = ComparisonSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,8 @@ class PooledParams:
     runs: dict[str, list[str]]
     seeds: list[int]
     condition: Condition = DEFAULT
+    comparison: ComparisonSpec = ComparisonSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 @dataclass(frozen=True)
