@@ -54,73 +54,80 @@ class PretrainConfig(RunConfig):
     SECTION: ClassVar[str] = SECTION
 
     # data, start, output
-    caches: tuple[str, ...] = Field(description="prepared caches whose train splits are used (Contract 3)")
-    init: str = Field(description="initialization to continue from, e.g. dinov2-vitb14 or random-vit-base")
-    out: str = Field(description="run directory")
+    caches: tuple[str, ...] = Field(description="A prepared cache; repeat for several. Only its train split "
+                                                "is used.")
+    init: str = Field(description="Initialization: dinov2-vitb14, dinov3-vitb16, random-<arch>, "
+                                  "checkpoint:PATH (`cxrbench weights list`).")
+    out: str = Field(description="Run folder to create or resume.")
     exclude: tuple[str, ...] = Field(
         (),
-        description="further indexes/caches whose val/test patients are "
-        "left out (a study passes every dataset)",
+        description="An index or cache whose val/test patients are left out too; repeat for several (a study "
+                    "passes every dataset).",
     )
     unlabeled: tuple[str, ...] = Field(
         (),
-        description="caches used whole, every split: data never evaluated on (their val/test patients "
-        "are not held out)",
+        description="A cache used whole, every split: data you never evaluate on (e.g. a source site's "
+                    "archive; its val/test patients are not held out); repeat for several.",
     )
 
     # optimization
-    epochs: int = Field(100, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=2, description="global images per optimizer step")
-    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
-    lr: float = Field(2e-4, gt=0, le=10.0, description="peak learning rate (after warmup)")
-    min_lr: float = Field(1e-6, ge=0, description="floor of the cosine schedule")
-    warmup_epochs: float = Field(10.0, ge=0, description="linear lr warmup, epochs")
-    weight_decay: float = Field(0.04, ge=0, description="weight decay at the start (cosine schedule)")
-    weight_decay_end: float = Field(0.2, ge=0, description="weight decay at the end")
+    epochs: int = Field(100, ge=1, le=100_000, description="Epochs.")
+    batch_size: int = Field(64, ge=2, description="Global images per optimizer step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(2e-4, gt=0, le=10.0, description="Peak learning rate (after warmup).")
+    min_lr: float = Field(1e-6, ge=0, description="Floor of the cosine schedule.")
+    warmup_epochs: float = Field(10.0, ge=0, description="Linear lr warmup, epochs.")
+    weight_decay: float = Field(0.04, ge=0, description="Weight decay at the start of its cosine schedule.")
+    weight_decay_end: float = Field(0.2, ge=0, description="Weight decay at the end of its cosine schedule.")
     betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float | None = Field(0.9, gt=0, le=1, description="layer-wise lr decay; off if unset")
-    clip_grad: float | None = Field(3.0, gt=0, description="max global grad norm; off when unset")
-    drop_path: float = Field(0.1, ge=0, lt=1, description="stochastic depth of the student")
+    layer_decay: float | None = Field(0.9, gt=0, le=1, description="Layer-wise lr decay; off when unset.")
+    clip_grad: float | None = Field(3.0, gt=0, description="Max global grad norm; off when unset.")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="Stochastic depth of the student.")
     freeze_last_layer_epochs: float = Field(1.0, ge=0, description="epochs the prototypes stay fixed")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on "
+                                                                           "CPU.")
 
     # self-distillation
-    momentum: float = Field(0.992, ge=0, le=1, description="teacher EMA momentum at the start")
+    momentum: float = Field(0.992, ge=0, le=1, description="Teacher EMA momentum at the start (cosine to "
+                                                           "momentum_end).")
     momentum_end: float = Field(1.0, ge=0, le=1, description="teacher EMA momentum at the end (cosine)")
-    teacher_temp: float = Field(0.07, gt=0, le=1, description="teacher temperature after warmup")
+    teacher_temp: float = Field(0.07, gt=0, le=1, description="Teacher temperature after warmup.")
     warmup_teacher_temp: float = Field(0.04, gt=0, le=1, description="teacher temperature at the start")
     warmup_teacher_temp_epochs: float = Field(30.0, ge=0, description="teacher temperature warmup, epochs")
     student_temp: float = Field(0.1, gt=0, le=1)
     centering: Literal["center", "sinkhorn"] = Field(
-        "center", description="teacher targets: DINO centering or Sinkhorn-Knopp (DINOv2)"
+        "center", description="Teacher targets: center (DINO's centering) or sinkhorn (DINOv2's "
+                              "Sinkhorn-Knopp)."
     )
     center_momentum: float = Field(0.9, ge=0, lt=1)
     sinkhorn_iterations: int = Field(3, ge=1, le=100)
-    out_dim: int = Field(65536, ge=2, description="prototypes of the DINO head")
+    out_dim: int = Field(65536, ge=2, description="Prototypes of the DINO head.")
     head_hidden: int = Field(2048, ge=1)
     head_bottleneck: int = Field(256, ge=1)
     head_layers: int = Field(3, ge=1, le=8)
     dino_weight: float = Field(1.0, ge=0)
-    ibot: bool = Field(True, description="iBOT masked-patch loss (ViTs only)")
+    ibot: bool = Field(True, description="iBOT masked-patch loss, ViTs only.")
     ibot_weight: float = Field(1.0, ge=0)
     ibot_separate_head: bool = Field(False, description="a second head for patch tokens")
     mask_probability: float = Field(0.5, ge=0, le=1, description="share of global views that are masked")
     mask_ratio: tuple[float, float] = Field((0.1, 0.5), description="(min, max) share of masked patches")
-    koleo_weight: float = Field(0.1, ge=0, description="KoLeo regularizer on the student's CLS features")
+    koleo_weight: float = Field(0.1, ge=0, description="KoLeo regularizer on the student's CLS features; 0 = "
+                                                       "off.")
 
     # crops
     global_size: int | None = Field(
         None,
         ge=16,
         le=4096,
-        description="global view side, px; the cache's size (to a patch multiple) if unset",
+        description="Global view side, px (default: the cache's size, to a patch multiple).",
     )
     local_size: int | None = Field(
-        None, ge=8, le=4096, description="local view side, px; 7/16 of the global size (98 at 224) if unset"
+        None, ge=8, le=4096, description="Local view side, px (default: 7/16 of the global size, 98 at 224)."
     )
-    local_crops: int = Field(8, ge=0, le=64, description="local views per image")
-    global_scale: tuple[float, float] = Field((0.4, 1.0), description="area fraction of global crops")
-    local_scale: tuple[float, float] = Field((0.1, 0.4), description="area fraction of local crops")
+    local_crops: int = Field(8, ge=0, le=64, description="Local views per image.")
+    global_scale: tuple[float, float] = Field((0.4, 1.0), description="MIN,MAX area fraction of global "
+                                                                      "crops.")
+    local_scale: tuple[float, float] = Field((0.1, 0.4), description="MIN,MAX area fraction of local crops.")
     hflip: float = Field(0.5, ge=0, le=1)
     rotate: float = Field(7.0, ge=0, le=180, description="max rotation, degrees")
     brightness: float = Field(0.2, ge=0, lt=1)
@@ -128,14 +135,17 @@ class PretrainConfig(RunConfig):
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur per view")
     blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="(min, max) blur sigma, px")
 
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of heads, shuffling, views, masks.")
 
     # runtime only
-    workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=0, le=256)
-    device: str | None = Field(None, description="cpu, cuda, cuda:N; auto when unset")
-    log_every: int = Field(10, ge=1, description="optimizer steps between log.jsonl lines")
-    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between last.pt saves; 0 = per epoch")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms for bit-exact reruns")
+    workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=0, le=256,
+                         description="Data loader processes (default: min(8, CPUs)).")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda if available).")
+    log_every: int = Field(10, ge=1, description="Optimizer steps per log line.")
+    checkpoint_every: int = Field(0, ge=0, description="Also save last.pt every N optimizer steps; 0 = at "
+                                                       "epoch ends only.")
+    deterministic: bool = Field(False, description="Deterministic algorithms: bit-exact reruns, slower on "
+                                                   "GPU.")
 
     @field_validator("caches", "exclude", "unlabeled", mode="before")
     @classmethod
@@ -162,6 +172,20 @@ class PretrainConfig(RunConfig):
         if head not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()):
             raise ValueError("must be cpu, cuda, cuda:N or mps")
         return v
+
+    @field_validator("global_scale", "local_scale", "mask_ratio", "blur_sigma", "betas", mode="before")
+    @classmethod
+    def _pair_text(cls, v: Any) -> Any:
+        """``"0.4,1.0"`` (the command line's and YAML's shorthand) -> (0.4, 1.0)."""
+        if not isinstance(v, str):
+            return v
+        parts = [x.strip() for x in v.split(",")]
+        try:
+            lo, hi = (float(x) for x in parts)
+        except ValueError:
+            raise ValueError(f"{v!r} is not MIN,MAX (two numbers separated by a comma, e.g. "
+                             f"0.4,1.0)") from None
+        return lo, hi
 
     @field_validator("global_scale", "local_scale", "mask_ratio")
     @classmethod

@@ -53,10 +53,15 @@ class TrainConfig(TrainSettings, AllMethodOptions):
     def _known_method(cls, v: str) -> str:
         return one_of(v, method_names(), "adaptation method")
 
+    @classmethod
+    def ordered_fields(cls) -> list[str]:
+        """The field names, the shared settings first, then each method's options (config.yaml's order)."""
+        return list(dict.fromkeys([*TrainSettings.model_fields, *cls.model_fields]))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict: the shared settings first, then each method's options."""
         d = super().to_dict()
-        return {k: d[k] for k in dict.fromkeys([*TrainSettings.model_fields, *d])}
+        return {k: d[k] for k in self.ordered_fields()}
 
     # --- construction and comparison -------------------------------------------------------------
 

@@ -124,8 +124,7 @@ class TrainSettings(RunConfig):
                                      "folder).")
 
     # adaptation (docs/training.md#adaptation-methods); hashed into a study key only when not default
-    adaptation: str = Field(DEFAULT_ADAPTATION, description="Adaptation method (`cxrbench train --help` "
-                            "lists them).")
+    adaptation: str = Field(DEFAULT_ADAPTATION, description="Adaptation method (train/methods/).")
     embed_batch_size: int | None = Field(None, ge=1, description="Methods on cached embeddings: first batch "
                                          "of the embedding pass, halved on out-of-memory (default: 256 on "
                                          "CUDA, 64 on CPU).")

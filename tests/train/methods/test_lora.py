@@ -1,5 +1,5 @@
-"""train.methods.lora: adapters only on the projections, counts, the merge equals the adapted model, plain timm
-weights; ConvNeXt too; grouped convolutions and a missing peft are one-line errors."""
+"""train.methods.lora: adapters only on the projections, counts, the merge equals the adapted model, plain
+timm weights; ConvNeXt too; grouped convolutions and a missing peft are one-line errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import timm
 import torch
 
-from cxrbench.train.methods.lora import LoraSpec, apply_lora, lora_layers, merged_state_dict, target_modules
 from cxrbench.common.errors import InputError
 from cxrbench.models.build import create_model
+from cxrbench.train.methods.lora import LoraSpec, apply_lora, lora_layers, merged_state_dict, target_modules
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
