@@ -77,6 +77,14 @@ def test_mean_row_and_bh_family_per_pair(three_models):
         assert np.isnan(mean.p_adjusted) and np.isnan(mean.p_delong)
 
 
+def test_fdr_none_keeps_the_raw_p_values(three_models):
+    table = cp.compare_predictions(three_models, n_resamples=50, fdr="none")
+    assert table["p_adjusted"].equals(table["p_bootstrap"])
+    assert table["p_delong_adjusted"].equals(table["p_delong"])
+    with pytest.raises(InputError, match="--fdr"):
+        cp.compare_predictions(three_models, n_resamples=50, fdr="holm")
+
+
 def test_family_all_adjusts_across_pairs(three_models):
     out = cp.compare_predictions(three_models, n_resamples=100, family="all")
     tests = out[(out.finding != "mean") & out.p_bootstrap.notna()]

@@ -87,6 +87,7 @@ def test_study_external_validation_uses_the_one_prediction_path(tiny_run, tmp_pa
     from cxrbench.evaluate import inference
     from cxrbench.evaluate.run_eval import evaluate_run
     from cxrbench.study.executors import run_external
+    from cxrbench.study.sections import EvaluationSpec
     from cxrbench.study.steps import ExternalParams, Step
 
     run, cache = tiny_run
@@ -107,7 +108,8 @@ def test_study_external_validation_uses_the_one_prediction_path(tiny_run, tmp_pa
               "threshold": "val", "fixed_threshold": 0.5, "batch_size": 8, "findings": ["cardiomegaly"]}
     step = Step("external/x", "external", tmp_path / "ext", config,
                 params=ExternalParams(run=str(copy), cache=str(cache), train_dataset="a", test_dataset="b",
-                                      recipe="r", label="l", seed=0, findings=["cardiomegaly"]))
+                                      recipe="r", label="l", seed=0, findings=["cardiomegaly"],
+                                      evaluation=EvaluationSpec(bootstrap=0, batch_size=8)))
     run_external(step, type("Ctx", (), {"device": "cpu"})())
     assert calls == [["cardiomegaly"]]
     written = json.loads((tmp_path / "ext" / "metrics.json").read_text())

@@ -222,6 +222,10 @@ def test_cli_compare_arms_table_csv_json(tmp_path, cli_runner, arm_runs, arms):
     got = pd.DataFrame(doc["rows"])
     np.testing.assert_allclose(got["diff_lo"].astype(float), want["diff_lo"], rtol=0, atol=1e-10)  # JSON
     assert got.n_seeds_a.tolist() == [3] * len(got)
+    # the pooled format of a study's pooled.json: the arms' pooled metrics beside the comparisons
+    metrics = pd.DataFrame(cp.read_comparison(out)["metrics"])
+    want_m = pl.pooled_metrics({"dino": arms["dino"], "imagenet": arms["imagenet"]}, n_resamples=40, seed=7)
+    np.testing.assert_allclose(metrics["auroc_lo"].astype(float), want_m["auroc_lo"], rtol=0, atol=1e-10)
     csv = tmp_path / "cmp.csv"
     plain = arm_runs["mimic"][0]  # a plain run is a one-seed arm named as before
     result = cli_runner.invoke(app, ["compare", str(plain), *arm_option("dino", arm_runs["dino"]),
@@ -276,3 +280,20 @@ def test_cli_compare_arm_refusals(tmp_path, cli_runner, arm_runs):
         assert message in result.stderr, (message, result.stderr)
         assert "Traceback" not in result.output + result.stderr
 
+
+
+def test_pooled_comparison_fdr_none_and_one_arm(arms):
+    two = {"dino": arms["dino"], "imagenet": arms["imagenet"]}
+    metrics, table = pl.pooled_comparison(two, "imagenet", n_resamples=30, fdr="none")
+    assert table is not None and table["p_adjusted"].equals(table["p_bootstrap"])
+    assert table.attrs["fdr"] == "none" and set(metrics["arm"]) == {"dino", "imagenet"}
+    metrics, table = pl.pooled_comparison({"dino": arms["dino"]}, n_resamples=30)
+    assert table is None and set(metrics["arm"]) == {"dino"}
+
+
+def test_a_pooled_json_of_the_earlier_format_still_reads(tmp_path):
+    legacy = {"format": "cxrbench.pooled/1", "dataset": "a", "metrics": [{"arm": "x", "finding": "mean"}],
+              "comparisons": [{"model_a": "x", "model_b": "y", "finding": "mean"}]}
+    (tmp_path / "pooled.json").write_text(json.dumps(legacy))
+    doc = cp.read_comparison(tmp_path / "pooled.json")
+    assert doc["rows"] == legacy["comparisons"] and doc["metrics"] == legacy["metrics"]

@@ -24,10 +24,12 @@ or --seed/--bootstrap/--cluster). Pairs: every pair in the given order, or each 
 of resamples where A <= B).
 
 Several seeds: --arm NAME=RUN1,RUN2,... (repeatable) makes one arm of the runs of one init trained
-with different seeds. An arm's AUROC is the mean over its seeds, its CI and the paired test come from
-a two-level bootstrap (the image resamples shared by every arm, seeds drawn with replacement per
-arm), and the seed-to-seed SD is shown beside it; DeLong needs one seed per side. Plain RUN
-arguments are one-seed arms named as before; they come first, then the arms in the order given.
+with different seeds; --out FILE.json then also holds every arm's metrics pooled over its seeds, the
+format of a study's pooled.json. An arm's AUROC is the mean over its seeds, its CI and the paired
+test come from a two-level bootstrap (the image resamples shared by every arm, seeds drawn with
+replacement per arm), and the seed-to-seed SD is shown beside it; DeLong needs one seed per side.
+Plain RUN arguments are one-seed arms named as before; they come first, then the arms in the order
+given.
 
   cxrbench compare --arm dino=runs/d0,runs/d1,runs/d2 --arm in21k=runs/i0,runs/i1 --reference in21k
 """
@@ -51,6 +53,8 @@ def register(app: typer.Typer) -> None:
         family: str = typer.Option("pair", "--family",
                                    help="BH family: pair (the findings of one comparison) or all "
                                         "(every pair)."),
+        fdr: str = typer.Option("bh", "--fdr", help="Multiplicity correction of the per-finding p-values: bh "
+                                "(Benjamini-Hochberg within each family) or none."),
         out: Path | None = typer.Option(None, "--out", help="Write the table as CSV (.csv) or JSON (.json)."),
         seed: int | None = typer.Option(None, "--seed", help="Bootstrap seed (default: the one stored)."),
         n_bootstrap: int | None = typer.Option(None, "--bootstrap", min=1,
@@ -81,14 +85,19 @@ def register(app: typer.Typer) -> None:
         names = run_names(runs) if runs else []
         arms = parse_arms(arm or [], names)
         ref_name = _reference_name(reference, runs, names, list(arms))
+        metrics = None
         if arms:
-            from cxrbench.evaluate.pooled import compare_arms, load_arm_predictions
+            from cxrbench.evaluate.pooled import load_arm_predictions, pooled_comparison
 
             groups = {**{name: [run] for name, run in zip(names, runs, strict=True)}, **arms}
             frames, stored, paths = load_arm_predictions(groups, split)
             settings = resample_settings(stored, seed=seed, n_resamples=n_bootstrap, cluster=cluster)
-            table = compare_arms(frames, ref_name, findings=finding or None, alternative=alternative,
-                                 family=family, ci_level=ci, **settings)
+            metrics, table = pooled_comparison(frames, ref_name, findings=finding or None,
+                                               alternative=alternative, family=family, ci_level=ci, fdr=fdr,
+                                               **settings)
+            if table is None:
+                raise InputError(f"need at least two arms to compare, got {len(frames)}", where="compare",
+                                 fix="give two or more runs or arms")
             context = {"arms": {name: [str(r) for r in members] for name, members in groups.items()}}
         else:
             if len(runs) < 2:
@@ -97,10 +106,10 @@ def register(app: typer.Typer) -> None:
             preds, stored = load_run_predictions(runs, split)
             settings = resample_settings(stored, seed=seed, n_resamples=n_bootstrap, cluster=cluster)
             table = compare_predictions(preds, ref_name, findings=finding or None, alternative=alternative,
-                                        family=family, ci_level=ci, **settings)
+                                        family=family, ci_level=ci, fdr=fdr, **settings)
             paths, context = dict(zip(names, map(str, runs), strict=True)), None
         if out is not None:
-            write_comparison(table, out, runs=paths, context=context)
+            write_comparison(table, out, runs=paths, context=context, metrics=metrics)
         if not quiet:
             print_comparison(table)
             if out is not None:

@@ -7,6 +7,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -42,6 +43,14 @@ with a finding). Metadata is read from the run's cache (or --cache / --metadata 
 Calibration (written to calibration.json, when scores are probabilities): ECE over equal-mass bins
 with its bootstrap CI, Brier score, calibration slope and intercept, reliability curves; with
 --recalibrate temperature|platt|isotonic the same after a map fitted on the validation split.
+
+External validation: --external CACHE --out DIR scores the run on SPLIT of another dataset's cache
+(prepared with the run's recipe) over the findings both have, with the thresholds chosen on the
+run's own validation split, and writes predictions.parquet, metrics.json and operating.json (the
+source threshold against the other site's own Youden optimum) into DIR, as a study's external
+validation does.
+
+  cxrbench evaluate runs/nih-dinov2 --external cache/vindr --out external/nih-on-vindr
 """
 
 
@@ -145,33 +154,35 @@ def register(app: typer.Typer) -> None:
         no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip the calibration analysis."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Replace a metrics.json computed with other settings."),
+        external: Path | None = typer.Option(None, "--external",
+                                             help="External validation: score the run on this other cache "
+                                                  "(needs --out)."),
+        out: Path | None = typer.Option(None, "--out", help="With --external: the folder its "
+                                        "predictions.parquet, metrics.json and operating.json go to."),
     ) -> None:
         from cxrbench.common.fileio import atomic_write_text, json_safe
-        from cxrbench.evaluate.analysis import CalibrationOptions, SubgroupOptions
         from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
+        fixed = parse_thresholds(threshold)
+        if external is not None or out is not None:
+            result = evaluate_external_cmd(run, external, out, split=split, n_resamples=n_bootstrap,
+                                           seed=seed, cluster=cluster, threshold_from=threshold_from,
+                                           thresholds=fixed, ci_level=ci, batch_size=batch_size,
+                                           device=device)
+            if not quiet:
+                print_metrics(result)
+                typer.echo(f"wrote {out}")
+            return
         if out_json and out_json != "-":
             from cxrbench.common.fileio import check_writable
 
             check_writable(out_json)  # before the evaluation writes anything
-        fixed = parse_thresholds(threshold)
         predict_kwargs = {"cache_dir": cache, "batch_size": batch_size, "device": device}
-        variables = parse_list(subgroups, "--subgroups")
-        asked = (variables is not None or bool(subgroup) or age_bands is not None or metadata is not None
-                 or prevalence_matched)
-        sub_opts: SubgroupOptions | bool = False
-        if not no_subgroups:
-            sub_opts = SubgroupOptions(variables=variables, extra=tuple(subgroup or ()),
-                                       age_edges=parse_edges(age_bands) or SubgroupOptions().age_edges,
-                                       min_positives=min_positives, min_negatives=min_positives,
-                                       prevalence_matched=prevalence_matched,
-                                       metadata=str(metadata) if metadata is not None else None,
-                                       required=asked)
-        cal_opts: CalibrationOptions | bool = False
-        if not no_calibration:
-            cal_opts = CalibrationOptions(n_bins=calibration_bins, recalibrate=recalibrate,
-                                          required=recalibrate is not None)
+        sub_opts, cal_opts = analysis_options(
+            subgroups=subgroups, subgroup=subgroup, age_bands=age_bands, min_positives=min_positives,
+            prevalence_matched=prevalence_matched, metadata=metadata, no_subgroups=no_subgroups,
+            calibration_bins=calibration_bins, recalibrate=recalibrate, no_calibration=no_calibration)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_run(run, split, n_resamples=n_bootstrap, seed=seed, cluster=cluster,
@@ -198,6 +209,50 @@ def register(app: typer.Typer) -> None:
             if written:
                 typer.echo(f"wrote {path}")
                 print_extras(run, split, no_subgroups)
+
+
+def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_bands: str | None,
+                     min_positives: int, prevalence_matched: bool, metadata: Path | None, no_subgroups: bool,
+                     calibration_bins: int, recalibrate: str | None, no_calibration: bool) -> tuple[Any, Any]:
+    """The subgroup and calibration options of ``evaluate_run`` from the command line (False = skip)."""
+    from cxrbench.evaluate.analysis import CalibrationOptions, SubgroupOptions
+
+    variables = parse_list(subgroups, "--subgroups")
+    asked = (variables is not None or bool(subgroup) or age_bands is not None or metadata is not None
+             or prevalence_matched)
+    sub_opts: SubgroupOptions | bool = False
+    if not no_subgroups:
+        sub_opts = SubgroupOptions(variables=variables, extra=tuple(subgroup or ()),
+                                   age_edges=parse_edges(age_bands) or SubgroupOptions().age_edges,
+                                   min_positives=min_positives, min_negatives=min_positives,
+                                   prevalence_matched=prevalence_matched,
+                                   metadata=str(metadata) if metadata is not None else None, required=asked)
+    cal_opts: CalibrationOptions | bool = False
+    if not no_calibration:
+        cal_opts = CalibrationOptions(n_bins=calibration_bins, recalibrate=recalibrate,
+                                      required=recalibrate is not None)
+    return sub_opts, cal_opts
+
+
+def evaluate_external_cmd(run: Path, cache: Path | None, out: Path | None, **settings: Any) -> dict:
+    """``evaluate RUN --external CACHE --out DIR``: external validation into DIR."""
+    from cxrbench.evaluate.external import evaluate_external
+
+    if cache is None or out is None:
+        raise InputError("--external and --out go together" if cache is not None else
+                         "--out is for external validation", where="--external" if cache is None else "--out",
+                         fix="evaluate on another cache with --external CACHE --out DIR (the run's own "
+                             "evaluation goes to RUN/eval/SPLIT)")
+    if out.exists() and not out.is_dir():
+        raise InputError("--out is a file, not a folder", where=str(out), fix="give a folder for the results")
+    from cxrbench.common.fileio import check_writable
+    from cxrbench.common.layout import METRICS_FILE
+
+    check_writable(out / METRICS_FILE)
+    source = settings.pop("threshold_from")
+    if source is None and settings.get("thresholds") is None:
+        source = "val"
+    return evaluate_external(run, cache, out, threshold_from=source, **settings)
 
 
 def _fmt(summary: dict, digits: int = 3, ci: bool = True) -> str:
