@@ -13,6 +13,7 @@ given, starting with a large batch and halving it whenever the device runs out o
 from __future__ import annotations
 
 import contextlib
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,12 +24,14 @@ from cxrbench.common.errors import InputError
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``[B, D]`` pre-logits features of the images ``x`` (``[B, 3, S, S]``, normalized)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    timm_model: Any = model
+    return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
 
 
 def feature_dim(model: nn.Module) -> int:
     """D, the width of :func:`pooled_features` (timm's ``num_features`` / ``head_hidden_size``)."""
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    timm_model: Any = model
+    return int(getattr(timm_model, "head_hidden_size", None) or timm_model.num_features)
 
 
 def check_linear_head(model: nn.Module, x: torch.Tensor, atol: float = 1e-4) -> None:
@@ -38,7 +41,7 @@ def check_linear_head(model: nn.Module, x: torch.Tensor, atol: float = 1e-4) -> 
     model.eval()
     with torch.no_grad():
         full = model(x).float()
-        head = model.get_classifier()(pooled_features(model, x)).float()
+        head = cast(Any, model).get_classifier()(pooled_features(model, x)).float()
     model.train(was)
     if full.shape != head.shape or not torch.allclose(full, head, atol=atol, rtol=1e-4):
         raise InputError(f"{type(model).__name__}'s output is not a linear layer on its pooled features, "
@@ -95,8 +98,8 @@ def extract_features(model: nn.Module, dataset, transform: nn.Module, device: to
             start += len(idx)
             bar.advance(task, len(idx))
     dim = out[0].shape[1] if out else feature_dim(model)
-    feats = np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
-    idx, feats = dist_.gather_predictions(mine, feats, env)
+    mine_feats = np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
+    idx, every = dist_.gather_predictions(mine, mine_feats, env)
     if len(idx) != len(dataset):
         raise RuntimeError(f"gathered {len(idx)} embeddings for {len(dataset)} items")
-    return feats.astype(np.float32, copy=False), batch
+    return every.astype(np.float32, copy=False), batch

@@ -106,10 +106,11 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, masks: Sequence[n
     cols = min(n, budget)
     rows = max(1, budget // cols)
     bank_b = bank_d.bfloat16() if fast else None
-    out = [([], []) for _ in masks]
+    out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in masks]
     for q0 in range(0, queries.shape[0], rows):
         q = queries[q0:q0 + rows].to(device)
-        found = _prefiltered(q, bank_d, bank_b, k, masks_d) if fast else _exact(q, bank_d, k, masks_d, cols)
+        found = (_prefiltered(q, bank_d, bank_b, k, masks_d) if bank_b is not None
+                 else _exact(q, bank_d, k, masks_d, cols))
         for g, (v, i) in enumerate(found):
             out[g][0].append(v.cpu())
             out[g][1].append(i.cpu())
@@ -128,11 +129,12 @@ def _exact(q: torch.Tensor, bank: torch.Tensor, k: int, masks: list, cols: int) 
             sg = s if m is None else s.masked_fill(~m[b0:b0 + cols], -math.inf)
             v, i = sg.topk(min(k, sg.shape[1]), dim=1)
             i = i + b0
-            if best[g] is not None:  # merge with the best of the earlier bank blocks
-                v, pos = torch.cat([best[g][0], v], 1).topk(k, dim=1)
-                i = torch.cat([best[g][1], i], 1).gather(1, pos)
+            earlier = best[g]
+            if earlier is not None:  # merge with the best of the earlier bank blocks
+                v, pos = torch.cat([earlier[0], v], 1).topk(k, dim=1)
+                i = torch.cat([earlier[1], i], 1).gather(1, pos)
             best[g] = (v, i)
-    return best  # type: ignore[return-value]
+    return [b for b in best if b is not None]
 
 
 def _dots(bank: torch.Tensor, cand: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

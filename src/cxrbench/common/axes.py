@@ -139,7 +139,11 @@ class Condition:
         """The TrainConfig options of this condition (only the non-default ones, so keys of the
         default condition never move); the label budget and noise are drawn from the run's seed."""
         by_col = {a.column: a for a in CONDITION_AXES}
-        out = {by_col[c].train_key: v for c, v in self.values if by_col[c].shown(v) and by_col[c].train_key}
+        out: dict[str, Any] = {}
+        for c, v in self.values:
+            key = by_col[c].train_key
+            if key and by_col[c].shown(v):
+                out[key] = v
         if "label_fraction" in out or "label_noise" in out:
             out["label_seed"] = seed
         return out

@@ -127,7 +127,7 @@ def calibration_analysis(ps: PredictionSet, val: PredictionSet | None = None, *,
     resamples = ps.resamples(int(n_resamples), int(seed), cluster) if n_resamples > 0 else None
     maps: dict[str, cal.Recalibration] = {}
     after = None
-    if method is not None:
+    if method is not None and val is not None:
         for f in ps.findings:
             if f in val.findings:
                 k = val.column(f)

@@ -117,7 +117,7 @@ def run_pretraining_list(init: str) -> Path | None:
 
     if not parse_init(init).is_checkpoint:
         return None
-    path = Path(resolve_init(init).checkpoint).parent / RUN_PRETRAIN_IMAGES
+    path = Path(str(resolve_init(init).checkpoint)).parent / RUN_PRETRAIN_IMAGES
     return path if path.is_file() else None
 
 

@@ -72,15 +72,15 @@ def evaluate_external(run_dir: str | os.PathLike, cache_dir: str | os.PathLike, 
     if source == "val":
         full, _ = get_predictions(run_dir, "val", predict_kwargs={"batch_size": batch_size, "device": device})
         val = full[["image_id", "patient_id", *[f"p_{f}" for f in wanted], *[f"y_{f}" for f in wanted]]]
-    settings = {"n_resamples": n_resamples, "seed": seed, "cluster": cluster, "ci_level": ci_level,
-                "memory_bytes": memory_bytes}
     metrics = evaluate_predictions(test, val, threshold_from=threshold_from, thresholds=thresholds,
-                                   **settings)
+                                   n_resamples=n_resamples, seed=seed, cluster=cluster, ci_level=ci_level,
+                                   memory_bytes=memory_bytes)
     operating = None
     if val is not None:  # the cost of a threshold that does not transfer: source's vs target's optimum
         from cxrbench.evaluate.operating import operating_points
 
-        operating = operating_points(test, val, **settings)
+        operating = operating_points(test, val, n_resamples=n_resamples, seed=seed, cluster=cluster,
+                                     ci_level=ci_level, memory_bytes=memory_bytes)
     write_predictions(test, out / PREDICTIONS_FILE, {"run": str(run_dir), "cache": str(cache_dir),
                                                      "split": split})
     if operating is not None:

@@ -85,7 +85,7 @@ def predict_split(run_dir: str | os.PathLike, split: str, cache_dir: str | os.Pa
 
 def run_cache_dir(run_dir: str | os.PathLike) -> Path:
     """The cache a run was trained on, from its ``config.yaml``."""
-    doc = read_run_config(run_dir)
+    doc = read_run_config(Path(run_dir))
     cache = (doc.get("cache") or {}).get("path")
     if not cache or not Path(cache).is_dir():
         raise InputError(f"the run's cache {cache!r} is not available", where=str(Path(run_dir)),

@@ -147,6 +147,9 @@ def pooled_metrics(arm_frames: ArmFrames, *, findings: list[str] | None = None, 
     for arm, runs in sets.items():
         ab, ps = boots[arm], runs[0]
         pooled, cols = ab.pooled, []
+        if ab.ensemble_resampled is None or ab.ensemble_point is None:
+            raise RuntimeError("the seed-ensemble bootstrap was not computed")
+        ensemble, ensemble_point = ab.ensemble_resampled, ab.ensemble_point
         for j, f in enumerate(ps.findings):
             y = ps.labels[:, j]
             row: dict[str, Any] = {"arm": arm, "finding": f, "n_seeds": ab.n_seeds, **mt.class_counts(y)}
@@ -156,9 +159,9 @@ def pooled_metrics(arm_frames: ArmFrames, *, findings: list[str] | None = None, 
                 rows.append({**row, "note": f"not estimable: {why}"})
                 continue
             cols.append(j)
-            row.update(_summary(pooled[:, j], ab.pooled_point[j], ab.ensemble_resampled[:, j],
-                                ab.ensemble_point[j], ci_level))
-            row["seed_sd"] = float(ab.seed_sd()[j])
+            row.update(_summary(pooled[:, j], ab.pooled_point[j], ensemble[:, j], ensemble_point[j],
+                                ci_level))
+            row["seed_sd"] = float(np.asarray(ab.seed_sd())[j])
             if row["n_resamples_excluded"]:
                 row["note"] = f"{row['n_resamples_excluded']} resample(s) with one class excluded"
             rows.append(row)
@@ -166,8 +169,8 @@ def pooled_metrics(arm_frames: ArmFrames, *, findings: list[str] | None = None, 
                                 "note": f"macro mean over {len(cols)} finding(s)"}
         if cols:
             point, values = ab.macro(cols)
-            mean.update(_summary(values, point, ab.ensemble_resampled[:, cols].mean(axis=1),
-                                 float(np.mean(ab.ensemble_point[cols])), ci_level))
+            mean.update(_summary(values, point, ensemble[:, cols].mean(axis=1),
+                                 float(np.mean(ensemble_point[cols])), ci_level))
             mean["seed_sd"] = ab.seed_sd(cols)
         else:
             mean["note"] = "no estimable finding"
@@ -231,8 +234,8 @@ def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, finding
                     r["seed_sd_a"] = ba.seed_sd([sa.column(f) for f in used])
                     r["seed_sd_b"] = bb.seed_sd([sb.column(f) for f in used])
             elif "auroc_a" in r:
-                r["seed_sd_a"] = float(ba.seed_sd()[sa.column(r["finding"])])
-                r["seed_sd_b"] = float(bb.seed_sd()[sb.column(r["finding"])])
+                r["seed_sd_a"] = float(np.asarray(ba.seed_sd())[sa.column(r["finding"])])
+                r["seed_sd_b"] = float(np.asarray(bb.seed_sd())[sb.column(r["finding"])])
         rows += pair
     return table_from_rows(rows, ARM_COLUMNS, alternative=alternative, family=family, resamples=resamples,
                            attrs={"reference": reference, "pairs": [list(p) for p in pairs],

@@ -72,11 +72,9 @@ def get_predictions(run_dir: str | os.PathLike, split: str, *, repredict: bool =
                          where=str(run_dir),
                          fix=f"train the run first, or write Contract-4 predictions to {path}")
     if predict_fn is None:
-        try:
-            from cxrbench.evaluate.inference import predict_split as predict_fn
-        except ImportError as e:
-            raise InputError(f"cannot make predictions: cxrbench.inference is not available ({e})",
-                             where=str(run_dir), fix=f"write Contract-4 predictions to {path}") from None
+        from cxrbench.evaluate.inference import predict_split
+
+        predict_fn = predict_split
     df = predict_fn(run_dir, split, **dict(predict_kwargs or {}))
     meta = {"weights_sha256": weights_sha, "split": split, "provenance": provenance()}
     return df, meta

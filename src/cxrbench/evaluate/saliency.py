@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,11 +79,13 @@ def vit_reshape(model: nn.Module):
 
 def gradcam_target(model: nn.Module) -> tuple[list[nn.Module], object | None]:
     """The layer(s) Grad-CAM reads and the reshape transform for ``model`` (ViT or ConvNeXt)."""
+    timm_model: Any = model
     if is_vit(model):
-        layers = [b.norm1 if isinstance(getattr(b, "norm1", None), nn.Module) else b for b in model.blocks]
+        layers = [b.norm1 if isinstance(getattr(b, "norm1", None), nn.Module) else b
+                  for b in timm_model.blocks]
         return layers, vit_reshape(model)
     if is_convnext(model):
-        return [model.stages[-1]], None
+        return [timm_model.stages[-1]], None
     raise InputError(f"no saliency target for a {type(model).__name__}", where="saliency",
                      fix="saliency supports timm ViTs (DINOv2/v3, AugReg, ...) and ConvNeXts")
 
@@ -113,9 +116,9 @@ class _AttentionRecorder:
     def __init__(self, model: nn.Module) -> None:
         self.maps: list[torch.Tensor] = []
         self.handles = []
-        self.fused: list[tuple[nn.Module, bool]] = []
-        for block in model.blocks:
-            attn = getattr(block, "attn", None)
+        self.fused: list[tuple[Any, bool]] = []
+        for block in cast(Any, model).blocks:
+            attn: Any = getattr(block, "attn", None)
             drop = getattr(attn, "attn_drop", None)
             if drop is None or not hasattr(attn, "fused_attn"):
                 raise InputError(f"cannot read the attention of a {type(model).__name__}", where="saliency",
@@ -183,7 +186,7 @@ def overlay(gray: np.ndarray, saliency: np.ndarray, image_weight: float = 0.55) 
 
     h, w = saliency.shape
     if gray.shape != (h, w):
-        gray = np.asarray(Image.fromarray(gray).resize((w, h), Image.BILINEAR))
+        gray = np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR))
     rgb = np.repeat((gray.astype(np.float32) / 255.0)[..., None], 3, axis=2)
     return show_cam_on_image(rgb, saliency.astype(np.float32), use_rgb=True, image_weight=image_weight)
 
@@ -194,7 +197,7 @@ def png_bytes(rgb: np.ndarray, size: int | None = None) -> bytes:
 
     img = Image.fromarray(rgb)
     if size is not None:
-        img = img.resize((int(size), int(size)), Image.LANCZOS)
+        img = img.resize((int(size), int(size)), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

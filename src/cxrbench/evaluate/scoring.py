@@ -63,7 +63,7 @@ def resolve_thresholds(findings: list[str], thresholds: float | Mapping[str, flo
         raise InputError(f"no threshold for finding(s) {', '.join(missing)}", where=where,
                          fix="give a default (--threshold 0.5) besides the per-finding ones "
                              "(--threshold name=0.3)")
-    values = np.array([float(thresholds.get(f, default)) for f in findings])
+    values = np.array([float(thresholds[f]) if f in thresholds else float(str(default)) for f in findings])
     if not np.all(np.isfinite(values)):
         raise InputError("thresholds must be finite numbers", where=where, fix="e.g. --threshold 0.5")
     return values

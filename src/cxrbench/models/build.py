@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cxrbench.common.errors import InputError
 from cxrbench.models import safeload, store
@@ -108,7 +108,7 @@ def _new_head(model: nn.Module, num_classes: int) -> None:
     import torch
     from torch import nn
 
-    model.reset_classifier(num_classes)
+    cast(Any, model).reset_classifier(num_classes)
     for name in _classifier_names(model):
         head = model.get_submodule(name)
         for module in head.modules():
@@ -126,7 +126,7 @@ def _keep_rows(
     import torch
 
     (name,) = _classifier_names(model)
-    head = model.get_submodule(name)
+    head: Any = model.get_submodule(name)
     kept = []
     with torch.no_grad():
         for i, finding in enumerate(target):
@@ -288,8 +288,9 @@ def _load_pretrained(
         )
         head_keys = [f"{c}.{p}" for c in classifier for p in ("weight", "bias") if f"{c}.{p}" in shapes]
         source_head = safeload.read_tensors(st, head_keys) if keep else {}
-    model.pretrained_cfg = {**model.pretrained_cfg, "file": str(path)}
-    model.default_cfg = model.pretrained_cfg
+    timm_model: Any = model
+    timm_model.pretrained_cfg = {**timm_model.pretrained_cfg, "file": str(path)}
+    timm_model.default_cfg = timm_model.pretrained_cfg
     _new_head(model, num_classes)
     kept: tuple[str, ...] = ()
     if keep:

@@ -55,7 +55,7 @@ def pretraining_datasets(init: str, _depth: int = 0) -> tuple[str, ...]:
         return tuple(INITS[name.value].pretrained_on)
     if name.kind == "checkpoint":
         r = resolve_init(init)
-        return _checkpoint_datasets(Path(r.checkpoint), _depth) or ()
+        return _checkpoint_datasets(Path(str(r.checkpoint)), _depth) or ()
     if name.kind == "registered":
         resolve_init(init)  # raises the unknown-name error
     return ()

@@ -154,7 +154,7 @@ def _norm(values: Any, default: tuple[float, float, float]) -> tuple[float, floa
     if values is None:
         return default
     values = tuple(float(v) for v in values)
-    return values if len(values) == 3 else (values[0],) * 3  # type: ignore[return-value]
+    return (values[0], values[1], values[2]) if len(values) == 3 else (values[0],) * 3
 
 
 def _from_spec(spec: InitSpec, init: str, kind: str) -> ResolvedInit:

@@ -250,7 +250,7 @@ def fetch(source: WeightSource, init: str, force: bool = False) -> WeightLocatio
 
     def download(filename: str) -> str:
         return huggingface_hub.hf_hub_download(
-            source.hf_repo,
+            str(source.hf_repo),
             filename,
             revision=source.revision,
             cache_dir=cache_dir,

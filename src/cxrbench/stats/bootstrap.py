@@ -280,9 +280,9 @@ def bootstrap_metrics(labels: np.ndarray, scores: np.ndarray, resamples: Resampl
                 tp_at = np.take_along_axis(tp_g, g[:, None], axis=1)[:, 0].astype(np.float64)
                 fp_at = np.take_along_axis(fp_g, g[:, None], axis=1)[:, 0].astype(np.float64)
                 out["threshold"][rows, j] = np.where(ok, np.r_[np.inf, p.values][g], np.nan)
-            elif fixed_at is not None and fixed_at[j] is not None:
-                tp_at = tp[:, fixed_at[j][0]].astype(np.float64)
-                fp_at = fp[:, fixed_at[j][1]].astype(np.float64)
+            elif fixed_at is not None and (at := fixed_at[j]) is not None:
+                tp_at = tp[:, at[0]].astype(np.float64)
+                fp_at = fp[:, at[1]].astype(np.float64)
             else:
                 continue
             out["tp"][rows, j] = np.where(ok, tp_at, np.nan)

@@ -227,9 +227,9 @@ def subgroup_metrics(labels: np.ndarray, scores: np.ndarray, findings: Sequence[
             rows_ = slice(start, start + counts.shape[0])
             match = _overall_prevalence(counts, pos_all, neg_all) if prevalence_matched else None
             for i, g in enumerate(specs):
-                vals = _chunk_values(g, counts, None if match is None else match[:, g.finding])
+                chunk = _chunk_values(g, counts, None if match is None else match[:, g.finding])
                 for m in SUBGROUP_METRICS:
-                    boot[i][m][rows_] = vals[m]
+                    boot[i][m][rows_] = chunk[m]
     table = _table(rows, specs, points, boot, thr, min_positives, min_negatives, ci_level)
     settings = {"variables": list(variables), "min_positives": int(min_positives),
                 "min_negatives": int(min_negatives), "prevalence_matched": bool(prevalence_matched),

@@ -104,7 +104,7 @@ def shared_findings(study: LoadedStudy, label: str, target: str, *, static: bool
     if explicit is not None:
         return expand_label_spec(explicit)
     get = static_findings if static else index_findings
-    t, s = get(study, target), get(study, spec.domain)
+    t, s = get(study, target), get(study, str(spec.domain))
     if t is None or s is None:
         return None
     shared = [f for f in t if f in set(s)]

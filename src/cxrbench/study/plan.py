@@ -173,19 +173,20 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
 def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, overrides: dict[str, Any],
                    findings: list[str] | None, group: str) -> Step:
     """The supervised pretraining run of a ``domain:`` arm on its source (one per label set)."""
+    source, base = str(spec.domain), str(spec.base)
     fkey = stable_hash(findings, 8) if findings is not None else "pending"
     pid = f"pretrain/{label}/{r}/{fkey}/s{seed}"
     existing = next((s for s in b.steps if s.id == pid), None)
     if existing is not None:
         return existing
-    pconf = {"init": spec.base, "findings": findings,
-             "train": b.train_identity({**overrides, **spec.pretrain}, seed)}
+    options = b.train_identity({**overrides, **spec.pretrain}, seed)
+    pconf = {"init": spec.base, "findings": findings, "train": options}
     return b.add(Step(
         pid, "pretrain", b.layout.pretrain_dir(label, r, fkey, seed), pconf, (f"cache/{spec.domain}/{r}",),
         complete=_RUN_COMPLETE,
-        params=TrainParams(cache=str(b.layout.cache_dir(spec.domain, r)), init=spec.base, findings=findings,
-                           runtime=b.train_runtime({**overrides, **spec.pretrain}), dataset=spec.domain,
-                           recipe=r, label=label, seed=seed, options=pconf["train"]),
+        params=TrainParams(cache=str(b.layout.cache_dir(source, r)), init=base, findings=findings,
+                           runtime=b.train_runtime({**overrides, **spec.pretrain}), dataset=source,
+                           recipe=r, label=label, seed=seed, options=options),
         group=group, deferred=findings is None))
 
 
@@ -280,7 +281,7 @@ def _contamination_notes(b: _Builder) -> None:
                 tested.setdefault(s.params.label, set()).add(ds.adapter)
     for label, datasets in tested.items():
         spec = b.cfg.inits[label]
-        init = spec.base if (spec.domain or spec.ssl) else spec.init
+        init = str(spec.base) if (spec.domain or spec.ssl) else spec.init
         try:
             lines = contamination_warnings(init, sorted(datasets))
         except Exception:  # an init that cannot be resolved here is reported elsewhere

@@ -136,7 +136,7 @@ def ssl_sentence(run_dir: Path) -> str | None:
 
 
 def _log(path: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -183,10 +183,10 @@ def read_protocol(plan: Plan) -> Protocol:
             continue
         p = s.params
         facts = run_facts(Path(p.run), p.dataset, p.label)
-        spec = cfg.inits.get(p.label)
-        if facts is not None and spec is not None:  # the study's own name of the init, not a temp path
-            ssl = ssl_sentence(layout.ssl_dir(p.label, p.recipe)) if spec.ssl is not None else None
-            facts = replace(facts, init_name=spec.init, pretrained_on=spec.domain, base=spec.base,
+        arm = cfg.inits.get(p.label)
+        if facts is not None and arm is not None:  # the study's own name of the init, not a temp path
+            ssl = ssl_sentence(layout.ssl_dir(p.label, p.recipe)) if arm.ssl is not None else None
+            facts = replace(facts, init_name=arm.init, pretrained_on=arm.domain, base=arm.base,
                             self_supervised=ssl, condition=p.condition.as_dict)
         if facts is not None:
             runs.append(facts)

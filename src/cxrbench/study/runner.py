@@ -219,7 +219,8 @@ def _is_study_copy(path: Path) -> bool:
 
 def _shard_line(plan: Plan, shard: tuple[int, int]) -> str:
     groups = shard_assignment(plan, shard[1])
-    runs = [s for s in plan.of_kind("train", "pretrain") if groups.get(s.group) == shard[0]]
+    runs = [s for s in plan.of_kind("train", "pretrain")
+            if s.group is not None and groups.get(s.group) == shard[0]]
     return f"{len(runs)} of {len(plan.of_kind('train', 'pretrain'))} training runs"
 
 

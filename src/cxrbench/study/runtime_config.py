@@ -29,11 +29,11 @@ def time_minutes(value: int | str) -> int:
     if m is None:
         raise ValueError(f"time {value!r}: write minutes (e.g. 90), HH:MM:SS or D-HH:MM:SS")
     days, a, b, c = (int(g) if g is not None else None for g in m.groups())
-    if days is None and b is None:
-        return a  # plain minutes
-    if days is not None and b is None:
-        h, mi, sec = a, 0, 0  # D-HH
-    elif c is None:
+    if a is None:  # the pattern always captures it
+        raise ValueError(f"time {value!r}: write minutes (e.g. 90), HH:MM:SS or D-HH:MM:SS")
+    if b is None:
+        return a if days is None else days * 1440 + a * 60  # plain minutes, or D-HH
+    if c is None:
         h, mi, sec = (a, b, 0) if days is not None else (0, a, b)  # D-HH:MM or MM:SS
     else:
         h, mi, sec = a, b, c

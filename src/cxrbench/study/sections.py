@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # json_schema_extra of a field added after the study format was fixed: hashed only when not at its default
-ADDED_LATER = {"added_later": True}
+ADDED_LATER: dict[str, Any] = {"added_later": True}
 
 
 def adaptation_list(v: Any) -> list[str]:

@@ -99,8 +99,10 @@ class ProgressBar:
         self._p.update(self._task, description=f"epoch {epoch + 1}/{epochs}")
 
     def update(self, step: int, loss: float | None = None, ips: float | None = None) -> None:
-        fields = {} if loss is None else {"loss": f"{loss:.4f}", "ips": f"{ips:,.0f}"}
-        self._p.update(self._task, completed=step, **fields)
+        if loss is None:
+            self._p.update(self._task, completed=step)
+        else:
+            self._p.update(self._task, completed=step, loss=f"{loss:.4f}", ips=f"{ips:,.0f}")
 
     def note(self, text: str) -> None:
         if not self.quiet:

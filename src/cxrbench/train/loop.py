@@ -290,7 +290,8 @@ class FineTune:
             last_micro = m == group_start + group_len - 1
             x = self.train_tf(images.to(device, non_blocking=True), generator=self.aug_gen)
             y = labels.to(device, non_blocking=True)
-            sync = contextlib.nullcontext() if last_micro or not env.enabled else self.fwd.no_sync()
+            fwd: Any = self.fwd
+            sync = contextlib.nullcontext() if last_micro or not env.enabled else fwd.no_sync()
             with sync:
                 with self.autocast:
                     logits = self.fwd(x)

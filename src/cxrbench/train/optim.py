@@ -67,8 +67,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, DistributedDataParallel):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+        elif isinstance(orig := getattr(model, "_orig_mod", None), nn.Module):
+            model = orig
         else:
             return model
 
@@ -82,7 +82,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, layer_decay: float
     """
     from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 
-    base = unwrap(model)
+    base: Any = unwrap(model)
     no_wd = set(base.no_weight_decay()) if hasattr(base, "no_weight_decay") else set()
     if layer_decay is not None and layer_decay < 1.0:
         groups = param_groups_layer_decay(base, weight_decay=weight_decay, no_weight_decay_list=no_wd,

@@ -91,7 +91,8 @@ def check_restart(run_dir: Path, overwrite: bool, extra: tuple[str, ...] = ()) -
 
 def run_files(run_dir: Path, extra: tuple[str, ...] = ()) -> tuple[list[Path], list[Path]]:
     """(files the run contract names, every other file) under ``run_dir``."""
-    owned, foreign = [], []
+    owned: list[Path] = []
+    foreign: list[Path] = []
     for path in sorted(p for p in run_dir.rglob("*") if not p.is_dir()):
         (owned if is_run_file(path.relative_to(run_dir).as_posix(), extra) else foreign).append(path)
     return owned, foreign
@@ -135,7 +136,7 @@ def build_run_model(cfg: TrainConfig, findings: list[str], image_size: int):
 
     notes = []
     if parse_init(cfg.init).is_checkpoint:
-        notes.append(check_overlap(resolve_init(cfg.init).checkpoint, cfg))
+        notes.append(check_overlap(Path(str(resolve_init(cfg.init).checkpoint)), cfg))
     model, info = create_model(cfg.init, len(findings), image_size=image_size, seed=cfg.seed,
                                keep_head_for=findings if cfg.keep_shared_head else None)
     if cfg.keep_shared_head:

@@ -42,8 +42,8 @@ class Rank0Writer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-                SummaryWriter = None
-            if SummaryWriter is not None:
+                pass
+            else:
                 purge = None if resume_step is None else resume_step + 1
                 self._tb = SummaryWriter(str(Path(run_dir) / RUN_TENSORBOARD), purge_step=purge)
 

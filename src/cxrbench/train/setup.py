@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from cxrbench.common.layout import CACHE_MANIFEST
 from cxrbench.train.config import TrainConfig
 from cxrbench.train.optim import unwrap
 
+if TYPE_CHECKING:
+    from cxrbench.data.dataset import CacheDataset
+
 TRAIN_SPLIT, VAL_SPLIT = "train", "val"  # the only splits training ever opens
 
 
@@ -29,8 +33,8 @@ class TrainData:
     """The two splits a run reads, their findings, the cache manifest's SHA-256 and the positive
     weights (negatives/positives per finding on train, float ``[K]``)."""
 
-    train: object
-    val: object
+    train: CacheDataset
+    val: CacheDataset
     findings: list[str]
     cache_sha: str
     pos_weight: np.ndarray
@@ -97,7 +101,7 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, torc
 
 def classifier(model: nn.Module) -> nn.Module:
     """The model's classification head (timm ``get_classifier``)."""
-    base = unwrap(model)
+    base: Any = unwrap(model)
     head = base.get_classifier() if hasattr(base, "get_classifier") else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         raise InputError(f"cannot find the classification head of {type(base).__name__}", where="model",

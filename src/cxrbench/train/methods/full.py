@@ -24,8 +24,10 @@ class FullFineTuning(Method):
         if cfg.linear_probe:
             model.requires_grad_(False)
             head.requires_grad_(True)
-        return Adaptation(kind=self.name, head=head, backbone_frozen=cfg.linear_probe,
-                          **count_params(model, head))
+        n = count_params(model, head)
+        return Adaptation(kind=self.name, head=head, total_params=n["total_params"],
+                          trainable_params=n["trainable_params"], head_params=n["head_params"],
+                          backbone_frozen=cfg.linear_probe)
 
     def sentence(self, facts: Sequence[dict[str, Any]]) -> str:
         return "full fine-tuning (every weight trained)"

@@ -139,10 +139,11 @@ class KnnScorer(Scorer):
         self.run_dir, self.meta, self.device = Path(run_dir), meta, device
         self.transform = run_transform(meta, device)
         self.classifier = None
-        self.spec = (meta.get("embeddings") or {}).get("spec")
-        if not self.spec:
+        spec = (meta.get("embeddings") or {}).get("spec")
+        if not spec:
             raise InputError("best.json of the kNN run has no embeddings spec", where=str(run_dir),
                              fix="re-train the run with this version of cxrbench")
+        self.spec: dict[str, Any] = dict(spec)
         self.backbone = load_run_network(run_dir, device, head=False)
         self.bank, self.labels, self.k, self.temperature = load_run_bank(run_dir, meta)
         self.autocast = run_autocast(self.spec.get("precision"), device)

@@ -116,7 +116,7 @@ def target_modules(model: nn.Module, targets: Sequence[str] | None = None,
                              f"({', '.join(DEFAULT_TARGETS)})", where="--adaptation lora",
                              fix=f"name them with --lora-targets (layers: {', '.join(available)})")
     names = [n for n in candidates if last[n] in wanted]
-    grouped = [n for n in names if isinstance(candidates[n], nn.Conv2d) and candidates[n].groups > 1]
+    grouped = [n for n in names if isinstance(conv := candidates[n], nn.Conv2d) and conv.groups > 1]
     if grouped:
         raise InputError(f"LoRA cannot be merged into grouped (depthwise) convolutions such as {grouped[0]}",
                          where="--lora-targets",
@@ -149,7 +149,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec, *, seed: int = 0) -> LoraInfo:
                     total_params=sum(p.numel() for p in model.parameters()))
 
 
-def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+def lora_layers(model: nn.Module) -> dict[str, Any]:
     """The peft LoRA layers of ``model`` by module name (empty for a model without adapters)."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -238,7 +238,9 @@ class Lora(Method):
                         targets=opts.lora_targets)
         info = apply_lora(model, spec, seed=cfg.seed)  # the same adapters on every rank
         head.requires_grad_(True)
-        return LoraAdaptation(kind=self.name, head=head, lora=info, **count_params(model, head))
+        n = count_params(model, head)
+        return LoraAdaptation(kind=self.name, head=head, total_params=n["total_params"],
+                              trainable_params=n["trainable_params"], head_params=n["head_params"], lora=info)
 
     def sentence(self, facts: Sequence[dict[str, Any]]) -> str:
         ranks = sorted({f["lora_rank"] for f in facts if f.get("lora_rank")})
