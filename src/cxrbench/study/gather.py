@@ -209,76 +209,12 @@ def gather_results(plan: Plan) -> StudyResults:
     """Everything the report shows, from the study folder (missing results are listed, not fatal)."""
     study = plan.study
     cfg = study.config
-    rows: list[dict[str, Any]] = []
-    roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    curves: list[dict[str, Any]] = []
     missing: list[str] = []
-    for s in plan.of_kind("eval"):
-        p = s.params
-        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label,
-                **p.condition.as_dict}
-        if s.status != "done":
-            missing.append(s.id)
-            continue
-        metrics = read_json_or_none(s.out / METRICS_FILE)
-        if metrics is None:
-            missing.append(s.id)
-            continue
-        rows += _metric_rows(metrics, keys)
-        if not p.condition.is_default:  # figures show the default condition (all labels, no noise)
-            continue
-        pred = pd.read_parquet(s.out / PREDICTIONS_FILE)
-        for f in metrics.get("findings") or []:
-            if f"y_{f}" in pred.columns:
-                curve = _roc(pred, f)
-                if curve is not None:
-                    roc[(p.dataset, p.recipe, p.seed, p.label, f)] = curve
-        curves += _curves(Path(p.run), {k: keys[k] for k in ("dataset", "recipe", "seed", "init")})
-    table = pd.DataFrame(
-        rows,
-        columns=None
-        if rows
-        else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo", "auroc_hi",
-              *CONDITION_COLUMNS],
-    )
+    table, roc, curves = _evaluations(plan, missing)
     pairs = apply_comparisons(plan, table, missing)
-    table = pairs.pop("table")
-    pooled, pooled_pairs = pooled_rows(plan, missing)
-    if len(pooled) and len(table):  # a pooled row's n: the test images of its runs
-        cols = ["dataset", "recipe", "init", *CONDITION_COLUMNS]
-        first = table[table["finding"] == MEAN].drop_duplicates(cols)
-        n_of = {tuple(r[c] for c in cols): r["n"] for r in first.to_dict(orient="records")}
-        is_mean = pooled["finding"] == MEAN
-        pooled.loc[is_mean, "n"] = [n_of.get(tuple(r[c] for c in cols))
-                                    for r in pooled[is_mean].to_dict(orient="records")]
-    if len(pooled):
-        table = pd.concat([table, pooled], ignore_index=True)
-        pairs["pairs"] = pd.concat([pairs["pairs"], pooled_pairs], ignore_index=True)
+    table = _with_pooled(plan, pairs, missing)
     table = adjust_main_family(table) if cfg.comparisons.fdr == "bh" else table
-
-    ext_rows = []
-    for s in plan.of_kind("external"):
-        if s.status != "done":
-            missing.append(s.id)
-            continue
-        m = read_json_or_none(s.out / METRICS_FILE) or {}
-        a = ((m.get("macro") or {}).get("metrics") or {}).get("auroc") or {}
-        p = s.params
-        ext_rows.append(
-            {
-                "train_dataset": p.train_dataset,
-                "test_dataset": p.test_dataset,
-                "recipe": p.recipe,
-                "seed": p.seed,
-                "init": p.label,
-                **p.condition.as_dict,
-                "n_findings": len(p.findings or []),
-                "auroc": as_float(a.get("value")),
-                "auroc_lo": as_float(a.get("ci_low")),
-                "auroc_hi": as_float(a.get("ci_high")),
-            }
-        )
-
+    external = _external_rows(plan, missing)
     summaries, prevalence = [], []
     for d in cfg.datasets:
         findings = (
@@ -289,57 +225,6 @@ def gather_results(plan: Plan) -> StudyResults:
         sm, pv = _dataset_summary(plan, d, findings)
         summaries += sm
         prevalence += pv
-
-    hashes = _HashCache(study.layout.weight_hashes)
-    weights: dict[str, dict[str, Any]] = {}
-    for label, spec in cfg.inits.items():
-        if spec.domain is not None or spec.ssl is not None:
-            kind = "pretrain" if spec.domain is not None else "ssl"
-            runs = [
-                s
-                for s in plan.of_kind(kind)
-                if s.id.startswith(f"{kind}/{label}/") and s.status == "done"
-            ]
-            base_file, note = weight_files(spec.base or "")
-            weights[label] = {
-                "init": f"{spec.init} from {spec.base}",
-                "file": str(base_file) if base_file else note,
-                "sha256": hashes.sha(base_file) if base_file else None,
-            }
-            for r in runs:
-                f = r.out / RUN_BEST_WEIGHTS
-                tail = r.id.split("/", 2)[-1] if kind == "ssl" else r.id.split("/", 3)[-1]
-                weights[f"{label} ({tail})"] = {
-                    "init": ("domain" if kind == "pretrain" else "self-supervised") + " pretraining run",
-                    "file": str(f),
-                    "sha256": hashes.sha(f),
-                }
-            continue
-        file, note = weight_files(spec.init)
-        weights[label] = {
-            "init": spec.init,
-            "file": str(file) if file else note,
-            "sha256": hashes.sha(file) if file else None,
-        }
-    hashes.save()
-
-    ev = cfg.evaluation
-    provenance = {
-        "config_hash": cfg.config_hash(),
-        "study_config": str(study.path),
-        "git_commit": git_commit(),
-        "created": now_iso(),
-        "versions": package_versions(),
-        "bootstrap": {
-            "seed": ev.seed,
-            "n_resamples": ev.bootstrap,
-            "cluster": ev.cluster,
-            "ci": ev.ci,
-            "threshold": ev.threshold,
-        },
-        "weights": weights,
-    }
-    protocol = read_protocol(plan)
     firsts = pd.DataFrame()
     if len(table):  # the first seed's mean AUROC in the default condition: the gallery's init
         mask = (table["finding"] == MEAN) & (table["seed"].astype(str) == str(cfg.seeds[0]))
@@ -359,7 +244,7 @@ def gather_results(plan: Plan) -> StudyResults:
         datasets=list(cfg.datasets),
         recipes=used_recipes or list(cfg.preprocess),
         seeds=list(cfg.seeds),
-        ci_level=ev.ci,
+        ci_level=cfg.evaluation.ci,
         alpha=cfg.comparisons.alpha,
         table=table,
         pairs=pairs["pairs"],
@@ -369,11 +254,121 @@ def gather_results(plan: Plan) -> StudyResults:
         axes=study_axes(cfg),
         roc=roc,
         curves=pd.DataFrame(curves),
-        external=pd.DataFrame(ext_rows),
+        external=pd.DataFrame(external),
         summaries=pd.DataFrame(summaries),
         prevalence=pd.DataFrame(prevalence),
-        provenance=provenance,
-        protocol=protocol,
+        provenance=_provenance(plan),
+        protocol=read_protocol(plan),
         missing=missing,
         notes=list(plan.notes and [n for n in plan.notes if "not trained on its own source" in n]),
     )
+
+
+def _evaluations(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, dict, list[dict[str, Any]]]:
+    """``(results rows of every evaluation, ROC curves, training curves)``; the figures show the
+    default condition (all labels, no noise)."""
+    rows: list[dict[str, Any]] = []
+    roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    curves: list[dict[str, Any]] = []
+    for s in plan.of_kind("eval"):
+        p = s.params
+        keys = {"dataset": p.dataset, "recipe": p.recipe, "seed": p.seed, "init": p.label,
+                **p.condition.as_dict}
+        if s.status != "done":
+            missing.append(s.id)
+            continue
+        metrics = read_json_or_none(s.out / METRICS_FILE)
+        if metrics is None:
+            missing.append(s.id)
+            continue
+        rows += _metric_rows(metrics, keys)
+        if not p.condition.is_default:
+            continue
+        pred = pd.read_parquet(s.out / PREDICTIONS_FILE)
+        for f in metrics.get("findings") or []:
+            if f"y_{f}" in pred.columns:
+                curve = _roc(pred, f)
+                if curve is not None:
+                    roc[(p.dataset, p.recipe, p.seed, p.label, f)] = curve
+        curves += _curves(Path(p.run), {k: keys[k] for k in ("dataset", "recipe", "seed", "init")})
+    columns = None if rows else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo",
+                                 "auroc_hi", *CONDITION_COLUMNS]
+    return pd.DataFrame(rows, columns=columns), roc, curves
+
+
+def _with_pooled(plan: Plan, pairs: dict[str, pd.DataFrame], missing: list[str]) -> pd.DataFrame:
+    """The results table with the rows pooled over seeds appended (their pairs added to ``pairs``)."""
+    table = pairs.pop("table")
+    pooled, pooled_pairs = pooled_rows(plan, missing)
+    if len(pooled) and len(table):  # a pooled row's n: the test images of its runs
+        cols = ["dataset", "recipe", "init", *CONDITION_COLUMNS]
+        first = table[table["finding"] == MEAN].drop_duplicates(cols)
+        n_of = {tuple(r[c] for c in cols): r["n"] for r in first.to_dict(orient="records")}
+        is_mean = pooled["finding"] == MEAN
+        pooled.loc[is_mean, "n"] = [n_of.get(tuple(r[c] for c in cols))
+                                    for r in pooled[is_mean].to_dict(orient="records")]
+    if len(pooled):
+        table = pd.concat([table, pooled], ignore_index=True)
+        pairs["pairs"] = pd.concat([pairs["pairs"], pooled_pairs], ignore_index=True)
+    return table
+
+
+def _external_rows(plan: Plan, missing: list[str]) -> list[dict[str, Any]]:
+    """One row per external validation: the macro AUROC of a run on another dataset."""
+    rows = []
+    for s in plan.of_kind("external"):
+        if s.status != "done":
+            missing.append(s.id)
+            continue
+        m = read_json_or_none(s.out / METRICS_FILE) or {}
+        a = ((m.get("macro") or {}).get("metrics") or {}).get("auroc") or {}
+        p = s.params
+        rows.append({"train_dataset": p.train_dataset, "test_dataset": p.test_dataset, "recipe": p.recipe,
+                     "seed": p.seed, "init": p.label, **p.condition.as_dict,
+                     "n_findings": len(p.findings or []), "auroc": as_float(a.get("value")),
+                     "auroc_lo": as_float(a.get("ci_low")), "auroc_hi": as_float(a.get("ci_high"))})
+    return rows
+
+
+def _weights(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Every init's weight file and its SHA-256 (domain and ssl arms: their base and pretraining runs)."""
+    cfg = plan.study.config
+    hashes = _HashCache(plan.study.layout.weight_hashes)
+    weights: dict[str, dict[str, Any]] = {}
+    for label, spec in cfg.inits.items():
+        if spec.domain is not None or spec.ssl is not None:
+            kind = "pretrain" if spec.domain is not None else "ssl"
+            runs = [s for s in plan.of_kind(kind)
+                    if s.id.startswith(f"{kind}/{label}/") and s.status == "done"]
+            base_file, note = weight_files(spec.base or "")
+            weights[label] = {"init": f"{spec.init} from {spec.base}",
+                              "file": str(base_file) if base_file else note,
+                              "sha256": hashes.sha(base_file) if base_file else None}
+            for r in runs:
+                f = r.out / RUN_BEST_WEIGHTS
+                tail = r.id.split("/", 2)[-1] if kind == "ssl" else r.id.split("/", 3)[-1]
+                weights[f"{label} ({tail})"] = {
+                    "init": ("domain" if kind == "pretrain" else "self-supervised") + " pretraining run",
+                    "file": str(f), "sha256": hashes.sha(f)}
+            continue
+        file, note = weight_files(spec.init)
+        weights[label] = {"init": spec.init, "file": str(file) if file else note,
+                          "sha256": hashes.sha(file) if file else None}
+    hashes.save()
+    return weights
+
+
+def _provenance(plan: Plan) -> dict[str, Any]:
+    """The report's provenance: config hash, commit, versions, bootstrap settings, weights."""
+    study = plan.study
+    cfg, ev = study.config, study.config.evaluation
+    return {
+        "config_hash": cfg.config_hash(),
+        "study_config": str(study.path),
+        "git_commit": git_commit(),
+        "created": now_iso(),
+        "versions": package_versions(),
+        "bootstrap": {"seed": ev.seed, "n_resamples": ev.bootstrap, "cluster": ev.cluster, "ci": ev.ci,
+                      "threshold": ev.threshold},
+        "weights": _weights(plan),
+    }

@@ -127,6 +127,8 @@ def test_lora_ddp_two_gloo_processes_match_one_process(tmp_path, tiny_cache_fact
     single = train(cfg_for(cache, tmp_path / "one", epochs=2, augment=False, device="cpu"), quiet=True)
     d_steps = [r["loss"] for r in read_log(tmp_path / "ddp") if r["kind"] == "step"]
     s_steps = [r["loss"] for r in read_log(tmp_path / "one") if r["kind"] == "step"]
-    assert d_steps == pytest.approx(s_steps, rel=1e-4)
+    # gloo's all-reduce sums the two halves' gradients in another order than one process does; at lr 1e-2
+    # the adapters amplify that rounding to 1.2e-4 relative by step 10 on an AMD EPYC (1e-4 on others)
+    assert d_steps == pytest.approx(s_steps, rel=3e-4)
     ddp = [r["val_mean_auroc"] for r in read_log(tmp_path / "ddp") if r["kind"] == "epoch"]
     assert ddp == pytest.approx([h["val_mean_auroc"] for h in single.history], abs=1e-6)
