@@ -14,6 +14,24 @@ from cxrbench.common.validation import config_error
 from cxrbench.common.yamlio import load_config_section
 
 
+def device_option(v: str | None) -> str | None:
+    """The ``device`` option of a run config: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``auto``/None:
+    automatic); a ValueError otherwise (raised inside the configs' validators)."""
+    if v is None or v == "auto":
+        return None
+    head, _, idx = v.partition(":")
+    if head not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()):
+        raise ValueError("must be cpu, cuda, cuda:N or mps")
+    return v
+
+
+def betas_option(v: tuple[float, float]) -> tuple[float, float]:
+    """AdamW's ``betas``, both in [0, 1) (a ValueError otherwise)."""
+    if not all(0.0 <= b < 1.0 for b in v):
+        raise ValueError("both betas must be in [0, 1)")
+    return v
+
+
 class RunConfig(BaseModel):
     """Base of an immutable run config; subclasses set :attr:`SECTION` (their ``config.yaml``
     section and the name of their command) and define :meth:`identity`."""

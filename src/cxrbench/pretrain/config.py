@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.runconfig import RunConfig
+from cxrbench.common.runconfig import RunConfig, betas_option, device_option
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
@@ -166,12 +166,7 @@ class PretrainConfig(RunConfig):
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str | None) -> str | None:
-        if v is None or v == "auto":
-            return None
-        head, _, idx = v.partition(":")
-        if head not in ("cpu", "cuda", "mps") or (idx and not idx.isdigit()):
-            raise ValueError("must be cpu, cuda, cuda:N or mps")
-        return v
+        return device_option(v)
 
     @field_validator("global_scale", "local_scale", "mask_ratio", "blur_sigma", "betas", mode="before")
     @classmethod
@@ -197,9 +192,7 @@ class PretrainConfig(RunConfig):
     @field_validator("betas")
     @classmethod
     def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError("both betas must be in [0, 1)")
-        return v
+        return betas_option(v)
 
     @field_validator("blur_sigma")
     @classmethod

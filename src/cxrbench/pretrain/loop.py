@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +34,15 @@ from cxrbench.common import distributed as dist_
 from cxrbench.common.errors import InputError, TrainingDiverged
 from cxrbench.common.layout import RUN_PRETRAIN_IMAGES
 from cxrbench.pretrain.config import PretrainConfig
-from cxrbench.train.checkpoint import LAST, capture_rng, load_last, resume_epoch, save_best, save_last
+from cxrbench.train.checkpoint import (
+    LAST,
+    capture_rng,
+    load_last,
+    resume_epoch,
+    save_best,
+    save_last,
+    stream_seed,
+)
 from cxrbench.train.optim import unwrap
 from cxrbench.train.runlog import Rank0Writer
 
@@ -94,10 +101,6 @@ def pretrain(
         dist_.destroy(env)
 
 
-def _seed(seed: int, *key: int) -> int:
-    return int(np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
 class SelfDistillation:
     """The pretraining loop of one run: set up in the constructor, run by :meth:`run`."""
 
@@ -126,7 +129,7 @@ class SelfDistillation:
         # -- networks -----------------------------------------------------------------------------------
         self.nets = nets = build_networks(cfg, self.data.size)
         self.student, self.teacher = nets.student.to(device), nets.teacher.to(device)
-        torch.manual_seed(_seed(cfg.seed, env.rank, 1))  # stochastic depth: one stream per rank
+        torch.manual_seed(stream_seed(cfg.seed, env.rank, 1))  # stochastic depth: one stream per rank
         self.objective = SSLObjective(
             cfg.out_dim, 2, cfg.local_crops, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations,
             cfg.student_temp, cfg.dino_weight, cfg.ibot_weight, cfg.koleo_weight, ibot=cfg.ibot,
@@ -180,7 +183,7 @@ class SelfDistillation:
         ).to(self.device)
         self.grid = self.student.grid(nets.global_size) if self.student.vit else None
         self.aug_gen = torch.Generator(device=self.device)
-        self.aug_gen.manual_seed(_seed(cfg.seed, self.env.rank, 2))
+        self.aug_gen.manual_seed(stream_seed(cfg.seed, self.env.rank, 2))
 
     def _restore_or_start(self, state: dict[str, Any] | None, overwrite: bool) -> None:
         """Restore the checkpoint, or write the run's config and image list."""

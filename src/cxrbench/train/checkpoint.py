@@ -62,6 +62,13 @@ def load_last(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 
 # --- RNG state --------------------------------------------------------------------------------------
 
+def stream_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed derived from ``seed`` and a key (rank, stream): independent streams, no collisions."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Global torch CPU/CUDA RNG states plus the named generators' states (CPU byte tensors)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}

@@ -41,7 +41,15 @@ from cxrbench.common.fileio import file_sha256
 from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.common.progress import console
 from cxrbench.stats.metrics import mean_auroc
-from cxrbench.train.checkpoint import LAST, capture_rng, load_last, resume_epoch, save_best, save_last
+from cxrbench.train.checkpoint import (
+    LAST,
+    capture_rng,
+    load_last,
+    resume_epoch,
+    save_best,
+    save_last,
+    stream_seed,
+)
 from cxrbench.train.config import TrainConfig
 from cxrbench.train.console import ProgressBar, forward_gflops, print_summary
 from cxrbench.train.frozen import run_frozen
@@ -100,11 +108,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, on_
         dist_.destroy(env)
 
 
-def _seed(seed: int, *key: int) -> int:
-    """A 63-bit seed derived from ``seed`` and a key (rank, stream): independent streams, no collisions."""
-    return int(np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
 class FineTune:
     """The fine-tuning loop of one run (``full``, ``lora``): set up in the constructor, run by :meth:`run`."""
 
@@ -131,7 +134,7 @@ class FineTune:
         head = classifier(self.model)
         self.adaptation = method.prepare(cfg, self.model, head)  # full, linear probe or LoRA (CPU, seeded)
         self.head_keys = head_names(self.model, head)
-        torch.manual_seed(_seed(cfg.seed, env.rank, 1))  # dropout etc.: one stream per rank
+        torch.manual_seed(stream_seed(cfg.seed, env.rank, 1))  # dropout etc.: one stream per rank
         self.model.to(device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._optimization()
@@ -171,7 +174,7 @@ class FineTune:
         self.train_tf.to(self.device).train()
         self.eval_tf.to(self.device)
         self.aug_gen = torch.Generator(device=self.device)
-        self.aug_gen.manual_seed(_seed(cfg.seed, self.env.rank, 2))
+        self.aug_gen.manual_seed(stream_seed(cfg.seed, self.env.rank, 2))
 
     def _restore_or_start(self, state: dict[str, Any] | None, overwrite: bool) -> None:
         """Restore the checkpoint's model, optimizer, scaler and position, or write the run's config."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxrbench.common.layout import RUN_BEST_META
 from cxrbench.common.validation import check_choice
 from cxrbench.train.methods import full, knn, linear, lora
 from cxrbench.train.methods.base import Method
@@ -36,7 +37,7 @@ def get_method(name: str, where: str | None = None) -> Method:
 def method_of(meta: dict[str, Any]) -> Method:
     """The method of a finished run, from its ``best.json`` (runs made before methods were recorded
     were fine-tuned: ``full``)."""
-    return get_method(str(meta.get("adaptation") or DEFAULT_ADAPTATION), where="best.json")
+    return get_method(str(meta.get("adaptation") or DEFAULT_ADAPTATION), where=RUN_BEST_META)
 
 
 def owned_options() -> dict[str, str]:
