@@ -154,3 +154,32 @@ def test_skip_bad_leaves_unreadable_files_out_and_names_them(tiny_run, tmp_path,
                                      "--device", "cpu"])
     assert result.exit_code == 0 and f"skipped: {bad}" in result.stderr
     assert len(pd.read_csv(io.StringIO(result.stdout))) == 1
+
+
+def test_predict_and_evaluate_score_through_one_path_in_the_runs_precision(tiny_run, real_cxr_dir,
+                                                                          monkeypatch):
+    """Files given to predict are scored by the run's scorer, the one evaluate uses, in the run's precision
+    and float32 rounding: images already decoded score exactly as the evaluation's predictions."""
+    from cxrbench.cache.read import open_cache
+    from cxrbench.data.dataset import ArrayDataset
+    from cxrbench.evaluate import inference
+    from cxrbench.train.methods import base
+
+    run, cache = tiny_run
+    split = inference.predict_split(run, "test", device="cpu")
+    c = open_cache(cache)
+    test = c.index[c.index["split"] == "test"]
+    images = np.stack([c.images[r] for r in test["cache_row"]])
+    scores = inference.run_scorer(run, "cpu").score(ArrayDataset(images)).astype(np.float32)
+    want = split.set_index("image_id").loc[test["image_id"].astype(str)]
+    for k, f in enumerate(c.findings):
+        np.testing.assert_array_equal(scores[:, k], want[f"p_{f}"].to_numpy())  # bit-identical
+    seen = []
+    real_scorer, real_autocast = inference.run_scorer, base.run_autocast
+    monkeypatch.setattr(inference, "run_scorer",
+                        lambda *a, **k: seen.append("scorer") or real_scorer(*a, **k))
+    monkeypatch.setattr(base, "run_autocast", lambda precision, device: seen.append(precision) or
+                        real_autocast(precision, device))
+    predict_files(run, [real_cxr_dir / "00000001_000.png"], device="cpu")
+    assert seen == ["scorer", "fp32"]  # the run's scorer, asking the run's precision (best.json)
+    assert base.run_autocast("bf16", torch.device("cpu")) is None  # autocast only where it trained: CUDA
