@@ -56,12 +56,15 @@ def world(tmp_path_factory):
         torch.set_num_threads(threads)
     latin = base / "latin1.yaml"
     latin.write_bytes("name: \xe9tude\n".encode("latin-1"))
+    laughs = base / "laughs.yaml"  # ~550 bytes, 9**9 values once its aliases are expanded
+    laughs.write_text("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "name: *a8\n")
     a_file = base / "a_file"
     a_file.write_text("x")
     folder = base / "a_folder"
     folder.mkdir()
     image = next(root.rglob("*.png"))
-    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "file": a_file,
+    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "laughs": laughs, "file": a_file,
             "folder": folder, "image": image, "base": base}
 
 
@@ -86,7 +89,10 @@ def _cases():
                                           str(p), "--out", str(w["base"] / "i.parquet")]),
         ("index --labels-file", lambda w, p: ["index", "--dataset", "nih", "--root", str(w["root"]),
                                               "--labels-file", str(p), "--out", str(w["base"] / "i.pq")]),
+        ("pretrain --config", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init", "random-vit-test",
+                                            "--out", str(w["base"] / "p-cfg"), "--config", str(p)]),
     ]
+    yaml_inputs = ("study run", "train --config", "index --mapping", "pretrain --config")  # bounded YAML
     file_inputs = [  # commands reading a binary/any file the user names
         ("describe", lambda w, p: ["describe", str(p)]),
         ("prepare --index", lambda w, p: ["prepare", "--index", str(p), "--root", str(w["root"]), "--out",
@@ -114,6 +120,8 @@ def _cases():
     cases = []
     for name, argv in text_inputs:
         cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in inputs]
+        if name in yaml_inputs:
+            cases.append(pytest.param(argv, lambda w: w["laughs"], id=f"{name}:nested-aliases"))
     for name, argv in file_inputs:
         kinds = ("missing", "folder", "unreadable")
         cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
@@ -139,6 +147,8 @@ def test_one_line_exit_2_and_nothing_lost(world, cli_runner, argv, bad, monkeypa
     assert "Traceback" not in result.output + result.stderr
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert any(s in err[0] for s in (str(path), path.name, "not UTF-8", str(path.parent))), err[0]
+    if path.name == "laughs.yaml":
+        assert "aliases are expanded" in err[0]  # refused by the bound, not by a later check
     assert {p: p.stat().st_mtime_ns for p in world["run"].rglob("*") if p.is_file()
             if p in run_files} == run_files  # finished work untouched
 
