@@ -64,8 +64,8 @@ def world(tmp_path_factory):
     folder = base / "a_folder"
     folder.mkdir()
     image = next(root.rglob("*.png"))
-    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "laughs": laughs, "file": a_file,
-            "folder": folder, "image": image, "base": base}
+    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "laughs": laughs,
+            "file": a_file, "folder": folder, "image": image, "base": base}
 
 
 # (label, argv builder); {x} placeholders are filled from the world fixture and the case's bad path
@@ -89,8 +89,9 @@ def _cases():
                                           str(p), "--out", str(w["base"] / "i.parquet")]),
         ("index --labels-file", lambda w, p: ["index", "--dataset", "nih", "--root", str(w["root"]),
                                               "--labels-file", str(p), "--out", str(w["base"] / "i.pq")]),
-        ("pretrain --config", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init", "random-vit-test",
-                                            "--out", str(w["base"] / "p-cfg"), "--config", str(p)]),
+        ("pretrain --config", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init",
+                                            "random-vit-test", "--out", str(w["base"] / "p-cfg"),
+                                            "--config", str(p)]),
     ]
     yaml_inputs = ("study run", "train --config", "index --mapping", "pretrain --config")  # bounded YAML
     file_inputs = [  # commands reading a binary/any file the user names
