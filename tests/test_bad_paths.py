@@ -61,6 +61,9 @@ def world(tmp_path_factory):
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "name: *a8\n")
     a_file = base / "a_file"
     a_file.write_text("x")
+    (base / "empty.txt").write_bytes(b"")
+    (base / "text.txt").write_text("hello world\nsecond line\n")
+    (base / "table.csv").write_text("image_id,label\na,1\nb,0\n")
     folder = base / "a_folder"
     folder.mkdir()
     image = next(root.rglob("*.png"))
@@ -75,7 +78,11 @@ def _cases():
         "folder": lambda w: w["folder"],
         "not-utf8": lambda w: w["latin"],
         "unreadable": lambda w: UNREADABLE,
+        "empty": lambda w: w["base"] / "empty.txt",
+        "text": lambda w: w["base"] / "text.txt",
+        "csv": lambda w: w["base"] / "table.csv",
     }
+    basic = ("missing", "folder", "not-utf8", "unreadable")
     outputs = {
         "existing-folder": lambda w: w["folder"],
         "parent-is-a-file": lambda w: w["file"] / "out",
@@ -94,6 +101,28 @@ def _cases():
                                             "--config", str(p)]),
     ]
     yaml_inputs = ("study run", "train --config", "index --mapping", "pretrain --config")  # bounded YAML
+    index_inputs = [  # a Parquet index (or a cache folder) the user names: wrong format, empty, text...
+        ("describe", lambda w, p: ["describe", str(p)]),
+        ("prepare --index", lambda w, p: ["prepare", "--index", str(p), "--root", str(w["root"]), "--out",
+                                          str(w["base"] / "c-in")]),
+        ("audit --index", lambda w, p: ["audit", "--init", "random-vit-test", "--index", str(p)]),
+        ("pretrain --exclude", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init",
+                                             "random-vit-test", "--out", str(w["base"] / "p-ex"),
+                                             "--exclude", str(p)]),
+        ("evaluate --metadata", lambda w, p: ["evaluate", str(w["run"]), "--metadata", str(p), "--bootstrap",
+                                              "0", "-q", "--out-json", str(w["base"] / "e.json")]),
+        ("shortcut SOURCE", lambda w, p: ["shortcut", str(p), "--out", str(w["base"] / "sc")]),
+    ]
+    list_inputs = [  # a text/CSV/Parquet list of images
+        ("audit --pretraining-list", lambda w, p: ["audit", "--init", "random-vit-test", "--index",
+                                                   str(w["index"]), "--pretraining-list", str(p)]),
+    ]
+    run_inputs = [  # a run folder, given a file
+        ("evaluate RUN", lambda w, p: ["evaluate", str(p), "--bootstrap", "0", "-q"]),
+        ("export RUN", lambda w, p: ["export", str(p), str(w["base"] / "exp")]),
+        ("compare RUN", lambda w, p: ["compare", str(w["run"]), str(p)]),
+        ("predict RUN", lambda w, p: ["predict", str(p), str(w["image"])]),
+    ]
     file_inputs = [  # commands reading a binary/any file the user names
         ("describe", lambda w, p: ["describe", str(p)]),
         ("prepare --index", lambda w, p: ["prepare", "--index", str(p), "--root", str(w["root"]), "--out",
@@ -120,9 +149,19 @@ def _cases():
     ]
     cases = []
     for name, argv in text_inputs:
-        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in inputs]
+        kinds = [*basic, "empty"] if name != "index --labels-file" else [*basic, "empty", "text"]
+        if name in yaml_inputs:
+            kinds.append("csv")  # not a mapping
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
         if name in yaml_inputs:
             cases.append(pytest.param(argv, lambda w: w["laughs"], id=f"{name}:nested-aliases"))
+    for name, argv in index_inputs:
+        kinds = ("missing", "unreadable", "empty", "text", "csv", "not-utf8")
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
+    for name, argv in list_inputs:
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in (*basic, "empty")]
+    for name, argv in run_inputs:
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in ("missing", "text")]
     for name, argv in file_inputs:
         kinds = ("missing", "folder", "unreadable")
         cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
@@ -157,5 +196,5 @@ def test_one_line_exit_2_and_nothing_lost(world, cli_runner, argv, bad, monkeypa
 def test_the_matrix_covers_every_command():
     ids = {p.id.split(":")[0].split()[0] for p in CASES}
     assert ids >= {"study", "train", "index", "describe", "prepare", "predict", "weights", "phantom",
-                   "evaluate", "demo"}
-    assert len(CASES) >= 40
+                   "evaluate", "demo", "audit", "pretrain", "shortcut", "compare", "export"}
+    assert len(CASES) >= 100

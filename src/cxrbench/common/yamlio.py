@@ -146,7 +146,9 @@ def load_config_section(path: str | os.PathLike, section: str, what: str) -> dic
     ``what`` names the file in errors (``"train config"``).
     """
     data, _ = load_yaml(Path(path), what)
-    data = data or {}
+    if data is None:
+        raise InputError(f"the {what} file is empty (no key: value lines)", where=str(path),
+                         fix="write the options as key: value lines, or leave the file out")
     if not isinstance(data, dict):
         raise InputError("top level is not a mapping", where=str(path), fix="write key: value lines")
     if section in data and isinstance(data[section], dict):

@@ -100,7 +100,10 @@ def write_index(df: pd.DataFrame, path: str | os.PathLike, findings: list[str]) 
 
 def read_findings(path: str | os.PathLike) -> list[str]:
     """The finding columns recorded in an index/cache Parquet file."""
-    meta = pq.read_schema(path).metadata or {}
+    from cxrbench.common.fileio import parquet_errors
+
+    with parquet_errors(path, "index", fix="give an index written by `cxrbench index` (a .parquet file)"):
+        meta = pq.read_schema(path).metadata or {}
     if FINDINGS_KEY not in meta:
         raise InputError("no cxrbench finding list in the file's metadata", where=str(path),
                          fix="create the index with `cxrbench index`")
@@ -112,10 +115,9 @@ def read_index(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     path = Path(path)
     if not path.exists():
         raise InputError("index file not found", where=str(path), fix="create it with `cxrbench index`")
-    try:
-        findings = read_findings(path)
+    from cxrbench.common.fileio import parquet_errors
+
+    findings = read_findings(path)
+    with parquet_errors(path, "index", fix="recreate it with `cxrbench index`"):
         df = pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"not a readable Parquet file ({e})", where=str(path),
-                         fix="recreate it with `cxrbench index`") from None
     return df, findings
