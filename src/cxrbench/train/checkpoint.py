@@ -121,9 +121,12 @@ def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise InputError("run folder or checkpoint not found", where=str(path),
                          fix="give the folder made by `cxrbench train` (or its best.safetensors)")
+    if path.is_file() and path.suffix not in (".safetensors", ".json"):
+        raise InputError("is a file, not a run folder", where=str(path),
+                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
     meta_path = path / BEST_META if path.is_dir() else path.with_name(BEST_META)
     if not meta_path.is_file():
-        raise InputError("no best.json beside the weights", where=str(meta_path),
+        raise InputError("no best.json beside the weights", where=str(meta_path.resolve()),
                          fix="train the run until at least one validation has finished")
     meta = read_json(meta_path)
     for key in ("findings", "arch", "image_size", "mean", "std"):
