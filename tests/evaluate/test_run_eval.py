@@ -140,7 +140,7 @@ def test_no_bootstrap_gives_point_estimates_only():
     (lambda df: df.assign(p_cardiomegaly=np.r_[np.inf, df["p_cardiomegaly"].to_numpy()[1:]])
      .assign(y_cardiomegaly=1.0), "is not finite"),
     (lambda df: df.assign(p_hernia=["x"] + [0.1] * (len(df) - 1)), "non-numeric value 'x'"),
-    (lambda df: df.assign(patient_id=[None] + ["p"] * (len(df) - 1)), "'patient_id' is empty at row 0"),
+    (lambda df: df.assign(patient_id=[None] + ["p"] * (len(df) - 1)), "'patient_id' is empty at row 1"),
     (lambda df: df[["image_id", "patient_id"]], "no finding columns"),
 ])
 def test_bad_predictions_give_one_clear_error(mutate, message):

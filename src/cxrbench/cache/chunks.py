@@ -108,7 +108,8 @@ def build_chunk(job: dict[str, Any]) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                full = resolve_inside(job["root"], rel, where=f"index row {row}")
+                full = resolve_inside(job["root"], rel,
+                                      where=f"index row {int(row) + 1} (image_id {str(image_id)!r})")
                 images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"],
                                          job["resample"])
             except InputError as e:

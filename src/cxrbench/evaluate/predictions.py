@@ -69,7 +69,8 @@ class PredictionSet:
         for col in ("image_id", "patient_id"):
             if df[col].isna().any():
                 row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-                raise InputError(f"column {col!r} is empty at row {row}", where=where,
+                raise InputError(f"column {col!r} is empty at row {row + 1} (1 = the first image)",
+                                 where=where,
                                  fix="every image needs an image_id and a patient_id "
                                      "(use the image id as patient id when patients are unknown)")
         ids = df["image_id"].astype(str).to_numpy(dtype=object)

@@ -155,6 +155,7 @@ class SourceData:
     derive: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     hidden: tuple[str, ...] = ()
     keep: np.ndarray | None = None  # rows the adapter drops (already counted in the report)
+    rows_file: Path | None = None  # the text file whose data rows the frame's row labels number
 
 
 def register_file(report: dict[str, Any], role: str, path: Path) -> None:
@@ -242,7 +243,15 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
     if frame["found"].notna().all():  # known from locating the images: no second listing
         out.attrs["image_found"] = frame["found"].to_numpy(dtype=bool)
     check_leakage(out, where=f"split of {files}")
-    validate_index(out, findings, where=files)
+    locate = None
+    if data.rows_file is not None:  # rows named as the file's own lines (1-based, header counted)
+        from cxrbench.index.sources.tables import at_row
+
+        rows_file = data.rows_file
+
+        def locate(label: Any) -> str:
+            return at_row(rows_file, int(label))
+    validate_index(out, findings, where=files, locate=locate)
     report["findings"] = findings
     report["split"]["counts"] = split_counts(out, findings)
     _check_split_sizes(out, opts, report["split"], files)

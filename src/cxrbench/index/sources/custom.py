@@ -447,4 +447,5 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         report=report,
         derive=derive,
         hidden=tuple(hidden),
+        rows_file=Path(path),
     )

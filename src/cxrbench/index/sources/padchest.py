@@ -228,4 +228,5 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
                               "other negative (absence is not a confirmed negative)")
     if "MethodLabel" in df:
         report["label_method"] = {str(k): int(v) for k, v in df["MethodLabel"][keep].value_counts().items()}
-    return SourceData("padchest", frame, findings, labels, blank_is_unknown=False, report=report, keep=keep)
+    return SourceData("padchest", frame, findings, labels, blank_is_unknown=False, report=report, keep=keep,
+                      rows_file=Path(path))
