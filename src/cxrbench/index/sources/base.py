@@ -29,7 +29,7 @@ from cxrbench.index.sources.labels import (
     apply_label_policy,
     reconcile_no_finding,
 )
-from cxrbench.index.sources.tables import at_row
+from cxrbench.index.sources.tables import at_pos, at_row
 
 READER_RULES: tuple[str, ...] = ("majority", "any")
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
@@ -245,8 +245,6 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
     check_leakage(out, where=f"split of {files}")
     locate = None
     if data.rows_file is not None:  # rows named as the file's own lines (1-based, header counted)
-        from cxrbench.index.sources.tables import at_row
-
         rows_file = data.rows_file
 
         def locate(label: Any) -> str:
@@ -389,7 +387,7 @@ def official_split_values(
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"unknown split value {values.iloc[row]!r} in column {column!r}",
-            where=at_row(where, row),
+            where=at_pos(where, values, row),
             fix=f"expected one of {', '.join(sorted(mapping))}",
         )
     assert set(out.dropna().unique()) <= set(SPLITS)

@@ -56,7 +56,8 @@ from cxrbench.index.sources.base import (
 )
 from cxrbench.index.sources.files import clean_relative_paths
 from cxrbench.index.sources.labels import SEX_VALUES, label_block
-from cxrbench.index.sources.tables import at_row, check_unique, read_csv
+from cxrbench.index.sources.rows import filter_rows, first_of_duplicates
+from cxrbench.index.sources.tables import at_pos, check_unique, read_csv
 
 DEFAULT_SPLITS = {
     "train": "train",
@@ -168,6 +169,9 @@ class Mapping(_Strict):
     sex_values: dict[str, str] | None = None
     labels: dict[str, LabelSpec]
     extra_findings: list[str] = Field(default_factory=list)
+    keep_rows: dict[str, list[str | int | float]] | None = None  # keep rows whose column holds a value
+    drop_rows: dict[str, list[str | int | float]] | None = None  # drop rows whose column holds a value
+    duplicates: Literal["error", "keep_first"] = "error"  # an image listed more than once
 
     @field_validator("views")
     @classmethod
@@ -267,7 +271,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"non-numeric value {raw.iloc[row]!r} in column {column!r}",
-                where=at_row(where, row),
+                where=at_pos(where, raw, row),
                 fix="graded labels must be numbers, or list the value under uncertain",
             )
         if spec.scale is not None:
@@ -278,7 +282,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
                 raise InputError(
                     f"grade {raw.iloc[row]!r} in column {column!r} is outside the label's scale "
                     f"{lo:g}-{hi:g} ({int(outside.sum())} value(s) in all)",
-                    where=at_row(where, row),
+                    where=at_pos(where, raw, row),
                     fix="correct the value, list it under uncertain, or give the label its real "
                         "scale (scale: [lowest, highest], or scale: null for none)",
                 )
@@ -305,7 +309,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
                 row = int(np.flatnonzero(rest & (text == u).to_numpy())[0])
                 raise InputError(
                     f"unknown label value {u!r} in column {column!r}",
-                    where=at_row(where, row),
+                    where=at_pos(where, raw, row),
                     fix=f"add it to the mapping's values for this label ({', '.join(table)})",
                 ) from None
         out[rest] = text[rest].map(lookup).to_numpy(dtype=np.float32)
@@ -316,7 +320,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
         row = int(np.flatnonzero(blank.to_numpy())[0])
         raise InputError(
             f"blank value in column {column!r}",
-            where=at_row(where, row),
+            where=at_pos(where, raw, row),
             fix="fill it, or set blank: unknown / negative for this label",
         )
     return out
@@ -342,21 +346,29 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     c = m.columns
     meta_cols = [x for x in (c.path, c.patient, c.image_id, c.study, c.view, c.split, c.sex, c.age) if x]
     label_cols = [x for s in m.labels.values() for x in (s.column, s.left, s.right) if x]
-    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols)), sep=m.separator,
+    filter_cols = [*(m.keep_rows or {}), *(m.drop_rows or {})]
+    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols + filter_cols)), sep=m.separator,
                   missing_fix=f"fix the column names in the mapping {opts.mapping} (they must match the "
                               "CSV's header exactly)")
     where = str(path)
+    df = filter_rows(df, m.keep_rows, m.drop_rows, where, report)  # row labels (CSV lines) are kept
     for col in (c.path, c.patient):
         blank = df[col].isna().to_numpy()
         if blank.any():
             raise InputError(
                 f"column {col!r} is blank",
-                where=at_row(where, int(np.flatnonzero(blank)[0])),
+                where=at_pos(where, df, int(np.flatnonzero(blank)[0])),
                 fix="every image needs a path and a patient",
             )
     paths = clean_relative_paths(m.path_prefix + df[c.path].str.strip(), where, c.path)
     image_id = df[c.image_id].str.strip() if c.image_id else paths
-    check_unique(image_id, path, c.image_id or c.path)
+    if m.duplicates == "keep_first":
+        df, image_id = first_of_duplicates(df, image_id, c.image_id or c.path, where, report)
+        paths = paths[image_id.index]
+    check_unique(image_id, path, c.image_id or c.path,
+                 fix="each image must appear once: remove the repeated rows, or set `duplicates: "
+                     "keep_first` in the mapping to keep the first row of each (the others are counted "
+                     "in the index report)")
 
     labels: dict[str, np.ndarray] = {}
     derive: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -396,7 +408,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"unknown view {raw.iloc[row]!r} in column {c.view!r}",
-                where=at_row(where, row),
+                where=at_pos(where, raw, row),
                 fix=f"map it under `views:` in the mapping (to one of {', '.join(VIEWS)})",
             )
         view = view.fillna("UNKNOWN")
@@ -415,7 +427,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             row = int(np.flatnonzero(official.isna().to_numpy())[0])
             raise InputError(
                 f"blank split in column {c.split!r}",
-                where=at_row(where, row),
+                where=at_pos(where, official, row),
                 fix="give every row a split, or drop `split` from the mapping for a hash split",
             )
     sex = None
