@@ -83,6 +83,14 @@ def test_check_files_and_drop_missing(nih_root):
     df, _, report = build_index("nih", nih_root, drop_missing=True)
     assert len(df) == len(ROWS) - 2 and report["images"]["dropped"] == 2
     assert report["dropped"]["missing_images"] == 2  # shown by `describe` with the other drops
+    counts = report["split"]["counts"]  # of the index written: after the drop, warnings quote these
+    assert sum(c["images"] for c in counts.values()) == len(df)
+    for w in (w for w in report["warnings"] if w.startswith("finding ")):
+        f = w.split("'")[1]
+        for s, c in counts.items():
+            if c["images"] and min(c["findings"][f]["positive"], c["findings"][f]["negative"]) < 10:
+                pos, neg = c["findings"][f]["positive"], c["findings"][f]["negative"]
+                assert f"{s} {pos} positive / {neg} negative" in w
 
 
 def test_the_existence_check_lists_folders_not_files(nih_root, tmp_path, monkeypatch):

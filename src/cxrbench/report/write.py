@@ -52,6 +52,11 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
         msg = f"Incomplete study: {len(res.missing)} result(s) missing ({shown}). Tables show what exists."
         html_parts.append(f'<div class="banner warn">{H.esc(msg)}</div>')
         md_parts.append(f"> **{msg}**\n")
+    index_warnings = [(d.name, w) for d in res.protocol.datasets for w in d.warnings]
+    if index_warnings:  # thin splits, missing images: said where the results are read, not only in a JSON
+        items = "".join(f"<li><b>{H.esc(n)}</b>: {H.esc(w)}</li>" for n, w in index_warnings)
+        html_parts.append(f'<div class="banner warn"><b>Index warnings.</b><ul>{items}</ul></div>')
+        md_parts.append("> **Index warnings.**\n" + "".join(f"> - {n}: {w}\n" for n, w in index_warnings))
 
     for recipe, seed in res.matrix_keys():
         sfx = _suffix(res, recipe, seed)

@@ -78,6 +78,7 @@ def dataset_facts(name: str, report: dict[str, Any]) -> DatasetFacts:
         split_method=str(split.get("method", "")),
         split_fractions=tuple(float(x) for x in split.get("fractions") or ()),
         split_seed=split.get("seed"),
+        warnings=tuple(str(w) for w in report.get("warnings") or ()),
     )
 
 

@@ -251,10 +251,19 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
             return at_row(rows_file, int(label))
     validate_index(out, findings, where=files, locate=locate)
     report["findings"] = findings
-    report["split"]["counts"] = split_counts(out, findings)
-    _check_split_sizes(out, opts, report["split"], files)
-    report.setdefault("warnings", []).extend(split_warnings(report["split"]["counts"]))
+    recount_splits(out, findings, opts, report, files)
     return out, findings, report
+
+
+def recount_splits(df: pd.DataFrame, findings: list[str], opts: IndexOptions, report: dict[str, Any],
+                   where: str) -> None:
+    """``report['split']['counts']`` and the thin-split warnings of ``df`` (replacing earlier ones:
+    called again when --drop-missing leaves rows out, so that warnings quote the indexed counts)."""
+    old = set(split_warnings(report["split"]["counts"])) if "counts" in report.get("split", {}) else set()
+    report["split"]["counts"] = split_counts(df, findings)
+    _check_split_sizes(df, opts, report["split"], where)
+    kept = [w for w in report.get("warnings", []) if w not in old]
+    report["warnings"] = kept + split_warnings(report["split"]["counts"])
 
 
 _POLICY_WORDS = {"zeros": "negative", "ones": "positive", "ignore": "unknown (left out of training loss "
