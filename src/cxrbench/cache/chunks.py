@@ -65,7 +65,7 @@ def run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int
             "resize": recipe["resize"], "equalize": recipe["equalize"],
             "resample": recipe.get("resample", "pil-box")}
     if n_workers == 1 or len(jobs) <= 1:
-        with make_progress(quiet) as progress:
+        with make_progress(quiet, lines=True) as progress:
             task = progress.add_task("prepare", total=shape[0], completed=done_rows)
             for job in jobs:
                 build_chunk({**args, **job})
@@ -81,7 +81,7 @@ def run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int
     with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=context) as pool:
         futures = {pool.submit(build_chunk, {**args, **job}): job for job in jobs}
         try:
-            with make_progress(quiet) as progress:
+            with make_progress(quiet, lines=True) as progress:
                 task = progress.add_task("prepare", total=shape[0], completed=done_rows)
                 pending = set(futures)
                 while pending:
