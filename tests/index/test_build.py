@@ -164,6 +164,15 @@ def test_cli_index_writes_and_summarizes(cli_runner, nih_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stdout and "14 findings" in result.stdout
     assert out.is_file() and report_path(out).is_file()
+    import re
+
+    import pandas as pd
+
+    df = pd.read_parquet(out)  # the split counts are labelled: images / patients, per split
+    parts = re.search(r"\((train .*? patients)\)", result.stdout).group(1)
+    for s in ("train", "val", "test"):
+        n_img, n_pat = int((df["split"] == s).sum()), df.loc[df["split"] == s, "patient_id"].nunique()
+        assert f"{s} {n_img:,} images / {n_pat:,} patients" in parts, parts
 
 
 @pytest.mark.parametrize(
