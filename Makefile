@@ -1,6 +1,7 @@
 # cxrbench: two commands. `make demo` runs the embedded default study; `make test` runs the tests.
 # Each creates .venv when missing and installs the project into it.
 PYTHON ?= python3
+SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,12 +11,19 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing cxrbench with its dependencies (PyTorch, timm, ...):"
+	@echo "    a first install downloads PyTorch and the rest (hundreds of MB to a few GB) and can take"
+	@echo "    several minutes; each package is listed as pip collects it."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	set -o pipefail; $(BIN)/python -m pip install --progress-bar off -e '.[dev]' 2>&1 \
+	  | { grep --line-buffered -E '^(Collecting|Successfully installed|ERROR|error)' || true; }
 	touch $(STAMP)
+	@echo "==> installed; next runs skip this step"
 
 demo: $(STAMP)
+	@echo "==> running the demo study (phantom data, CPU): about 5 minutes on a quiet 2-core machine,"
+	@echo "    longer on a busy one; each step prints a line as it starts"
 	$(BIN)/cxrbench demo --out demo-out
 
 test: $(STAMP)

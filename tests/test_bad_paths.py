@@ -56,13 +56,19 @@ def world(tmp_path_factory):
         torch.set_num_threads(threads)
     latin = base / "latin1.yaml"
     latin.write_bytes("name: \xe9tude\n".encode("latin-1"))
+    laughs = base / "laughs.yaml"  # ~550 bytes, 9**9 values once its aliases are expanded
+    laughs.write_text("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "name: *a8\n")
     a_file = base / "a_file"
     a_file.write_text("x")
+    (base / "empty.txt").write_bytes(b"")
+    (base / "text.txt").write_text("hello world\nsecond line\n")
+    (base / "table.csv").write_text("image_id,label\na,1\nb,0\n")
     folder = base / "a_folder"
     folder.mkdir()
     image = next(root.rglob("*.png"))
-    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "file": a_file,
-            "folder": folder, "image": image, "base": base}
+    return {"root": root, "index": index, "cache": cache, "run": run, "latin": latin, "laughs": laughs,
+            "file": a_file, "folder": folder, "image": image, "base": base}
 
 
 # (label, argv builder); {x} placeholders are filled from the world fixture and the case's bad path
@@ -72,7 +78,11 @@ def _cases():
         "folder": lambda w: w["folder"],
         "not-utf8": lambda w: w["latin"],
         "unreadable": lambda w: UNREADABLE,
+        "empty": lambda w: w["base"] / "empty.txt",
+        "text": lambda w: w["base"] / "text.txt",
+        "csv": lambda w: w["base"] / "table.csv",
     }
+    basic = ("missing", "folder", "not-utf8", "unreadable")
     outputs = {
         "existing-folder": lambda w: w["folder"],
         "parent-is-a-file": lambda w: w["file"] / "out",
@@ -86,6 +96,32 @@ def _cases():
                                           str(p), "--out", str(w["base"] / "i.parquet")]),
         ("index --labels-file", lambda w, p: ["index", "--dataset", "nih", "--root", str(w["root"]),
                                               "--labels-file", str(p), "--out", str(w["base"] / "i.pq")]),
+        ("pretrain --config", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init",
+                                            "random-vit-test", "--out", str(w["base"] / "p-cfg"),
+                                            "--config", str(p)]),
+    ]
+    yaml_inputs = ("study run", "train --config", "index --mapping", "pretrain --config")  # bounded YAML
+    index_inputs = [  # a Parquet index (or a cache folder) the user names: wrong format, empty, text...
+        ("describe", lambda w, p: ["describe", str(p)]),
+        ("prepare --index", lambda w, p: ["prepare", "--index", str(p), "--root", str(w["root"]), "--out",
+                                          str(w["base"] / "c-in")]),
+        ("audit --index", lambda w, p: ["audit", "--init", "random-vit-test", "--index", str(p)]),
+        ("pretrain --exclude", lambda w, p: ["pretrain", "--cache", str(w["cache"]), "--init",
+                                             "random-vit-test", "--out", str(w["base"] / "p-ex"),
+                                             "--exclude", str(p)]),
+        ("evaluate --metadata", lambda w, p: ["evaluate", str(w["run"]), "--metadata", str(p), "--bootstrap",
+                                              "0", "-q", "--out-json", str(w["base"] / "e.json")]),
+        ("shortcut SOURCE", lambda w, p: ["shortcut", str(p), "--out", str(w["base"] / "sc")]),
+    ]
+    list_inputs = [  # a text/CSV/Parquet list of images
+        ("audit --pretraining-list", lambda w, p: ["audit", "--init", "random-vit-test", "--index",
+                                                   str(w["index"]), "--pretraining-list", str(p)]),
+    ]
+    run_inputs = [  # a run folder, given a file
+        ("evaluate RUN", lambda w, p: ["evaluate", str(p), "--bootstrap", "0", "-q"]),
+        ("export RUN", lambda w, p: ["export", str(p), str(w["base"] / "exp")]),
+        ("compare RUN", lambda w, p: ["compare", str(w["run"]), str(p)]),
+        ("predict RUN", lambda w, p: ["predict", str(p), str(w["image"])]),
     ]
     file_inputs = [  # commands reading a binary/any file the user names
         ("describe", lambda w, p: ["describe", str(p)]),
@@ -113,7 +149,19 @@ def _cases():
     ]
     cases = []
     for name, argv in text_inputs:
-        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in inputs]
+        kinds = [*basic, "empty"] if name != "index --labels-file" else [*basic, "empty", "text"]
+        if name in yaml_inputs:
+            kinds.append("csv")  # not a mapping
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
+        if name in yaml_inputs:
+            cases.append(pytest.param(argv, lambda w: w["laughs"], id=f"{name}:nested-aliases"))
+    for name, argv in index_inputs:
+        kinds = ("missing", "unreadable", "empty", "text", "csv", "not-utf8")
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
+    for name, argv in list_inputs:
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in (*basic, "empty")]
+    for name, argv in run_inputs:
+        cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in ("missing", "text")]
     for name, argv in file_inputs:
         kinds = ("missing", "folder", "unreadable")
         cases += [pytest.param(argv, inputs[k], id=f"{name}:{k}") for k in kinds]
@@ -139,6 +187,8 @@ def test_one_line_exit_2_and_nothing_lost(world, cli_runner, argv, bad, monkeypa
     assert "Traceback" not in result.output + result.stderr
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert any(s in err[0] for s in (str(path), path.name, "not UTF-8", str(path.parent))), err[0]
+    if path.name == "laughs.yaml":
+        assert "aliases are expanded" in err[0]  # refused by the bound, not by a later check
     assert {p: p.stat().st_mtime_ns for p in world["run"].rglob("*") if p.is_file()
             if p in run_files} == run_files  # finished work untouched
 
@@ -146,5 +196,5 @@ def test_one_line_exit_2_and_nothing_lost(world, cli_runner, argv, bad, monkeypa
 def test_the_matrix_covers_every_command():
     ids = {p.id.split(":")[0].split()[0] for p in CASES}
     assert ids >= {"study", "train", "index", "describe", "prepare", "predict", "weights", "phantom",
-                   "evaluate", "demo"}
-    assert len(CASES) >= 40
+                   "evaluate", "demo", "audit", "pretrain", "shortcut", "compare", "export"}
+    assert len(CASES) >= 100

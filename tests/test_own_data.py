@@ -32,8 +32,10 @@ def covid_layout(root: Path) -> pd.DataFrame:
         finding = "Pneumonia/Viral/COVID-19" if r.cardiomegaly == 1 else ("No Finding" if k % 3 else
                                                                          "Pneumonia/Bacterial")
         rows.append({"patientid": r.patient_id, "sex": r.sex, "age": r.age, "finding": finding,
-                     "view": VIEWS[r.view], "filename": name})
+                     "view": VIEWS[r.view], "filename": name, "modality": "X-ray"})
     rows.append({**rows[0], "view": "L", "filename": "lateral-1.png"})  # a lateral: dropped by --views
+    rows.append({**rows[3], "modality": "CT", "view": "Axial", "filename": "ct-1.png"})  # keep_rows drops it
+    rows.append(dict(rows[2]))  # listed twice: duplicates: keep_first keeps the first row
     rows.append({**rows[1], "filename": "not-there.png"})  # listed but never copied
     shutil.copy(root / "images" / rows[0]["filename"], root / "images" / "lateral-1.png")
     shutil.rmtree(root / "_src")
@@ -57,10 +59,14 @@ def test_the_walkthrough_runs_as_written(tmp_path, cli_runner):
     result = cli_runner.invoke(app, [*args, "--drop-missing"])
     assert result.exit_code == 0, result.output
     df = pd.read_parquet(index)
-    assert len(df) == len(meta) - 2 and "lateral-1.png" not in set(df["path"].str.rsplit("/", n=1).str[-1])
+    kept = meta[(meta["modality"] == "X-ray") & (meta["view"] != "L") & (meta["filename"] != "not-there.png")]
+    kept = kept.drop_duplicates("filename")
+    names = set(df["path"].str.rsplit("/", n=1).str[-1])
+    assert len(df) == len(kept) == len(meta) - 4 and not {"lateral-1.png", "ct-1.png"} & names
     assert set(df["split"]) == {"train", "val", "test"}
-    covid = (meta["finding"] == "Pneumonia/Viral/COVID-19").sum()
-    assert df["covid_19"].sum() == covid - int(meta["finding"].iloc[-1] == "Pneumonia/Viral/COVID-19")
+    assert df["covid_19"].sum() == (kept["finding"] == "Pneumonia/Viral/COVID-19").sum()
+    warned = result.stderr
+    assert "left out by the mapping's row filters" in warned and "duplicates: keep_first" in warned
     described = cli_runner.invoke(app, ["describe", str(index)])
     assert described.exit_code == 0 and "covid_19" in described.output
     assert "missing" in described.output.lower() and "LATERAL" in described.output

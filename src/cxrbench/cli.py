@@ -11,11 +11,13 @@ import sys
 
 import click
 import typer
+from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
 from cxrbench import __version__
 from cxrbench.commands import COMMAND_MODULES
 from cxrbench.commands._help import tidy_help
+from cxrbench.commands._usage import usage_error
 from cxrbench.common.errors import CxrbenchError, InputError
 
 
@@ -29,11 +31,34 @@ class CxrbenchGroup(TyperGroup):
     The common layer turns file errors into InputErrors with the file and the fix; an OS or decoding
     error that still escapes from a command (a path the user gave that cannot be read or written) is
     bad input too: one line naming the file, exit 2, never a traceback.
+
+    A usage error of the command-line parser (a number option given text, a value out of range, an
+    unknown option, a missing option or argument) is bad input in the same shape: one ``error:`` line
+    naming the option, what was given, what is allowed and the fix (``commands/_usage.py``), exit 2,
+    instead of the parser's multi-line box. A command or group given no arguments at all still shows
+    its help.
     """
+
+    _argv: tuple[str, ...] = ()
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[override]
+        self._argv = tuple(args)
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click_errors.UsageError as err:
+            if isinstance(err, click_errors.NoArgsIsHelpError):
+                raise
+            _print_error(usage_error(err, self._argv, self))
+            raise typer.Exit(2) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click_errors.UsageError as err:
+            if isinstance(err, click_errors.NoArgsIsHelpError):
+                raise
+            _print_error(usage_error(err, self._argv, ctx.command))
+            ctx.exit(2)
         except CxrbenchError as err:
             _print_error(err)
             ctx.exit(err.exit_code)

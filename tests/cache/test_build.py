@@ -358,3 +358,21 @@ def test_a_corrupt_exif_warning_is_counted_in_the_manifest_not_printed(tmp_path,
     warned = manifest["warnings"]
     assert warned and warned[0]["files"] == 1 and warned[0]["examples"] == ["img/a.jpg"]
     assert "EXIF" in warned[0]["message"].upper() and ".py" not in warned[0]["message"]
+
+
+def test_prepare_off_a_terminal_prints_plain_progress_lines(tmp_path, image_dataset_factory, cli_runner,
+                                                            monkeypatch):
+    """A log or a SLURM output gets periodic lines (done/total, images/s, ETA), not a silent wait."""
+    from cxrbench.cli import app
+
+    index = image_dataset_factory(tmp_path / "data", n=24)
+    monkeypatch.setenv("CXRBENCH_PROGRESS_SECONDS", "0")
+    result = cli_runner.invoke(app, ["prepare", "--index", str(index), "--root", str(tmp_path / "data"),
+                                     "--out", str(tmp_path / "cache"), "--size", "32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("prepare: ")]
+    assert lines and lines[-1].startswith("prepare: 24/24 images (100%)") and "images/s" in lines[-1]
+    quiet = cli_runner.invoke(app, ["prepare", "--index", str(index), "--root", str(tmp_path / "data"),
+                                    "--out", str(tmp_path / "cache2"), "--size", "32", "--workers", "1",
+                                    "-q"])
+    assert quiet.exit_code == 0 and "prepare: " not in quiet.stderr

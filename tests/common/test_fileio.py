@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -101,3 +102,23 @@ def _try_lock(path: str) -> None:
             os._exit(0)
     except BlockingIOError:
         os._exit(3)
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"", "is empty (0 bytes)"),
+    (b"image_id,label\na,1\n", "must be a Parquet file, but this is CSV/TSV text"),
+    (b"just some words\n", "must be a Parquet file, but this is a text file"),
+    (b"caf\xe9 au lait\n", "text that is not UTF-8"),
+    (b"\x80\x04K\x01.", "a pickle or NumPy file"),
+    (b"PAR1 truncated", "is not a readable Parquet file"),
+])
+def test_a_parquet_file_the_user_names_is_checked_by_its_bytes(tmp_path, content, said):
+    import pyarrow.parquet as pq
+
+    from cxrbench.common.fileio import parquet_errors
+
+    path = tmp_path / "index.parquet"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(said)) as err, parquet_errors(path, "index", fix="fix it"):
+        pq.read_schema(path)
+    assert str(path) in err.value.one_line() and err.value.one_line().endswith("Fix: fix it")

@@ -140,7 +140,7 @@ def test_no_bootstrap_gives_point_estimates_only():
     (lambda df: df.assign(p_cardiomegaly=np.r_[np.inf, df["p_cardiomegaly"].to_numpy()[1:]])
      .assign(y_cardiomegaly=1.0), "is not finite"),
     (lambda df: df.assign(p_hernia=["x"] + [0.1] * (len(df) - 1)), "non-numeric value 'x'"),
-    (lambda df: df.assign(patient_id=[None] + ["p"] * (len(df) - 1)), "'patient_id' is empty at row 0"),
+    (lambda df: df.assign(patient_id=[None] + ["p"] * (len(df) - 1)), "'patient_id' is empty at row 1"),
     (lambda df: df[["image_id", "patient_id"]], "no finding columns"),
 ])
 def test_bad_predictions_give_one_clear_error(mutate, message):
@@ -332,3 +332,21 @@ def test_cli_evaluate_bad_options_exit_2_without_traceback(tmp_path, cli_runner,
 def test_cli_evaluate_missing_run(tmp_path, cli_runner):
     result = cli_runner.invoke(app, ["evaluate", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "run folder not found" in result.stderr
+
+
+def test_one_class_resamples_are_one_summary_line_per_evaluation():
+    """A small split where several findings have few positives: one warning for the evaluation, naming
+    each finding with its count of excluded resamples (the counts stay in each finding's entry)."""
+    df = make_preds(3, n=24)
+    for f, k in (("cardiomegaly", 1), ("pleural_effusion", 2)):  # 1 and 2 positives of 24
+        df[f"y_{f}"] = [1.0] * k + [0.0] * (len(df) - k)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = scoring.evaluate_predictions(df, None, n_resamples=200, threshold_from="test")
+    lines = [str(w.message) for w in caught if "only one class" in str(w.message)]
+    counted = {f: e.get("resamples_one_class", 0) for f, e in out["per_finding"].items()}
+    affected = [f for f, n in counted.items() if n]
+    assert len(affected) >= 2, counted  # the case worth summarising
+    assert len(lines) == 1, lines
+    for f in affected:
+        assert f"{f} {counted[f]}" in lines[0]

@@ -200,3 +200,41 @@ def test_top_examples_are_the_highest_scoring_true_and_false_positives(tiny_run,
     assert thumb.size == (48, 48) and len(out["png"].iloc[0]) < 20_000
     with pytest.raises(InputError, match="not predicted"):
         top_examples(run, findings=["edema"], cache_dir=cache)
+
+
+def test_example_overlays_are_drawn_over_the_original_at_a_readable_size(tmp_path, image_dataset_factory,
+                                                                        torch_one_thread):
+    """A 32-px model's maps are drawn over the original image (read again, preprocessed as the cache
+    was) at 128 px, not over the 32-px cache pixels; without the original, over the cache upsampled."""
+    import shutil
+    import warnings
+
+    import numpy as np
+
+    from cxrbench.cache.build import prepare_cache
+    from cxrbench.evaluate.examples import top_examples
+    from cxrbench.evaluate.run_eval import evaluate_run
+    from cxrbench.train.config import TrainConfig
+    from cxrbench.train.loop import train
+
+    root = tmp_path / "data"
+    index = image_dataset_factory(root, n=48, shape=(96, 80))
+    cache = tmp_path / "cache"
+    prepare_cache(index, root, cache, size=32, workers=1, quiet=True)
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(TrainConfig(cache=str(cache), init="random-vit-test", out=str(run), epochs=1, batch_size=8,
+                          lr=1e-3, workers=0, augment=False), quiet=True)
+        evaluate_run(run, "test", n_resamples=0, subgroups=False, calibration=False,
+                     predict_kwargs={"cache_dir": cache, "device": "cpu"})
+    first = top_examples(run, k=1, cache_dir=cache, device="cpu", thumb_size=128)
+    shown = np.asarray(Image.open(io.BytesIO(first["png"].iloc[0])))
+    assert shown.shape == (128, 128, 3)
+    shutil.move(root, tmp_path / "moved")  # the original is gone: the cache pixels, upsampled
+    fallback = top_examples(run, k=1, cache_dir=cache, device="cpu", thumb_size=128)
+    again = np.asarray(Image.open(io.BytesIO(fallback["png"].iloc[0])))
+    assert again.shape == (128, 128, 3)
+    # the original holds detail the 32-px cache cannot: neighbouring pixels differ more
+    detail = np.abs(np.diff(shown.astype(float), axis=1)).mean()
+    assert detail > 1.5 * np.abs(np.diff(again.astype(float), axis=1)).mean()

@@ -53,3 +53,26 @@ def test_missing_onnxruntime_names_the_extra(evaluated_run, tmp_path, monkeypatc
     with pytest.raises(InputError, match=r"pip install 'cxrbench\[export\]'"):
         export_run(evaluated_run[0], tmp_path / "o", "onnx")
     assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"atol": -1.0}, r"--atol: got -1, expected a number >= 0"),
+    ({"atol": float("nan")}, r"--atol: got nan"),
+    ({"opset": 2}, r"--opset: got 2, expected an opset from 7 to 20"),
+    ({"opset": 99}, r"--opset: got 99"),
+])
+def test_out_of_range_options_are_refused_before_anything_is_written(evaluated_run, tmp_path, options, match):
+    with pytest.raises(InputError, match=match):
+        export_run(evaluated_run[0], tmp_path / "o", "onnx", **options)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_opset_too_old_for_the_model_is_one_line_and_leaves_no_folder(evaluated_run, tmp_path, cli_runner,
+                                                                         torch_one_thread, capfd):
+    result = cli_runner.invoke(app, ["export", str(evaluated_run[0]), str(tmp_path / "o"), "--format", "onnx",
+                                     "--opset", "9"])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--opset 9" in err[0], err
+    assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's C++ dump is kept off stdout
+    assert not (tmp_path / "o").exists()  # the folder the failed export made is gone (it was empty)

@@ -83,6 +83,14 @@ def test_check_files_and_drop_missing(nih_root):
     df, _, report = build_index("nih", nih_root, drop_missing=True)
     assert len(df) == len(ROWS) - 2 and report["images"]["dropped"] == 2
     assert report["dropped"]["missing_images"] == 2  # shown by `describe` with the other drops
+    counts = report["split"]["counts"]  # of the index written: after the drop, warnings quote these
+    assert sum(c["images"] for c in counts.values()) == len(df)
+    for w in (w for w in report["warnings"] if w.startswith("finding ")):
+        f = w.split("'")[1]
+        for s, c in counts.items():
+            if c["images"] and min(c["findings"][f]["positive"], c["findings"][f]["negative"]) < 10:
+                pos, neg = c["findings"][f]["positive"], c["findings"][f]["negative"]
+                assert f"{s} {pos} positive / {neg} negative" in w
 
 
 def test_the_existence_check_lists_folders_not_files(nih_root, tmp_path, monkeypatch):
@@ -156,6 +164,15 @@ def test_cli_index_writes_and_summarizes(cli_runner, nih_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stdout and "14 findings" in result.stdout
     assert out.is_file() and report_path(out).is_file()
+    import re
+
+    import pandas as pd
+
+    df = pd.read_parquet(out)  # the split counts are labelled: images / patients, per split
+    parts = re.search(r"\((train .*? patients)\)", result.stdout).group(1)
+    for s in ("train", "val", "test"):
+        n_img, n_pat = int((df["split"] == s).sum()), df.loc[df["split"] == s, "patient_id"].nunique()
+        assert f"{s} {n_img:,} images / {n_pat:,} patients" in parts, parts
 
 
 @pytest.mark.parametrize(
@@ -198,8 +215,9 @@ def test_image_names_escaping_the_root_are_refused(tmp_path):
     root = tmp_path / "nih"
     root.mkdir()
     (root / "Data_Entry_2017_v2020.csv").write_text(HEADER + "\n../../etc/passwd,No Finding,0,1,40,M,PA\n")
-    with pytest.raises(InputError, match="path 'images/../../etc/passwd' at row 0 is absolute or escapes"):
+    with pytest.raises(InputError, match="path 'images/../../etc/passwd' is absolute or escapes") as err:
         build_index("nih", root)
+    assert "Data_Entry_2017_v2020.csv, line 2:" in err.value.one_line()  # the file's own line (header = 1)
 
 
 def test_index_options_are_the_single_list_of_options(tmp_path):

@@ -473,6 +473,11 @@ def render_in_chromium(
                 broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length,
                 resources: performance.getEntriesByType('resource').map(r => r.name),
                 mainRight: main ? main.getBoundingClientRect().right : -1,
+                overflowing: [...document.querySelectorAll('.tablewrap')]
+                  .filter(w => w.scrollWidth > w.clientWidth + 1
+                               || w.querySelector('table').getBoundingClientRect().right > window.innerWidth)
+                  .map(w => w.querySelector('caption').textContent),
+                pageWidth: document.documentElement.scrollWidth,
                 viewport: window.innerWidth,
                 title: document.title,
               };
@@ -525,3 +530,29 @@ def test_chromium_check_catches_errors(tmp_path):
     )
     facts, errors = render_in_chromium(page, tmp_path / "bad.png")
     assert len(errors) >= 2 and facts["broken"] == 1
+
+
+def test_index_warnings_are_shown_in_the_report(tmp_path):
+    """A study that built its indexes shows their warnings (thin splits, missing images) in the report,
+    not only in index.report.json."""
+    from dataclasses import replace
+
+    res = synthetic()
+    first = replace(res.protocol.datasets[0], warnings=("finding 'edema': test 2 positive / 40 negative "
+                                                        "(fewer than 10: its AUROC there is unreliable)",))
+    res = replace(res, protocol=replace(res.protocol, datasets=[first, *res.protocol.datasets[1:]]))
+    paths = write_report(res, tmp_path)
+    html = paths["html"].read_text()
+    assert "Index warnings." in html and "test 2 positive / 40 negative" in html
+    assert "Index warnings." in paths["markdown"].read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_every_table_fits_a_1280_px_window(rendered, tmp_path):
+    """No table needs a horizontal scroll bar or runs past the window at 1280 px (the per-finding
+    tables did, at 1176 px in a 1006-px column); the page itself does not scroll sideways."""
+    res, out, paths = rendered
+    facts, errors = render_in_chromium(paths["html"], tmp_path / "shot.png", width=1280)
+    assert errors == [] and facts["tables"] == 10
+    assert facts["overflowing"] == [], facts["overflowing"]
+    assert facts["pageWidth"] <= 1280

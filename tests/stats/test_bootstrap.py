@@ -205,3 +205,15 @@ def test_patient_resamples_of_one_image_per_patient_are_the_image_resamples():
     by_patient = make_resamples(ids, ids, 30, 3, "patient")
     by_image = make_resamples(ids, None, 30, 3, "image")
     np.testing.assert_array_equal(by_patient.counts(0, 30), by_image.counts(0, 30))
+
+
+def test_resampling_settings_out_of_range_name_the_option():
+    from cxrbench.common.errors import InputError
+    from cxrbench.stats.seeds import seed_draws
+
+    with pytest.raises(InputError, match=r"--bootstrap: got 0, expected a whole number of resamples >= 1"):
+        bs.make_resamples(["a", "b"], n_resamples=0)
+    with pytest.raises(InputError, match=r"--seed: got -1, expected a whole number >= 0"):
+        bs.make_resamples(["a", "b"], n_resamples=5, seed=-1)
+    with pytest.raises(InputError, match=r"--seed: got -2"):
+        seed_draws(3, 5, seed=-2, stream=0)

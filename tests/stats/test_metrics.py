@@ -152,7 +152,7 @@ def test_check_labels_scores_messages():
         mt.check_labels_scores(np.array([1, 2, 0.0]), np.array([0.1, 0.2, 0.3]), ids=ids)
     with pytest.raises(InputError, match=r"score nan at image 'c' is not finite"):
         mt.check_labels_scores(np.array([1, 0, 0.0]), np.array([0.1, 0.2, np.nan]), ids=ids)
-    with pytest.raises(InputError, match=r"score inf at row 0"):
+    with pytest.raises(InputError, match=r"score inf at row 1"):
         mt.check_labels_scores(np.array([1, 0.0]), np.array([np.inf, 0.2]))
     # a score next to an unknown label is never used, so it may be missing
     y, s = mt.check_labels_scores(np.array([1, np.nan, 0.0]), np.array([0.1, np.nan, 0.3]))

@@ -191,3 +191,26 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes("name: \xe9tude\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin.yaml: the study config is not UTF-8 text \(byte 0xe9"):
         load_study(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("    labels: study-cxr14", "    labels: study-cxr14\n    mapping: covid.yaml"),
+         "'mapping' is an index option. Fix: move it under the dataset's options: datasets: {NAME: {options: "
+         "{mapping: ...}}}"),
+        (("    labels: study-cxr14", "    labels: study-cxr14\n    drop_missing: true"),
+         "under the dataset's options"),
+        (("    labels: study-cxr14", "    options: {labels: study-cxr14}"), "beside `options:`"),
+        (("comparisons:", "epochs: 3\ncomparisons:"),
+         "'epochs' is a training setting. Fix: move it under train:"),
+        (("    labels: study-cxr14", "    labels: study-cxr14\n    bootstrap: 50"), "under evaluation:"),
+    ],
+)
+def test_a_known_key_in_the_wrong_place_says_where_it_goes(tmp_path, change, expected):
+    """A new user put `mapping:` at the dataset's level (as docs/own-data.md showed): "remove it" would
+    lose the mapping, so the message says where it belongs."""
+    old, new = change
+    assert old in BASE
+    msg = str(error_of(tmp_path, BASE.replace(old, new, 1)))
+    assert expected in msg and "remove it" not in msg, msg

@@ -65,7 +65,7 @@ def run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int
             "resize": recipe["resize"], "equalize": recipe["equalize"],
             "resample": recipe.get("resample", "pil-box")}
     if n_workers == 1 or len(jobs) <= 1:
-        with make_progress(quiet) as progress:
+        with make_progress(quiet, lines=True) as progress:
             task = progress.add_task("prepare", total=shape[0], completed=done_rows)
             for job in jobs:
                 build_chunk({**args, **job})
@@ -81,7 +81,7 @@ def run_jobs(jobs: list[dict], out: Path, root: Path, shape: tuple[int, int, int
     with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=context) as pool:
         futures = {pool.submit(build_chunk, {**args, **job}): job for job in jobs}
         try:
-            with make_progress(quiet) as progress:
+            with make_progress(quiet, lines=True) as progress:
                 task = progress.add_task("prepare", total=shape[0], completed=done_rows)
                 pending = set(futures)
                 while pending:
@@ -108,7 +108,8 @@ def build_chunk(job: dict[str, Any]) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                full = resolve_inside(job["root"], rel, where=f"index row {row}")
+                full = resolve_inside(job["root"], rel,
+                                      where=f"index row {int(row) + 1} (image_id {str(image_id)!r})")
                 images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"],
                                          job["resample"])
             except InputError as e:

@@ -8,11 +8,15 @@ Conventions (every reader gives the same meaning to the same value):
   signatures select Pillow (other formats Pillow recognises, e.g. TIFF/BMP, are read the same way).
 * **8-bit PNG/JPEG**: value / 255.
 * **16-bit PNG** (grey, grey+alpha, RGB, RGBA: all kept at 16 bits; colour and alpha PNGs are read
-  with OpenCV, as Pillow would cut them to 8 bits): with an ``sBIT`` chunk of b significant bits the
-  PNG specification's reading applies, the significant bits are the high bits: ``(v >> (16 - b)) /
-  (2**b - 1)``. A file whose sBIT does not match its data (all values below ``2**b``: stored
-  unscaled, against the specification) is read as ``v / (2**b - 1)``. Without sBIT: ``v / (2**b - 1)``
-  for the smallest of 8, 10, 12, 14, 16 bits that holds the image's maximum. PadChest stores 10- or
+  with OpenCV, as Pillow would cut them to 8 bits): with an ``sBIT`` chunk of b significant bits,
+  scaled or unscaled is decided by the low ``16 - b`` bits of the samples, never by brightness
+  (:func:`spec_scaled`): when every sample carries exactly what one of the PNG specification's
+  scalings puts there (zeros, left bit replication or linear scaling), the significant bits are the
+  high bits and the reading is ``(v >> (16 - b)) / (2**b - 1)``; otherwise the samples are stored
+  unscaled (detector noise in the low bits, against the specification) and the reading is
+  ``v / (2**b - 1)``, unless values above ``2**b - 1`` show that the sBIT is wrong (then as without
+  sBIT). Without sBIT: ``v / (2**b - 1)`` for the smallest of 8, 10, 12, 14, 16 bits that holds the
+  image's maximum. PadChest stores 10- or
   12-bit detector values unscaled in 16-bit PNGs without sBIT (maxima far below 65535), so a fixed
   65535 divisor would leave them nearly black; the standard-depth rule keeps the scale fixed for all
   images of one bit depth (a 12-bit image maps by /4095 whether its brightest pixel is 3000 or 4095).
@@ -28,8 +32,10 @@ Conventions (every reader gives the same meaning to the same value):
   is inverted last (``1 - x``). Multi-frame files are refused.
 * **Errors**: a missing, empty, truncated, corrupt or unsupported file, or a DICOM header value that
   cannot be read (e.g. ``NumberOfFrames = '1A'``), raises ``InputError`` naming the file and the
-  reason; a compressed DICOM the installed codecs cannot decode says which codecs are missing, or,
-  when they are installed, that the data are damaged.
+  reason; a compressed DICOM the installed codecs cannot decode names the ``dicom`` extra while its
+  codec (pylibjpeg) is missing, even when another plugin loads (Pillow's loads for JPEG Extended but
+  decodes 8-bit samples only, so 12-bit lossy CR/DX files need the extra), and calls the data
+  damaged only when the extra's codec is installed and fails too.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _STANDARD_DEPTHS = (8, 10, 12, 14, 16)
 _LUMA = (0.299, 0.587, 0.114)
 _EXIF_ORIENTATION = 0x0112
+DICOM_EXTRA = "cxrbench[dicom]"  # the extra with the codecs of compressed DICOM (pyproject.toml)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -182,12 +189,45 @@ def _scale_uint(arr: np.ndarray, bits: int | None, path: Path) -> np.ndarray:
     """Unsigned integers -> [0, 1] (see the module docstring): ``bits`` is the PNG sBIT (None: none)."""
     top = int(arr.max()) if arr.size else 0
     depth = arr.dtype.itemsize * 8
-    if bits is not None and bits < depth and top > (1 << bits) - 1:
-        # spec-scaled: the significant bits are the high bits of each sample
+    if bits is not None and bits < depth and spec_scaled(arr, bits):
+        # the significant bits are the high bits of each sample (the PNG specification's scaling)
         arr = arr >> np.asarray(depth - bits, dtype=arr.dtype)
     elif bits is None or top > (1 << bits) - 1:
-        bits = standard_bit_depth(top)
+        bits = standard_bit_depth(top)  # no sBIT, or one the data contradict
     return arr.astype(np.float32) / np.float32((1 << bits) - 1)  # correctly rounded k / (2**b - 1)
+
+
+def spec_scaled(arr: np.ndarray, bits: int) -> bool:
+    """True when every sample's low ``depth - bits`` bits are exactly what one of the PNG
+    specification's ways of scaling a ``bits``-bit value to the full depth puts there (section 12.4,
+    "Sample depth scaling"): zeros (shifting), the value's own high bits again (left bit
+    replication), or ``round(v * (2**depth - 1) / (2**bits - 1))`` (linear scaling).
+
+    Samples stored unscaled (PadChest's convention, and writers that set sBIT but do not scale) are
+    detector values whose low bits are noise: they fail all three tests on any real image. The test
+    looks at bit patterns only, never at how bright the image is, so a dark spec-scaled file is not
+    mistaken for an unscaled one. An image whose samples all pass (also one that is entirely 0) is
+    read as scaled, which is what its sBIT says.
+    """
+    depth = arr.dtype.itemsize * 8
+    shift = depth - bits
+    if shift <= 0 or arr.size == 0:
+        return False
+    high = arr >> np.asarray(shift, dtype=arr.dtype)
+    low = arr & np.asarray((1 << shift) - 1, dtype=arr.dtype)
+    if not low.any():
+        return True  # shifted
+    replicated = high << np.asarray(shift, dtype=arr.dtype)
+    remaining = shift
+    while remaining > 0:  # fill the low bits with copies of the value, from its top bit down
+        step = min(bits, remaining)
+        replicated |= (high >> np.asarray(bits - step, dtype=arr.dtype)) << np.asarray(remaining - step,
+                                                                                       dtype=arr.dtype)
+        remaining -= step
+    if np.array_equal(replicated, arr):
+        return True
+    linear = np.floor(high * (((1 << depth) - 1) / ((1 << bits) - 1)) + 0.5)
+    return bool(np.array_equal(linear, arr))
 
 
 def standard_bit_depth(max_value: float) -> int:
@@ -273,16 +313,27 @@ def _pixel_error(ds, path: Path, err: Exception) -> InputError:
             from pydicom.pixels import get_decoder
 
             decoder = get_decoder(syntax)
-            available = decoder.is_available
+            available = bool(decoder.is_available)
         except Exception:  # an unknown transfer syntax: no decoder at all
-            available = False
+            decoder, available = None, False
+        bits = ds.get("BitsStored")
+        what = f"{bits}-bit {syntax.name}" if bits else syntax.name
         if not available:
-            return InputError(f"no installed codec decodes {syntax.name} ({_reason(err)})", where=str(path),
-                              fix="pip install 'cxrbench[dicom]' (pylibjpeg with its libjpeg and openjpeg "
+            return InputError(f"no installed codec decodes {what} ({_reason(err)})", where=str(path),
+                              fix=f"pip install {DICOM_EXTRA!r} (pylibjpeg with its libjpeg and openjpeg "
                                   "plugins), or gdcm")
-        return InputError(f"the {syntax.name} pixel data cannot be decoded by the installed codecs "
-                          f"({_reason(err)})", where=str(path),
-                          fix="the file's compressed data are damaged; re-export it, or pass --skip-bad")
+        # A codec that loads is not proof: Pillow's plugin is available for JPEG Extended but decodes
+        # 8-bit samples only. While the extra's codec (pylibjpeg) is missing, it is what to install.
+        installed = ", ".join(getattr(decoder, "available_plugins", ()) or ())
+        if any(str(m).startswith("pylibjpeg") for m in getattr(decoder, "missing_dependencies", ()) or ()):
+            return InputError(f"the installed codecs ({installed or 'none'}) cannot decode this {what} "
+                              f"pixel data ({_reason(err)})", where=str(path),
+                              fix=f"pip install {DICOM_EXTRA!r}: its pylibjpeg decodes 12- and 16-bit JPEG, "
+                                  "JPEG-LS and JPEG 2000")
+        return InputError(f"the {what} pixel data cannot be decoded by the installed codecs "
+                          f"({installed or 'none'}: {_reason(err)})", where=str(path),
+                          fix="the file's compressed data are damaged, or in a variant these codecs do not "
+                              "read (GDCM may); re-export it, or pass --skip-bad")
     return InputError(f"cannot decode DICOM pixel data ({_reason(err)})", where=str(path),
                       fix="the file is damaged (pixel data shorter than its header says?); re-export it")
 

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             help="A run evaluated on the split: its metric with and "
             "without the images found (needs --pretraining-list).",
         ),
-        bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for the side-by-side CIs."),
+        bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Resamples for the side-by-side CIs."),
         cluster: str = typer.Option("patient", "--cluster", help="Bootstrap unit: image or patient."),
         out: Path = typer.Option(
             None, "--out", help="Write the images found (CSV: split, dataset, image_id, patient_id)."

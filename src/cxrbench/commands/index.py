@@ -124,9 +124,11 @@ def register(app: typer.Typer) -> None:
 
         if not quiet:
             counts = df["split"].value_counts()
-            parts = ", ".join(f"{s} {int(counts.get(s, 0)):,}" for s in ("train", "val", "test"))
+            pats = df.groupby("split")["patient_id"].nunique()
+            parts = "; ".join(f"{s} {int(counts.get(s, 0)):,} images / {int(pats.get(s, 0)):,} patients"
+                              for s in ("train", "val", "test"))
             typer.echo(
-                f"wrote {out}: {len(df):,} images, {df['patient_id'].nunique():,} patients ({parts}), "
+                f"wrote {out}: {len(df):,} images of {df['patient_id'].nunique():,} patients ({parts}), "
                 f"{len(findings)} findings; split {report['split']['method']}; "
                 f"report {index_report_path(out)}"
             )

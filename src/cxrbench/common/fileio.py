@@ -189,6 +189,47 @@ def read_json(path: str | os.PathLike) -> Any:
                          fix="the file is damaged; regenerate it") from None
 
 
+def _what_it_is(head: bytes) -> str:
+    """What a file that should be Parquet looks like instead, from its first bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    if head[:1] == b"\x80" or head.startswith(b"\x93NUMPY"):
+        return "a pickle or NumPy file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of another format" if b"\0" in head else "text that is not UTF-8"
+    first = text.splitlines()[0] if text.strip() else ""
+    if any(sep in first for sep in (",", "\t", ";")):
+        return "CSV/TSV text"
+    return "a text file"
+
+
+@contextlib.contextmanager
+def parquet_errors(path: str | os.PathLike, what: str, fix: str) -> Iterator[None]:
+    """Read a Parquet file the user named inside this block: missing, a folder, unreadable, empty, not
+    Parquet (a CSV, a text file) or damaged is one InputError naming the file, what it is, and ``fix``."""
+    import pyarrow as pa
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise os_error(e, path) from None
+    if not head:
+        raise InputError(f"the {what} is empty (0 bytes)", where=str(path), fix=fix)
+    if not head.startswith(b"PAR1"):
+        raise InputError(f"the {what} must be a Parquet file, but this is {_what_it_is(head)}",
+                         where=str(path), fix=fix)
+    try:
+        yield
+    except (pa.ArrowException, ValueError, OSError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise InputError(f"the {what} is not a readable Parquet file ({reason})", where=str(path),
+                         fix=fix) from None
+
+
 def read_json_or_none(path: str | os.PathLike) -> Any:
     """A JSON file's content, or None when it is missing, unreadable or invalid (outputs a study
     gathers that may not exist yet; use :func:`read_json` where the file must be there)."""

@@ -57,6 +57,11 @@ def check_columns(
         )
 
 
+_SAID_BY_ALLOWED = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
+                    "int_parsing", "float_parsing", "int_from_float", "int_type", "float_type",
+                    "bool_parsing", "finite_number"}
+
+
 def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
     """The first error of a pydantic ``ValidationError`` on ``model`` (a BaseModel class) as one
     InputError naming the key (without list positions: ``knn_k``, not ``knn_k.1``) and the fix;
@@ -71,10 +76,39 @@ def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
         return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
     field = model.model_fields.get(key)
     desc = f"; {field.description}" if field is not None and field.description else ""
+    allowed = field_allowed(field) if field is not None else ""
+    if allowed and first.get("type", "") in _SAID_BY_ALLOWED:  # a type, bound or choice: say what is allowed
+        option = f"--{key.replace('_', '-')}"
+        return InputError(f"{key} ({option} or '{key}:' in a config file): got {given!r}, expected {allowed}",
+                          where=where, fix=f"give {option} {allowed}{desc}")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
+
+
+def field_allowed(field: Any) -> str:
+    """What a pydantic field accepts, in words: its type, bounds and choices (``a whole number >= 1``)."""
+    import types
+    import typing
+
+    annotation = field.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = args[0] if len(args) == 1 else annotation
+    kind = {int: "a whole number", float: "a number", bool: "true or false", str: "a text value"}.get(
+        annotation, "")
+    if not kind:
+        return ""
+    bounds = []
+    for meta in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                bounds.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
 
 
 def as_float(value: Any) -> float:

@@ -80,20 +80,39 @@ def normalize_dataset(name: Any) -> str | None:
 
 def read_pretraining_list(path: str | os.PathLike) -> pd.DataFrame:
     """The list as a frame with ``dataset`` (normalized, or None) and ``key`` (the image column)."""
+    import io
+
+    from cxrbench.common.fileio import parquet_errors, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError("pretraining list not found", where=str(path), fix="check the path")
-    if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+    fix = ("give one image id or path per line (CSV/TSV with a header naming the image column and "
+           "optionally 'dataset', or a Parquet file)")
+    try:
+        with open(path, "rb") as f:
+            parquet = f.read(4) == b"PAR1"  # by content: a Parquet file named .csv is read as Parquet
+    except OSError:
+        parquet = path.suffix == ".parquet"  # read_text / parquet_errors name the problem
+    if parquet or path.suffix == ".parquet":
+        with parquet_errors(path, "pretraining list", fix=fix):
+            df = pd.read_parquet(path)
     else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = f.readline()
+        text = read_text(path, "pretraining list")  # missing, folder, unreadable, not UTF-8: named
+        if not text.strip():
+            raise InputError("the pretraining list is empty", where=str(path), fix=fix)
+        first = text.lstrip("\ufeff").splitlines()[0]
         sep = "\t" if "\t" in first else ","
         names = [c.strip() for c in first.strip().split(sep)]
         header = 0 if any(c in KEY_COLUMNS or c in DATASET_COLUMNS for c in names) else None
-        df = pd.read_csv(path, sep=sep, header=header, dtype=str, keep_default_na=False)
+        try:
+            df = pd.read_csv(io.StringIO(text), sep=sep, header=header, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, ValueError) as e:
+            reason = " ".join(str(e).split())[:160]
+            raise InputError(f"the pretraining list cannot be read as a table ({reason})", where=str(path),
+                             fix=fix) from None
         if header is None:
             df.columns = [f"column_{i}" for i in range(df.shape[1])]
+    if df.empty:
+        raise InputError("the pretraining list has no rows", where=str(path), fix=fix)
     ds_col = next((c for c in DATASET_COLUMNS if c in df.columns), None)
     key_col = next((c for c in KEY_COLUMNS if c in df.columns), None)
     if key_col is None:
@@ -206,6 +225,12 @@ def audit_index(
     datasets = sorted(index["dataset"].astype(str).unique())
     warnings = contamination_warnings(init, datasets)
     found = match_images(index, pretraining_list) if pretraining_list is not None else None
+    listed = pretraining_list is not None and len(pretraining_list) > 0
+    if found is not None and pretraining_list is not None and listed and not found.any():  # every split
+        sample = ", ".join(repr(k) for k in pretraining_list["key"].head(2))
+        warnings.append(f"none of the {len(pretraining_list):,} entries of the pretraining list "
+                        f"(e.g. {sample}) matches an image id or path of this index: check that it is the "
+                        "list of this init's pretraining images and that it names images as the index does")
     out: dict[str, dict[str, Any]] = {}
     ids: dict[str, list[str]] = {}
     for split in splits:

@@ -5,8 +5,10 @@ run's decision thresholds (chosen on validation, :func:`cxrbench.evaluate.predic
 takes per finding the ``k`` highest-scoring positives called positive (true positives) and the ``k``
 highest-scoring negatives called positive (false positives; without a threshold, the
 highest-scoring positives and negatives), computes their saliency maps with the run's model on the
-cache pixels, and returns small overlay thumbnails as PNG bytes (a few kB each, so a report page
-stays light).
+cache pixels, and draws them over the original image, read again from the dataset folder and
+preprocessed with the cache's own recipe at ``thumb_size`` px (the same framing as the model's
+input, at a readable size: a study's model may see 48 px); when the original cannot be read (the
+dataset moved), over the cache pixels upsampled. Returns the overlays as PNG bytes (tens of kB each).
 """
 
 from __future__ import annotations
@@ -47,8 +49,33 @@ def select_examples(ps: PredictionSet, thresholds: dict[str, float | None], k: i
     return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS[:-1]))
 
 
+def _originals(cache_dir: Path, image_ids: list[str], size: int,
+               recipe: dict[str, Any]) -> list[np.ndarray | None]:
+    """The original images of ``image_ids`` preprocessed as the cache was (resize mode, equalization,
+    resampler) but at ``size`` px; None for an image that cannot be read (missing, moved)."""
+    from cxrbench.cache.decode import read_image
+    from cxrbench.cache.preprocess import preprocess
+    from cxrbench.cache.read import open_cache
+    from cxrbench.common.fileio import resolve_inside
+
+    cache = open_cache(cache_dir)
+    root = (cache.manifest.get("source") or {}).get("root")
+    if not root or not Path(root).is_dir():
+        return [None] * len(image_ids)
+    paths = cache.columns(["image_id", "path"]).astype(str).set_index("image_id")["path"]
+    out: list[np.ndarray | None] = []
+    for image_id in image_ids:
+        try:
+            img = read_image(resolve_inside(root, str(paths.loc[image_id])))
+            out.append(preprocess(img, size, recipe["resize"], recipe["equalize"],
+                                  recipe.get("resample", "area")))
+        except (InputError, KeyError, OSError):
+            out.append(None)
+    return out
+
+
 def top_examples(run_dir: str | os.PathLike, split: str = "test", *, k: int = 4,
-                 findings: Sequence[str] | None = None, method: str = "gradcam", thumb_size: int = 96,
+                 findings: Sequence[str] | None = None, method: str = "gradcam", thumb_size: int = 256,
                  cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  batch_size: int = 8) -> pd.DataFrame:
     """Top ``k`` true and false positives per finding with overlay thumbnails (columns
@@ -58,7 +85,7 @@ def top_examples(run_dir: str | os.PathLike, split: str = "test", *, k: int = 4,
     from cxrbench.data.dataset import CacheDataset
     from cxrbench.evaluate.inference import check_recipe, load_run_model, run_cache_dir
     from cxrbench.evaluate.predict import run_thresholds
-    from cxrbench.evaluate.saliency import overlay, png_bytes, require_gradcam, saliency_maps
+    from cxrbench.evaluate.saliency import overlay_on, png_bytes, require_gradcam, saliency_maps
 
     require_gradcam()
     run_dir = Path(run_dir)
@@ -88,8 +115,14 @@ def top_examples(run_dir: str | os.PathLike, split: str = "test", *, k: int = 4,
             part = slice(start, start + batch_size)
             pixels, _ = ds.batch(where[part])
             maps = saliency_maps(model, tf(pixels.to(dev)), [cls], method)[:, 0]
+            originals = _originals(ds.cache_dir, rows["image_id"].iloc[part].tolist(), thumb_size, ds.recipe)
             for b, row_pos in enumerate(rows.index[part]):
-                thumb = png_bytes(overlay(pixels[b].numpy(), maps[b]), thumb_size)
-                pngs[chosen.index.get_loc(row_pos)] = thumb
+                base = originals[b]
+                if base is None:  # the original is not readable: the cache pixels, upsampled
+                    from PIL import Image
+
+                    base = np.asarray(Image.fromarray(pixels[b].numpy()).resize((thumb_size, thumb_size),
+                                                                                Image.Resampling.BICUBIC))
+                pngs[chosen.index.get_loc(row_pos)] = png_bytes(overlay_on(base, maps[b]))
     chosen["png"] = pngs
     return chosen

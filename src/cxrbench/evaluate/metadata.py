@@ -32,11 +32,11 @@ def _columns_of(source: Path) -> list[str]:
         raise InputError("no index found (neither a cache folder nor an index .parquet file)",
                          where=str(source), fix="give a cache from `cxrbench prepare` or an index from "
                                                 "`cxrbench index`")
-    try:
+    from cxrbench.common.fileio import parquet_errors
+
+    with parquet_errors(path, "index", fix="give a cache folder (`cxrbench prepare`) or an index .parquet "
+                                           "file (`cxrbench index`)"):
         return list(pq.read_schema(path).names)
-    except OSError as e:
-        raise InputError(f"not a readable Parquet index ({e})", where=str(path),
-                         fix="give a cache folder or an index .parquet file") from None
 
 
 def metadata_columns(source: str | os.PathLike) -> list[str]:
@@ -63,7 +63,10 @@ def read_metadata(source: str | os.PathLike, columns: Sequence[str]) -> pd.DataF
         return open_cache(source).columns(wanted)
     import pyarrow.parquet as pq
 
-    return pq.read_table(source, columns=wanted).to_pandas()
+    from cxrbench.common.fileio import parquet_errors
+
+    with parquet_errors(source, "index", fix="recreate it with `cxrbench index`"):
+        return pq.read_table(source, columns=wanted).to_pandas()
 
 
 def align_metadata(image_ids: Sequence[str] | np.ndarray, meta: pd.DataFrame, where: str) -> pd.DataFrame:

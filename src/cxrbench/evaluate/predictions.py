@@ -69,7 +69,8 @@ class PredictionSet:
         for col in ("image_id", "patient_id"):
             if df[col].isna().any():
                 row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-                raise InputError(f"column {col!r} is empty at row {row}", where=where,
+                raise InputError(f"column {col!r} is empty at row {row + 1} (1 = the first image)",
+                                 where=where,
                                  fix="every image needs an image_id and a patient_id "
                                      "(use the image id as patient id when patients are unknown)")
         ids = df["image_id"].astype(str).to_numpy(dtype=object)
@@ -130,17 +131,21 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """Read a predictions Parquet file (validated when turned into a :class:`PredictionSet`)."""
     path = Path(path)
     if not path.is_file():
+        above = next((p for p in path.parents if p.is_file()), None)
+        if above is not None:  # e.g. `compare RUN ...` given a file where a run folder belongs
+            raise InputError("is a file, not a run folder", where=str(above),
+                             fix="give the run folder (from `cxrbench train`, or one holding "
+                                 "eval/SPLIT/predictions.parquet)")
         raise InputError("predictions file not found", where=str(path),
                          fix="run `cxrbench evaluate RUN --split SPLIT` first, "
                              "or write Contract-4 predictions there")
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
+    from cxrbench.common.fileio import parquet_errors
+
+    fix = "re-create it with `cxrbench evaluate RUN --repredict`"
+    with parquet_errors(path, "predictions file", fix=fix):
         return pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"not a readable Parquet file ({e})", where=str(path),
-                         fix="re-create it with `cxrbench evaluate RUN --repredict`") from None
 
 
 def predictions_meta(path: str | os.PathLike) -> dict:
@@ -149,7 +154,7 @@ def predictions_meta(path: str | os.PathLike) -> dict:
 
     try:
         meta = pq.read_schema(path).metadata or {}
-    except OSError:
+    except (OSError, ValueError):  # ArrowInvalid is a ValueError: read_predictions names the problem
         return {}
     raw = meta.get(PREDICTIONS_META_KEY)
     return json.loads(raw) if raw else {}

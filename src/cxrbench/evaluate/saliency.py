@@ -191,6 +191,20 @@ def overlay(gray: np.ndarray, saliency: np.ndarray, image_weight: float = 0.55) 
     return show_cam_on_image(rgb, saliency.astype(np.float32), use_rgb=True, image_weight=image_weight)
 
 
+def overlay_on(image: np.ndarray, saliency: np.ndarray, image_weight: float = 0.55) -> np.ndarray:
+    """RGB uint8 at the size of ``image`` (uint8 (H, W)): the map (h, w) upsampled (bilinear) onto it.
+
+    Unlike :func:`overlay`, which draws at the map's (the model input's) size, this keeps the image's
+    detail: the map of a 48-px model drawn over the radiograph at 256 px."""
+    from PIL import Image
+
+    h, w = image.shape
+    if saliency.shape != (h, w):
+        saliency = np.asarray(Image.fromarray(saliency.astype(np.float32)).resize((w, h),
+                                                                                  Image.Resampling.BILINEAR))
+    return overlay(image, np.clip(saliency, 0.0, 1.0), image_weight)
+
+
 def png_bytes(rgb: np.ndarray, size: int | None = None) -> bytes:
     """PNG of an RGB uint8 image, resized to ``size`` x ``size`` (a thumbnail) when given."""
     from PIL import Image

@@ -172,6 +172,7 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
         if source == "test":
             boot_thr = raw["threshold"]
     estimable = [j for j, f in enumerate(ps.findings) if f not in not_estimable]
+    one_class: list[str] = []
     for j, f in enumerate(ps.findings):
         entry = per_finding[f]
         entry["metrics"] = {}
@@ -182,13 +183,15 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
             excluded = int(np.isnan(boot["auroc"][:, j]).sum())
             entry["resamples_one_class"] = excluded
             if excluded:
-                msg = (f"{f}: {excluded} of {n_resamples} resamples had only one class; "
-                       "they are excluded for this finding")
-                warn_list.append(msg)
-                warnings.warn(msg, mt.UndefinedMetricWarning, stacklevel=2)
+                one_class.append(f"{f} {excluded}")
             if source == "test":
                 finite = np.where(np.isfinite(boot_thr[:, j]), boot_thr[:, j], np.nan)
                 entry["threshold_bootstrap"] = bs.summarize(finite, thr[j], ci_level)
+    if one_class:  # one line for the whole evaluation, not one per finding (counts in each finding's entry)
+        msg = (f"resamples with only one class, excluded for that finding (of {n_resamples}): "
+               f"{', '.join(one_class)}")
+        warn_list.append(msg)
+        warnings.warn(msg, mt.UndefinedMetricWarning, stacklevel=2)
     # Macro average per metric over the findings where it is defined on the full split; a resample
     # where one of them is undefined is excluded (and counted) rather than averaged over fewer findings.
     macro: dict[str, Any] = {"findings": [ps.findings[j] for j in estimable], "metrics": {}}

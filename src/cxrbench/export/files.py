@@ -83,8 +83,10 @@ def staged_export(out: Path, names: list[str]) -> Iterator[Path]:
     The ownership check runs before anything is staged and again just before the move.
     """
     check_writable(out, names)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".cxrbench-export-", dir=out))
+    done = False
     try:
         yield stage
         missing = [n for n in names if not (stage / n).is_file()]
@@ -101,8 +103,12 @@ def staged_export(out: Path, names: list[str]) -> Iterator[Path]:
         atomic_write_json(
             out / EXPORT_MANIFEST, {"format": MANIFEST_FORMAT, "updated": now_iso(), "files": kept}
         )
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # a failed export leaves no empty folder behind (only if it is empty)
 
 
 def exported_files(out: Path) -> list[str]:

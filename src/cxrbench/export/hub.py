@@ -89,6 +89,10 @@ def export_run(
         raise InputError(
             f"unknown export format {fmt!r}", where="--format", fix=f"use {' or '.join(FORMATS)}"
         )
+    if fmt == "onnx":
+        from cxrbench.export.onnx import check_onnx_options
+
+        check_onnx_options(atol, opset)  # before anything is loaded or written
     run_dir, out = Path(run_dir), Path(out)
     facts = collect(run_dir)
     model, _ = load_run_model(run_dir, "cpu")

@@ -13,8 +13,12 @@ TorchScript-based exporter (``dynamo=False``), which needs no further package.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,34 @@ def _with_probabilities(model: Any) -> Any:
     return Wrapped(model).eval()
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Standard output (file descriptor 1, where C++ prints too) to the null device for a moment."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _export(model: Any, args: tuple, path: str, *, where: str, **options: Any) -> None:
+    """``torch.onnx.export``; an operator the chosen opset cannot express is one InputError."""
+    import torch
+
+    try:
+        with _quiet_stdout():  # on failure the exporter prints its whole graph (from C++) to stdout
+            torch.onnx.export(model, args, path, **options)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:
+        reason = " ".join(str(e).split())[:200]
+        opset = options.get("opset_version")
+        raise InputError(f"the model cannot be exported with --opset {opset} ({reason})",
+                         where=where, fix="try a newer --opset (17 is the default)") from None
+
+
 def verify_inputs(size: int, batches: tuple[int, ...] = VERIFY_BATCHES) -> list[np.ndarray]:
     """Fixed random inputs ``[b, 3, size, size]`` (standard normal, like normalized images)."""
     rng = np.random.default_rng(VERIFY_SEED)
@@ -76,6 +108,23 @@ def max_abs_diff(model: Any, session: Any, inputs: list[np.ndarray]) -> float:
     return worst
 
 
+OPSETS = (7, 20)  # the opsets torch.onnx's TorchScript exporter writes
+
+
+def check_onnx_options(atol: float, opset: int) -> None:
+    """``atol`` a finite number >= 0 and ``opset`` an opset the exporter writes: else one InputError."""
+    import math
+
+    if not (math.isfinite(atol) and atol >= 0):
+        raise InputError(f"got {atol:g}, expected a number >= 0 (the largest accepted difference)",
+                         where="--atol", fix="give e.g. --atol 1e-4 (0 demands identical outputs)")
+    lo, hi = OPSETS
+    if not lo <= opset <= hi:
+        raise InputError(f"got {opset}, expected an opset from {lo} to {hi} (what the exporter writes)",
+                         where="--opset",
+                         fix="give e.g. --opset 17 (the default)")
+
+
 def export_onnx(model: Any, facts: RunFacts, path: Path, *, atol: float = 1e-4, opset: int = 17) -> float:
     """Write ``path`` (ONNX, dynamic batch) and verify it against ``model``; returns the max abs diff."""
     import torch
@@ -84,9 +133,10 @@ def export_onnx(model: Any, facts: RunFacts, path: Path, *, atol: float = 1e-4, 
     size = int(facts.meta["image_size"])
     model = model.float().eval()
     wrapped = _with_probabilities(model)
+    check_onnx_options(atol, opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-        torch.onnx.export(
+        _export(
             wrapped,
             (torch.zeros(2, 3, size, size),),
             str(path),
@@ -96,6 +146,7 @@ def export_onnx(model: Any, facts: RunFacts, path: Path, *, atol: float = 1e-4, 
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
+            where=str(facts.run_dir),
         )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)

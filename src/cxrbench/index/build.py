@@ -20,7 +20,7 @@ from cxrbench.common.layout import index_report_path
 from cxrbench.common.provenance import provenance
 from cxrbench.index.schema import write_index
 from cxrbench.index.sources import get_source
-from cxrbench.index.sources.base import IndexOptions, finalize
+from cxrbench.index.sources.base import IndexOptions, finalize, recount_splits
 from cxrbench.index.sources.files import check_image_files, found_info, missing_images, scan_images
 
 report_path = index_report_path  # where the report of an index lives (older name)
@@ -69,6 +69,8 @@ def build_index(
             df = df.loc[keep].reset_index(drop=True)
             if df.empty:
                 raise InputError("no image file found under --root", where=str(root), fix="check --root")
+            # the split counts and the warnings that quote them: of the index written, after the drop
+            recount_splits(df, findings, opts, report, str(root))
     else:  # the fast check, on by default: missing images are found now, not after minutes of decoding
         found, checked = scan_images(root, df["path"]) if located is None else found_info(df["path"], located)
         report["images"] = {**report.get("images", {}), **checked}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,8 +32,22 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 FINDINGS_KEY = FINDINGS_META_KEY  # Parquet metadata key of the ordered finding list
 
 
-def validate_index(df: pd.DataFrame, findings: list[str], where: str = "index") -> None:
-    """Raise InputError on the first violation of Contract 2 (names the row/column and the fix)."""
+def index_row(df: pd.DataFrame, pos: int, where: str, locate: Callable[[Any], str] | None = None) -> str:
+    """Where row ``pos`` (0-based position) of an index frame is, in the one row-number convention:
+    ``locate(label)`` when the rows come from a text file (``"FILE, line N"``, 1-based, header
+    counted), else ``"WHERE, index row N (image_id 'X')"`` with N 1-based."""
+    if locate is not None:
+        return locate(df.index[pos])
+    image = f" (image_id {str(df['image_id'].iloc[pos])!r})" if "image_id" in df.columns else ""
+    return f"{where}, index row {pos + 1}{image}"
+
+
+def validate_index(df: pd.DataFrame, findings: list[str], where: str = "index",
+                   locate: Callable[[Any], str] | None = None) -> None:
+    """Raise InputError on the first violation of Contract 2 (names the row/column and the fix).
+
+    ``locate`` maps a row label of ``df`` to its place in the file it was read from (see
+    :func:`index_row`); without it rows are counted from 1 in the index itself."""
     check_columns(df.columns, list(REQUIRED_COLUMNS) + list(findings), where)
     dup = df["image_id"].duplicated(keep=False)
     if dup.any():
@@ -42,7 +58,8 @@ def validate_index(df: pd.DataFrame, findings: list[str], where: str = "index") 
         bad = ~df[col].isin(allowed)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"column {col!r} has value {df[col].iloc[row]!r} at row {row}", where=where,
+            raise InputError(f"column {col!r} has value {df[col].iloc[row]!r}",
+                             where=index_row(df, row, where, locate),
                              fix=f"allowed values: {', '.join(allowed)}")
     paths = df["path"].astype(str)
     # Cheap literal scans first; the regex only runs on the few rows that contain "..".
@@ -53,14 +70,16 @@ def validate_index(df: pd.DataFrame, findings: list[str], where: str = "index") 
         bad[dots[escaping.to_numpy(dtype=bool)]] = True
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"path {paths.iloc[row]!r} at row {row} is absolute or escapes the dataset root",
-                         where=where, fix="paths must be relative to the dataset root, without '..'")
+        raise InputError(f"path {paths.iloc[row]!r} is absolute or escapes the dataset root",
+                         where=index_row(df, row, where, locate),
+                         fix="paths must be relative to the dataset root, without '..'")
     for f in findings:
         values = df[f].to_numpy(dtype=np.float64, na_value=np.nan)
         ok = np.isnan(values) | (values == 0.0) | (values == 1.0)
         if not ok.all():
             row = int(np.flatnonzero(~ok)[0])
-            raise InputError(f"finding {f!r} has value {values[row]!r} at row {row}", where=where,
+            raise InputError(f"finding {f!r} has value {values[row]!r}",
+                             where=index_row(df, row, where, locate),
                              fix="finding columns hold 1.0, 0.0 or NaN (unknown)")
 
 
@@ -100,7 +119,10 @@ def write_index(df: pd.DataFrame, path: str | os.PathLike, findings: list[str]) 
 
 def read_findings(path: str | os.PathLike) -> list[str]:
     """The finding columns recorded in an index/cache Parquet file."""
-    meta = pq.read_schema(path).metadata or {}
+    from cxrbench.common.fileio import parquet_errors
+
+    with parquet_errors(path, "index", fix="give an index written by `cxrbench index` (a .parquet file)"):
+        meta = pq.read_schema(path).metadata or {}
     if FINDINGS_KEY not in meta:
         raise InputError("no cxrbench finding list in the file's metadata", where=str(path),
                          fix="create the index with `cxrbench index`")
@@ -112,10 +134,9 @@ def read_index(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     path = Path(path)
     if not path.exists():
         raise InputError("index file not found", where=str(path), fix="create it with `cxrbench index`")
-    try:
-        findings = read_findings(path)
+    from cxrbench.common.fileio import parquet_errors
+
+    findings = read_findings(path)
+    with parquet_errors(path, "index", fix="recreate it with `cxrbench index`"):
         df = pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"not a readable Parquet file ({e})", where=str(path),
-                         fix="recreate it with `cxrbench index`") from None
     return df, findings

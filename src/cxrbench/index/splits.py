@@ -236,7 +236,7 @@ def assign_splits(
     if missing_rows.any():
         row = int(np.flatnonzero(missing_rows)[0])
         raise InputError(
-            f"image at row {row} has no official split",
+            f"the image at index row {row + 1} has no official split",
             where="official split",
             fix="use --splits hash, or complete the split file",
         )

@@ -33,7 +33,10 @@ def _checkpoint_datasets(path: Path, depth: int) -> tuple[str, ...] | None:
         if index.is_file():
             import pyarrow.parquet as pq
 
-            found |= set(pq.read_table(index, columns=["dataset"]).column(0).to_pylist())
+            from cxrbench.common.fileio import parquet_errors
+
+            with parquet_errors(index, "index of the checkpoint's training cache", fix="restore the cache"):
+                found |= set(pq.read_table(index, columns=["dataset"]).column(0).to_pylist())
     base = meta.get("init")
     if isinstance(base, str) and depth < 8:
         found |= set(pretraining_datasets(base, _depth=depth + 1) or ())

@@ -10,11 +10,13 @@ are unwrapped and ``module.``/``_orig_mod.`` prefixes removed.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import struct
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -72,7 +74,7 @@ _RESAVE = (
 )
 
 
-def _unsafe_pickle_error(path: Path, err: Exception) -> InputError:
+def _unsafe_pickle_error(path: Path, err: Exception, damaged_fix: str = "copy it again") -> InputError:
     found = re.search(r"GLOBAL ([\w.]+)", str(err))
     if found is None:  # not a forbidden reference: a damaged file or an unsupported pickle instruction
         reason = next(
@@ -87,11 +89,11 @@ def _unsafe_pickle_error(path: Path, err: Exception) -> InputError:
             f"cannot be read with torch.load(weights_only=True) ({reason[:160]}): the file is damaged "
             "or holds more than tensors",
             where=str(path),
-            fix=f"copy it again; if it persists, {_RESAVE}",
+            fix=f"{damaged_fix}; if it persists, {_RESAVE}",
         )
     return InputError(
         f"refusing to load this pickle: it references {found.group(1)!r}, "
-        "and unpickling it would let the file run "
+        "and unpickling it could run "
         "arbitrary code (cxrbench reads weights only with safetensors or torch.load(weights_only=True))",
         where=str(path),
         fix=_RESAVE,
@@ -133,6 +135,61 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
+def torch_load(path: Path, fmt: str | None = None, *, map_location: Any = "cpu",
+               fix: str = "download or copy it again") -> Any:
+    """``torch.load(weights_only=True)`` of a PyTorch file, whatever its name; every failure is one
+    InputError (a pickle that wants code: refused, naming what it references; damaged: says so).
+
+    The file is chosen by its bytes, never its name: torch.load hands a path ending in
+    ``.safetensors`` to safetensors, so such a file is opened here and passed as a file object. The
+    unpickler's warnings (an unusual pickle protocol) are kept off the console. ``fix`` is the advice
+    for a damaged file.
+    """
+    import torch
+
+    fmt = fmt or detect_format(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if str(path).endswith(".safetensors") or fmt != "torch-zip":
+                with open(path, "rb") as f:
+                    return torch.load(f, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise _unsafe_pickle_error(path, e, fix) from None
+    except OSError as e:
+        raise os_error(e, path) from None
+    except Exception as e:  # the unpickler raises many types on damaged input (EOFError, KeyError...)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise InputError(f"damaged PyTorch file ({type(e).__name__}{': ' + first if first else ''})",
+                         where=str(path), fix=fix) from None
+
+
+@contextmanager
+def safetensors_errors(path: str | os.PathLike, fix: str = "download or copy it again") -> Iterator[None]:
+    """Turn any failure of the safetensors library on ``path`` into one InputError that says what the
+    file is: a damaged (e.g. truncated) safetensors file, or another format under a safetensors name
+    (a pickle named ``.safetensors`` is never unpickled here)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
+        if isinstance(e, OSError) and not Path(path).is_file():
+            raise os_error(e, path) from None
+        fmt = detect_format(path) if Path(path).is_file() else "unknown"
+        reason = " ".join(str(e).split())[:200]
+        if fmt in ("torch-zip", "torch-legacy", "numpy"):
+            what = {"numpy": "NumPy"}.get(fmt, "PyTorch (pickle)")
+            raise InputError(
+                f"is named and read as safetensors but holds {what} data ({reason}); it was not unpickled",
+                where=str(path),
+                fix="give it its real extension (.pth/.bin) or convert it: "
+                "`cxrbench weights import NAME FILE` converts a PyTorch state dict to safetensors",
+            ) from None
+        raise InputError(f"damaged safetensors file ({reason})", where=str(path), fix=fix) from None
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a weight file safely into ``{name: tensor}`` on CPU.
 
@@ -141,34 +198,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``state_dict_ema``/``model_ema``/``state_dict``/``model`` are unwrapped (timm's order), and
     ``module.``/``_orig_mod.`` prefixes (DDP, torch.compile) are removed.
     """
-    import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError("weight file not found", where=str(path), fix="check the path")
     fmt = detect_format(path)
     if fmt == "safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        try:
+        with safetensors_errors(path):
             return _unwrap(load_file(str(path), device="cpu"), path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(
-                f"damaged safetensors file ({e})", where=str(path), fix="download or copy it again"
-            ) from None
     if fmt in ("torch-zip", "torch-legacy"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch-zip")
-        except pickle.UnpicklingError as e:
-            raise _unsafe_pickle_error(path, e) from None
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-            raise InputError(
-                f"damaged PyTorch file ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                where=str(path),
-                fix="download or copy it again",
-            ) from None
-        return _unwrap(obj, path)
+        return _unwrap(torch_load(path, fmt), path)
     if fmt == "numpy":
         raise InputError(
             "NumPy/JAX weight files (.npz/.npy) are not supported",
@@ -184,22 +225,17 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Names and shapes in a safetensors file, read from its header only (no tensor data)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise InputError(
-            f"damaged safetensors file ({e})", where=str(path), fix="download or copy it again"
-        ) from None
+    with safetensors_errors(path), safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, torch.Tensor]:
     """Only the named tensors of a safetensors file (lazy read; e.g. a classifier head)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safetensors_errors(path), safe_open(str(path), framework="pt") as f:
         return {n: f.get_tensor(n) for n in names}
 
 

@@ -17,6 +17,7 @@ Files are read and converted by :mod:`cxrbench.models.safeload`, never unpickled
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -358,6 +359,7 @@ def import_weights(
         )
     fmt = detect_format(src)
     sha = file_sha256(src)
+    made_dir = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
     staged = dest_dir / f".staged-{os.getpid()}.safetensors"
     try:
@@ -388,6 +390,9 @@ def import_weights(
     finally:
         if staged.exists():
             staged.unlink()
+        if made_dir and not dest.exists():
+            with contextlib.suppress(OSError):
+                dest_dir.rmdir()  # a refused import leaves no empty folder (only if it is empty)
     return WeightLocation(path=dest, origin="imported")
 
 

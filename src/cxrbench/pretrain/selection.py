@@ -106,7 +106,11 @@ def _read_ids(source: str | os.PathLike, where: str) -> pd.DataFrame:
             where=str(source),
             fix="give an index .parquet file (`cxrbench index`) or a cache folder",
         )
-    names = pq.read_schema(path).names
+    from cxrbench.common.fileio import parquet_errors
+
+    fix = "give an index .parquet file (`cxrbench index`) or a cache folder"
+    with parquet_errors(path, "index", fix=fix):
+        names = pq.read_schema(path).names
     missing = [c for c in _ID_COLUMNS if c not in names]
     if missing:
         raise InputError(
@@ -221,7 +225,11 @@ def read_selection(path: str | os.PathLike) -> pd.DataFrame:
             where=str(path),
             fix="use a run folder written by `cxrbench pretrain`",
         )
-    return pd.read_parquet(path)
+    from cxrbench.common.fileio import parquet_errors
+
+    fix = "use a run folder written by `cxrbench pretrain`"
+    with parquet_errors(path, "list of pretraining images", fix=fix):
+        return pd.read_parquet(path)
 
 
 class PretrainImages(Dataset):

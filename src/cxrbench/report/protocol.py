@@ -26,6 +26,7 @@ class DatasetFacts:
     split_method: str = ""
     split_fractions: tuple[float, ...] = ()
     split_seed: int | None = None
+    warnings: tuple[str, ...] = ()  # the index's warnings (thin splits, missing images...)
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,7 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
     md_parts: list[str] = [f"# {res.display_title}\n"]
     toc: list[tuple[str, str, int]] = []
 
-    if res.description:
-        html_parts.append(f"<p>{H.esc(res.description)}</p>")
-        md_parts.append(res.description + "\n")
-    if res.missing:
-        shown = ", ".join(res.missing[:12]) + (
-            f" and {len(res.missing) - 12} more" if len(res.missing) > 12 else ""
-        )
-        msg = f"Incomplete study: {len(res.missing)} result(s) missing ({shown}). Tables show what exists."
-        html_parts.append(f'<div class="banner warn">{H.esc(msg)}</div>')
-        md_parts.append(f"> **{msg}**\n")
+    _opening(res, html_parts, md_parts)
 
     for recipe, seed in res.matrix_keys():
         sfx = _suffix(res, recipe, seed)
@@ -176,6 +167,25 @@ def write_report(res: StudyResults, out: str | os.PathLike) -> dict[str, Path]:
     with atomic_path(paths["csv"]) as tmp:
         res.results_csv().to_csv(tmp, index=False, float_format="%.6g")
     return paths
+
+
+def _opening(res: StudyResults, html_parts: list[str], md_parts: list[str]) -> None:
+    """The description and the banners above the results: missing results, index warnings."""
+    if res.description:
+        html_parts.append(f"<p>{H.esc(res.description)}</p>")
+        md_parts.append(res.description + "\n")
+    if res.missing:
+        shown = ", ".join(res.missing[:12]) + (
+            f" and {len(res.missing) - 12} more" if len(res.missing) > 12 else ""
+        )
+        msg = f"Incomplete study: {len(res.missing)} result(s) missing ({shown}). Tables show what exists."
+        html_parts.append(f'<div class="banner warn">{H.esc(msg)}</div>')
+        md_parts.append(f"> **{msg}**\n")
+    index_warnings = [(d.name, w) for d in res.protocol.datasets for w in d.warnings]
+    if index_warnings:  # thin splits, missing images: said where the results are read, not only in a JSON
+        items = "".join(f"<li><b>{H.esc(n)}</b>: {H.esc(w)}</li>" for n, w in index_warnings)
+        html_parts.append(f'<div class="banner warn"><b>Index warnings.</b><ul>{items}</ul></div>')
+        md_parts.append("> **Index warnings.**\n" + "".join(f"> - {n}: {w}\n" for n, w in index_warnings))
 
 
 def _robustness_section(res: StudyResults, html_parts: list[str], md_parts: list[str],

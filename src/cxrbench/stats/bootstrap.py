@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrbench.common.errors import InputError
 from cxrbench.common.validation import check_choice
 
 CLUSTERS: tuple[str, ...] = ("image", "patient")
@@ -102,6 +103,17 @@ class Resamples:
                 "generator": "PCG64(SeedSequence(seed, spawn_key=(b,))).integers(0, n_units, n_units)"}
 
 
+def check_resampling(n_resamples: int, seed: int) -> None:
+    """The bootstrap settings every command passes on: ``--bootstrap`` >= 1 resamples and a ``--seed``
+    numpy's SeedSequence takes (a whole number >= 0); else one InputError naming the option."""
+    if int(n_resamples) < 1:
+        raise InputError(f"got {n_resamples}, expected a whole number of resamples >= 1", where="--bootstrap",
+                         fix="give e.g. --bootstrap 1000 (0 skips the intervals where a command allows it)")
+    if int(seed) < 0:
+        raise InputError(f"got {seed}, expected a whole number >= 0", where="--seed",
+                         fix="give e.g. --seed 0")
+
+
 def make_resamples(image_ids: Sequence[str] | np.ndarray,
                    patient_ids: Sequence[str] | np.ndarray | None = None, n_resamples: int = 1000,
                    seed: int = 0, cluster: str = "image") -> Resamples:
@@ -111,8 +123,7 @@ def make_resamples(image_ids: Sequence[str] | np.ndarray,
     sorted id order.
     """
     check_choice("cluster", cluster, CLUSTERS)
-    if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    check_resampling(n_resamples, seed)
     ids = np.asarray([str(i) for i in image_ids])
     if cluster == "image":
         unit_of_item = np.arange(ids.size, dtype=np.int64)

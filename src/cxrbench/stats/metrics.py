@@ -60,7 +60,7 @@ def check_labels_scores(y: np.ndarray, s: np.ndarray, where: str = "predictions"
 
 
 def _row(i: int, ids: np.ndarray | None) -> str:
-    return f"image {str(ids[i])!r}" if ids is not None else f"row {i}"
+    return f"image {str(ids[i])!r}" if ids is not None else f"row {i + 1}"
 
 
 def known(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

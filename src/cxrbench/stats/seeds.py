@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from cxrbench.common.errors import InputError
 from cxrbench.stats import bootstrap as bs
 from cxrbench.stats import metrics as mt
 
@@ -183,6 +184,9 @@ def seed_draws(n_seeds: int, n_resamples: int, seed: int, stream: int) -> np.nda
     Resample ``b`` draws ``PCG64(SeedSequence(seed, spawn_key=(b, 1, stream))).integers(0, S, S)``;
     like the image draws, the first B' rows do not depend on B.
     """
+    if int(seed) < 0:
+        raise InputError(f"got {seed}, expected a whole number >= 0", where="--seed",
+                         fix="give e.g. --seed 0")
     out = np.empty((int(n_resamples), int(n_seeds)), dtype=np.int64)
     for b in range(int(n_resamples)):
         ss = np.random.SeedSequence(int(seed), spawn_key=(b, SEED_DRAW_KEY, int(stream)))

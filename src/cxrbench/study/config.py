@@ -121,6 +121,9 @@ class DatasetSpec(Strict):
         own = ("labels", "uncertain", "views", "split_seed")  # keys of the dataset section itself
         allowed = [f for f in IndexOptions.model_fields if f not in own]
         for k in v:
+            if k in own:
+                raise ValueError(f"{k!r} is a key of the dataset itself, not an index option: write it "
+                                 "beside `options:`, at the dataset's level")
             if k not in allowed:
                 hint = closest(k, allowed)
                 raise ValueError(

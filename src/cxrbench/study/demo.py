@@ -20,6 +20,7 @@ import yaml
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_text, read_text
 from cxrbench.common.layout import DEMO_CONFIG
+from cxrbench.common.yamlio import load_yaml_text
 
 DEMO_HEADER = "# written by `cxrbench demo`"
 
@@ -51,7 +52,7 @@ class DemoResult:
 def base_config() -> dict[str, Any]:
     """The packaged demo study (a plain dict, before optional arms and --tiny)."""
     text = resources.files("cxrbench").joinpath("configs/demo.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return load_yaml_text(text, "packaged demo.yaml")[0]
 
 
 def cached_weights(init: str) -> bool:

@@ -88,8 +88,12 @@ def run_index(step: Step, ctx: Context) -> None:
             where=f"{ctx.study.path}: datasets.{p.dataset}.root",
             fix="put the release there (layouts: docs/datasets.md) or correct 'root' / $CXRBENCH_DATA",
         )
-    build_index(ctx.study.config.datasets[p.dataset].adapter, root, out=step.out / INDEX_FILE,
-                options=index_options(ctx.study, p.dataset))
+    _, _, report = build_index(ctx.study.config.datasets[p.dataset].adapter, root, out=step.out / INDEX_FILE,
+                               options=index_options(ctx.study, p.dataset))
+    import warnings
+
+    for line in report.get("warnings", []):  # on the study's console too, not only in index.report.json
+        warnings.warn(f"index of {p.dataset}: {line}", UserWarning, stacklevel=2)
 
 
 def run_cache(step: Step, ctx: Context) -> None:

@@ -116,7 +116,7 @@ def _galleries(plan: Plan, evals: list, mean_auroc: pd.DataFrame | None, notes: 
             scores = mean_auroc[mean_auroc["dataset"] == name].set_index("init")["auroc"]
             best = max(mine, key=lambda s: float(scores.get(s.params.label, float("-inf"))))
         try:
-            out[name] = top_examples(best.params.run, plan.study.config.evaluation.split, k=3, thumb_size=80)
+            out[name] = top_examples(best.params.run, plan.study.config.evaluation.split, k=3, thumb_size=256)
             out[name].attrs["init"] = best.params.label
         except InputError as e:  # no grad-cam (the saliency extra), or the cache moved: say so
             notes.append(f"saliency gallery of {name} not made: {e.what}" + (f" ({e.fix})" if e.fix else ""))

@@ -56,7 +56,8 @@ class StepJob:
 
     def __call__(self) -> bool:
         export_torch_env()
-        return execute_step(self.study, self.step_id, key=self.key, device=self.device)
+        # not quiet: the job's output file is its log (progress lines of the cache step, training epochs)
+        return execute_step(self.study, self.step_id, key=self.key, device=self.device, quiet=False)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Preempted or timed out: requeue the same step (a training run resumes from its last.pt)."""

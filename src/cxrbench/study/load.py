@@ -75,6 +75,11 @@ def _validation_error(err: ValidationError, where: str, lines: dict[tuple, int])
     kind = first.get("type")
     if kind == "extra_forbidden":
         parent_model = _model_at(loc[:-1])
+        place = _known_elsewhere(str(loc[-1]), parent_model)
+        if place is not None:  # a known key in the wrong place: say where it goes, never "remove it"
+            kind_of, there = place
+            return InputError(f"key {key!r} is in the wrong place: {str(loc[-1])!r} is {kind_of}", where=at,
+                              fix=f"move it {there} (see docs/study.md)")
         hint = closest(str(loc[-1]), parent_model.model_fields) if parent_model else None
         fix = (
             f"did you mean {hint!r}?"
@@ -92,6 +97,32 @@ def _validation_error(err: ValidationError, where: str, lines: dict[tuple, int])
     given = first.get("input")
     shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
     return InputError(f"{key}: {msg}{shown}", where=at, fix="correct the value (see docs/study.md)")
+
+
+def _known_elsewhere(key: str, parent: type[BaseModel] | None) -> tuple[str, str] | None:
+    """``(what the key is, where it goes)`` for a key unknown under ``parent`` but known elsewhere in
+    a study config (e.g. ``mapping`` at a dataset's level: an index option, under ``options:``)."""
+    from cxrbench.index.sources.base import IndexOptions
+    from cxrbench.train.config import TrainConfig
+
+    own = ("labels", "uncertain", "views", "split_seed")
+    places: list[tuple[Any, str, str]] = [
+        (DatasetSpec, "a key of a dataset", "into the dataset's section: datasets: {NAME: {KEY: ...}}"),
+        ([k for k in IndexOptions.model_fields if k not in own], "an index option",
+         "under the dataset's options: datasets: {NAME: {options: {KEY: ...}}}"),
+        (PhantomSpec, "a phantom setting", "under the dataset's phantom:"),
+        (InitSpec, "a key of an init", "into the init's section: inits: {NAME: {KEY: ...}}"),
+        (EvaluationSpec, "an evaluation setting", "under evaluation:"),
+        (ComparisonSpec, "a comparison setting", "under comparisons:"),
+        (ExecutorSpec, "an executor setting", "under executor:"),
+        (StudyConfig, "a top-level key of the study", "to the top level (no indentation)"),
+        (TrainConfig, "a training setting", "under train: (or an init's train:)"),
+    ]
+    for holder, kind_of, there in places:
+        keys = getattr(holder, "model_fields", holder)
+        if key in keys and holder is not parent:
+            return kind_of, there.replace("KEY", key)
+    return None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

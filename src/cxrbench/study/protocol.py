@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import read_json_or_none
 from cxrbench.common.layout import (
     CACHE_MANIFEST,
@@ -42,11 +43,11 @@ TRAIN_SETTINGS: tuple[str, ...] = (
 
 
 def _yaml(path: Path) -> Any:
-    import yaml
+    from cxrbench.common.yamlio import load_yaml
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        return load_yaml(path, RUN_CONFIG)[0]
+    except InputError:
         return None
 
 
@@ -77,6 +78,7 @@ def dataset_facts(name: str, report: dict[str, Any]) -> DatasetFacts:
         split_method=str(split.get("method", "")),
         split_fractions=tuple(float(x) for x in split.get("fractions") or ()),
         split_seed=split.get("seed"),
+        warnings=tuple(str(w) for w in report.get("warnings") or ()),
     )
 
 

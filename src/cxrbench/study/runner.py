@@ -208,11 +208,11 @@ def _write_study_copy(study: LoadedStudy) -> None:
 
 
 def _is_study_copy(path: Path) -> bool:
-    import yaml
+    from cxrbench.common.yamlio import load_yaml
 
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        doc = load_yaml(path, "study copy")[0]  # bounded: the file may be anyone's
+    except InputError:
         return False
     return isinstance(doc, dict) and set(doc) == {"config_hash", "source", "config"}
 

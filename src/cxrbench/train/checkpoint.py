@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +40,12 @@ def load_last(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", where=str(path), fix="start the run without resuming")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # damaged, not a pickle that wants code
-            raise InputError(f"cannot read the checkpoint ({str(e).splitlines()[0][:200]})", where=str(path),
-                             fix="delete it and restart with --overwrite") from None
-        raise InputError("the checkpoint holds pickled objects besides tensors and plain containers; loading "
-                         "it could run arbitrary code, so it is refused (torch.load weights_only=True)",
-                         where=str(path), fix="only use last.pt files written by cxrbench; restart with "
-                                              "--overwrite") from None
-    except Exception as e:
-        raise InputError(f"cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                         where=str(path), fix="delete it and restart with --overwrite") from None
+    from cxrbench.models.safeload import torch_load
+
+    try:  # the one reader of pickles: refuses code, names damage in one line, goes by bytes not name
+        state = torch_load(path, map_location=map_location, fix="delete it and restart with --overwrite")
+    except InputError as e:
+        raise InputError(f"cannot read the checkpoint: {e.what}", where=e.where, fix=e.fix) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise InputError("not a cxrbench checkpoint of this version", where=str(path),
                          fix="restart the run with --overwrite")
@@ -138,9 +130,12 @@ def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise InputError("run folder or checkpoint not found", where=str(path),
                          fix="give the folder made by `cxrbench train` (or its best.safetensors)")
+    if path.is_file() and path.suffix not in (".safetensors", ".json"):
+        raise InputError("is a file, not a run folder", where=str(path),
+                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
     meta_path = path / BEST_META if path.is_dir() else path.with_name(BEST_META)
     if not meta_path.is_file():
-        raise InputError("no best.json beside the weights", where=str(meta_path),
+        raise InputError("no best.json beside the weights", where=str(meta_path.resolve()),
                          fix="train the run until at least one validation has finished")
     meta = read_json(meta_path)
     for key in ("findings", "arch", "image_size", "mean", "std"):
@@ -152,8 +147,10 @@ def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_best(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and metadata of a run's best checkpoint (run folder or ``best.safetensors`` path)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from cxrbench.models.safeload import safetensors_errors
 
     path = Path(path)
     weights_path = path / BEST_WEIGHTS if path.is_dir() else path
@@ -161,13 +158,10 @@ def load_best(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     if not weights_path.is_file():
         raise InputError("best weights not found", where=str(weights_path),
                          fix="train the run until at least one validation has finished")
-    try:
+    with safetensors_errors(weights_path, fix="re-train the run or restore the file"):
         with safe_open(str(weights_path), "pt") as f:
             header = json.loads((f.metadata() or {}).get("cxrbench", "{}"))
         weights = load_file(str(weights_path))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise InputError(f"damaged safetensors file ({e})", where=str(weights_path),
-                         fix="re-train the run or restore the file") from None
     if header and header.get("epoch") != meta.get("epoch"):
         raise InputError(f"best.safetensors (epoch {header.get('epoch')}) and best.json (epoch "
                          f"{meta.get('epoch')}) do not belong together", where=str(weights_path),

@@ -221,3 +221,50 @@ def test_mapping_mistakes_say_fix_the_mapping_and_names_must_be_snake_case(tmp_p
                             "extra_findings: [COVID-19]\n")
     with pytest.raises(InputError, match="'COVID-19' is not a snake_case finding name.*'covid_19'"):
         load_mapping(bad)
+
+
+COVID = ("path,pid,modality,view,sex,age,finding\n"
+         "x/1.png,p1,X-ray,PA,M,50,COVID-19\n"
+         "x/2.png,p2,CT,Axial,F,60,COVID-19\n"          # line 3: a CT row (its view is no X-ray view)
+         "x/3.png,p3,X-ray,AP,F,40,No Finding\n"
+         "x/1.png,p1,X-ray,PA,M,50,COVID-19\n"          # line 5: x/1.png again
+         "x/4.png,p4,X-ray,PA,M,70,Pneumonia\n"
+         "x/3.png,p3,X-ray,AP,F,40,No Finding\n"        # line 7: x/3.png again
+         "x/5.png,p5,X-ray,bogus,M,30,COVID-19\n")      # line 8: an unknown view
+
+
+def _covid_mapping(tmp_path, extra=""):
+    return mapping(tmp_path, "name: covid\nfile: l.csv\ncolumns: {path: path, patient: pid, view: view, "
+                             "sex: sex, age: age}\nviews: {PA: PA, AP: AP}\n"
+                             "labels: {pneumonia: {column: finding, values: {COVID-19: 1, Pneumonia: 1, "
+                             "'No Finding': 0}}}\n" + extra)
+
+
+def test_duplicate_rows_are_listed_and_keep_first_is_the_way_through(tmp_path):
+    (tmp_path / "l.csv").write_text(COVID.replace("x/5.png,p5,X-ray,bogus", "x/5.png,p5,X-ray,PA")
+                                    .replace("x/2.png,p2,CT,Axial", "x/2.png,p2,CT,PA"))
+    with pytest.raises(InputError) as err:
+        build_index("csv", tmp_path, mapping=_covid_mapping(tmp_path))
+    msg = err.value.one_line()
+    assert "duplicated path 'x/1.png' (line 2, line 5); 'x/3.png' (line 4, line 7) (2 value(s) listed more " \
+           "than once, in 4 rows)" in msg and "duplicates: keep_first" in msg
+    df, _, report = build_index("csv", tmp_path, mapping=_covid_mapping(tmp_path, "duplicates: keep_first\n"))
+    assert sorted(df["image_id"]) == ["x/1.png", "x/2.png", "x/3.png", "x/4.png", "x/5.png"]
+    assert report["dropped"]["duplicates"] == 2
+    assert any("2 later row(s)" in w and "'x/1.png', 'x/3.png'" in w for w in report["warnings"])
+
+
+def test_row_filters_keep_xray_rows_and_messages_keep_the_csv_lines(tmp_path):
+    (tmp_path / "l.csv").write_text(COVID)
+    m = _covid_mapping(tmp_path, "duplicates: keep_first\nkeep_rows: {modality: [X-ray]}\n")
+    with pytest.raises(InputError, match=r"l.csv, line 8: unknown view 'bogus'"):  # line 8, after a filter
+        build_index("csv", tmp_path, mapping=m)
+    m = _covid_mapping(tmp_path, "duplicates: keep_first\nkeep_rows: {modality: [X-ray]}\n"
+                                 "drop_rows: {view: [bogus]}\n")
+    df, _, report = build_index("csv", tmp_path, mapping=m)
+    assert sorted(df["image_id"]) == ["x/1.png", "x/3.png", "x/4.png"]  # no CT row, no repeat
+    assert report["dropped"]["rows"] == {"modality not in ['X-ray']": 1, "view in ['bogus']": 1}
+    with pytest.raises(InputError, match="leave no row"):
+        build_index("csv", tmp_path, mapping=_covid_mapping(tmp_path, "keep_rows: {modality: [MRI]}\n"))
+    with pytest.raises(InputError, match="missing required column.*'kind'"):
+        build_index("csv", tmp_path, mapping=_covid_mapping(tmp_path, "keep_rows: {kind: [X-ray]}\n"))

@@ -29,7 +29,7 @@ from cxrbench.index.sources.labels import (
     apply_label_policy,
     reconcile_no_finding,
 )
-from cxrbench.index.sources.tables import at_row
+from cxrbench.index.sources.tables import at_pos, at_row
 
 READER_RULES: tuple[str, ...] = ("majority", "any")
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
@@ -155,6 +155,7 @@ class SourceData:
     derive: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     hidden: tuple[str, ...] = ()
     keep: np.ndarray | None = None  # rows the adapter drops (already counted in the report)
+    rows_file: Path | None = None  # the text file whose data rows the frame's row labels number
 
 
 def register_file(report: dict[str, Any], role: str, path: Path) -> None:
@@ -242,12 +243,27 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
     if frame["found"].notna().all():  # known from locating the images: no second listing
         out.attrs["image_found"] = frame["found"].to_numpy(dtype=bool)
     check_leakage(out, where=f"split of {files}")
-    validate_index(out, findings, where=files)
+    locate = None
+    if data.rows_file is not None:  # rows named as the file's own lines (1-based, header counted)
+        rows_file = data.rows_file
+
+        def locate(label: Any) -> str:
+            return at_row(rows_file, int(label))
+    validate_index(out, findings, where=files, locate=locate)
     report["findings"] = findings
-    report["split"]["counts"] = split_counts(out, findings)
-    _check_split_sizes(out, opts, report["split"], files)
-    report.setdefault("warnings", []).extend(split_warnings(report["split"]["counts"]))
+    recount_splits(out, findings, opts, report, files)
     return out, findings, report
+
+
+def recount_splits(df: pd.DataFrame, findings: list[str], opts: IndexOptions, report: dict[str, Any],
+                   where: str) -> None:
+    """``report['split']['counts']`` and the thin-split warnings of ``df`` (replacing earlier ones:
+    called again when --drop-missing leaves rows out, so that warnings quote the indexed counts)."""
+    old = set(split_warnings(report["split"]["counts"])) if "counts" in report.get("split", {}) else set()
+    report["split"]["counts"] = split_counts(df, findings)
+    _check_split_sizes(df, opts, report["split"], where)
+    kept = [w for w in report.get("warnings", []) if w not in old]
+    report["warnings"] = kept + split_warnings(report["split"]["counts"])
 
 
 _POLICY_WORDS = {"zeros": "negative", "ones": "positive", "ignore": "unknown (left out of training loss "
@@ -380,7 +396,7 @@ def official_split_values(
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"unknown split value {values.iloc[row]!r} in column {column!r}",
-            where=at_row(where, row),
+            where=at_pos(where, values, row),
             fix=f"expected one of {', '.join(sorted(mapping))}",
         )
     assert set(out.dropna().unique()) <= set(SPLITS)

@@ -56,7 +56,8 @@ from cxrbench.index.sources.base import (
 )
 from cxrbench.index.sources.files import clean_relative_paths
 from cxrbench.index.sources.labels import SEX_VALUES, label_block
-from cxrbench.index.sources.tables import at_row, check_unique, read_csv
+from cxrbench.index.sources.rows import filter_rows, first_of_duplicates
+from cxrbench.index.sources.tables import at_pos, check_unique, read_csv
 
 DEFAULT_SPLITS = {
     "train": "train",
@@ -168,6 +169,9 @@ class Mapping(_Strict):
     sex_values: dict[str, str] | None = None
     labels: dict[str, LabelSpec]
     extra_findings: list[str] = Field(default_factory=list)
+    keep_rows: dict[str, list[str | int | float]] | None = None  # keep rows whose column holds a value
+    drop_rows: dict[str, list[str | int | float]] | None = None  # drop rows whose column holds a value
+    duplicates: Literal["error", "keep_first"] = "error"  # an image listed more than once
 
     @field_validator("views")
     @classmethod
@@ -267,7 +271,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
                 f"non-numeric value {raw.iloc[row]!r} in column {column!r}",
-                where=at_row(where, row),
+                where=at_pos(where, raw, row),
                 fix="graded labels must be numbers, or list the value under uncertain",
             )
         if spec.scale is not None:
@@ -278,7 +282,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
                 raise InputError(
                     f"grade {raw.iloc[row]!r} in column {column!r} is outside the label's scale "
                     f"{lo:g}-{hi:g} ({int(outside.sum())} value(s) in all)",
-                    where=at_row(where, row),
+                    where=at_pos(where, raw, row),
                     fix="correct the value, list it under uncertain, or give the label its real "
                         "scale (scale: [lowest, highest], or scale: null for none)",
                 )
@@ -305,7 +309,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
                 row = int(np.flatnonzero(rest & (text == u).to_numpy())[0])
                 raise InputError(
                     f"unknown label value {u!r} in column {column!r}",
-                    where=at_row(where, row),
+                    where=at_pos(where, raw, row),
                     fix=f"add it to the mapping's values for this label ({', '.join(table)})",
                 ) from None
         out[rest] = text[rest].map(lookup).to_numpy(dtype=np.float32)
@@ -316,7 +320,7 @@ def _code_column(raw: pd.Series, spec: LabelSpec, where: str, column: str) -> np
         row = int(np.flatnonzero(blank.to_numpy())[0])
         raise InputError(
             f"blank value in column {column!r}",
-            where=at_row(where, row),
+            where=at_pos(where, raw, row),
             fix="fill it, or set blank: unknown / negative for this label",
         )
     return out
@@ -330,34 +334,93 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         )
     m = load_mapping(opts.mapping)
     report: dict = {"mapping": str(opts.mapping)}
-    if opts.labels_file is not None:
-        path = opts.labels_file
-    elif m.file is not None:
-        path = Path(m.file) if Path(m.file).is_absolute() else root / m.file
-    else:
-        raise InputError(
-            "no label file", where=str(opts.mapping), fix="set `file:` in the mapping or pass --labels-file"
-        )
+    path = _label_file(root, opts, m)
     register_file(report, "labels", path)
+    df, paths, image_id = _rows(path, m, str(opts.mapping), report)
+    where = str(path)
+    labels, derive, hidden = _labels(df, m, where, str(opts.mapping))
+    findings = sort_findings(labels)
+    c = m.columns
+    sex = None
+    if c.sex:
+        sex_table = {k.upper(): v for k, v in (m.sex_values or SEX_VALUES).items()}
+        sex = df[c.sex].str.strip().str.upper().map(sex_table).astype(object).where(lambda s: s.notna(), None)
+    age = pd.to_numeric(df[c.age], errors="coerce").astype("float64") if c.age else None
+    frame = make_frame(
+        len(df),
+        image_id=image_id,
+        patient_id=df[c.patient].str.strip(),
+        study_id=df[c.study].str.strip() if c.study else None,
+        path=paths,
+        view=_views(df, m, where),
+        sex=sex,
+        age=age,
+        official_split=_splits(df, m, where),
+    )
+    report["rows_read"] = len(df)
+    report["images"] = {"located": False, "note": "paths come from the CSV; use --check-files to verify"}
+    report["label_source"] = label_source(m)
+    block = label_block(len(df), findings, labels)
+    return SourceData(
+        m.name,
+        frame,
+        findings,
+        block,
+        blank_is_unknown=False,
+        report=report,
+        derive=derive,
+        hidden=tuple(hidden),
+        rows_file=Path(path),
+    )
+
+
+def _label_file(root: Path, opts: IndexOptions, m: Mapping) -> Path:
+    """The label CSV: ``--labels-file``, else the mapping's ``file`` (relative to the dataset root)."""
+    if opts.labels_file is not None:
+        return Path(opts.labels_file)
+    if m.file is not None:
+        return Path(m.file) if Path(m.file).is_absolute() else root / m.file
+    raise InputError(
+        "no label file", where=str(opts.mapping), fix="set `file:` in the mapping or pass --labels-file"
+    )
+
+
+def _rows(path: Path, m: Mapping, mapping_file: str, report: dict,
+          ) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """``(rows kept, their image paths, their image ids)``: the CSV read by column name, the mapping's row
+    filters and duplicate rule applied, blank paths/patients and repeated images refused."""
     c = m.columns
     meta_cols = [x for x in (c.path, c.patient, c.image_id, c.study, c.view, c.split, c.sex, c.age) if x]
     label_cols = [x for s in m.labels.values() for x in (s.column, s.left, s.right) if x]
-    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols)), sep=m.separator,
-                  missing_fix=f"fix the column names in the mapping {opts.mapping} (they must match the "
+    filter_cols = [*(m.keep_rows or {}), *(m.drop_rows or {})]
+    df = read_csv(path, required=list(dict.fromkeys(meta_cols + label_cols + filter_cols)), sep=m.separator,
+                  missing_fix=f"fix the column names in the mapping {mapping_file} (they must match the "
                               "CSV's header exactly)")
     where = str(path)
+    df = filter_rows(df, m.keep_rows, m.drop_rows, where, report)  # row labels (CSV lines) are kept
     for col in (c.path, c.patient):
         blank = df[col].isna().to_numpy()
         if blank.any():
             raise InputError(
                 f"column {col!r} is blank",
-                where=at_row(where, int(np.flatnonzero(blank)[0])),
+                where=at_pos(where, df, int(np.flatnonzero(blank)[0])),
                 fix="every image needs a path and a patient",
             )
     paths = clean_relative_paths(m.path_prefix + df[c.path].str.strip(), where, c.path)
     image_id = df[c.image_id].str.strip() if c.image_id else paths
-    check_unique(image_id, path, c.image_id or c.path)
+    if m.duplicates == "keep_first":
+        df, image_id = first_of_duplicates(df, image_id, c.image_id or c.path, where, report)
+        paths = paths[image_id.index]
+    check_unique(image_id, path, c.image_id or c.path,
+                 fix="each image must appear once: remove the repeated rows, or set `duplicates: "
+                     "keep_first` in the mapping to keep the first row of each (the others are counted "
+                     "in the index report)")
+    return df, paths, image_id
 
+
+def _labels(df: pd.DataFrame, m: Mapping, where: str, mapping_file: str,
+            ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, tuple[str, ...]]], list[str]]:
+    """``(coded label columns, derived findings, hidden side columns)`` of the mapping's labels."""
     labels: dict[str, np.ndarray] = {}
     derive: dict[str, tuple[str, tuple[str, ...]]] = {}
     hidden: list[str] = []
@@ -381,70 +444,49 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             if not parts:
                 raise InputError(
                     f"labels.{name}: nothing to derive from",
-                    where=str(opts.mapping),
+                    where=mapping_file,
                     fix="map at least one other finding",
                 )
             derive[name] = ("none_of", parts)
-    findings = sort_findings(labels)
+    return labels, derive, hidden
 
-    if c.view:
-        raw = df[c.view].str.strip()
-        table = dict(m.views or {})
-        view = raw.map(table) if table else raw.str.upper().where(raw.str.upper().isin(VIEWS))
-        bad = (view.isna() & raw.notna()).to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"unknown view {raw.iloc[row]!r} in column {c.view!r}",
-                where=at_row(where, row),
-                fix=f"map it under `views:` in the mapping (to one of {', '.join(VIEWS)})",
-            )
-        view = view.fillna("UNKNOWN")
-    else:
-        view = pd.Series(m.default_view, index=df.index, dtype=object)
-    official = None
-    if c.split:
-        table = m.splits or DEFAULT_SPLITS
-        official = official_split_values(
-            df[c.split].str.strip().str.lower() if not m.splits else df[c.split].str.strip(),
-            table,
-            where,
-            c.split,
+
+def _views(df: pd.DataFrame, m: Mapping, where: str) -> pd.Series:
+    """Each row's view through the mapping's ``views:`` table (or the canonical names themselves)."""
+    c = m.columns
+    if not c.view:
+        return pd.Series(m.default_view, index=df.index, dtype=object)
+    raw = df[c.view].str.strip()
+    table = dict(m.views or {})
+    view = raw.map(table) if table else raw.str.upper().where(raw.str.upper().isin(VIEWS))
+    bad = (view.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"unknown view {raw.iloc[row]!r} in column {c.view!r}",
+            where=at_pos(where, raw, row),
+            fix=f"map it under `views:` in the mapping (to one of {', '.join(VIEWS)})",
         )
-        if official.isna().any():
-            row = int(np.flatnonzero(official.isna().to_numpy())[0])
-            raise InputError(
-                f"blank split in column {c.split!r}",
-                where=at_row(where, row),
-                fix="give every row a split, or drop `split` from the mapping for a hash split",
-            )
-    sex = None
-    if c.sex:
-        sex_table = {k.upper(): v for k, v in (m.sex_values or SEX_VALUES).items()}
-        sex = df[c.sex].str.strip().str.upper().map(sex_table).astype(object).where(lambda s: s.notna(), None)
-    age = pd.to_numeric(df[c.age], errors="coerce").astype("float64") if c.age else None
-    frame = make_frame(
-        len(df),
-        image_id=image_id,
-        patient_id=df[c.patient].str.strip(),
-        study_id=df[c.study].str.strip() if c.study else None,
-        path=paths,
-        view=view,
-        sex=sex,
-        age=age,
-        official_split=official,
+    return view.fillna("UNKNOWN")
+
+
+def _splits(df: pd.DataFrame, m: Mapping, where: str) -> pd.Series | None:
+    """The official split of each row (None without a split column); a blank split is refused."""
+    c = m.columns
+    if not c.split:
+        return None
+    table = m.splits or DEFAULT_SPLITS
+    official = official_split_values(
+        df[c.split].str.strip().str.lower() if not m.splits else df[c.split].str.strip(),
+        table,
+        where,
+        c.split,
     )
-    report["rows_read"] = len(df)
-    report["images"] = {"located": False, "note": "paths come from the CSV; use --check-files to verify"}
-    report["label_source"] = label_source(m)
-    block = label_block(len(df), findings, labels)
-    return SourceData(
-        m.name,
-        frame,
-        findings,
-        block,
-        blank_is_unknown=False,
-        report=report,
-        derive=derive,
-        hidden=tuple(hidden),
-    )
+    if official.isna().any():
+        row = int(np.flatnonzero(official.isna().to_numpy())[0])
+        raise InputError(
+            f"blank split in column {c.split!r}",
+            where=at_pos(where, official, row),
+            fix="give every row a split, or drop `split` from the mapping for a hash split",
+        )
+    return official

@@ -159,4 +159,5 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     report["rows_read"] = len(df)
     report["label_source"] = ("NLP-mined from the reports (the 'Finding Labels' column): a finding named "
                               "there is positive, any other negative; no uncertain class")
-    return SourceData("nih", frame, findings, mat[codes], blank_is_unknown=False, report=report)
+    return SourceData("nih", frame, findings, mat[codes], blank_is_unknown=False, report=report,
+                      rows_file=Path(path))

@@ -103,6 +103,25 @@ def parse_terms(text: str) -> list[str]:
     return [s for s in (i.strip() for i in items) if s]
 
 
+def _archive_folders(df: pd.DataFrame, path: Path) -> pd.Series | None:
+    """Each image's archive folder from ``ImageDir`` (read as a number when every value is one; kept
+    inside the dataset root like any path from a CSV), or None without the column."""
+    if "ImageDir" not in df:
+        return None
+    col = df["ImageDir"]
+    if pd.api.types.is_numeric_dtype(col):
+        text = col.fillna(0).astype(np.int64).astype(str)
+        folder = pd.Series(np.where(col.notna(), text, None), index=df.index, dtype="str")
+    else:
+        folder = col.str.strip().str.replace(r"\.0$", "", regex=True)
+    given = folder.notna().to_numpy()
+    if given.any():
+        clean = clean_relative_paths(folder[given], str(path), "ImageDir")
+        folder = folder.astype(object)
+        folder[given] = clean.to_numpy()
+    return folder
+
+
 def read(root: Path, opts: IndexOptions) -> SourceData:
     """Read the PadChest label CSV (see module docstring)."""
     report: dict = {}
@@ -194,19 +213,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         birth = pd.to_numeric(df["PatientBirth"], errors="coerce")
         year = pd.to_numeric(df["StudyDate_DICOM"], errors="coerce") // 10000
         age = (year - birth).astype("float64")
-    folder = None
-    if "ImageDir" in df:  # the archive number (read as a number when every value is one)
-        col = df["ImageDir"]
-        if pd.api.types.is_numeric_dtype(col):
-            text = col.fillna(0).astype(np.int64).astype(str)
-            folder = pd.Series(np.where(col.notna(), text, None), index=df.index, dtype="str")
-        else:
-            folder = col.str.strip().str.replace(r"\.0$", "", regex=True)
-        given = folder.notna().to_numpy()
-        if given.any():  # a folder name from the CSV must stay inside --root like any path
-            clean = clean_relative_paths(folder[given], str(path), "ImageDir")
-            folder = folder.astype(object)
-            folder[given] = clean.to_numpy()
+    folder = _archive_folders(df, path)
     default = (folder + "/" + df["ImageID"]).fillna(df["ImageID"]) if folder is not None else df["ImageID"]
     patterns = [*(sorted(folder.dropna().unique()) if folder is not None else []), "images", "."]
     paths, report["images"], found = locate_images(root, df["ImageID"], default, patterns)
@@ -228,4 +235,5 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
                               "other negative (absence is not a confirmed negative)")
     if "MethodLabel" in df:
         report["label_method"] = {str(k): int(v) for k, v in df["MethodLabel"][keep].value_counts().items()}
-    return SourceData("padchest", frame, findings, labels, blank_is_unknown=False, report=report, keep=keep)
+    return SourceData("padchest", frame, findings, labels, blank_is_unknown=False, report=report, keep=keep,
+                      rows_file=Path(path))

@@ -36,6 +36,13 @@ def at_row(path: str | Path, row: int) -> str:
     return f"{path}, data row {row_of(row)} (row 1 = the first after the header)"
 
 
+def at_pos(path: str | Path, values: pd.Series | pd.DataFrame, pos: int) -> str:
+    """:func:`at_row` of the ``pos``-th row (0-based position) of ``values``, whose row labels are the
+    file's data rows as read: rows a filter removed keep their own line numbers."""
+    label = values.index[int(pos)]
+    return at_row(path, int(label) if isinstance(label, int | np.integer) else int(pos))
+
+
 def _line_of_record(path: Path, row: int) -> int | None:
     import csv
     import io
@@ -265,15 +272,24 @@ def read_numeric(df: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
         df[col] = num.astype("float32")
 
 
-def check_unique(ids: pd.Series, path: Path | str, column: str) -> None:
-    """Raise InputError naming the first duplicated id and the lines where it occurs."""
+def check_unique(ids: pd.Series, path: Path | str, column: str, fix: str | None = None,
+                 shown: int = 5) -> None:
+    """Raise InputError listing the first ``shown`` duplicated ids with their lines, and how many
+    ids and rows are duplicated in all."""
     dup = ids.duplicated(keep=False).to_numpy()
     if dup.any():
-        first = ids.iloc[int(np.flatnonzero(dup)[0])]
-        rows = np.flatnonzero((ids == first).to_numpy())[:3]
+        repeated = ids[dup]
+        names = list(dict.fromkeys(repeated.tolist()))
+        listed = []
+        for name in names[:shown]:
+            positions = np.flatnonzero((ids == name).to_numpy())
+            lines = ", ".join(at_pos(path, ids, p).rsplit(", ", 1)[-1] for p in positions[:3])
+            listed.append(f"{name!r} ({lines}{', ...' if len(positions) > 3 else ''})")
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
         raise InputError(
-            f"duplicated {column} {first!r} (at {'; '.join(at_row(path, r) for r in rows)})",
+            f"duplicated {column} {'; '.join(listed)}{more} ({len(names):,} value(s) listed more than once, "
+            f"in {int(dup.sum()):,} rows)",
             where=str(path),
-            fix="each image must appear once; remove the duplicate rows",
+            fix=fix or "each image must appear once; remove the duplicate rows",
         )
 
