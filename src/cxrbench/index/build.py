@@ -55,7 +55,8 @@ def build_index(
         raise InputError(
             "dataset root is not a folder", where=str(root), fix="pass the folder holding the release"
         )
-    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping)):
+    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping),
+                        ("--demographics", opts.demographics)):
         if value is not None and not Path(value).is_file():
             raise InputError(f"{name} file not found", where=str(value), fix="check the path")
     data = adapter(root, opts)

@@ -62,6 +62,7 @@ class IndexOptions(BaseModel):
     radiologist_test: bool = False
     labels_file: Path | None = None
     mapping: Path | None = None
+    demographics: Path | None = None  # CheXpert: the released demographics table (race, ethnicity, ...)
     check_files: bool = False
     drop_missing: bool = False
 
@@ -113,7 +114,7 @@ class IndexOptions(BaseModel):
         """The options as the index report records them (paths as strings)."""
         out = self.model_dump()
         out["split_fractions"] = list(self.split_fractions)
-        for key in ("labels_file", "mapping"):
+        for key in ("labels_file", "mapping", "demographics"):
             out[key] = str(out[key]) if out[key] is not None else None
         return out
 
