@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
             "--labels",
             help="A preset (study-vindr, study-cxr14, study-chexpert, "
             "study-padchest, study-pcxr, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
-            "study-padchest-mimic, rsna, siim, nih-google, all) or a comma-separated list of findings and presets "
+            "study-padchest-mimic, rsna, siim, nih-google, all) or a comma-separated list of findings "
+            "and presets "
             "(e.g. study-mimic,edema).",
         ),
         uncertain: str = typer.Option(
@@ -122,7 +123,8 @@ def register(app: typer.Typer) -> None:
             labels=labels, uncertain=uncertain, blank=blank, views=views, split_mode=split_mode,
             split_seed=split_seed, split_fractions=split_fractions, carve=carve, readers=readers,
             labeler=labeler,
-            radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping, demographics=demographics,
+            radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
+            demographics=demographics,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
         df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):

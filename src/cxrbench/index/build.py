@@ -98,7 +98,8 @@ def build_index(
     return df, findings, report
 
 
-def _write_regions(regions: pd.DataFrame, out: str | os.PathLike, dataset: str, report: dict[str, Any]) -> None:
+def _write_regions(regions: pd.DataFrame, out: str | os.PathLike, dataset: str,
+                   report: dict[str, Any]) -> None:
     """The regions beside the index (``X.regions.parquet``), tied to it by its hash; an earlier regions
     file cxrbench wrote there is removed when this index has none (it described another index)."""
     path = regions_path(out)

@@ -47,7 +47,18 @@ from cxrbench.common.layout import REGIONS_META_KEY
 from cxrbench.common.validation import check_columns
 
 REGION_COLUMNS: tuple[str, ...] = (
-    "image_id", "finding", "label", "kind", "x0", "y0", "x1", "y1", "width", "height", "mask", "reader",
+    "image_id",
+    "finding",
+    "label",
+    "kind",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "width",
+    "height",
+    "mask",
+    "reader",
 )
 KINDS: tuple[str, ...] = ("box", "mask")
 COORDS: tuple[str, ...] = ("x0", "y0", "x1", "y1")
@@ -102,22 +113,40 @@ def parse_runs(text: Any, limit: int, where: Where) -> np.ndarray:
         return np.zeros((2, 0), dtype=np.int64)
     text = str(text).strip()
     if len(text) > 24 * (2 * limit + 1):  # far more characters than `limit` pairs can take
-        raise InputError(f"run-length code of {len(text):,} characters is longer than any mask of the image",
-                         where=_at(where), fix="check that this is the official, unmodified file")
+        raise InputError(
+            f"run-length code of {len(text):,} characters is longer than any mask of the image",
+            where=_at(where),
+            fix="check that this is the official, unmodified file",
+        )
     tokens = text.split()
     if len(tokens) % 2 or len(tokens) > 2 * limit:
-        raise InputError(f"run-length code has {len(tokens):,} numbers (pairs of start and length expected, "
-                         f"at most {2 * limit:,})", where=_at(where), fix="check that this is the official file")
+        raise InputError(
+            f"run-length code has {len(tokens):,} numbers (pairs of start and length expected, "
+            f"at most {2 * limit:,})",
+            where=_at(where),
+            fix="check that this is the official file",
+        )
     if not all(t.isdigit() for t in tokens):
         bad = next(t for t in tokens if not t.isdigit())
-        raise InputError(f"run-length code holds {bad[:20]!r}, not a non-negative integer", where=_at(where),
-                         fix="check that this is the official, unmodified file")
+        raise InputError(
+            f"run-length code holds {bad[:20]!r}, not a non-negative integer",
+            where=_at(where),
+            fix="check that this is the official, unmodified file",
+        )
     values = np.array([int(t) for t in tokens], dtype=np.int64) if tokens else np.zeros(0, np.int64)
     return values.reshape(-1, 2).T
 
 
-def decode_rle(text: Any, height: int, width: int, where: Where, *, relative: bool = False,
-               one_based: bool = False, order: str = "C") -> np.ndarray:
+def decode_rle(
+    text: Any,
+    height: int,
+    width: int,
+    where: Where,
+    *,
+    relative: bool = False,
+    one_based: bool = False,
+    order: str = "C",
+) -> np.ndarray:
     """A run-length code -> boolean ``(height, width)`` mask; every malformed or out-of-grid code is
     one InputError at ``where``. Defaults read the table's own code; ``relative`` (each start counts
     from the end of the previous run, SIIM's stage-1 code), ``one_based`` and ``order="F"`` (column by
@@ -133,9 +162,12 @@ def decode_rle(text: Any, height: int, width: int, where: Where, *, relative: bo
         starts = starts - 1
     stops = starts + lengths
     if len(starts) and (lengths.min() < 1 or stops.max() > n or (starts[1:] < stops[:-1]).any()):
-        raise InputError(f"run-length code does not describe a mask of {height} x {width} pixels (runs "
-                         "empty, overlapping, out of order or past the last pixel)", where=_at(where),
-                         fix="check that this is the official file for these images")
+        raise InputError(
+            f"run-length code does not describe a mask of {height} x {width} pixels (runs "
+            "empty, overlapping, out of order or past the last pixel)",
+            where=_at(where),
+            fix="check that this is the official file for these images",
+        )
     flat = np.zeros(n + 1, dtype=np.int8)
     flat[starts] = 1  # runs never touch: starts and stops are all distinct
     flat[stops] -= 1
@@ -168,39 +200,59 @@ def check_regions(df: pd.DataFrame, where: str, image_ids: pd.Series | None = No
         raise InputError(f"region row {r}: kind {df['kind'].iloc[r]!r}", where=where, fix="box or mask")
     for name in df["finding"].astype(str).unique():
         if not is_canonical(name):
-            raise InputError(f"region finding {name!r} is not a canonical name", where=where,
-                             fix="map source terms to canonical findings (docs/datasets.md)")
+            raise InputError(
+                f"region finding {name!r} is not a canonical name",
+                where=where,
+                fix="map source terms to canonical findings (docs/datasets.md)",
+            )
     xy = df[list(COORDS)].to_numpy(dtype=np.float64)
     ok = np.isfinite(xy).all(axis=1) & (xy[:, 2] > xy[:, 0]) & (xy[:, 3] > xy[:, 1]) & (xy >= 0).all(axis=1)
     if not ok.all():
         r = int(np.flatnonzero(~ok)[0])
-        raise InputError(f"region row {r} (image {df['image_id'].iloc[r]!r}) has box {xy[r].tolist()}",
-                         where=where, fix="boxes are finite, non-negative, with x1 > x0 and y1 > y0")
-    w, h = df["width"].to_numpy(dtype=np.float64, na_value=np.nan), df["height"].to_numpy(
-        dtype=np.float64, na_value=np.nan)
+        raise InputError(
+            f"region row {r} (image {df['image_id'].iloc[r]!r}) has box {xy[r].tolist()}",
+            where=where,
+            fix="boxes are finite, non-negative, with x1 > x0 and y1 > y0",
+        )
+    w, h = (
+        df["width"].to_numpy(dtype=np.float64, na_value=np.nan),
+        df["height"].to_numpy(dtype=np.float64, na_value=np.nan),
+    )
     known = ~np.isnan(w) & ~np.isnan(h)
     bad_grid = (np.isnan(w) != np.isnan(h)) | (known & ((w < 1) | (h < 1) | (w > MAX_SIDE) | (h > MAX_SIDE)))
     if bad_grid.any():
         r = int(np.flatnonzero(bad_grid)[0])
-        raise InputError(f"region row {r}: grid {w[r]} x {h[r]}", where=where,
-                         fix=f"width and height are both given (1..{MAX_SIDE}) or both null")
+        raise InputError(
+            f"region row {r}: grid {w[r]} x {h[r]}",
+            where=where,
+            fix=f"width and height are both given (1..{MAX_SIDE}) or both null",
+        )
     outside = known & ((xy[:, 2] > w + 1e-6) | (xy[:, 3] > h + 1e-6))
     if outside.any():
         r = int(np.flatnonzero(outside)[0])
-        raise InputError(f"region row {r} (image {df['image_id'].iloc[r]!r}): box {xy[r].tolist()} lies "
-                         f"outside its {int(w[r])} x {int(h[r])} image", where=where,
-                         fix="check that the coordinates are pixels of that image")
+        raise InputError(
+            f"region row {r} (image {df['image_id'].iloc[r]!r}): box {xy[r].tolist()} lies "
+            f"outside its {int(w[r])} x {int(h[r])} image",
+            where=where,
+            fix="check that the coordinates are pixels of that image",
+        )
     masks = (kind == "mask").to_numpy()
     if (masks & ~known).any() or (masks & df["mask"].isna().to_numpy()).any():
         r = int(np.flatnonzero(masks & (~known | df["mask"].isna().to_numpy()))[0])
-        raise InputError(f"region row {r}: a mask needs its code and its grid (width, height)", where=where,
-                         fix="give mask, width and height for every mask row")
+        raise InputError(
+            f"region row {r}: a mask needs its code and its grid (width, height)",
+            where=where,
+            fix="give mask, width and height for every mask row",
+        )
     if image_ids is not None:
         missing = ~df["image_id"].isin(image_ids)
         if missing.any():
             r = int(np.flatnonzero(missing.to_numpy())[0])
-            raise InputError(f"region row {r}: image {df['image_id'].iloc[r]!r} is not in the index",
-                             where=where, fix="regions belong to the index written beside them")
+            raise InputError(
+                f"region row {r}: image {df['image_id'].iloc[r]!r} is not in the index",
+                where=where,
+                fix="regions belong to the index written beside them",
+            )
 
 
 def attach_regions(raw: pd.DataFrame | None, index: pd.DataFrame, where: str) -> tuple[pd.DataFrame, dict]:
@@ -212,7 +264,8 @@ def attach_regions(raw: pd.DataFrame | None, index: pd.DataFrame, where: str) ->
     out = raw.loc[keep].reset_index(drop=True)
     check_regions(out, where, index["image_id"])
     info: dict[str, Any] = {
-        "rows": len(out), "images": int(out["image_id"].nunique()),
+        "rows": len(out),
+        "images": int(out["image_id"].nunique()),
         "kinds": {str(k): int(v) for k, v in out["kind"].value_counts().sort_index().items()},
         "by_finding": {str(k): int(v) for k, v in out["finding"].value_counts().sort_index().items()},
     }
@@ -251,9 +304,11 @@ def read_regions(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]
     path = Path(path)
     meta = regions_meta(path) if path.is_file() else None
     if meta is None:
-        raise InputError("not a cxrbench regions file" if path.exists() else "regions file not found",
-                         where=str(path), fix="write it with `cxrbench index` (sources that release boxes "
-                                              "or masks) or `cxrbench prepare`")
+        raise InputError(
+            "not a cxrbench regions file" if path.exists() else "regions file not found",
+            where=str(path),
+            fix="write it with `cxrbench index` (sources that release boxes or masks) or `cxrbench prepare`",
+        )
     try:
         df = pq.read_table(path).to_pandas()
     except (OSError, pa.ArrowInvalid) as e:
@@ -270,11 +325,14 @@ def region_mask(row: Mapping[str, Any], height: int, width: int, where: str = "r
     cover at least half of; masks decoded). The grid must be the row's own when it states one."""
     if row["kind"] == "mask":
         if (int(row["height"]), int(row["width"])) != (int(height), int(width)):
-            raise InputError(f"mask on a {row['width']} x {row['height']} grid asked on {width} x {height}",
-                             where=where, fix="read a cache's regions for cache pixels")
+            raise InputError(
+                f"mask on a {row['width']} x {row['height']} grid asked on {width} x {height}",
+                where=where,
+                fix="read a cache's regions for cache pixels",
+            )
         return decode_rle(row["mask"], int(height), int(width), where)
     mask = np.zeros((int(height), int(width)), dtype=bool)
     c0, c1 = int(np.floor(row["x0"] + 0.5)), int(np.floor(row["x1"] + 0.5))
     r0, r1 = int(np.floor(row["y0"] + 0.5)), int(np.floor(row["y1"] + 0.5))
-    mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
     return mask

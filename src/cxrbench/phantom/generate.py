@@ -15,10 +15,17 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, ensure_dir
-from cxrbench.common.progress import make_progress
 from cxrbench.common.layout import regions_path
+from cxrbench.common.progress import make_progress
 from cxrbench.common.validation import check_choice
-from cxrbench.index.regions import decode_rle, empty_regions, encode_rle, make_regions, mask_box, write_regions
+from cxrbench.index.regions import (
+    decode_rle,
+    empty_regions,
+    encode_rle,
+    make_regions,
+    mask_box,
+    write_regions,
+)
 from cxrbench.index.schema import validate_index, write_index
 from cxrbench.phantom.anatomy import sample_params
 from cxrbench.phantom.cohort import check_prevalence, check_views, sample_cohort
@@ -35,7 +42,8 @@ INFO_FILE = "phantom.json"  # the marker: what was generated and every file writ
 def truth_regions(truth: pd.DataFrame, drawn: dict[str, dict[str, str]], masks_of: dict[str, tuple[str, ...]],
                   size: int) -> pd.DataFrame:
     """One mask region per (image, positive truth finding drawn in a known region)."""
-    cols: dict[str, list[Any]] = {k: [] for k in ("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask")}
+    names = ("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask")
+    cols: dict[str, list[Any]] = {k: [] for k in names}
     findings = [f for f in truth.columns if f in masks_of]
     values = {f: truth[f].to_numpy(dtype=np.float64) for f in findings}
     ids = truth["image_id"].to_numpy(dtype=object)
@@ -54,8 +62,7 @@ def truth_regions(truth: pd.DataFrame, drawn: dict[str, dict[str, str]], masks_o
             box = mask_box(mask)
             if box is None:
                 continue
-            for k, v in zip(("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask"),
-                            (ids[i], f, "mask", *box, code), strict=True):
+            for k, v in zip(names, (ids[i], f, "mask", *box, code), strict=True):
                 cols[k].append(v)
     if not cols["image_id"]:
         return empty_regions()
@@ -211,7 +218,8 @@ def generate(
                 boxes = got[2] if cls.needs_boxes else None
                 for j in range(len(chunk)):
                     on = {k: masks[k][j] > MASK_THRESHOLD for k in BOX_NAMES}
-                    drawn[str(records[start + j]["image_id"])] = {k: encode_rle(m) for k, m in on.items() if m.any()}
+                    codes = {k: encode_rle(m) for k, m in on.items() if m.any()}
+                    drawn[str(records[start + j]["image_id"])] = codes
                     if cls.needs_masks:
                         writer.take_masks(records[start + j], on)
                     b = None

@@ -47,16 +47,26 @@ def read_boxes(
     optional = [reader_col] if reader_col else []
     label_cols = [label_col] if label_col else []
     if df is None:
-        df = read_csv(path, required=[id_col, *label_cols, *coords], optional=optional, rename=rename,
-                      numeric=list(coords), ids=[], text=[id_col, *label_cols, *optional])
+        df = read_csv(
+            path,
+            required=[id_col, *label_cols, *coords],
+            optional=optional,
+            rename=rename,
+            numeric=list(coords),
+            ids=[],
+            text=[id_col, *label_cols, *optional],
+        )
     xy = df[list(coords)].to_numpy(dtype=np.float64)
     blank = np.isnan(xy)
     none = blank.all(axis=1)
     partial = blank.any(axis=1) & ~none
     if partial.any():
         r = int(np.flatnonzero(partial)[0])
-        raise InputError("a box with some coordinates blank", where=at_row(path, r),
-                         fix="check that this is the official, unmodified file")
+        raise InputError(
+            "a box with some coordinates blank",
+            where=at_row(path, r),
+            fix="check that this is the official, unmodified file",
+        )
     if xywh:
         xy = np.column_stack([xy[:, 0], xy[:, 1], xy[:, 0] + xy[:, 2], xy[:, 1] + xy[:, 3]])
     has = ~none
@@ -64,8 +74,11 @@ def read_boxes(
     bad = has & (~finite | (xy[:, 2] <= xy[:, 0]) | (xy[:, 3] <= xy[:, 1]))
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
-        raise InputError(f"box {[float(v) for v in xy[r]]} is empty or not finite", where=at_row(path, r),
-                         fix="boxes have right > left and bottom > top; check the file")
+        raise InputError(
+            f"box {[float(v) for v in xy[r]]} is empty or not finite",
+            where=at_row(path, r),
+            fix="boxes have right > left and bottom > top; check the file",
+        )
     low = np.maximum(xy, 0.0)
     if grid is not None:
         low = np.minimum(low, np.array([grid[0], grid[1], grid[0], grid[1]], dtype=np.float64))
@@ -73,10 +86,16 @@ def read_boxes(
     degenerate = has & ((low[:, 2] <= low[:, 0]) | (low[:, 3] <= low[:, 1]))
     if degenerate.any():
         r = int(np.flatnonzero(degenerate)[0])
-        raise InputError(f"box {[float(v) for v in xy[r]]} lies outside the image", where=at_row(path, r),
-                         fix="check that this is the official, unmodified file")
-    labels = (pd.Series(fixed_label, index=df.index, dtype="str") if fixed_label is not None
-              else df[label_col].astype("str").str.strip())
+        raise InputError(
+            f"box {[float(v) for v in xy[r]]} lies outside the image",
+            where=at_row(path, r),
+            fix="check that this is the official, unmodified file",
+        )
+    labels = (
+        pd.Series(fixed_label, index=df.index, dtype="str")
+        if fixed_label is not None
+        else df[label_col].astype("str").str.strip()
+    )
     ids = df[id_col].astype("str").str.strip()
     if id_of is not None:
         ids = id_of(ids)
@@ -102,13 +121,23 @@ def read_boxes(
     take = take[order]
     finding = np.asarray(findings, dtype=object)[order] if findings else np.zeros(0, dtype=object)
     n = len(take)
-    reader = (df[reader_col].astype("str").iloc[take].str.strip().to_numpy(dtype=object)
-              if reader_col and reader_col in df else None)
+    reader = (
+        df[reader_col].astype("str").iloc[take].str.strip().to_numpy(dtype=object)
+        if reader_col and reader_col in df
+        else None
+    )
     out = make_regions(
-        image_id=ids.iloc[take].to_numpy(dtype=object), finding=finding,
-        label=labels.iloc[take].to_numpy(dtype=object), kind=["box"] * n,
-        x0=low[take, 0], y0=low[take, 1], x1=low[take, 2], y1=low[take, 3],
-        width=[grid[0]] * n if grid else None, height=[grid[1]] * n if grid else None, reader=reader,
+        image_id=ids.iloc[take].to_numpy(dtype=object),
+        finding=finding,
+        label=labels.iloc[take].to_numpy(dtype=object),
+        kind=["box"] * n,
+        x0=low[take, 0],
+        y0=low[take, 1],
+        x1=low[take, 2],
+        y1=low[take, 3],
+        width=[grid[0]] * n if grid else None,
+        height=[grid[1]] * n if grid else None,
+        reader=reader,
     )
     info: dict[str, Any] = {"file": str(path), "boxes": int(has.sum()), "rows_without_box": int(none.sum())}
     if clipped.any():
@@ -127,4 +156,5 @@ def merge_region_reports(report: dict[str, Any], role: str, info: Mapping[str, A
     if info.get("unknown_terms"):
         listed = ", ".join(f"{t!r} ({n})" for t, n in list(info["unknown_terms"].items())[:5])
         report.setdefault("warnings", []).append(
-            f"{info.get('file', role)}: box labels not in the term table were left out: {listed}")
+            f"{info.get('file', role)}: box labels not in the term table were left out: {listed}"
+        )

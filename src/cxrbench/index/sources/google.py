@@ -54,37 +54,55 @@ def _files(root: Path, opts: IndexOptions) -> dict[str, Path]:
                 files[other] = found
         return files
     dirs = [root / FOLDER, root]
-    files = {r: p for r, f in SET_FILES.items() if (p := find_file(dirs, [f], "", required=False)) is not None}
+    files = {
+        r: p for r, f in SET_FILES.items() if (p := find_file(dirs, [f], "", required=False)) is not None
+    }
     if files:
         return files
-    return {"merged": find_file(dirs, [MERGED], "Google NIH labels (four_findings_expert_labels/test_labels.csv)",
-                                option="--labels-file (test_labels.csv, validation_labels.csv or the merged table)")}
+    return {
+        "merged": find_file(
+            dirs,
+            [MERGED],
+            "Google NIH labels (four_findings_expert_labels/test_labels.csv)",
+            option="--labels-file (test_labels.csv, validation_labels.csv or the merged table)",
+        )
+    }
 
 
 def _read_one(path: Path, role: str) -> pd.DataFrame:
     terms = list(GOOGLE_TERMS)
     has_set = "Set Id" in header_columns(path)
     if role == "merged" and not has_set:
-        raise InputError("no 'Set Id' column: cannot tell validation from test images", where=str(path),
-                         fix="give test_labels.csv / validation_labels.csv, or the merged table with Set Id")
-    df = read_csv(path, required=["Image Index", "Patient ID", "View Position", *terms],
-                  optional=["Patient Age", "Patient Gender", "Set Id"], rename=HEADER_VARIANTS,
-                  ids=[], text=["Image Index", "Patient ID", "Set Id", *terms])
+        raise InputError(
+            "no 'Set Id' column: cannot tell validation from test images",
+            where=str(path),
+            fix="give test_labels.csv / validation_labels.csv, or the merged table with Set Id",
+        )
+    df = read_csv(
+        path,
+        required=["Image Index", "Patient ID", "View Position", *terms],
+        optional=["Patient Age", "Patient Gender", "Set Id"],
+        rename=HEADER_VARIANTS,
+        ids=[],
+        text=["Image Index", "Patient ID", "Set Id", *terms],
+    )
     for t in terms:
         v = df[t].astype("str").str.strip().str.upper()
         bad = ~v.isin(list(VALUES))
         if bad.any():
             r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"column {t!r} has value {df[t].iloc[r]!r}", where=at_row(path, r),
-                             fix="values are YES or NO")
+            raise InputError(
+                f"column {t!r} has value {df[t].iloc[r]!r}", where=at_row(path, r), fix="values are YES or NO"
+            )
         df[t] = v.map(VALUES).astype(np.float32)
     if role == "merged":
         sets = df["Set Id"].astype("str").str.strip().str.lower()
         bad = ~sets.isin(list(SETS))
         if bad.any():
             r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"unknown Set Id {df['Set Id'].iloc[r]!r}", where=at_row(path, r),
-                             fix="Set Id is val or test")
+            raise InputError(
+                f"unknown Set Id {df['Set Id'].iloc[r]!r}", where=at_row(path, r), fix="Set Id is val or test"
+            )
         df["_split"] = sets.map(SETS)
     else:
         df["_split"] = role
@@ -106,8 +124,13 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     view = view_raw.map(VIEW_VALUES).fillna("OTHER").where(df["View Position"].notna(), "UNKNOWN")
     paths, report["images"], found = locate_images(root, names, "images/" + names, IMAGE_FOLDERS)
     frame = make_frame(
-        len(df), image_id=names, patient_id=df["Patient ID"].astype("str").str.strip(), path=paths,
-        view=view, found=found, official_split=df["_split"],
+        len(df),
+        image_id=names,
+        patient_id=df["Patient ID"].astype("str").str.strip(),
+        path=paths,
+        view=view,
+        found=found,
+        official_split=df["_split"],
         sex=normalize_sex(df["Patient Gender"]) if "Patient Gender" in df else None,
         age=parse_age(df["Patient Age"]) if "Patient Age" in df else None,
     )
@@ -115,8 +138,10 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     findings = sort_findings(native)
     block = df[list(GOOGLE_TERMS)].to_numpy(dtype=np.float32)[:, [native.index(f) for f in findings]]
     report["rows_read"] = len(df)
-    report["label_source"] = ("Google's radiologist-adjudicated labels of four findings (YES/NO; three "
-                              "radiologists per image)")
+    report["label_source"] = (
+        "Google's radiologist-adjudicated labels of four findings (YES/NO; three radiologists per image)"
+    )
     regions = read_nih_boxes([root, *{p.parent for p in files.values()}], report)
-    return SourceData("nih-google", frame, findings, block, blank_is_unknown=False, report=report,
-                      regions=regions)
+    return SourceData(
+        "nih-google", frame, findings, block, blank_is_unknown=False, report=report, regions=regions
+    )

@@ -63,8 +63,9 @@ def read_nih_boxes(dirs: list[Path], report: dict):
     if path is None:
         return None
     register_file(report, "boxes", path)
-    boxes, info = read_boxes(path, id_col="Image Index", label_col="Finding Label", coords=("x", "y", "w", "h"),
-                             terms=NIH_BOX_TERMS, xywh=True, grid=GRID, rename=BOX_HEADER)
+    boxes, info = read_boxes(path, id_col="Image Index", label_col="Finding Label",
+                             coords=("x", "y", "w", "h"), terms=NIH_BOX_TERMS, xywh=True, grid=GRID,
+                             rename=BOX_HEADER)
     merge_region_reports(report, "boxes", info)
     return boxes
 

@@ -45,8 +45,14 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         if test is not None and test != opts.labels_file:
             files["test"] = test
     else:
-        files = {"train": find_file(dirs, [WIDE_FILES["train"]], "VinDr-PCXR label file image_labels_train.csv",
-                                    option="--labels-file (image_labels_train.csv)")}
+        files = {
+            "train": find_file(
+                dirs,
+                [WIDE_FILES["train"]],
+                "VinDr-PCXR label file image_labels_train.csv",
+                option="--labels-file (image_labels_train.csv)",
+            )
+        }
         test = find_file(dirs, [WIDE_FILES["test"]], "", required=False)
         if test is not None:
             files["test"] = test
@@ -69,12 +75,29 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
     split_dir = pd.Series(roles, dtype=object)
     default = split_dir + "/" + image_id + IMAGE_EXTENSION
-    paths, report["images"], found = locate_images(root, image_id, default, ["train", "test", "."], by_stem=True)
-    frame = make_frame(len(image_id), image_id=image_id, patient_id=image_id, path=paths, found=found,
-                       view=pd.Series("PA", index=image_id.index, dtype=object), official_split=split_dir)
+    paths, report["images"], found = locate_images(
+        root, image_id, default, ["train", "test", "."], by_stem=True
+    )
+    frame = make_frame(
+        len(image_id),
+        image_id=image_id,
+        patient_id=image_id,
+        path=paths,
+        found=found,
+        view=pd.Series("PA", index=image_id.index, dtype=object),
+        official_split=split_dir,
+    )
     report["rows_read"] = len(frame)
-    report["label_source"] = ("pediatric radiologists' image-level diagnoses (0/1); on the test set the "
-                              "curated reading")
+    report["label_source"] = (
+        "pediatric radiologists' image-level diagnoses (0/1); on the test set the curated reading"
+    )
     regions = read_regions(files, report, terms=PCXR_TERMS)
-    return SourceData("vindr-pcxr", frame, findings, np.vstack(blocks), blank_is_unknown=False, report=report,
-                      regions=regions)
+    return SourceData(
+        "vindr-pcxr",
+        frame,
+        findings,
+        np.vstack(blocks),
+        blank_is_unknown=False,
+        report=report,
+        regions=regions,
+    )

@@ -57,8 +57,11 @@ def _first_per_image(values: pd.Series, ids: pd.Series, path: Path, column: str)
     if clash.any():
         first = pairs.loc[clash, "id"].iloc[0]
         row = int(np.flatnonzero((ids == first).to_numpy())[1])
-        raise InputError(f"image {first!r} has two different {column!r} values", where=at_row(path, row),
-                         fix="every row of an image carries the same value in the official file")
+        raise InputError(
+            f"image {first!r} has two different {column!r} values",
+            where=at_row(path, row),
+            fix="every row of an image carries the same value in the official file",
+        )
     return pairs.set_index("id")["v"]
 
 
@@ -67,8 +70,14 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     report: dict = {}
     path = opts.labels_file or find_file([root], LABEL_FILES, "RSNA label file stage_2_train_labels.csv")
     register_file(report, "labels", path)
-    df = read_csv(path, required=["patientId", "Target"], optional=["x", "y", "width", "height"],
-                  numeric=["Target", "x", "y", "width", "height"], ids=[], text=["patientId"])
+    df = read_csv(
+        path,
+        required=["patientId", "Target"],
+        optional=["x", "y", "width", "height"],
+        numeric=["Target", "x", "y", "width", "height"],
+        ids=[],
+        text=["patientId"],
+    )
     ids = df["patientId"].astype("str").str.strip()
     target = df["Target"].to_numpy(dtype=np.float64)
     bad = ~np.isin(target, (0.0, 1.0))
@@ -86,31 +95,51 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         labels["no_finding"] = _no_finding(classes, image_id, per_image)
     else:
         report.setdefault("warnings", []).append(
-            "stage_2_detailed_class_info.csv not found: the index has no no_finding column")
-    frame = make_frame(n, image_id=image_id, patient_id=image_id, frontal=np.ones(n, dtype=bool),
-                       view=pd.Series("UNKNOWN", index=image_id.index, dtype=object))
+            "stage_2_detailed_class_info.csv not found: the index has no no_finding column"
+        )
+    frame = make_frame(
+        n,
+        image_id=image_id,
+        patient_id=image_id,
+        frontal=np.ones(n, dtype=bool),
+        view=pd.Series("UNKNOWN", index=image_id.index, dtype=object),
+    )
     headers = find_file([path.parent, root], HEADER_FILES, "", required=False)
     if headers is not None:
         register_file(report, "dicom_headers", headers)
         _join_headers(frame, headers, report)
     paths, report["images"], found = locate_images(
-        root, image_id + ".dcm", "stage_2_train_images/" + image_id + ".dcm", IMAGE_FOLDERS, by_stem=True)
+        root, image_id + ".dcm", "stage_2_train_images/" + image_id + ".dcm", IMAGE_FOLDERS, by_stem=True
+    )
     frame["path"], frame["found"] = paths, found
     if "x" in df and "width" in df:
-        regions, info = read_boxes(path, id_col="patientId", label_col=None, coords=("x", "y", "width", "height"),
-                                   terms=RSNA_TERMS, xywh=True, grid=GRID, fixed_label="Lung Opacity", df=df)
+        regions, info = read_boxes(
+            path,
+            id_col="patientId",
+            label_col=None,
+            coords=("x", "y", "width", "height"),
+            terms=RSNA_TERMS,
+            xywh=True,
+            grid=GRID,
+            fixed_label="Lung Opacity",
+            df=df,
+        )
         merge_region_reports(report, "boxes", info)
         positive_without = set(image_id[labels["lung_opacity"] == 1]) - set(regions["image_id"])
         if positive_without:
-            report.setdefault("warnings", []).append(f"{len(positive_without)} image(s) with Target 1 but no box")
+            report.setdefault("warnings", []).append(
+                f"{len(positive_without)} image(s) with Target 1 but no box"
+            )
     else:
         regions = None
     findings = [f for f in ("no_finding", "lung_opacity", "pneumonia") if f in labels]
     block = np.column_stack([labels[f] for f in findings]).astype(np.float32)
     report["rows_read"] = len(df)
-    report["label_source"] = ("radiologists' reads for the RSNA challenge: Target 1 (opacity suspicious for "
-                              "pneumonia) as lung_opacity and pneumonia; Normal in the detailed class file as "
-                              "no_finding")
+    report["label_source"] = (
+        "radiologists' reads for the RSNA challenge: Target 1 (opacity suspicious for "
+        "pneumonia) as lung_opacity and pneumonia; Normal in the detailed class file as "
+        "no_finding"
+    )
     return SourceData("rsna", frame, findings, block, blank_is_unknown=False, report=report, regions=regions)
 
 
@@ -121,27 +150,40 @@ def _no_finding(path: Path, image_id: pd.Series, target: pd.Series) -> np.ndarra
     unknown = ~cls.isin(list(CLASSES))
     if unknown.any():
         r = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise InputError(f"unknown class {cls.iloc[r]!r}", where=at_row(path, r),
-                         fix=f"classes are {', '.join(CLASSES)}")
+        raise InputError(
+            f"unknown class {cls.iloc[r]!r}", where=at_row(path, r), fix=f"classes are {', '.join(CLASSES)}"
+        )
     per = _first_per_image(cls, ids, path, "class")
     have = per.reindex(image_id)
     if have.isna().any():
         missing = image_id[have.isna().to_numpy()].iloc[0]
-        raise InputError(f"image {missing!r} of the labels file has no class", where=str(path),
-                         fix="use the detailed class file of the same stage as the labels")
+        raise InputError(
+            f"image {missing!r} of the labels file has no class",
+            where=str(path),
+            fix="use the detailed class file of the same stage as the labels",
+        )
     opacity = (have == "Lung Opacity").to_numpy()
     t = target.reindex(image_id).to_numpy()
     if (opacity != (t == 1)).any():
         k = int(np.flatnonzero(opacity != (t == 1))[0])
-        raise InputError(f"image {image_id.iloc[k]!r}: class {have.iloc[k]!r} but Target {int(t[k])}",
-                         where=str(path), fix="'Lung Opacity' exactly where Target is 1: use matching files")
+        raise InputError(
+            f"image {image_id.iloc[k]!r}: class {have.iloc[k]!r} but Target {int(t[k])}",
+            where=str(path),
+            fix="'Lung Opacity' exactly where Target is 1: use matching files",
+        )
     return have.map(CLASSES).to_numpy(dtype=np.float32)
 
 
 def _join_headers(frame: pd.DataFrame, path: Path, report: dict) -> None:
     """Sex, age and view from torchxrayvision's table of the DICOM headers (by PatientID)."""
-    df = read_csv(path, required=["PatientID"], optional=["PatientSex", "PatientAge", "ViewPosition"],
-                  numeric=["PatientAge"], ids=[], text=["PatientID"])
+    df = read_csv(
+        path,
+        required=["PatientID"],
+        optional=["PatientSex", "PatientAge", "ViewPosition"],
+        numeric=["PatientAge"],
+        ids=[],
+        text=["PatientID"],
+    )
     df = df.drop_duplicates("PatientID").set_index(df["PatientID"].astype("str").str.strip())
     ids = frame["image_id"]
     if "PatientSex" in df:
@@ -154,5 +196,7 @@ def _join_headers(frame: pd.DataFrame, path: Path, report: dict) -> None:
         frame["age"] = age.where(~odd).to_numpy()
     if "ViewPosition" in df:
         view = df["ViewPosition"].reindex(ids).astype("str").str.strip().str.upper()
-        frame["view"] = view.where(view.isin(["PA", "AP"]), "UNKNOWN").fillna("UNKNOWN").to_numpy(dtype=object)
+        frame["view"] = (
+            view.where(view.isin(["PA", "AP"]), "UNKNOWN").fillna("UNKNOWN").to_numpy(dtype=object)
+        )
     report["headers_matched"] = int(ids.isin(df.index).sum())

@@ -43,14 +43,21 @@ NONE = "-1"
 
 def _is_absolute(runs: np.ndarray) -> bool:
     starts, lengths = runs
-    return bool(len(starts)) and starts.min() >= 1 and lengths.min() >= 1 and bool(
-        (starts[1:] >= starts[:-1] + lengths[:-1]).all()) and starts[-1] + lengths[-1] - 1 <= SIDE * SIDE
+    return (
+        bool(len(starts))
+        and starts.min() >= 1
+        and lengths.min() >= 1
+        and bool((starts[1:] >= starts[:-1] + lengths[:-1]).all())
+        and starts[-1] + lengths[-1] - 1 <= SIDE * SIDE
+    )
 
 
 def read(root: Path, opts: IndexOptions) -> SourceData:
     """Read the SIIM-ACR training masks (see module docstring)."""
     report: dict = {}
-    path = opts.labels_file or find_file([root], LABEL_FILES, "SIIM label file train-rle.csv / stage_2_train.csv")
+    path = opts.labels_file or find_file(
+        [root], LABEL_FILES, "SIIM label file train-rle.csv / stage_2_train.csv"
+    )
     register_file(report, "labels", path)
     df = read_csv(path, required=["ImageId", "EncodedPixels"], ids=["ImageId", "EncodedPixels"])
     ids = df["ImageId"].astype("str").str.strip()
@@ -58,16 +65,22 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     blank = df["EncodedPixels"].isna().to_numpy() | df["ImageId"].isna().to_numpy()
     if blank.any():
         r = int(np.flatnonzero(blank)[0])
-        raise InputError("a blank ImageId or EncodedPixels", where=at_row(path, r),
-                         fix="every row has an image id and a code (-1 without pneumothorax)")
+        raise InputError(
+            "a blank ImageId or EncodedPixels",
+            where=at_row(path, r),
+            fix="every row has an image id and a code (-1 without pneumothorax)",
+        )
     has = (code != NONE).to_numpy()
     per_image = pd.DataFrame({"id": ids, "has": has}).groupby("id", sort=False)["has"]
     mixed = per_image.nunique() > 1
     if mixed.any():
         first = mixed[mixed].index[0]
         r = int(np.flatnonzero((ids == first).to_numpy())[0])
-        raise InputError(f"image {first!r} has both '-1' and a mask", where=at_row(path, r),
-                         fix="check that this is the official, unmodified file")
+        raise InputError(
+            f"image {first!r} has both '-1' and a mask",
+            where=at_row(path, r),
+            fix="check that this is the official, unmodified file",
+        )
     positive = per_image.any()
     image_id = pd.Series(positive.index, dtype="str")
     n = len(image_id)
@@ -77,20 +90,38 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     report["rle"] = "absolute, 1-based" if absolute else "relative"
     masks = []
     for r in rows:
-        mask = decode_rle(code.iloc[r], SIDE, SIDE, lambda r=r: at_row(path, r), relative=not absolute,
-                          one_based=absolute, order="F")
+        mask = decode_rle(
+            code.iloc[r],
+            SIDE,
+            SIDE,
+            lambda r=r: at_row(path, r),
+            relative=not absolute,
+            one_based=absolute,
+            order="F",
+        )
         masks.append((r, mask))
     regions = _regions(ids, masks, path) if masks else empty_regions()
-    merge_region_reports(report, "masks", {"file": str(path), "masks": len(masks), "rows_without_mask": int((~has).sum())})
+    merge_region_reports(
+        report, "masks", {"file": str(path), "masks": len(masks), "rows_without_mask": int((~has).sum())}
+    )
     paths, report["images"], found = locate_images(
-        root, image_id + ".dcm", "dicom-images-train/" + image_id + ".dcm", IMAGE_FOLDERS, by_stem=True)
-    frame = make_frame(n, image_id=image_id, patient_id=image_id, path=paths, found=found,
-                       view=pd.Series("UNKNOWN", index=image_id.index, dtype=object), frontal=np.ones(n, dtype=bool))
+        root, image_id + ".dcm", "dicom-images-train/" + image_id + ".dcm", IMAGE_FOLDERS, by_stem=True
+    )
+    frame = make_frame(
+        n,
+        image_id=image_id,
+        patient_id=image_id,
+        path=paths,
+        found=found,
+        view=pd.Series("UNKNOWN", index=image_id.index, dtype=object),
+        frontal=np.ones(n, dtype=bool),
+    )
     report["rows_read"] = len(df)
     report["label_source"] = "radiologists' pneumothorax masks: positive when the image has a mask"
     block = positive.to_numpy(dtype=np.float32).reshape(-1, 1)
-    return SourceData("siim", frame, ["pneumothorax"], block, blank_is_unknown=False, report=report,
-                      regions=regions)
+    return SourceData(
+        "siim", frame, ["pneumothorax"], block, blank_is_unknown=False, report=report, regions=regions
+    )
 
 
 def _regions(ids: pd.Series, masks: list[tuple[int, np.ndarray]], path: Path) -> pd.DataFrame:
@@ -104,6 +135,16 @@ def _regions(ids: pd.Series, masks: list[tuple[int, np.ndarray]], path: Path) ->
         image.append(ids.iloc[r])
     xy = np.asarray(boxes, dtype=np.float64)
     k = len(image)
-    return make_regions(image_id=image, finding=["pneumothorax"] * k, label=["Pneumothorax"] * k,
-                        kind=["mask"] * k, x0=xy[:, 0], y0=xy[:, 1], x1=xy[:, 2], y1=xy[:, 3],
-                        width=[SIDE] * k, height=[SIDE] * k, mask=codes)
+    return make_regions(
+        image_id=image,
+        finding=["pneumothorax"] * k,
+        label=["Pneumothorax"] * k,
+        kind=["mask"] * k,
+        x0=xy[:, 0],
+        y0=xy[:, 1],
+        x1=xy[:, 2],
+        y1=xy[:, 3],
+        width=[SIDE] * k,
+        height=[SIDE] * k,
+        mask=codes,
+    )

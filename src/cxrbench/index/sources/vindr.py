@@ -9,8 +9,9 @@ image and reader: 3 of 17 radiologists per image, 45,000 rows), ``annotations/im
 ``Other disease`` instead of ``Other diseases``; ``rad_id`` may be absent), and box files
 ``annotations_{train,test}.csv`` (``image_id, rad_id, class_name, x_min, y_min, x_max, y_max`` in the
 DICOM's pixels; ``No finding`` rows without coordinates): read into the regions table beside the
-index (:mod:`cxrbench.index.regions`), one row per reader's box, the reader in ``reader``. 22 local labels + 6 global labels (COPD, Lung tumor,
-Pneumonia, Tuberculosis, Other diseases, No finding), mapped by ``findings.VINDR_TERMS``.
+index (:mod:`cxrbench.index.regions`), one row per reader's box, the reader in ``reader``. 22 local
+labels + 6 global labels (COPD, Lung tumor, Pneumonia, Tuberculosis, Other diseases, No finding),
+mapped by ``findings.VINDR_TERMS``.
 
 Kaggle: ``train.csv`` in long format (``image_id, class_name, class_id, rad_id, x_min, ...``): one
 row per (image, reader, box); 67,914 rows, 15,000 images, exactly 3 readers each, 14 local classes
@@ -277,4 +278,5 @@ def read_regions(files: dict[str, Path], report: dict, terms: dict | None = None
         parts.append(boxes)
     if not parts:
         return None
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0] if len(parts[0]) else empty_regions()
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return out if len(out) else empty_regions()

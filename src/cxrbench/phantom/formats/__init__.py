@@ -13,7 +13,8 @@ from cxrbench.phantom.formats.siim import SIIM
 from cxrbench.phantom.formats.vindr import VinDr
 
 FORMATS: dict[str, type[PhantomFormat]] = {
-    cls.name: cls for cls in (NIH, CheXpert, MIMIC, PadChest, VinDr, VinDrPCXR, RSNA, SIIM, NIHGoogle, CsvFormat)
+    cls.name: cls
+    for cls in (NIH, CheXpert, MIMIC, PadChest, VinDr, VinDrPCXR, RSNA, SIIM, NIHGoogle, CsvFormat)
 }
 
 __all__ = ["FORMATS", "PhantomFormat"]

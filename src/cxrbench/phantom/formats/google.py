@@ -17,11 +17,27 @@ import pandas as pd
 from cxrbench.phantom.formats.base import csv_text, labels, truth_frame, write_bytes
 from cxrbench.phantom.formats.nih import NIH
 
-COLUMNS = ["Image Index", "Patient ID", "Patient Age", "Patient Gender", "View Position", "Fracture",
-           "Pneumothorax", "Airspace opacity", "Nodule or mass"]
-TRUTH = {"fracture": "Fracture", "pneumothorax": "Pneumothorax", "lung_opacity": "Airspace opacity",
-         "nodule_mass": "Nodule or mass"}
-FILES = {"test": "four_findings_expert_labels/test_labels.csv", "val": "four_findings_expert_labels/validation_labels.csv"}
+COLUMNS = [
+    "Image Index",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "Fracture",
+    "Pneumothorax",
+    "Airspace opacity",
+    "Nodule or mass",
+]
+TRUTH = {
+    "fracture": "Fracture",
+    "pneumothorax": "Pneumothorax",
+    "lung_opacity": "Airspace opacity",
+    "nodule_mass": "Nodule or mass",
+}
+FILES = {
+    "test": "four_findings_expert_labels/test_labels.csv",
+    "val": "four_findings_expert_labels/validation_labels.csv",
+}
 VAL_SHARE = 0.4
 
 
@@ -32,23 +48,36 @@ class NIHGoogle(NIH):
     def plan(self, cohort: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         df = super().plan(cohort, rng)
         pick = rng.random(int(df["patient"].max()) + 1) < VAL_SHARE
-        df["google"] = np.where(df["split"] == "test", "test",
-                                np.where(pick[df["patient"].to_numpy()], "val", ""))
+        df["google"] = np.where(
+            df["split"] == "test", "test", np.where(pick[df["patient"].to_numpy()], "val", "")
+        )
         return df
 
     def _values(self, plan: pd.DataFrame) -> dict[str, np.ndarray]:
         lab = labels(plan)
-        return {"fracture": np.zeros(len(plan), dtype=np.int8), "pneumothorax": lab["pneumothorax"],
-                "lung_opacity": lab["lung_opacity"], "nodule_mass": lab["nodule_mass"]}
+        return {
+            "fracture": np.zeros(len(plan), dtype=np.int8),
+            "pneumothorax": lab["pneumothorax"],
+            "lung_opacity": lab["lung_opacity"],
+            "nodule_mass": lab["nodule_mass"],
+        }
 
     def finish(self, root: Path, plan: pd.DataFrame, rng: np.random.Generator) -> None:
         super().finish(root, plan, rng)
         values = self._values(plan)
         for split, name in FILES.items():
             idx = np.flatnonzero(plan["google"].to_numpy() == split)
-            rows = [[plan["image_id"].iat[i], str(plan["pid"].iat[i]), str(plan["age_years"].iat[i]),
-                     plan["sex"].iat[i], plan["truth_view"].iat[i]]
-                    + ["YES" if values[f][i] else "NO" for f in TRUTH] for i in idx]
+            rows = [
+                [
+                    plan["image_id"].iat[i],
+                    str(plan["pid"].iat[i]),
+                    str(plan["age_years"].iat[i]),
+                    plan["sex"].iat[i],
+                    plan["truth_view"].iat[i],
+                ]
+                + ["YES" if values[f][i] else "NO" for f in TRUTH]
+                for i in idx
+            ]
             write_bytes(root, name, csv_text(COLUMNS, rows).encode())
 
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:

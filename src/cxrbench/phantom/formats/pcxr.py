@@ -23,11 +23,31 @@ from cxrbench.phantom.cohort import FINDINGS
 from cxrbench.phantom.formats.base import Box, csv_text, labels, truth_frame, write_bytes
 from cxrbench.phantom.formats.vindr import VinDr
 
-DISEASES = ["No finding", "Bronchitis", "Brocho-pneumonia", "Other disease", "Bronchiolitis", "Situs inversus",
-            "Pneumonia", "Pleuro-pneumonia", "Diagphramatic hernia", "Tuberculosis", "Congenital emphysema",
-            "CPAM", "Hyaline membrane disease", "Mediastinal tumor", "Lung tumor"]
-TRUTH = {"no_finding": "No finding", "pneumonia": "Pneumonia", "bronchopneumonia": "Brocho-pneumonia",
-         "other_disease": "Other disease", "bronchitis": "Bronchitis", "bronchiolitis": "Bronchiolitis"}
+DISEASES = [
+    "No finding",
+    "Bronchitis",
+    "Brocho-pneumonia",
+    "Other disease",
+    "Bronchiolitis",
+    "Situs inversus",
+    "Pneumonia",
+    "Pleuro-pneumonia",
+    "Diagphramatic hernia",
+    "Tuberculosis",
+    "Congenital emphysema",
+    "CPAM",
+    "Hyaline membrane disease",
+    "Mediastinal tumor",
+    "Lung tumor",
+]
+TRUTH = {
+    "no_finding": "No finding",
+    "pneumonia": "Pneumonia",
+    "bronchopneumonia": "Brocho-pneumonia",
+    "other_disease": "Other disease",
+    "bronchitis": "Bronchitis",
+    "bronchiolitis": "Bronchiolitis",
+}
 LOCAL = {  # class_name -> (label keys of base.labels(), render masks)
     "Cardiomegaly": (("cardiomegaly",), ("heart",)),
     "Pleural effusion": (("pleural_effusion",), ("effusion",)),
@@ -65,8 +85,9 @@ class VinDrPCXR(VinDr):
                 found.append((name, box))
         self.local[row["image_id"]] = found
 
-    def write_image(self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
-                    ) -> None:
+    def write_image(
+        self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
+    ) -> None:
         super().write_image(root, row, img, None)  # the DICOM; boxes come from take_masks
 
     def _diseases(self, plan: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -84,9 +105,13 @@ class VinDrPCXR(VinDr):
         table = self._diseases(plan)
         for split in ("train", "test"):
             idx = np.flatnonzero(plan["split"].to_numpy() == split)
-            rows = [[plan["image_id"].iat[i], plan["reader"].iat[i]] + [str(int(table[c][i])) for c in DISEASES]
-                    for i in idx]
-            write_bytes(root, f"image_labels_{split}.csv", csv_text(["image_id", "rad_ID", *DISEASES], rows).encode())
+            rows = [
+                [plan["image_id"].iat[i], plan["reader"].iat[i]] + [str(int(table[c][i])) for c in DISEASES]
+                for i in idx
+            ]
+            write_bytes(
+                root, f"image_labels_{split}.csv", csv_text(["image_id", "rad_ID", *DISEASES], rows).encode()
+            )
             boxes = []
             for i in idx:
                 image_id, reader = plan["image_id"].iat[i], plan["reader"].iat[i]
@@ -94,8 +119,13 @@ class VinDrPCXR(VinDr):
                 boxes += [[image_id, reader, name, *(f"{v:.1f}" for v in box)] for name, box in found]
                 if not found:
                     boxes.append([image_id, reader, "No finding", "", "", "", ""])
-            write_bytes(root, f"annotations_{split}.csv", csv_text(
-                ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"], boxes).encode())
+            write_bytes(
+                root,
+                f"annotations_{split}.csv",
+                csv_text(
+                    ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"], boxes
+                ).encode(),
+            )
 
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:
         table = self._diseases(plan)

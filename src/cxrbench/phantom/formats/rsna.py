@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.index.splits import hash_split
+from cxrbench.phantom.cohort import FINDINGS
 from cxrbench.phantom.encode import dicom, to_uint8
 from cxrbench.phantom.formats.base import (
     Box,
@@ -31,7 +32,6 @@ from cxrbench.phantom.formats.base import (
     with_no_finding,
     write_bytes,
 )
-from cxrbench.phantom.cohort import FINDINGS
 
 RELEASE_SIDE = 1024  # the pixels of the real images, in which the files give coordinates
 CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
@@ -50,14 +50,29 @@ def component_boxes(mask: np.ndarray) -> list[Box]:
 
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     parts = sorted(range(1, n), key=lambda k: -int(stats[k, cv2.CC_STAT_AREA]))
-    return [(float(stats[k, 0]), float(stats[k, 1]), float(stats[k, 0] + stats[k, 2]),
-             float(stats[k, 1] + stats[k, 3])) for k in parts]
+    return [
+        (
+            float(stats[k, 0]),
+            float(stats[k, 1]),
+            float(stats[k, 0] + stats[k, 2]),
+            float(stats[k, 1] + stats[k, 3]),
+        )
+        for k in parts
+    ]
 
 
 def dicom8(row: dict[str, Any], img: np.ndarray, uid: str, patient_id: str) -> bytes:
     """An 8-bit MONOCHROME2 CR DICOM of ``img`` (both RSNA and SIIM release such files)."""
-    return dicom(to_uint8(img).astype(np.uint16), bits_stored=8, photometric="MONOCHROME2", modality="CR",
-                 uid_seed=uid, patient_id=patient_id, sex=row["sex"], age_years=float(row["age"]))
+    return dicom(
+        to_uint8(img).astype(np.uint16),
+        bits_stored=8,
+        photometric="MONOCHROME2",
+        modality="CR",
+        uid_seed=uid,
+        patient_id=patient_id,
+        sex=row["sex"],
+        age_years=float(row["age"]),
+    )
 
 
 class RSNA(PhantomFormat):
@@ -90,8 +105,9 @@ class RSNA(PhantomFormat):
         if masks["consolidation"].any():  # used where Target is 1 (a drawn opacity)
             self.opacity[row["image_id"]] = component_boxes(masks["consolidation"])
 
-    def write_image(self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
-                    ) -> None:
+    def write_image(
+        self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
+    ) -> None:
         write_bytes(root, row["path"], dicom8(row, img, f"{self.seed}:{row['image_id']}", row["image_id"]))
 
     def _target(self, plan: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -112,17 +128,27 @@ class RSNA(PhantomFormat):
             if not boxes:
                 rows.append([image_id, "", "", "", "", str(int(target[i]))])
             classes += [[image_id, cls]] * max(len(boxes), 1)
-        write_bytes(root, "stage_2_train_labels.csv",
-                    csv_text(["patientId", "x", "y", "width", "height", "Target"], rows).encode())
-        write_bytes(root, "stage_2_detailed_class_info.csv", csv_text(["patientId", "class"], classes).encode())
+        write_bytes(
+            root,
+            "stage_2_train_labels.csv",
+            csv_text(["patientId", "x", "y", "width", "height", "Target"], rows).encode(),
+        )
+        write_bytes(
+            root, "stage_2_detailed_class_info.csv", csv_text(["patientId", "class"], classes).encode()
+        )
         if self.opts["headers"]:
             head = ["", "Modality", "PatientAge", "PatientID", "PatientSex", "ViewPosition"]
-            body = [[str(i), "CR", str(int(np.floor(r.age))), r.image_id, r.sex, "PA" if r.view == "PA" else "AP"]
-                    for i, r in enumerate(plan.itertuples(index=False))]
+            body = [
+                [str(i), "CR", str(int(np.floor(r.age))), r.image_id, r.sex, "PA" if r.view == "PA" else "AP"]
+                for i, r in enumerate(plan.itertuples(index=False))
+            ]
             write_bytes(root, "kaggle_stage_2_train_images_dicom_headers.csv", csv_text(head, body).encode())
 
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:
         target, normal = self._target(plan)
-        values = {"no_finding": normal.astype(np.int8), "lung_opacity": target.astype(np.int8),
-                  "pneumonia": target.astype(np.int8)}
+        values = {
+            "no_finding": normal.astype(np.int8),
+            "lung_opacity": target.astype(np.int8),
+            "pneumonia": target.astype(np.int8),
+        }
         return truth_frame(plan, self.name, self.truth_findings, values)

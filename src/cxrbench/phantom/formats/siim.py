@@ -56,14 +56,22 @@ class SIIM(PhantomFormat):
         nums = rng.integers(1000, 15000, n)
         stamps = 1517875000 + rng.integers(0, 300, n)
         fracs = rng.integers(100000, 999999, n)
-        df["image_id"] = [f"1.2.276.0.7230010.3.1.4.8323329.{a}.{b}.{c}"
-                          for a, b, c in zip(nums, stamps, fracs, strict=True)]
-        study = [f"1.2.276.0.7230010.3.1.2.8323329.{a}.{b}.{c - 1}" for a, b, c in zip(nums, stamps, fracs,
-                                                                                        strict=True)]
-        series = [f"1.2.276.0.7230010.3.1.3.8323329.{a}.{b}.{c - 2}" for a, b, c in zip(nums, stamps, fracs,
-                                                                                         strict=True)]
-        df["path"] = [f"dicom-images-train/{s}/{r}/{i}.dcm" for s, r, i in zip(study, series, df["image_id"],
-                                                                                  strict=True)]
+        df["image_id"] = [
+            f"1.2.276.0.7230010.3.1.4.8323329.{a}.{b}.{c}"
+            for a, b, c in zip(nums, stamps, fracs, strict=True)
+        ]
+        study = [
+            f"1.2.276.0.7230010.3.1.2.8323329.{a}.{b}.{c - 1}"
+            for a, b, c in zip(nums, stamps, fracs, strict=True)
+        ]
+        series = [
+            f"1.2.276.0.7230010.3.1.3.8323329.{a}.{b}.{c - 2}"
+            for a, b, c in zip(nums, stamps, fracs, strict=True)
+        ]
+        df["path"] = [
+            f"dicom-images-train/{s}/{r}/{i}.dcm"
+            for s, r, i in zip(study, series, df["image_id"], strict=True)
+        ]
         df["patient_id"] = df["image_id"]
         df["study_id"] = None
         val, test = float(self.opts["val_fraction"]), float(self.opts["test_fraction"])
@@ -82,8 +90,9 @@ class SIIM(PhantomFormat):
         n, parts = cv2.connectedComponents(masks["pneumothorax"].astype(np.uint8), connectivity=8)
         self.codes[row["image_id"]] = [relative_rle(upsample(parts == k, RELEASE_SIDE)) for k in range(1, n)]
 
-    def write_image(self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
-                    ) -> None:
+    def write_image(
+        self, root: Path, row: dict[str, Any], img: np.ndarray, boxes: dict[str, Box | None] | None
+    ) -> None:
         write_bytes(root, row["path"], dicom8(row, img, f"{self.seed}:{row['image_id']}", row["image_id"]))
 
     def finish(self, root: Path, plan: pd.DataFrame, rng: np.random.Generator) -> None:
@@ -96,4 +105,6 @@ class SIIM(PhantomFormat):
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:
         lab = labels(plan)
         drawn = np.array([bool(self.codes.get(i)) for i in plan["image_id"]])
-        return truth_frame(plan, self.name, self.truth_findings, {"pneumothorax": (lab["pneumothorax"] & drawn)})
+        return truth_frame(
+            plan, self.name, self.truth_findings, {"pneumothorax": (lab["pneumothorax"] & drawn)}
+        )
