@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             "all",
             "--labels",
             help="A preset (study-vindr, study-cxr14, study-chexpert, "
-            "study-padchest, study-pcxr, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
+            "study-padchest, study-vindr-pcxr, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
             "study-padchest-mimic, rsna, siim, nih-google, all) or a comma-separated list of findings "
             "and presets "
             "(e.g. study-mimic,edema).",

@@ -175,7 +175,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     # The pediatric cohort (VinDr-PCXR): its six diagnoses with at least ~300 training positives; the
     # nine rarer ones (3 to 19 positives) are left out. cxrbench's choice (docs/datasets.md).
-    "study-pcxr": (
+    "study-vindr-pcxr": (
         "no_finding",
         "bronchitis",
         "bronchopneumonia",

@@ -42,8 +42,8 @@ INFO_FILE = "phantom.json"  # the marker: what was generated and every file writ
 def truth_regions(truth: pd.DataFrame, drawn: dict[str, dict[str, str]], masks_of: dict[str, tuple[str, ...]],
                   size: int) -> pd.DataFrame:
     """One mask region per (image, positive truth finding drawn in a known region)."""
-    names = ("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask")
-    cols: dict[str, list[Any]] = {k: [] for k in names}
+    fields = ("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask")
+    cols: dict[str, list[Any]] = {k: [] for k in fields}
     findings = [f for f in truth.columns if f in masks_of]
     values = {f: truth[f].to_numpy(dtype=np.float64) for f in findings}
     ids = truth["image_id"].to_numpy(dtype=object)
@@ -62,7 +62,7 @@ def truth_regions(truth: pd.DataFrame, drawn: dict[str, dict[str, str]], masks_o
             box = mask_box(mask)
             if box is None:
                 continue
-            for k, v in zip(names, (ids[i], f, "mask", *box, code), strict=True):
+            for k, v in zip(fields, (ids[i], f, "mask", *box, code), strict=True):
                 cols[k].append(v)
     if not cols["image_id"]:
         return empty_regions()
