@@ -83,7 +83,9 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     bad = ~np.isin(target, (0.0, 1.0))
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
-        raise InputError(f"Target is {df['Target'].iloc[r]!r}", where=at_row(path, r), fix="Target is 0 or 1")
+        raise InputError(
+            f"Target is {float(df['Target'].iloc[r]):g}", where=at_row(path, r), fix="Target is 0 or 1"
+        )
     per_image = _first_per_image(pd.Series(target), ids, path, "Target")
     image_id = pd.Series(per_image.index, dtype="str")
     n = len(image_id)

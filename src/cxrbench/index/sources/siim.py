@@ -88,21 +88,9 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     runs = [parse_runs(code.iloc[r], SIDE * SIDE, lambda r=r: at_row(path, r)) for r in rows]
     absolute = bool(runs) and all(_is_absolute(x) for x in runs)
     report["rle"] = "absolute, 1-based" if absolute else "relative"
-    masks = []
-    for r in rows:
-        mask = decode_rle(
-            code.iloc[r],
-            SIDE,
-            SIDE,
-            lambda r=r: at_row(path, r),
-            relative=not absolute,
-            one_based=absolute,
-            order="F",
-        )
-        masks.append((r, mask))
-    regions = _regions(ids, masks, path) if masks else empty_regions()
+    regions = _regions(ids, code, rows, path, absolute) if len(rows) else empty_regions()
     merge_region_reports(
-        report, "masks", {"file": str(path), "masks": len(masks), "rows_without_mask": int((~has).sum())}
+        report, "masks", {"file": str(path), "masks": len(rows), "rows_without_mask": int((~has).sum())}
     )
     paths, report["images"], found = locate_images(
         root, image_id + ".dcm", "dicom-images-train/" + image_id + ".dcm", IMAGE_FOLDERS, by_stem=True
@@ -124,9 +112,12 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     )
 
 
-def _regions(ids: pd.Series, masks: list[tuple[int, np.ndarray]], path: Path) -> pd.DataFrame:
+def _regions(ids: pd.Series, code: pd.Series, rows: np.ndarray, path: Path, absolute: bool) -> pd.DataFrame:
+    """One mask region per masked row, decoded one at a time (a 1024 x 1024 mask is 1 MB)."""
     boxes, codes, image = [], [], []
-    for r, mask in masks:
+    for r in rows:
+        mask = decode_rle(code.iloc[r], SIDE, SIDE, lambda r=r: at_row(path, r), relative=not absolute,
+                          one_based=absolute, order="F")
         box = mask_box(mask)
         if box is None:  # parse_runs refuses empty codes, so a mask always has pixels
             raise InputError("an empty mask", where=at_row(path, r), fix="check the file")
