@@ -173,8 +173,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "kyphosis",
         "scoliosis",
     ),
-    # The pediatric cohort (VinDr-PCXR): its six diagnoses with at least ~300 training positives; the
-    # nine rarer ones (3 to 19 positives) are left out. cxrbench's choice (docs/datasets.md).
+    # The pediatric cohort (VinDr-PCXR): its six diagnoses with 392 to 5,143 training positives; the
+    # nine rarer ones (2 to 19) are left out. cxrbench's choice (docs/datasets.md).
     "study-vindr-pcxr": (
         "no_finding",
         "bronchitis",
