@@ -59,3 +59,16 @@ def test_a_table_without_race_columns_is_refused(tmp_path):
     )
     with pytest.raises(InputError, match="neither PRIMARY_RACE nor ETHNICITY"):
         build_index("chexpert", root, split_mode="hash", split_fractions="1,0,0")
+
+
+def test_phantom_sheet_round_trips(tmp_path):
+    from cxrbench.phantom import generate
+
+    truth = generate(tmp_path / "c", "chexpert", 30, size=32, seed=3, quiet=True, demographics=True)
+    df, _, report = build_index("chexpert", tmp_path / "c", views="all")
+    m = truth.merge(df, on="image_id")
+    assert len(m) == len(truth) and report["demographics"]["patients_not_in_table"] == 0
+    for col in ("race", "ethnicity"):
+        a, b = m[f"{col}_x"], m[f"{col}_y"]
+        assert ((a == b) | (a.isna() & b.isna())).all(), col
+    assert m["race_y"].notna().any() and m["race_y"].isna().any()  # 'Unknown' read as missing
