@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
     @app.command("index", help=_HELP)
     def index(
         dataset: str = typer.Option(
-            ..., "--dataset", "-d", help="nih, chexpert, mimic, padchest, vindr or csv (with --mapping)."
+            ..., "--dataset", "-d", help="nih, chexpert, mimic, padchest, vindr, vindr-pcxr, rsna, siim, "
+            "nih-google or csv (with --mapping)."
         ),
         root: Path = typer.Option(
             ..., "--root", help="The dataset folder, as released (paths are relative to it)."
@@ -37,8 +38,9 @@ def register(app: typer.Typer) -> None:
             "all",
             "--labels",
             help="A preset (study-vindr, study-cxr14, study-chexpert, "
-            "study-padchest, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
-            "study-padchest-mimic, all) or a comma-separated list of findings and presets "
+            "study-padchest, study-vindr-pcxr, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
+            "study-padchest-mimic, rsna, siim, nih-google, all) or a comma-separated list of findings "
+            "and presets "
             "(e.g. study-mimic,edema).",
         ),
         uncertain: str = typer.Option(
@@ -97,6 +99,11 @@ def register(app: typer.Typer) -> None:
         mapping: Path | None = typer.Option(
             None, "--mapping", help="YAML mapping of a csv dataset (see configs/uka-cxr.yaml)."
         ),
+        demographics: Path | None = typer.Option(
+            None, "--demographics",
+            help="CheXpert: the released demographics table (CHEXPERT DEMO.xlsx or a CSV export) when it "
+            "is not in --root; adds race and ethnicity (and insurance where released) as subgroup columns.",
+        ),
         check_files: bool = typer.Option(
             False, "--check-files", help="Every image must exist (a missing one is an error)."
         ),
@@ -117,6 +124,7 @@ def register(app: typer.Typer) -> None:
             split_seed=split_seed, split_fractions=split_fractions, carve=carve, readers=readers,
             labeler=labeler,
             radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
+            demographics=demographics,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
         df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):

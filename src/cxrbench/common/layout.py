@@ -23,12 +23,26 @@ def index_report_path(index_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".parquet") + INDEX_REPORT_SUFFIX)
 
 
+# The localization ground truth beside an index (boxes and masks, one row per region, keyed by the
+# index's image_id; see cxrbench.index.regions): ``foo/bar.parquet`` -> ``foo/bar.regions.parquet``.
+# A cache holds its own copy in cache pixels beside its index: ``CACHE/index.regions.parquet``.
+REGIONS_SUFFIX = ".regions.parquet"
+REGIONS_META_KEY = b"cxrbench.regions"  # Parquet schema metadata: space (image/cache), index hash, ...
+
+
+def regions_path(index_path: str | os.PathLike) -> Path:
+    """``foo/bar.parquet`` -> ``foo/bar.regions.parquet`` (where an index's regions live)."""
+    p = Path(index_path)
+    return p.with_name(p.name.removesuffix(".parquet") + REGIONS_SUFFIX)
+
+
 # --- Contract 3: the cache -----------------------------------------------------------------------
 CACHE_IMAGES = "images.u8"  # raw uint8 [N, S, S], C order
 CACHE_INDEX = INDEX_FILE  # the index rows in cache order, plus cache_row
 CACHE_MANIFEST = "manifest.json"  # written last: its presence means the cache is complete
 CACHE_BUILD_DIR = ".build"  # only while a build runs: chunk records for resume
 CACHE_LOCK = ".prepare.lock"
+CACHE_REGIONS = "index.regions.parquet"  # optional: the index's regions in cache pixels (= regions_path)
 CACHE_FILES: tuple[str, ...] = (CACHE_IMAGES, CACHE_INDEX, CACHE_MANIFEST)
 # Frozen-backbone embeddings, written by `train --adaptation linear|knn` and the evaluation of knn runs
 # into a sub-folder of the cache (the cache's own files are never touched):
