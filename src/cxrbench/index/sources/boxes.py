@@ -22,40 +22,10 @@ from cxrbench.index.regions import make_regions
 from cxrbench.index.sources.tables import at_row, read_csv
 
 
-def read_boxes(
-    path: Path,
-    *,
-    id_col: str,
-    label_col: str | None,
-    coords: Sequence[str],
-    terms: Mapping[str, tuple[str, ...]],
-    xywh: bool = False,
-    reader_col: str | None = None,
-    grid: tuple[int, int] | None = None,
-    fixed_label: str | None = None,
-    rename: Mapping[str, str] | None = None,
-    id_of: Any = None,
-    df: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """(regions in the file's pixels, counts for the report) of a box list.
-
-    ``coords``: the columns of (x0, y0, x1, y1), or of (x, y, width, height) with ``xywh``.
-    ``terms`` maps the label column's terms to canonical findings (``fixed_label``: every box has
-    that term, RSNA). ``grid`` = (width, height) the release states for every image. ``id_of``
-    turns the id column into the index's image ids. ``df``: the file already read (same columns).
-    """
-    optional = [reader_col] if reader_col else []
-    label_cols = [label_col] if label_col else []
-    if df is None:
-        df = read_csv(
-            path,
-            required=[id_col, *label_cols, *coords],
-            optional=optional,
-            rename=rename,
-            numeric=list(coords),
-            ids=[],
-            text=[id_col, *label_cols, *optional],
-        )
+def _checked_boxes(df: pd.DataFrame, coords: Sequence[str], path: Path, xywh: bool,
+                   grid: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges clipped to the image, rows that have a box, rows clipped) of a box list; a partly blank,
+    empty, non-finite or outside box is an InputError naming its line."""
     xy = df[list(coords)].to_numpy(dtype=np.float64)
     blank = np.isnan(xy)
     none = blank.all(axis=1)
@@ -91,6 +61,43 @@ def read_boxes(
             where=at_row(path, r),
             fix="check that this is the official, unmodified file",
         )
+    return low, has, clipped
+
+def read_boxes(
+    path: Path,
+    *,
+    id_col: str,
+    label_col: str | None,
+    coords: Sequence[str],
+    terms: Mapping[str, tuple[str, ...]],
+    xywh: bool = False,
+    reader_col: str | None = None,
+    grid: tuple[int, int] | None = None,
+    fixed_label: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    id_of: Any = None,
+    df: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(regions in the file's pixels, counts for the report) of a box list.
+
+    ``coords``: the columns of (x0, y0, x1, y1), or of (x, y, width, height) with ``xywh``.
+    ``terms`` maps the label column's terms to canonical findings (``fixed_label``: every box has
+    that term, RSNA). ``grid`` = (width, height) the release states for every image. ``id_of``
+    turns the id column into the index's image ids. ``df``: the file already read (same columns).
+    """
+    optional = [reader_col] if reader_col else []
+    label_cols = [label_col] if label_col else []
+    if df is None:
+        df = read_csv(
+            path,
+            required=[id_col, *label_cols, *coords],
+            optional=optional,
+            rename=rename,
+            numeric=list(coords),
+            ids=[],
+            text=[id_col, *label_cols, *optional],
+        )
+    low, has, clipped = _checked_boxes(df, coords, path, xywh, grid)
     labels = (
         pd.Series(fixed_label, index=df.index, dtype="str")
         if fixed_label is not None
@@ -139,7 +146,7 @@ def read_boxes(
         height=[grid[1]] * n if grid else None,
         reader=reader,
     )
-    info: dict[str, Any] = {"file": str(path), "boxes": int(has.sum()), "rows_without_box": int(none.sum())}
+    info: dict[str, Any] = {"file": str(path), "boxes": int(has.sum()), "rows_without_box": int((~has).sum())}
     if clipped.any():
         info["clipped_to_image"] = int(clipped.sum())
     if unknown:
