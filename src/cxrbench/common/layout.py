@@ -76,7 +76,14 @@ PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 SUBGROUPS_FILE = "subgroups.json"  # beside metrics.json: per-subgroup metrics, gaps, underdiagnosis
 CALIBRATION_FILE = "calibration.json"  # beside metrics.json: ECE, Brier, slope, reliability, recalibration
-EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE)
+# beside metrics.json with `evaluate --localization`: saliency maps scored against the boxes and masks
+# (summary, settings) and the per-image scores behind it (paired tests between models)
+LOCALIZATION_FILE = "localization.json"
+LOCALIZATION_ROWS = "localization.parquet"
+# beside metrics.json with `evaluate --study-level max|mean`: the metrics of image scores aggregated per study
+STUDY_METRICS_FILE = "study_metrics.json"
+EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE, LOCALIZATION_FILE, LOCALIZATION_ROWS,
+                                     STUDY_METRICS_FILE)
 # A metadata-only baseline folder (`cxrbench shortcut`): the fitted model, plus eval/<split>/ as in a run.
 SHORTCUT_MODEL = "shortcut.json"
 # A folder of saliency overlays (`cxrbench predict --saliency OUT`): the list of the files written there.
