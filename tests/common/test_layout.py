@@ -12,7 +12,8 @@ NAMES = {layout.CACHE_IMAGES, layout.CACHE_INDEX, layout.CACHE_MANIFEST, layout.
          layout.CACHE_LOCK, layout.RUN_CONFIG, layout.RUN_LAST, layout.RUN_BEST_WEIGHTS, layout.RUN_BEST_META,
          layout.RUN_LOG, layout.RUN_TENSORBOARD, layout.PREDICTIONS_FILE, layout.METRICS_FILE, "last.pt",
          "checkpoints", layout.SUBGROUPS_FILE, layout.CALIBRATION_FILE, layout.SHORTCUT_MODEL,
-         layout.SALIENCY_MANIFEST}
+         layout.SALIENCY_MANIFEST, layout.LOCALIZATION_FILE, layout.LOCALIZATION_ROWS,
+         layout.STUDY_METRICS_FILE}
 
 
 def test_contract_file_names_are_spelled_only_in_layout():

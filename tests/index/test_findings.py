@@ -40,6 +40,11 @@ def test_study_label_sets_have_the_papers_sizes():
         "study-vindr-mimic": 8,
         "study-cxr14-mimic": 7,
         "study-padchest-mimic": 7,
+        # cxrbench's own (issue 24): the pediatric cohort and the external sets with localization truth
+        "study-vindr-pcxr": 6,
+        "rsna": 3,
+        "siim": 1,
+        "nih-google": 4,
     }
     assert {k: len(v) for k, v in PRESETS.items()} == sizes
     for name, findings in PRESETS.items():

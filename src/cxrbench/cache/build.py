@@ -18,12 +18,14 @@ import pandas as pd
 
 from cxrbench.cache.chunks import (
     collect_failures,
+    collect_shapes,
     collect_warnings,
     pending_jobs,
     read_chunk_records,
     run_jobs,
 )
 from cxrbench.cache.read import CACHE_FORMAT, CACHE_FORMAT_VERSION
+from cxrbench.cache.regions import refresh_regions, regions_of, shapes_by_id, write_cache_regions
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_lock, read_json
 from cxrbench.common.layout import CACHE_BUILD_DIR as BUILD_DIR
@@ -31,6 +33,7 @@ from cxrbench.common.layout import CACHE_IMAGES as IMAGES_FILE
 from cxrbench.common.layout import CACHE_INDEX as INDEX_FILE
 from cxrbench.common.layout import CACHE_LOCK as LOCK_FILE
 from cxrbench.common.layout import CACHE_MANIFEST as MANIFEST_FILE
+from cxrbench.common.layout import CACHE_REGIONS as REGIONS_FILE
 from cxrbench.common.provenance import stable_hash
 from cxrbench.index.schema import read_index, write_index
 
@@ -58,6 +61,7 @@ def prepare_cache(
     overwrite: bool = False,
     chunk_size: int | None = None,
     resample: str = "area",
+    regions: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Decode, preprocess and store every image of ``index`` once; returns the manifest.
 
@@ -75,6 +79,10 @@ def prepare_cache(
         overwrite: replace an existing cache or unfinished build that has a different recipe (the
             same recipe is never rebuilt: it is up to date or resumed; delete ``out`` to force).
         chunk_size: rows per work unit and resume granularity (default from N and workers).
+        regions: the index's localization ground truth (:mod:`cxrbench.index.regions`, image pixels);
+            for an index file, the ``X.regions.parquet`` beside it is used. They are carried into the
+            cache's pixels as ``index.regions.parquet`` (:mod:`cxrbench.cache.regions`); an up-to-date
+            cache gets them (again) when they are new or changed, without touching its images.
 
     Resumable: chunks finished before a kill are not redone. Idempotent: the same recipe and
     index into a complete cache does nothing. Raises InputError for bad arguments, a different
@@ -97,6 +105,7 @@ def prepare_cache(
     if not root.is_dir():
         raise InputError("dataset root is not a directory", where=str(root),
                          fix="pass the folder the index's paths are relative to as --root")
+    regions, region_source = regions_of(index, regions)
     recipe = {"size": size, "resize": resize, "equalize": bool(equalize), "resample": resample,
               "index_hash": index_hash(df, finding_names), "preprocess_version": PREPROCESS_VERSION}
     identity = _identity(recipe)
@@ -109,14 +118,16 @@ def prepare_cache(
     with _build_lock(out):
         up_to_date = _prepare_out_dir(out, recipe, identity, overwrite)
         if up_to_date is not None:
+            if refresh_regions(out, up_to_date, df, regions, region_source, root):
+                _say(f"{out}: localization ground truth written ({len(regions)} regions)", quiet)
             _say(f"nothing to do: {out} is up to date (same recipe and index)", quiet)
             return up_to_date
         return _build(df, finding_names, source, root, out, recipe, identity, shape, n_workers,
-                      skip_bad, quiet, chunk_size, started)
+                      skip_bad, quiet, chunk_size, started, (regions, region_source))
 
 
 def _build(df, finding_names, source, root, out, recipe, identity, shape, n_workers, skip_bad, quiet,
-           chunk_size, started) -> dict[str, Any]:
+           chunk_size, started, regions=(None, {})) -> dict[str, Any]:
     import time
 
     n = shape[0]
@@ -143,19 +154,25 @@ def _build(df, finding_names, source, root, out, recipe, identity, shape, n_work
         first = failures[0]
         raise InputError(f"none of the {n} images could be read (the first: {first['path']}: "
                          f"{first['reason']})", where=str(root), fix="check --root and the index's paths")
+    if regions[0] is not None:
+        regions = (*regions, shapes_by_id(df, keep, collect_shapes(final), regions[0], root))
     return _finish(out, df, finding_names, keep, failures, recipe, shape, source, root, n_workers, chunk,
-                   time.perf_counter() - started, collect_warnings(final))
+                   time.perf_counter() - started, collect_warnings(final), regions)
 
 
 def _finish(out: Path, df: pd.DataFrame, finding_names: list[str], keep: np.ndarray, failures: list[dict],
             recipe: dict[str, Any], shape: tuple[int, int, int], source: str | None, root: Path | None,
-            workers: int, chunk: int, seconds: float, warned: list[dict] | None = None) -> dict[str, Any]:
-    """images.u8 is written: add index.parquet, then manifest.json (last: the cache is complete)."""
+            workers: int, chunk: int, seconds: float, warned: list[dict] | None = None,
+            regions: tuple = (None, {})) -> dict[str, Any]:
+    """images.u8 is written: add index.parquet (and the regions), then manifest.json (last: the cache
+    is complete)."""
     cache_index = df.loc[keep].copy()
     cache_index["cache_row"] = np.flatnonzero(keep).astype(np.int64)
     cache_index = cache_index.reset_index(drop=True)
     _fsync_file(out / IMAGES_FILE)
     write_index(cache_index, out / INDEX_FILE, finding_names)
+    if regions[0] is not None:
+        write_cache_regions(out, regions[0], regions[2], recipe, regions[1])
     manifest = _manifest(recipe, shape, df, cache_index, failures, finding_names, source, root, workers,
                          chunk, seconds)
     manifest["warnings"] = list(warned or [])
@@ -166,12 +183,15 @@ def _finish(out: Path, df: pd.DataFrame, finding_names: list[str], keep: np.ndar
 
 def write_cache(out: str | os.PathLike, images: np.ndarray, index: pd.DataFrame,
                 findings: list[str] | None = None, *, resize: str = "stretch",
-                equalize: bool = True, resample: str = "area") -> dict[str, Any]:
+                equalize: bool = True, resample: str = "area", regions: pd.DataFrame | None = None,
+                source_shapes: np.ndarray | None = None) -> dict[str, Any]:
     """Store preprocessed images as a complete cache; returns the manifest.
 
     ``images`` is uint8 ``[N, S, S]`` (row i = index row i), ``index`` a Contract-2 frame (finding
     columns as for :func:`prepare_cache`); ``resize``/``equalize`` describe how the pixels were made.
-    ``out`` must be new or empty. The files are the ones :func:`prepare_cache` writes.
+    ``regions`` (image pixels) go into the cache with ``source_shapes``, the ``(N, 2)`` original
+    ``(H, W)`` of the images. ``out`` must be new or empty. The files are the ones
+    :func:`prepare_cache` writes.
     """
     import time
 
@@ -193,8 +213,17 @@ def write_cache(out: str | os.PathLike, images: np.ndarray, index: pd.DataFrame,
               "index_hash": index_hash(df, finding_names), "preprocess_version": PREPROCESS_VERSION}
     np.ascontiguousarray(images).tofile(out / IMAGES_FILE)
     keep = np.ones(len(df), dtype=bool)
+    carried: tuple = (None, {})
+    if regions is not None:
+        shapes = np.asarray(source_shapes) if source_shapes is not None else None
+        if shapes is None or shapes.shape != (len(df), 2):
+            raise InputError("regions need the original (H, W) of every image", where="write_cache",
+                             fix="pass source_shapes, an (N, 2) array")
+        carried = (*regions_of(df, regions),
+                   {i: (int(h), int(w))
+                    for i, (h, w) in zip(df["image_id"].astype(str), shapes, strict=True)})
     return _finish(out, df, finding_names, keep, [], recipe, tuple(images.shape), source, None, 1, len(df),
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, regions=carried)
 
 
 def index_hash(df: pd.DataFrame, findings: list[str]) -> str:
@@ -302,7 +331,7 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
         raise InputError(f"it holds {what} with a different recipe ({_describe(found)}) than "
                          f"requested ({_describe(recipe)})", where=str(out),
                          fix="choose another --out, or pass --overwrite to rebuild it")
-    for name in (MANIFEST_FILE, INDEX_FILE, IMAGES_FILE):  # manifest first: incomplete from now on
+    for name in (MANIFEST_FILE, INDEX_FILE, IMAGES_FILE, REGIONS_FILE):  # manifest first: incomplete now
         (out / name).unlink(missing_ok=True)
     remove_build_files(build)
     return None

@@ -104,14 +104,17 @@ def build_chunk(job: dict[str, Any]) -> int:
     images = np.memmap(out / IMAGES_FILE, dtype=np.uint8, mode="r+", shape=tuple(job["shape"]))
     failed = []
     noted: dict[str, list[str]] = {}
+    shapes: dict[str, list[int]] = _earlier_shapes(out, job)  # decoded (H, W) per row: regions need them
     for row, rel, image_id in zip(job["rows"], job["paths"], job["ids"], strict=True):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 full = resolve_inside(job["root"], rel,
                                       where=f"index row {int(row) + 1} (image_id {str(image_id)!r})")
-                images[row] = preprocess(read_image(full), job["size"], job["resize"], job["equalize"],
+                decoded = read_image(full)
+                images[row] = preprocess(decoded, job["size"], job["resize"], job["equalize"],
                                          job["resample"])
+                shapes[str(int(row))] = [int(decoded.shape[0]), int(decoded.shape[1])]
             except InputError as e:
                 failed.append({"row": int(row), "image_id": image_id, "path": rel, "reason": e.what})
             except Exception as e:
@@ -123,9 +126,31 @@ def build_chunk(job: dict[str, Any]) -> int:
     images.flush()
     del images
     record = {"chunk": job["chunk"], "start": job["start"], "stop": job["stop"], "failed": failed,
-              "warnings": {msg: files for msg, files in noted.items()}}
+              "warnings": {msg: files for msg, files in noted.items()}, "shapes": shapes}
     atomic_write_json(out / BUILD_DIR / "chunks" / f"{job['chunk']:07d}.json", record)
     return len(job["rows"])
+
+
+def _earlier_shapes(out: Path, job: dict[str, Any]) -> dict[str, list[int]]:
+    """The shapes an earlier run of this chunk recorded (a retry redoes only its failed rows)."""
+    path = out / BUILD_DIR / "chunks" / f"{job['chunk']:07d}.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(rec, dict) or rec.get("start") != job["start"] or rec.get("stop") != job["stop"]:
+        return {}
+    shapes = rec.get("shapes")
+    return dict(shapes) if isinstance(shapes, dict) else {}
+
+
+def collect_shapes(records: dict[int, dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """Row -> decoded ``(H, W)`` of every image the chunks read (records of older builds have none)."""
+    out: dict[int, tuple[int, int]] = {}
+    for rec in records.values():
+        for row, hw in (rec.get("shapes") or {}).items():
+            out[int(row)] = (int(hw[0]), int(hw[1]))
+    return out
 
 
 def warning_text(w: warnings.WarningMessage) -> str:

@@ -24,6 +24,8 @@ Used by the cache build and by prediction, so training and prediction see the sa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from cxrbench.common.errors import InputError
@@ -35,6 +37,34 @@ LEGACY_RESAMPLER = "pil-box"  # what a recipe without a resampler was made with
 _LEVELS = 65536
 
 
+class Geometry(NamedTuple):
+    """Where an ``(H, W)`` image goes in the ``size x size`` output: the source window taken
+    (``crop_top, crop_left, crop_height, crop_width``), resampled to ``content_height x content_width``
+    and placed at (``top, left``) of the output (the rest black). One definition for the pixels
+    (:func:`preprocess`) and the regions carried into a cache (:mod:`cxrbench.cache.regions`)."""
+
+    crop_top: int
+    crop_left: int
+    crop_height: int
+    crop_width: int
+    content_height: int
+    content_width: int
+    top: int
+    left: int
+
+
+def geometry(shape: tuple[int, int], size: int, resize: str) -> Geometry:
+    """The :class:`Geometry` of ``resize`` (stretch, pad or crop) for an image of ``shape``."""
+    h, w = int(shape[0]), int(shape[1])
+    if resize == "pad":
+        ch, cw = _fit_inside((h, w), size)
+        return Geometry(0, 0, h, w, ch, cw, (size - ch) // 2, (size - cw) // 2)
+    if resize == "crop":
+        side = min(h, w)
+        return Geometry((h - side) // 2, (w - side) // 2, side, side, size, size, 0, 0)
+    return Geometry(0, 0, h, w, size, size, 0, 0)
+
+
 def preprocess(img: np.ndarray, size: int = 224, resize: str = "stretch",
                equalize: bool = True, resample: str = "area") -> np.ndarray:
     """Decoded image (float [0, 1] ``(H, W)``, or uint8) -> ``uint8 (size, size)``."""
@@ -42,18 +72,15 @@ def preprocess(img: np.ndarray, size: int = 224, resize: str = "stretch",
     check_choice("resample", resample, RESAMPLERS)
     size = _check_size(size)
     x = _as_float(img)
-    if resize == "pad":
-        content = resize_to(x, *_fit_inside(x.shape, size), resample=resample)
+    g = geometry(x.shape, size, resize)
+    x = x[g.crop_top : g.crop_top + g.crop_height, g.crop_left : g.crop_left + g.crop_width]
+    content = resize_to(x, g.content_height, g.content_width, resample=resample)
+    if resize == "pad":  # equalized on the content only: the border stays black
         out = np.zeros((size, size), dtype=np.uint8)
-        top, left = (size - content.shape[0]) // 2, (size - content.shape[1]) // 2
-        out[top : top + content.shape[0], left : left + content.shape[1]] = _quantize(content, equalize)
+        rows, cols = slice(g.top, g.top + g.content_height), slice(g.left, g.left + g.content_width)
+        out[rows, cols] = _quantize(content, equalize)
         return out
-    if resize == "crop":
-        h, w = x.shape
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        x = x[top : top + side, left : left + side]
-    return _quantize(resize_to(x, size, size, resample=resample), equalize)
+    return _quantize(content, equalize)
 
 
 def resize_to(x: np.ndarray, height: int, width: int, resample: str = "area") -> np.ndarray:

@@ -62,6 +62,14 @@ class Cache:
         """Number of image slots in images.u8 (at least the number of index rows)."""
         return int(self.shape[0])
 
+    def regions(self) -> pd.DataFrame:
+        """The localization ground truth in cache pixels (``index.regions.parquet``, the table of
+        :mod:`cxrbench.index.regions` with ``width = height = size``), keyed by ``image_id``;
+        InputError when the cache has none (:func:`cxrbench.cache.regions.read_cache_regions`)."""
+        from cxrbench.cache.regions import read_cache_regions
+
+        return read_cache_regions(self.path)[0]
+
     def columns(self, names: list[str]) -> pd.DataFrame:
         """Only the index columns ``names``, in cache order (``cache_row`` checked when asked for).
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from cxrbench.commands import _localization as loc
 from cxrbench.commands._help import fold_paragraphs
 from cxrbench.common.errors import InputError
 
@@ -52,6 +53,7 @@ validation does.
 
   cxrbench evaluate runs/nih-dinov2 --external cache/vindr --out external/nih-on-vindr
 """
+HELP += "\n" + loc.HELP + "\n"
 
 
 def parse_list(value: str | None, where: str) -> tuple[str, ...] | None:
@@ -159,20 +161,26 @@ def register(app: typer.Typer) -> None:
                                                   "(needs --out)."),
         out: Path | None = typer.Option(None, "--out", help="With --external: the folder its "
                                         "predictions.parquet, metrics.json and operating.json go to."),
+        localization: bool = typer.Option(False, "--localization", help=loc.OPTION_HELP["localization"]),
+        saliency_method: str = typer.Option("gradcam", "--saliency-method", help=loc.OPTION_HELP["method"]),
+        localization_level: list[float] | None = typer.Option(None, help=loc.OPTION_HELP["level"]),
+        hit_iou: float = typer.Option(0.1, "--hit-iou", help=loc.OPTION_HELP["hit_iou"]),
+        study_level: str | None = typer.Option(None, "--study-level", help=loc.OPTION_HELP["study_level"]),
     ) -> None:
         from cxrbench.common.fileio import atomic_write_text, json_safe
         from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
         fixed = parse_thresholds(threshold)
+        loc_opts = loc.localization_options(run, localization, saliency_method, localization_level, hit_iou)
+        boot = {"n_resamples": n_bootstrap, "seed": seed, "cluster": cluster, "ci_level": ci}
         if external is not None or out is not None:
-            result = evaluate_external_cmd(run, external, out, split=split, n_resamples=n_bootstrap,
-                                           seed=seed, cluster=cluster, threshold_from=threshold_from,
-                                           thresholds=fixed, ci_level=ci, batch_size=batch_size,
-                                           device=device)
+            result = evaluate_external_cmd(run, external, out, split=split, threshold_from=threshold_from,
+                                           thresholds=fixed, batch_size=batch_size, device=device, **boot)
             if not quiet:
                 print_metrics(result)
                 typer.echo(f"wrote {out}")
+            loc.score_localization(run, split, loc_opts, external, out, device, quiet, boot)
             return
         if out_json and out_json != "-":
             from cxrbench.common.fileio import check_writable
@@ -190,7 +198,7 @@ def register(app: typer.Typer) -> None:
                                   repredict=repredict, predict_kwargs=predict_kwargs,
                                   subgroups=sub_opts, calibration=cal_opts,
                                   on_conflict="overwrite" if overwrite
-                                  else ("keep" if out_json else "refuse"))
+                                  else ("keep" if out_json else "refuse"), study_level=study_level)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         written = result.pop("written", True)
@@ -209,6 +217,9 @@ def register(app: typer.Typer) -> None:
             if written:
                 typer.echo(f"wrote {path}")
                 print_extras(run, split, no_subgroups)
+                loc.print_study_level(run, split)
+        # with the evaluation's bootstrap settings (its own files: also when metrics.json was kept)
+        loc.score_localization(run, split, loc_opts, cache, None, device, quiet or out_json == "-", boot)
 
 
 def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_bands: str | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,7 +26,8 @@ def register(app: typer.Typer) -> None:
     @app.command("index", help=_HELP)
     def index(
         dataset: str = typer.Option(
-            ..., "--dataset", "-d", help="nih, chexpert, mimic, padchest, vindr or csv (with --mapping)."
+            ..., "--dataset", "-d", help="nih, chexpert, mimic, padchest, vindr, vindr-pcxr, rsna, siim, "
+            "nih-google or csv (with --mapping)."
         ),
         root: Path = typer.Option(
             ..., "--root", help="The dataset folder, as released (paths are relative to it)."
@@ -37,8 +39,9 @@ def register(app: typer.Typer) -> None:
             "all",
             "--labels",
             help="A preset (study-vindr, study-cxr14, study-chexpert, "
-            "study-padchest, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
-            "study-padchest-mimic, all) or a comma-separated list of findings and presets "
+            "study-padchest, study-vindr-pcxr, study-mimic, study-vindr-mimic, study-cxr14-mimic, "
+            "study-padchest-mimic, rsna, siim, nih-google, all) or a comma-separated list of findings "
+            "and presets "
             "(e.g. study-mimic,edema).",
         ),
         uncertain: str = typer.Option(
@@ -97,6 +100,11 @@ def register(app: typer.Typer) -> None:
         mapping: Path | None = typer.Option(
             None, "--mapping", help="YAML mapping of a csv dataset (see configs/uka-cxr.yaml)."
         ),
+        demographics: Path | None = typer.Option(
+            None, "--demographics",
+            help="CheXpert: the released demographics table (CHEXPERT DEMO.xlsx or a CSV export) when it "
+            "is not in --root; adds race and ethnicity (and insurance where released) as subgroup columns.",
+        ),
         check_files: bool = typer.Option(
             False, "--check-files", help="Every image must exist (a missing one is an error)."
         ),
@@ -117,18 +125,20 @@ def register(app: typer.Typer) -> None:
             split_seed=split_seed, split_fractions=split_fractions, carve=carve, readers=readers,
             labeler=labeler,
             radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
+            demographics=demographics,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
         df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
-
         if not quiet:
-            counts = df["split"].value_counts()
-            pats = df.groupby("split")["patient_id"].nunique()
-            parts = "; ".join(f"{s} {int(counts.get(s, 0)):,} images / {int(pats.get(s, 0)):,} patients"
-                              for s in ("train", "val", "test"))
-            typer.echo(
-                f"wrote {out}: {len(df):,} images of {df['patient_id'].nunique():,} patients ({parts}), "
-                f"{len(findings)} findings; split {report['split']['method']}; "
-                f"report {index_report_path(out)}"
-            )
+            typer.echo(f"wrote {out}: {summary_line(df, findings, report)}; report {index_report_path(out)}")
+
+
+def summary_line(df: Any, findings: list[str], report: dict) -> str:
+    """``N images of P patients (train N images / P patients; ...), K findings; split METHOD``."""
+    counts = df["split"].value_counts()
+    pats = df.groupby("split")["patient_id"].nunique()
+    parts = "; ".join(f"{s} {int(counts.get(s, 0)):,} images / {int(pats.get(s, 0)):,} patients"
+                      for s in ("train", "val", "test"))
+    return (f"{len(df):,} images of {df['patient_id'].nunique():,} patients ({parts}), {len(findings)} "
+            f"findings; split {report['split']['method']}")

@@ -23,12 +23,26 @@ def index_report_path(index_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".parquet") + INDEX_REPORT_SUFFIX)
 
 
+# The localization ground truth beside an index (boxes and masks, one row per region, keyed by the
+# index's image_id; see cxrbench.index.regions): ``foo/bar.parquet`` -> ``foo/bar.regions.parquet``.
+# A cache holds its own copy in cache pixels beside its index: ``CACHE/index.regions.parquet``.
+REGIONS_SUFFIX = ".regions.parquet"
+REGIONS_META_KEY = b"cxrbench.regions"  # Parquet schema metadata: space (image/cache), index hash, ...
+
+
+def regions_path(index_path: str | os.PathLike) -> Path:
+    """``foo/bar.parquet`` -> ``foo/bar.regions.parquet`` (where an index's regions live)."""
+    p = Path(index_path)
+    return p.with_name(p.name.removesuffix(".parquet") + REGIONS_SUFFIX)
+
+
 # --- Contract 3: the cache -----------------------------------------------------------------------
 CACHE_IMAGES = "images.u8"  # raw uint8 [N, S, S], C order
 CACHE_INDEX = INDEX_FILE  # the index rows in cache order, plus cache_row
 CACHE_MANIFEST = "manifest.json"  # written last: its presence means the cache is complete
 CACHE_BUILD_DIR = ".build"  # only while a build runs: chunk records for resume
 CACHE_LOCK = ".prepare.lock"
+CACHE_REGIONS = "index.regions.parquet"  # optional: the index's regions in cache pixels (= regions_path)
 CACHE_FILES: tuple[str, ...] = (CACHE_IMAGES, CACHE_INDEX, CACHE_MANIFEST)
 # Frozen-backbone embeddings, written by `train --adaptation linear|knn` and the evaluation of knn runs
 # into a sub-folder of the cache (the cache's own files are never touched):
@@ -62,7 +76,14 @@ PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 SUBGROUPS_FILE = "subgroups.json"  # beside metrics.json: per-subgroup metrics, gaps, underdiagnosis
 CALIBRATION_FILE = "calibration.json"  # beside metrics.json: ECE, Brier, slope, reliability, recalibration
-EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE)
+# beside metrics.json with `evaluate --localization`: saliency maps scored against the boxes and masks
+# (summary, settings) and the per-image scores behind it (paired tests between models)
+LOCALIZATION_FILE = "localization.json"
+LOCALIZATION_ROWS = "localization.parquet"
+# beside metrics.json with `evaluate --study-level max|mean`: the metrics of image scores aggregated per study
+STUDY_METRICS_FILE = "study_metrics.json"
+EVAL_EXTRA_FILES: tuple[str, ...] = (SUBGROUPS_FILE, CALIBRATION_FILE, LOCALIZATION_FILE, LOCALIZATION_ROWS,
+                                     STUDY_METRICS_FILE)
 # A metadata-only baseline folder (`cxrbench shortcut`): the fitted model, plus eval/<split>/ as in a run.
 SHORTCUT_MODEL = "shortcut.json"
 # A folder of saliency overlays (`cxrbench predict --saliency OUT`): the list of the files written there.

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json
-from cxrbench.common.layout import CALIBRATION_FILE, RUN_CONFIG, SUBGROUPS_FILE
+from cxrbench.common.layout import CALIBRATION_FILE, RUN_CONFIG, STUDY_METRICS_FILE, SUBGROUPS_FILE
 from cxrbench.common.provenance import provenance
 from cxrbench.common.validation import check_choice
 from cxrbench.evaluate.analysis import (
@@ -136,7 +136,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
                  memory_bytes: int = bs.DEFAULT_MEMORY_BYTES,
                  subgroups: SubgroupOptions | bool | None = None,
                  calibration: CalibrationOptions | bool | None = None,
-                 on_conflict: str = "refuse") -> dict:
+                 on_conflict: str = "refuse", study_level: str | None = None) -> dict:
     """Predict (when needed), evaluate and write ``RUN/eval/SPLIT/{predictions.parquet,metrics.json}``.
 
     ``subgroups`` / ``calibration``: None (default) computes ``subgroups.json`` when the metadata is
@@ -149,7 +149,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
     metrics.json computed with other settings (bootstrap count, seed, cluster, CI level, threshold
     policy) is, by ``on_conflict``: ``"refuse"`` (an error naming the settings), ``"overwrite"``
     (replaced) or ``"keep"`` (left as it is, with its sibling files; the metrics are only returned).
-    Returns the metrics dict, with ``"written"``: whether metrics.json was written.
+    ``study_level`` (``max`` or ``mean``): also ``study_metrics.json``, the same metrics of the image
+    scores aggregated per study (:mod:`cxrbench.evaluate.studylevel`; study ids from the metadata
+    source of the subgroups). Returns the metrics dict, with ``"written"``: whether metrics.json was
+    written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -158,6 +161,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
     check_choice("--split", split, ("train", "val", "test"))
     check_choice("--cluster", cluster, bs.CLUSTERS)
     check_choice("on_conflict", on_conflict, ON_CONFLICT)
+    if study_level is not None:
+        from cxrbench.evaluate.studylevel import AGGREGATIONS
+
+        check_choice("--study-level", study_level, AGGREGATIONS)
     source = threshold_source(threshold_from, thresholds)
     metrics_path = eval_dir(run_dir, split) / METRICS_FILE
     conflict = None
@@ -208,6 +215,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
             test_ps, recal_val if cal_opts.recalibrate is not None else None, options=cal_opts,
             n_resamples=n_resamples, seed=seed, cluster=cluster, ci_level=ci_level,
             memory_bytes=memory_bytes, same_split=split == "val")
+    if study_level is not None:
+        extras[STUDY_METRICS_FILE] = _study_level(
+            run_dir, study_level, test_ps, val_ps if source == "val" else None,
+            (sub_opts.metadata if sub_opts is not None else None) or (predict_kwargs or {}).get("cache_dir"),
+            n_resamples=n_resamples, seed=seed, cluster=cluster, threshold_from=threshold_from,
+            thresholds=thresholds, ci_level=ci_level, memory_bytes=memory_bytes)
     out_dir = eval_dir(run_dir, split)
     if val_meta is not None:
         write_predictions(val_df, eval_dir(run_dir, "val") / PREDICTIONS_FILE, val_meta)
@@ -226,6 +239,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
         _remove_stale(out_dir, keep=set(extras))
         atomic_write_json(metrics_path, result)  # json_safe: NaN -> null, inf -> "inf"
     return {**result, "written": conflict is None}
+
+
+def _study_level(run_dir: Path, how: str, test_ps: PredictionSet, val_ps: PredictionSet | None,
+                 metadata: Any, **scoring: Any) -> dict:
+    """``study_metrics.json``: the metrics of the image scores aggregated per study."""
+    from cxrbench.evaluate.studylevel import study_level_metrics
+
+    source = metadata or _run_cache(run_dir)
+    return study_level_metrics(test_ps, val_ps, source, how, where=f"predictions of {run_dir}", **scoring)
 
 
 def _options(value, cls):
@@ -250,8 +272,10 @@ def _run_cache(run_dir: Path) -> Path | None:
 
 
 def _remove_stale(out_dir: Path, keep: set[str]) -> None:
-    """Remove subgroups.json / calibration.json written by an earlier evaluation and not rewritten now."""
-    formats = {SUBGROUPS_FILE: SUBGROUPS_FORMAT, CALIBRATION_FILE: CALIBRATION_FORMAT}
+    """Remove subgroups.json / calibration.json / study_metrics.json written by an earlier evaluation and
+    not rewritten now."""
+    formats = {SUBGROUPS_FILE: SUBGROUPS_FORMAT, CALIBRATION_FILE: CALIBRATION_FORMAT,
+               STUDY_METRICS_FILE: METRICS_FORMAT}
     for name, fmt in formats.items():
         path = out_dir / name
         if name in keep or not path.is_file():

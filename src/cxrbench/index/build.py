@@ -16,8 +16,9 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_sha256
-from cxrbench.common.layout import index_report_path
+from cxrbench.common.layout import index_report_path, regions_path
 from cxrbench.common.provenance import provenance
+from cxrbench.index.regions import attach_regions, regions_meta, write_regions
 from cxrbench.index.schema import write_index
 from cxrbench.index.sources import get_source
 from cxrbench.index.sources.base import IndexOptions, finalize, recount_splits
@@ -54,7 +55,8 @@ def build_index(
         raise InputError(
             "dataset root is not a folder", where=str(root), fix="pass the folder holding the release"
         )
-    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping)):
+    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping),
+                        ("--demographics", opts.demographics)):
         if value is not None and not Path(value).is_file():
             raise InputError(f"{name} file not found", where=str(value), fix="check the path")
     data = adapter(root, opts)
@@ -77,6 +79,10 @@ def build_index(
         if found is not None and not found.all():
             what, fix = missing_images(int((~found).sum()), len(df), root, checked)
             report.setdefault("warnings", []).append(f"{what}; {fix}")
+    regions, report_regions = attach_regions(data.regions, df, where=", ".join(
+        str(p) for p in report.get("files", {}).values()) or data.dataset)
+    if report_regions:
+        report["regions"] = report_regions
     report = {
         "dataset": data.dataset,
         "root": str(root),
@@ -89,5 +95,19 @@ def build_index(
         write_index(df, out, findings)
         report["index_sha256"] = file_sha256(out)
         report["provenance"] = provenance()
+        _write_regions(regions, out, data.dataset, report)
         atomic_write_json(index_report_path(out), report)
     return df, findings, report
+
+
+def _write_regions(regions: pd.DataFrame, out: str | os.PathLike, dataset: str,
+                   report: dict[str, Any]) -> None:
+    """The regions beside the index (``X.regions.parquet``), tied to it by its hash; an earlier regions
+    file cxrbench wrote there is removed when this index has none (it described another index)."""
+    path = regions_path(out)
+    if len(regions):
+        write_regions(regions, path, {"space": "image", "dataset": dataset,
+                                      "index_sha256": report["index_sha256"]})
+        report["regions"]["file"] = str(path)
+    elif path.is_file() and regions_meta(path) is not None:
+        path.unlink()

@@ -15,18 +15,59 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, ensure_dir
+from cxrbench.common.layout import regions_path
 from cxrbench.common.progress import make_progress
 from cxrbench.common.validation import check_choice
+from cxrbench.index.regions import (
+    decode_rle,
+    empty_regions,
+    encode_rle,
+    make_regions,
+    mask_box,
+    write_regions,
+)
 from cxrbench.index.schema import validate_index, write_index
 from cxrbench.phantom.anatomy import sample_params
 from cxrbench.phantom.cohort import check_prevalence, check_views, sample_cohort
 from cxrbench.phantom.formats import FORMATS
-from cxrbench.phantom.render import render
+from cxrbench.phantom.formats.base import MASK_THRESHOLD, REGION_MASKS
+from cxrbench.phantom.render import BOX_NAMES, render
 from cxrbench.phantom.style import site_style
 
 MARKER_DIR = "_phantom"
 TRUTH_FILE = "truth.parquet"
 INFO_FILE = "phantom.json"  # the marker: what was generated and every file written
+
+
+def truth_regions(truth: pd.DataFrame, drawn: dict[str, dict[str, str]], masks_of: dict[str, tuple[str, ...]],
+                  size: int) -> pd.DataFrame:
+    """One mask region per (image, positive truth finding drawn in a known region)."""
+    fields = ("image_id", "finding", "kind", "x0", "y0", "x1", "y1", "mask")
+    cols: dict[str, list[Any]] = {k: [] for k in fields}
+    findings = [f for f in truth.columns if f in masks_of]
+    values = {f: truth[f].to_numpy(dtype=np.float64) for f in findings}
+    ids = truth["image_id"].to_numpy(dtype=object)
+    for i, image_id in enumerate(ids):
+        codes = drawn.get(str(image_id), {})
+        for f in findings:
+            names = [n for n in masks_of[f] if n in codes]
+            if values[f][i] != 1 or not names:
+                continue
+            if len(names) == 1:
+                code = codes[names[0]]
+                mask = decode_rle(code, size, size, "phantom")
+            else:
+                mask = np.logical_or.reduce([decode_rle(codes[n], size, size, "phantom") for n in names])
+                code = encode_rle(mask)
+            box = mask_box(mask)
+            if box is None:
+                continue
+            for k, v in zip(fields, (ids[i], f, "mask", *box, code), strict=True):
+                cols[k].append(v)
+    if not cols["image_id"]:
+        return empty_regions()
+    n = len(cols["image_id"])
+    return make_regions(**cols, label=cols["finding"], width=[size] * n, height=[size] * n)
 
 
 def format_options(fmt: str) -> dict[str, Any]:
@@ -121,6 +162,9 @@ def generate(
     ``mild_rate``, ``val_fraction``/``test_fraction`` (where the format has that split), ``batch_size``,
     ``quiet``, ``overwrite``; plus the format's own (``format_options(fmt)``).
     Everything but ``_phantom/phantom.json`` is byte-identical for identical arguments.
+    The truth's localization ground truth (every positive finding drawn in a known region: the
+    union of its render masks, as masks in the written images' pixels) goes beside it in the regions
+    table (``_phantom/truth.regions.parquet``, :mod:`cxrbench.index.regions`).
     """
     fmt = check_choice("--format", fmt, FORMATS)
     cls = FORMATS[fmt]
@@ -159,6 +203,7 @@ def generate(
     params = sample_params(plan, rng_anat)
 
     staging = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out))
+    drawn: dict[str, dict[str, str]] = {}  # image id -> mask name -> run-length code (non-empty masks)
     try:
         records = plan.to_dict("records")
         batch = int(opts["batch_size"])
@@ -166,11 +211,17 @@ def generate(
             task = progress.add_task(f"phantom {fmt}", total=len(plan))
             for start in range(0, len(plan), batch):
                 chunk = params.iloc[start : start + batch]
-                if cls.needs_boxes:
-                    imgs, boxes = render(chunk, int(size), style, batch_size=batch, return_boxes=True)
-                else:
-                    imgs, boxes = render(chunk, int(size), style, batch_size=batch), None
+                # masks for the truth regions; boxes from the same masks are those of the box-only path
+                got = render(chunk, int(size), style, batch_size=batch, return_masks=True,
+                             return_boxes=cls.needs_boxes)
+                imgs, masks = got[0], got[1]
+                boxes = got[2] if cls.needs_boxes else None
                 for j in range(len(chunk)):
+                    on = {k: masks[k][j] > MASK_THRESHOLD for k in BOX_NAMES}
+                    codes = {k: encode_rle(m) for k, m in on.items() if m.any()}
+                    drawn[str(records[start + j]["image_id"])] = codes
+                    if cls.needs_masks:
+                        writer.take_masks(records[start + j], on)
                     b = None
                     if boxes is not None:
                         b = {
@@ -184,6 +235,10 @@ def generate(
         validate_index(truth, list(cls.truth_findings), where=f"phantom truth ({fmt})")
         (staging / MARKER_DIR).mkdir(exist_ok=True)
         write_index(truth, staging / MARKER_DIR / TRUTH_FILE, list(cls.truth_findings))
+        regions = truth_regions(truth, drawn, {**REGION_MASKS, **cls.region_masks}, int(size))
+        if len(regions):
+            write_regions(regions, regions_path(staging / MARKER_DIR / TRUTH_FILE),
+                          {"space": "image", "dataset": fmt, "phantom": True})
         info = {
             "format": fmt,
             "n_patients": int(n_patients),

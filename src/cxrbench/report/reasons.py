@@ -1,7 +1,9 @@
 """The report section "Right for the right reasons?": per dataset, the metadata-only shortcut
 baseline against every image model, the largest subgroup gaps and underdiagnosis, calibration
-(with a reliability diagram) and the saliency gallery of the best initialization; the operating
-points of external validation. Rendered from :class:`~cxrbench.report.results.Analyses` with the
+(with a reliability diagram), the saliency gallery of the best initialization and, beside it, the
+saliency scored against the boxes and masks (pointing game, energy, IoU and hit against chance, inits
+against each other; :mod:`cxrbench.report.localization`); the operating points of external
+validation. Rendered from :class:`~cxrbench.report.results.Analyses` with the
 renderers of :mod:`cxrbench.report.subgroups`, :mod:`~cxrbench.report.calibration`,
 :mod:`~cxrbench.report.shortcut` and :mod:`~cxrbench.report.saliency`.
 """
@@ -27,6 +29,20 @@ def _first(df: pd.DataFrame, dataset: str, res: StudyResults) -> pd.DataFrame:
     return sel
 
 
+def _localization(loc: pd.DataFrame, tests: pd.DataFrame, dataset: str, add: Callable, alpha: float) -> None:
+    """Saliency scored against the regions (per adaptation method), and the inits against each other."""
+    from cxrbench.report.localization import localization_table, localization_tests_table
+
+    for adaptation, g in loc.groupby("adaptation", sort=False):
+        how = "" if adaptation == "full" else f" ({adaptation})"
+        add(localization_table(g, caption=f"{dataset}{how}: is the saliency on the finding? Maps against the "
+                                          "boxes and masks"))
+        t = tests[tests["adaptation"] == adaptation] if len(tests) else tests
+        if len(t):
+            add(localization_tests_table(t, caption=f"{dataset}{how}: localization, init against init",
+                                         alpha=alpha))
+
+
 def reasons_section(res: StudyResults, html_parts: list[str], md_parts: list[str],
                     toc: list[tuple[str, str, int]], fig: Callable, figures: dict[str, bytes]) -> None:
     """Append the section to the report (nothing when no analysis result exists)."""
@@ -37,7 +53,7 @@ def reasons_section(res: StudyResults, html_parts: list[str], md_parts: list[str
 
     a = res.analyses
     kinds = ("subgroups", "calibration", "shortcut", "operating")
-    if all(getattr(a, k).empty for k in kinds) and not a.examples:
+    if all(getattr(a, k).empty for k in (*kinds, "localization")) and not a.examples:
         return
     toc.append(("reasons", "Right for the right reasons?", 1))
     html_parts.append('<h2 id="reasons">Right for the right reasons?</h2>')
@@ -56,7 +72,8 @@ def reasons_section(res: StudyResults, html_parts: list[str], md_parts: list[str
         sc = a.shortcut[a.shortcut["dataset"] == d] if len(a.shortcut) else a.shortcut
         gaps, under = _first(a.gaps, d, res), _first(a.underdiagnosis, d, res)
         cal, sub = _first(a.calibration, d, res), _first(a.subgroups, d, res)
-        if sc.empty and gaps.empty and cal.empty and d not in a.examples:
+        loc, loc_tests = _first(a.localization, d, res), _first(a.localization_tests, d, res)
+        if sc.empty and gaps.empty and cal.empty and loc.empty and d not in a.examples:
             continue
         sec = H.slug(f"reasons-{d}")
         toc.append((sec, d, 2))
@@ -100,6 +117,8 @@ def reasons_section(res: StudyResults, html_parts: list[str], md_parts: list[str
             text, files = gallery_markdown(ex, folder=f"figures/saliency-{d}", caption=cap)
             md_parts.append(text)
             figures.update({p.removeprefix("figures/"): png for p, png in files.items()})
+        if len(loc):
+            _localization(loc, loc_tests, d, add, res.alpha)
     if len(a.operating):
         op = a.operating
         for (train, test, init), g in op.groupby(["train_dataset", "test_dataset", "init"], sort=False):

@@ -89,7 +89,10 @@ class Analyses:
     ece_hi, brier, slope, intercept), ``reliability`` (first seed), ``shortcut`` (each image model
     against the metadata-only baseline: compare rows + beats_shortcut, warning), ``operating``
     (external validation: source threshold vs the target's optimum), ``examples`` (dataset -> top
-    true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init), ``notes``.
+    true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init),
+    ``localization`` (saliency scored against the regions: dataset, recipe, adaptation, seed, init and
+    the summary columns of :mod:`cxrbench.evaluate.localization_stats`), ``localization_tests`` (paired
+    tests between inits on the same images), ``notes``.
     """
 
     subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -101,6 +104,8 @@ class Analyses:
     operating: pd.DataFrame = field(default_factory=pd.DataFrame)
     examples: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    localization: pd.DataFrame = field(default_factory=pd.DataFrame)
+    localization_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass

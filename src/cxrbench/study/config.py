@@ -28,6 +28,7 @@ from cxrbench.study.sections import (
     ComparisonSpec,
     EvaluationSpec,
     ExternalSpec,
+    LocalizationSpec,
     RecipeSpec,
     Strict,
     adaptation_list,
@@ -257,6 +258,9 @@ class StudyConfig(Strict):
         "clean", description="models external validation scores: clean = trained on all labels without "
         "noise (every adaptation method), all = every label budget and noise level too",
         json_schema_extra=ADDED_LATER)
+    localization: LocalizationSpec | None = Field(
+        None, description="score every run's saliency maps against the boxes and masks of its evaluation "
+        "split (true: the defaults)", json_schema_extra=ADDED_LATER)
     prepare_workers: int | None = Field(None, ge=1, le=256, description="workers of the cache build")
     executor: ExecutorSpec = Field(ExecutorSpec(), description="where steps run (not hashed)")
     tracker: TrackerSpec | None = Field(None, description="experiment tracker of the runs (not hashed)")
@@ -284,6 +288,11 @@ class StudyConfig(Strict):
         if isinstance(v, dict):
             return {k: ({"init": s} if isinstance(s, str) else s) for k, s in v.items()}
         return v
+
+    @field_validator("localization", mode="before")
+    @classmethod
+    def _localization(cls, v: Any) -> Any:
+        return ({} if v else None) if isinstance(v, bool) else v  # `localization: true` / `false`
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -376,6 +385,9 @@ class StudyConfig(Strict):
                 for i in e.inits or ():
                     if i not in self.inits:
                         raise ValueError(_unknown("external.inits: init", i, self.inits))
+        for d in (self.localization.datasets or ()) if self.localization is not None else ():
+            if d not in self.datasets:
+                raise ValueError(_unknown("localization.datasets: dataset", d, self.datasets))
         return self
 
     # --- derived views ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cxrbench.study.steps import (
     EvalParams,
     ExternalParams,
     IndexParams,
+    LocalizationParams,
     Plan,
     PooledParams,
     ShortcutParams,
@@ -145,7 +146,7 @@ def run_eval(step: Step, ctx: Context) -> None:
     evaluate_run(p.run, ev.split, repredict=True, predict_kwargs={"batch_size": ev.batch_size,
                                                                     "device": ctx.device},
                  on_conflict="overwrite",  # the study's own eval step: its key names the settings
-                 **evaluation_args(ev))
+                 study_level=ev.study_level, **evaluation_args(ev))
 
 
 def run_external(step: Step, ctx: Context) -> None:
@@ -228,6 +229,19 @@ def run_pooled(step: Step, ctx: Context) -> None:
                               "condition": p.condition.as_dict, "fdr": c.fdr})
 
 
+def run_localization(step: Step, ctx: Context) -> None:
+    """A run's saliency maps scored against the regions of its evaluation split (pointing game, energy,
+    IoU and hit against chance, :func:`cxrbench.evaluate.localization.evaluate_localization`)."""
+    from cxrbench.evaluate.localization import LocalizationOptions, evaluate_localization
+
+    p: LocalizationParams = step.params
+    loc, ev = p.localization, p.evaluation
+    options = LocalizationOptions(method=loc.method, levels=loc.levels, hit_iou=loc.hit_iou,
+                                  batch_size=loc.batch_size)
+    evaluate_localization(p.run, ev.split, cache_dir=p.cache, device=ctx.device, out_dir=step.out,
+                          options=options, missing_ok=not p.required, **_resample_args(ev))
+
+
 def run_report(step: Step, ctx: Context) -> None:
     """Gather every result of the study and write index.html, report.md and results.csv."""
     from cxrbench.report.write import write_report
@@ -248,5 +262,6 @@ EXECUTORS: dict[str, Executor] = {
     "compare": run_compare,
     "shortcut": run_shortcut,
     "pooled": run_pooled,
+    "localization": run_localization,
     "report": run_report,
 }

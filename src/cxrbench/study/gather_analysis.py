@@ -20,6 +20,7 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import read_json_or_none
 from cxrbench.common.layout import CALIBRATION_FILE, OPERATING_FILE, SUBGROUPS_FILE, predictions_path
 from cxrbench.report.results import Analyses
+from cxrbench.study.gather_localization import gather_localization
 from cxrbench.study.steps import Plan
 
 
@@ -68,6 +69,8 @@ def gather_analyses(plan: Plan, mean_auroc: pd.DataFrame | None = None, saliency
     out.subgroups, out.gaps, out.underdiagnosis = cat["sub"], cat["gaps"], cat["under"]
     out.calibration, out.reliability, out.operating = cat["cal"], cat["rel"], cat["op"]
     out.shortcut = _shortcut_checks(plan, [s for s in evals if s.params.seed == first_seed], ev)
+    out.localization, out.localization_tests, notes = gather_localization(plan)
+    out.notes += notes
     if saliency:
         firsts = [s for s in evals if s.params.seed == first_seed]
         out.examples = _galleries(plan, firsts, mean_auroc, out.notes)

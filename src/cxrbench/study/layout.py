@@ -10,6 +10,7 @@
     OUT/runs/<dataset>/<recipe>/<init>/s<seed>/ a fine-tuning run (Contract 4), eval/ inside
     OUT/external/<A>-on-<B>/<recipe>/<init>/s<seed>/   a run of A scored on B
     OUT/compare/<dataset>/<recipe>/s<seed>/     comparison.json + comparison.csv
+    OUT/localization/<dataset>/<recipe>/<init>/s<seed>/   saliency scored against the regions
     OUT/report/                                 index.html, report.md, results.csv, figures/
     OUT/.steps/<step id>.json                   step markers (running, done, failed)
     OUT/.stale/, OUT/.locks/, OUT/.cache/       set-aside outputs, step locks, the weight-hash cache
@@ -72,6 +73,11 @@ class StudyLayout:
 
     def compare_dir(self, dataset: str, recipe: str, seed: int, condition: str = "") -> Path:
         return self.out / "compare" / dataset / recipe / f"{condition}s{seed}"
+
+    def localization_dir(self, dataset: str, recipe: str, label: str, seed: int, condition: str = "") -> Path:
+        """``localization/<dataset>/<recipe>/<label>/[<condition>/]s<seed>``: a run's saliency maps scored
+        against the regions of its evaluation split (``localization.json`` + ``.parquet``)."""
+        return self.out / "localization" / dataset / recipe / label / f"{condition}s{seed}"
 
     def shortcut_dir(self, dataset: str, recipe: str) -> Path:
         """``shortcut/<dataset>/<recipe>``: the metadata-only baseline (``cxrbench shortcut``)."""

@@ -20,6 +20,7 @@ from cxrbench.common.layout import (
     CACHE_MANIFEST,
     COMPARISON_JSON,
     INDEX_FILE,
+    LOCALIZATION_FILE,
     METRICS_FILE,
     POOLED_FILE,
     PREDICTIONS_FILE,
@@ -32,6 +33,7 @@ from cxrbench.common.provenance import stable_hash
 from cxrbench.study.axes import Condition, conditions
 from cxrbench.study.config import InitSpec, LoadedStudy
 from cxrbench.study.facts import index_findings, shared_findings, source_fingerprint
+from cxrbench.study.sections import stable_dump
 from cxrbench.study.shard import parse_shard, select_shard, shard_assignment
 from cxrbench.study.state import marker_path, read_marker, refresh_status
 from cxrbench.study.steps import (
@@ -42,6 +44,7 @@ from cxrbench.study.steps import (
     EvalParams,
     ExternalParams,
     IndexParams,
+    LocalizationParams,
     PhantomParams,
     Plan,
     PooledParams,
@@ -104,6 +107,7 @@ def build_plan(study: LoadedStudy) -> Plan:
     _compare_steps(b)
     _shortcut_steps(b)
     _pooled_steps(b)
+    _localization_steps(b)
     _report_step(b)
     plan = Plan(study, b.steps, b.notes)
     _assign_keys(plan)
@@ -261,7 +265,7 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
                                          recipe=r, label=label, seed=seed, condition=cond,
                                          options=tconf["train"]),
                       group=group, deferred=deferred))
-    ev = b.cfg.evaluation.model_dump(mode="json")
+    ev = stable_dump(b.cfg.evaluation)
     b.add(Step(f"eval/{name}/{r}/{label}/{cond.path}s{seed}", "eval", run_dir / "eval" / ev["split"], ev,
                (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond,
                                                                       b.cfg.evaluation),
@@ -292,7 +296,7 @@ def _contamination_notes(b: _Builder) -> None:
 def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
     """External validation: a run of dataset A scored on dataset B, over the findings both share."""
     study = b.study
-    ev = b.cfg.evaluation.model_dump(mode="json")
+    ev = stable_dump(b.cfg.evaluation)
     for a, target, labels in b.cfg.external_pairs():
         for t in train_steps:
             p: TrainParams = t.params
@@ -325,7 +329,7 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
 
 def _compare_steps(b: _Builder) -> None:
     """Paired comparisons of the inits per dataset x recipe x condition x seed (two or more inits)."""
-    ev = b.cfg.evaluation.model_dump(mode="json")
+    ev = stable_dump(b.cfg.evaluation)
     comp = b.cfg.comparisons.model_dump(mode="json")
     for name in b.cfg.datasets:
         for r in b.recipes_used:
@@ -374,7 +378,7 @@ def _pooled_steps(b: _Builder) -> None:
     two-level bootstrap CI, seed SD) and the paired comparisons of the pooled arms."""
     if len(b.cfg.seeds) < 2:
         return
-    ev = b.cfg.evaluation.model_dump(mode="json")
+    ev = stable_dump(b.cfg.evaluation)
     comp = b.cfg.comparisons.model_dump(mode="json")
     for name in b.cfg.datasets:
         for r in b.recipes_used:
@@ -395,8 +399,41 @@ def _pooled_steps(b: _Builder) -> None:
                            deferred=any(s.deferred for s in evals)))
 
 
+def _localization_steps(b: _Builder) -> None:
+    """With a ``localization`` section: every run of the default condition with a classifier, its
+    saliency maps scored against the regions of its dataset's evaluation split (a note per init
+    without a classifier, e.g. kNN)."""
+    from cxrbench.train.methods import get_method
+
+    spec = b.cfg.localization
+    if spec is None:
+        return
+    ev = b.cfg.evaluation
+    config = {**spec.step_config(), "split": ev.split, "bootstrap": ev.bootstrap, "cluster": ev.cluster,
+              "seed": ev.seed, "ci": ev.ci}
+    for t in [s for s in b.steps if s.kind == "train"]:
+        p: TrainParams = t.params
+        clean = all(p.condition.is_default_for(c) for c in ("label_fraction", "label_noise"))
+        if not clean or (spec.datasets is not None and p.dataset not in spec.datasets):
+            continue  # budgets and noise are axes of the main metrics; every adaptation method is scored
+        method = get_method(str(p.condition.as_dict.get("adaptation") or "full"))
+        if not method.has_classifier:
+            note = f"localization: {method.name} runs are not scored ({method.no_classifier()})"
+            if note not in b.notes:
+                b.notes.append(note)
+            continue
+        cond = p.condition
+        params = LocalizationParams(run=str(t.out), cache=p.cache, dataset=p.dataset, recipe=p.recipe,
+                                    label=p.label, seed=p.seed, condition=cond, localization=spec,
+                                    evaluation=ev, required=spec.datasets is not None)
+        b.add(Step(f"localization/{p.dataset}/{p.recipe}/{p.label}/{cond.path}s{p.seed}", "localization",
+                   b.layout.localization_dir(p.dataset, p.recipe, p.label, p.seed, cond.path), config,
+                   (t.id,), complete=(LOCALIZATION_FILE,), params=params, group=t.group, deferred=t.deferred))
+
+
 def _report_step(b: _Builder) -> None:
-    gathered = tuple(s.id for s in b.steps if s.kind in ("eval", "external", "compare", "shortcut", "pooled"))
+    gathered = tuple(s.id for s in b.steps
+                     if s.kind in ("eval", "external", "compare", "shortcut", "pooled", "localization"))
     b.add(Step("report", "report", b.layout.report_dir,
                {"version": PLAN_VERSION, "config_hash": b.cfg.config_hash()}, gathered,
                complete=REPORT_FILES))

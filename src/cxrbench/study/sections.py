@@ -84,6 +84,41 @@ class EvaluationSpec(Strict):
     ci: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
     seed: int = Field(0, ge=0, description="bootstrap seed: the same resamples for every model (paired)")
     batch_size: int = Field(64, ge=1, description="inference batch size")
+    study_level: Literal["max", "mean"] | None = Field(
+        None, description="also score the image scores aggregated per study (max or mean) with the same "
+        "metrics (study_metrics.json beside metrics.json)", json_schema_extra=ADDED_LATER)
+
+
+class LocalizationSpec(Strict):
+    """Saliency maps of every run (default condition) scored against the boxes and masks of its
+    evaluation split (``cxrbench evaluate --localization``); ``localization: true`` takes the defaults."""
+
+    method: Literal["gradcam", "rollout"] = Field("gradcam", description="saliency method")
+    levels: tuple[float, ...] = Field((0.5,), description="map levels in (0, 1] at which IoU and hit are "
+                                      "scored (maps scaled to [0, 1] per image)")
+    hit_iou: float = Field(0.1, gt=0, le=1, description="IoU a binarized map needs to count as a hit")
+    datasets: tuple[str, ...] | None = Field(
+        None, description="datasets scored (their caches must hold boxes or masks); unset: every dataset, "
+        "those without regions are noted in the report")
+    batch_size: int = Field(16, ge=1, description="saliency batch size (not hashed)")
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, int | float) else v
+        if not isinstance(v, list | tuple) or not v or len(set(v)) != len(v) or not all(
+                isinstance(t, int | float) and 0 < t <= 1 for t in v):
+            raise ValueError("must be a non-empty list of distinct levels in (0, 1]")
+        return [float(t) for t in v]
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _datasets(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def step_config(self) -> dict[str, Any]:
+        """What a localization step hashes (the batch size changes no number)."""
+        return {k: v for k, v in stable_dump(self).items() if k not in ("batch_size", "datasets")}
 
 
 class ComparisonSpec(Strict):

@@ -35,7 +35,7 @@ from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
 
 _GPU_KINDS = ("train", "pretrain", "ssl")
-_ONE_GPU_KINDS = ("eval", "external")
+_ONE_GPU_KINDS = ("eval", "external", "localization")  # localization: saliency maps (backward passes)
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"
 

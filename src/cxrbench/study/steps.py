@@ -6,6 +6,7 @@ Steps flow one way::
     phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) -> train -> eval -> external
                                                                               \\-> compare -> report
                                                                               \\-> pooled (seeds) -> report
+                                                                   train -> localization -> report
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrbench.study.axes import DEFAULT, Condition
-from cxrbench.study.sections import ComparisonSpec, EvaluationSpec, RecipeSpec
+from cxrbench.study.sections import ComparisonSpec, EvaluationSpec, LocalizationSpec, RecipeSpec
 
 if TYPE_CHECKING:
     from cxrbench.study.config import LoadedStudy, PhantomSpec
@@ -33,6 +34,7 @@ KINDS: tuple[str, ...] = (
     "compare",
     "shortcut",
     "pooled",
+    "localization",
     "report",
 )
 
@@ -173,12 +175,31 @@ class PooledParams:
 
 
 @dataclass(frozen=True)
+class LocalizationParams:
+    """Score the saliency maps of the run ``run`` against the regions of ``cache``'s evaluation split
+    (``required``: the dataset was named in the section, so a cache without regions is an error; else
+    the step records that there was nothing to score)."""
+
+    run: str
+    cache: str
+    dataset: str
+    recipe: str
+    label: str
+    seed: int
+    condition: Condition = DEFAULT
+    localization: LocalizationSpec = LocalizationSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """Gather everything into the report (no parameters)."""
 
 
 StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | SslParams | EvalParams
-              | ExternalParams | CompareParams | ShortcutParams | PooledParams | ReportParams)
+              | ExternalParams | CompareParams | ShortcutParams | PooledParams | LocalizationParams
+              | ReportParams)
 
 
 @dataclass

@@ -8,7 +8,7 @@ SourceData``. :data:`SOURCES` is the registry used by :func:`cxrbench.index.buil
 from __future__ import annotations
 
 from cxrbench.common.validation import check_choice
-from cxrbench.index.sources import chexpert, custom, mimic, nih, padchest, vindr
+from cxrbench.index.sources import chexpert, custom, google, mimic, nih, padchest, pcxr, rsna, siim, vindr
 from cxrbench.index.sources.base import Adapter, IndexOptions, SourceData
 
 SOURCES: dict[str, Adapter] = {
@@ -17,6 +17,10 @@ SOURCES: dict[str, Adapter] = {
     "mimic": mimic.read,
     "padchest": padchest.read,
     "vindr": vindr.read,
+    "vindr-pcxr": pcxr.read,  # pediatric
+    "rsna": rsna.read,  # RSNA Pneumonia Detection (boxes)
+    "siim": siim.read,  # SIIM-ACR Pneumothorax (masks)
+    "nih-google": google.read,  # Google's expert relabels of NIH (evaluation set, four findings)
     "csv": custom.read,  # a private set described by a YAML mapping
 }
 DATASETS: tuple[str, ...] = tuple(SOURCES)

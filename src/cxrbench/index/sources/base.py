@@ -62,6 +62,7 @@ class IndexOptions(BaseModel):
     radiologist_test: bool = False
     labels_file: Path | None = None
     mapping: Path | None = None
+    demographics: Path | None = None  # CheXpert: the released demographics table (race, ethnicity, ...)
     check_files: bool = False
     drop_missing: bool = False
 
@@ -113,7 +114,7 @@ class IndexOptions(BaseModel):
         """The options as the index report records them (paths as strings)."""
         out = self.model_dump()
         out["split_fractions"] = list(self.split_fractions)
-        for key in ("labels_file", "mapping"):
+        for key in ("labels_file", "mapping", "demographics"):
             out[key] = str(out[key]) if out[key] is not None else None
         return out
 
@@ -156,6 +157,18 @@ class SourceData:
     hidden: tuple[str, ...] = ()
     keep: np.ndarray | None = None  # rows the adapter drops (already counted in the report)
     rows_file: Path | None = None  # the text file whose data rows the frame's row labels number
+    # Localization ground truth (cxrbench.index.regions): boxes and masks of the images read, in the
+    # release's pixels; finalize keeps those of the indexed images and build_index writes them beside
+    # the index. None: the release has none (or they were not found).
+    regions: pd.DataFrame | None = None
+    # Subgroup columns beyond Contract 2's (SUBGROUP_COLUMNS), as further columns of ``frame``: they
+    # follow the metadata columns of the index, text with missing values null.
+    extra: tuple[str, ...] = ()
+
+
+# Documented subgroup columns an adapter may add to the index (docs/ARCHITECTURE.md, Contract 2):
+# CheXpert's released demographics. Only present when the source provides them.
+SUBGROUP_COLUMNS: tuple[str, ...] = ("race", "ethnicity", "insurance")
 
 
 def register_file(report: dict[str, Any], role: str, path: Path) -> None:
@@ -236,6 +249,9 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
             "age": pd.to_numeric(frame["age"], errors="coerce").astype("float64"),
         }
     )
+    for col in data.extra:
+        assert col in SUBGROUP_COLUMNS, col
+        out[col] = pd.Series(frame[col], dtype="str")
     out = pd.concat(
         [out, pd.DataFrame({f: values[f].astype(np.float32) for f in findings}, index=out.index)], axis=1
     )

@@ -26,6 +26,10 @@ images (no AP/PA) -> UNKNOWN, both kept by the default ``--views frontal`` (the 
 the ``Frontal`` flag). Sex ``Male``/``Female`` -> M/F, ``Unknown`` -> missing; ``Age`` as given
 (0 occurs 3 times; 90 is a top-coded bucket).
 
+Demographics: the released ``CHEXPERT DEMO.xlsx`` (``--demographics`` or found beside ``train.csv`` /
+in ``--root``) adds ``race`` and ``ethnicity`` (and ``insurance`` where a table has it) by patient:
+:mod:`cxrbench.index.sources.demographics`.
+
 Split: train.csv -> train, valid.csv -> val, test_labels.csv -> test; without CheXlocalize the
 test split is carved by patient from train (valid.csv stays the official validation set).
 Patient ``patientNNNNN``, study ``patientNNNNN/studyN`` from the path; image id = the path from
@@ -43,6 +47,8 @@ import pyarrow.compute as pc
 
 from cxrbench.common.errors import InputError
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
+from cxrbench.index.sources.demographics import FILES as DEMO_FILES
+from cxrbench.index.sources.demographics import join_demographics
 from cxrbench.index.sources.labels import (
     ABSENT,
     code_values,
@@ -238,7 +244,15 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         "note": "CheXpert paths come from the CSV; use --check-files to verify",
     }
     block = label_block(len(df), findings, labels)
+    extra: tuple[str, ...] = ()
+    demo = opts.demographics or find_file([base, root], DEMO_FILES, "", required=False)
+    if demo is not None:
+        register_file(report, "demographics", demo)
+        columns = join_demographics(demo, frame["patient_id"], report)
+        for name, values in columns.items():
+            frame[name] = values
+        extra = tuple(columns)
     report["label_source"] = ("the CheXpert labeler's report mentions (1 positive, 0 negative, -1 uncertain, "
                               "blank not mentioned); radiologist consensus on the official validation and "
                               "test sets")
-    return SourceData("chexpert", frame, findings, block, blank_is_unknown=True, report=report)
+    return SourceData("chexpert", frame, findings, block, blank_is_unknown=True, report=report, extra=extra)

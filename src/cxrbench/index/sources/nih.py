@@ -22,6 +22,10 @@ column) in older copies; ages as integers or ``058Y`` strings (2017 file; it als
 impossible ages > 100 that v2020 fixes). ``Image Index`` ``PPPPPPPP_FFF.png``: the first 8 digits
 are the patient; ``_FFF`` is *not* always ``Follow-up #``, so names are never rebuilt from it.
 
+Boxes: ``BBox_List_2017.csv`` (beside the label file or in ``--root``; header ``Image Index,Finding
+Label,Bbox [x,y,w,h],,,``): 984 boxes on 880 images, 8 findings, ``x, y, w, h`` in the pixels of the
+1024 x 1024 PNGs (``Infiltrate`` = infiltration): the regions table beside the index, grid 1024.
+
 Split: ``test_list.txt`` -> test, ``train_val_list.txt`` -> train, val carved by patient from it
 (the release has none). Without the lists: hash split. Patient: ``Patient ID`` as written.
 Images: located by listing ``images/``, ``images_*/images/``, ``images_*/`` and the root (a few
@@ -38,15 +42,32 @@ import pandas as pd
 from cxrbench.common.errors import InputError
 from cxrbench.common.validation import closest
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
+from cxrbench.index.sources.boxes import merge_region_reports, read_boxes
 from cxrbench.index.sources.files import locate_images
 from cxrbench.index.sources.labels import native_findings, normalize_sex, terms_matrix
 from cxrbench.index.sources.tables import at_row, check_unique, find_file, read_csv
-from cxrbench.index.sources.terms import NIH_TERMS
+from cxrbench.index.sources.terms import NIH_BOX_TERMS, NIH_TERMS
 
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 HEADER_VARIANTS = {"Patient Sex": "Patient Gender"}
 VIEW_VALUES = {"PA": "PA", "AP": "AP"}
 IMAGE_FOLDERS = ("images", "images_*/images", "images_*", ".")
+BOX_FILE = "BBox_List_2017.csv"
+BOX_HEADER = {"Bbox [x": "x", "h]": "h"}  # the header's brackets hold commas: x, y, w, h in 4 columns
+GRID = (1024, 1024)  # the released PNGs (and the boxes' pixels)
+
+
+def read_nih_boxes(dirs: list[Path], report: dict):
+    """NIH's box list as regions (None when the file is absent)."""
+    path = find_file(dirs, [BOX_FILE], "", required=False)
+    if path is None:
+        return None
+    register_file(report, "boxes", path)
+    boxes, info = read_boxes(path, id_col="Image Index", label_col="Finding Label",
+                             coords=("x", "y", "w", "h"), terms=NIH_BOX_TERMS, xywh=True, grid=GRID,
+                             rename=BOX_HEADER)
+    merge_region_reports(report, "boxes", info)
+    return boxes
 
 
 def parse_age(values: pd.Series) -> pd.Series:
@@ -159,5 +180,6 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
     report["rows_read"] = len(df)
     report["label_source"] = ("NLP-mined from the reports (the 'Finding Labels' column): a finding named "
                               "there is positive, any other negative; no uncertain class")
+    regions = read_nih_boxes([root, path.parent], report)
     return SourceData("nih", frame, findings, mat[codes], blank_is_unknown=False, report=report,
-                      rows_file=Path(path))
+                      rows_file=Path(path), regions=regions)

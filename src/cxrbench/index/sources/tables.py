@@ -47,6 +47,8 @@ def _line_of_record(path: Path, row: int) -> int | None:
     import csv
     import io
 
+    if path.name.endswith(".zip"):  # a zipped CSV (pandas reads it): no line numbers to give
+        return None
     try:
         raw = path.open("rb") if not path.name.endswith(".gz") else gzip.open(path, "rb")
     except OSError:

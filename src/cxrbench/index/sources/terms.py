@@ -42,6 +42,10 @@ NIH_TERMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# NIH BBox_List_2017.csv `Finding Label` (8 of the 14; `Infiltrate`, not `Infiltration`).
+NIH_BOX_TERMS: dict[str, tuple[str, ...]] = {**NIH_TERMS, "Infiltrate": ("infiltration",)}
+
+
 # CheXpert train.csv / valid.csv / CheXlocalize test_labels.csv observation columns.
 CHEXPERT_TERMS: dict[str, tuple[str, ...]] = {
     "No Finding": ("no_finding",),
@@ -96,6 +100,56 @@ VINDR_TERMS: dict[str, tuple[str, ...]] = {
     "Other diseases": ("other_disease",),
     "Other disease": ("other_disease",),  # test-file spelling (singular)
     "No finding": ("no_finding",),
+}
+
+
+# VinDr-PCXR (PediCXR): the 15 disease columns of image_labels_*.csv and the 36 local labels of
+# annotations_*.csv (boxes), spelled as released (`Brocho-pneumonia`, `Diagphramatic hernia`,
+# `Diffuse aveolar opacity`, `Bronchectasis`, `Paraveterbral mass`), with the paper's spellings too.
+PCXR_TERMS: dict[str, tuple[str, ...]] = {
+    "No finding": ("no_finding",), "Bronchitis": ("bronchitis",),
+    "Brocho-pneumonia": ("bronchopneumonia",), "Broncho-pneumonia": ("bronchopneumonia",),
+    "Bronchiolitis": ("bronchiolitis",), "Other disease": ("other_disease",),
+    "Other diseases": ("other_disease",), "Situs inversus": ("situs_inversus",),
+    "Pneumonia": ("pneumonia",), "Pleuro-pneumonia": ("pleuropneumonia",),
+    "Diagphramatic hernia": ("diaphragmatic_hernia",), "Diaphragmatic hernia": ("diaphragmatic_hernia",),
+    "Tuberculosis": ("tuberculosis",), "Congenital emphysema": ("congenital_emphysema",), "CPAM": ("cpam",),
+    "Hyaline membrane disease": ("hyaline_membrane_disease",), "Mediastinal tumor": ("mediastinal_tumor",),
+    "Lung tumor": ("lung_tumor",),
+    # local labels (boxes)
+    "Cardiomegaly": ("cardiomegaly",), "Consolidation": ("consolidation",),
+    "Pleural effusion": ("pleural_effusion",), "Atelectasis": ("atelectasis",),
+    "Pneumothorax": ("pneumothorax",), "Edema": ("edema",), "Infiltration": ("infiltration",),
+    "Emphysema": ("emphysema",), "Pleural thickening": ("pleural_thickening",),
+    "Pulmonary fibrosis": ("fibrosis",), "Interstitial lung disease - ILD": ("ild",),
+    "Calcification": ("calcification",), "Aortic enlargement": ("aortic_enlargement",),
+    "Enlarged PA": ("enlarged_pulmonary_artery",), "Mediastinal shift": ("mediastinal_shift",),
+    "Lung cavity": ("lung_cavity",), "Lung cyst": ("lung_cyst",),
+    "Clavicle fracture": ("clavicle_fracture", "fracture"), "Other lesion": ("other_lesion",),
+    "Other nodule/mass": ("nodule_mass",),
+    "Boot-shaped heart": (), "Peribronchovascular interstitial opacity": (),
+    "Peribronchovascular interstitial opacity or PIO": (), "Reticulonodular opacity": (),
+    "Bronchial thickening": (), "Diffuse aveolar opacity": (), "Diffuse alveolar opacity": (),
+    "Other opacity": (), "Anterior mediastinal mass": (), "Dextro cardia": (),
+    "Stomach on the right side": (), "Lung hyperinflation": (), "Egg on string sign": (),
+    "Chest wall mass": (), "Bronchectasis": (), "Bronchiectasis": (),
+    "Expanded edges of the anterior ribs": (), "Paraveterbral mass": (), "Paravertebral mass": (),
+    "Intrathoracic digestive structure": (),
+}
+
+
+# RSNA Pneumonia: every box is the challenge's "Lung Opacity" (Target 1).
+RSNA_TERMS: dict[str, tuple[str, ...]] = {"Lung Opacity": ("lung_opacity", "pneumonia")}
+
+
+# SIIM-ACR: every mask is a pneumothorax.
+SIIM_TERMS: dict[str, tuple[str, ...]] = {"Pneumothorax": ("pneumothorax",)}
+
+
+# Google's expert relabels of NIH ChestX-ray14 (Majkowska et al. 2020): the four YES/NO columns.
+GOOGLE_TERMS: dict[str, tuple[str, ...]] = {
+    "Fracture": ("fracture",), "Pneumothorax": ("pneumothorax",),
+    "Airspace opacity": ("lung_opacity",), "Nodule or mass": ("nodule_mass",),
 }
 
 
@@ -317,6 +371,10 @@ SOURCE_TERMS: dict[str, Mapping[str, tuple[str, ...]]] = {
     "mimic": MIMIC_TERMS,
     "padchest": PADCHEST_TERMS,
     "vindr": VINDR_TERMS,
+    "vindr-pcxr": PCXR_TERMS,
+    "rsna": RSNA_TERMS,
+    "siim": SIIM_TERMS,
+    "nih-google": GOOGLE_TERMS,
 }
 
 
@@ -333,6 +391,10 @@ _SOURCE_LABELS = {
     "mimic": "MIMIC",
     "padchest": "PadChest",
     "vindr": "VinDr",
+    "vindr-pcxr": "VinDr-PCXR",
+    "rsna": "RSNA",
+    "siim": "SIIM",
+    "nih-google": "NIH (Google)",
 }
 
 

@@ -7,13 +7,17 @@ PhysioNet layout: ``train/<image_id>.dicom`` (15,000), ``test/<image_id>.dicom``
 image and reader: 3 of 17 radiologists per image, 45,000 rows), ``annotations/image_labels_test.csv``
 (consensus of 5 radiologists, one row per image; its last diagnosis column is spelled
 ``Other disease`` instead of ``Other diseases``; ``rad_id`` may be absent), and box files
-``annotations_{train,test}.csv`` (not used). 22 local labels + 6 global labels (COPD, Lung tumor,
-Pneumonia, Tuberculosis, Other diseases, No finding), mapped by ``findings.VINDR_TERMS``.
+``annotations_{train,test}.csv`` (``image_id, rad_id, class_name, x_min, y_min, x_max, y_max`` in the
+DICOM's pixels; ``No finding`` rows without coordinates): read into the regions table beside the
+index (:mod:`cxrbench.index.regions`), one row per reader's box, the reader in ``reader``. 22 local
+labels + 6 global labels (COPD, Lung tumor, Pneumonia, Tuberculosis, Other diseases, No finding),
+mapped by ``findings.VINDR_TERMS``.
 
 Kaggle: ``train.csv`` in long format (``image_id, class_name, class_id, rad_id, x_min, ...``): one
 row per (image, reader, box); 67,914 rows, 15,000 images, exactly 3 readers each, 14 local classes
 + ``No finding``; the test labels were never released on Kaggle. Found as ``--root/train.csv`` or
-given with ``--labels-file`` (torchxrayvision ships it as ``vinbigdata-train.csv.gz``).
+given with ``--labels-file`` (torchxrayvision ships it as ``vinbigdata-train.csv.gz``). Its boxes
+(36,096 in the torchxrayvision copy: every row but the ``No finding`` ones) become the regions.
 
 Reader aggregation (train): ``--readers majority`` (default; positive when more than half of the
 image's readers marked it, 2 of 3) or ``any`` (union). ``no_finding`` follows the same rule over
@@ -40,13 +44,17 @@ import pandas as pd
 
 from cxrbench.common.errors import InputError
 from cxrbench.index.findings import sort_findings
+from cxrbench.index.regions import empty_regions
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
+from cxrbench.index.sources.boxes import merge_region_reports, read_boxes
 from cxrbench.index.sources.files import locate_images
 from cxrbench.index.sources.labels import terms_matrix
 from cxrbench.index.sources.tables import at_row, check_unique, find_file, header_columns, read_csv
 from cxrbench.index.sources.terms import VINDR_TERMS
 
 WIDE_FILES = {"train": "image_labels_train.csv", "test": "image_labels_test.csv"}
+BOX_FILES = {"train": "annotations_train.csv", "test": "annotations_test.csv"}
+BOX_COORDS = ("x_min", "y_min", "x_max", "y_max")
 LONG_FILES = ("train.csv", "vinbigdata-train.csv")
 IMAGE_EXTENSION = ".dicom"
 
@@ -80,26 +88,33 @@ def aggregate_readers(
     return pd.Index(uniques), out, readers
 
 
-def _wide(path: Path, rule: str, report: dict, role: str) -> tuple[pd.Index, list[str], np.ndarray, int]:
+def read_wide(path: Path, rule: str, report: dict, role: str, table: dict[str, tuple[str, ...]] | None = None,
+              what: str = "VinDr-CXR") -> tuple[pd.Index, list[str], np.ndarray, int]:
+    """A wide image-label file (one row per image and reader, one 0/1 column per term of ``table``):
+    (image ids, findings, block aggregated over readers by ``rule``, most readers of an image).
+    ``rad_ID`` is read as ``rad_id`` (VinDr-PCXR's spelling)."""
+    table = VINDR_TERMS if table is None else table
     cols = header_columns(path)
-    terms = [c for c in cols if c not in ("image_id", "rad_id") and not c.startswith("Unnamed")]
-    unknown = [t for t in terms if t not in VINDR_TERMS]
+    ignored = ("image_id", "rad_id", "rad_ID")
+    terms = [c for c in cols if c not in ignored and not c.startswith("Unnamed")]
+    unknown = [t for t in terms if t not in table]
     if unknown:
         raise InputError(
             f"unknown label column {unknown[0]!r}",
             where=str(path),
-            fix=f"VinDr-CXR label columns are {', '.join(VINDR_TERMS)}",
+            fix=f"{what} label columns are {', '.join(table)}",
         )
     df = read_csv(
         path,
         required=["image_id", *terms],
         optional=["rad_id"],
+        rename={"rad_ID": "rad_id"},
         numeric=terms,
         ids=[],
         text=["image_id", "rad_id"],
     )
     df["image_id"] = df["image_id"].str.strip()
-    findings = sort_findings(f for t in terms for f in VINDR_TERMS[t])
+    findings = sort_findings(f for t in terms for f in table[t])
     col = {f: i for i, f in enumerate(findings)}
     block = np.zeros((len(df), len(findings)), dtype=np.float32)
     blanks = 0
@@ -113,10 +128,10 @@ def _wide(path: Path, rule: str, report: dict, role: str) -> tuple[pd.Index, lis
             raise InputError(
                 f"unknown label value {float(v[row]):g} in column {t!r}",
                 where=at_row(path, row),
-                fix="VinDr-CXR labels are 0 or 1",
+                fix=f"{what} labels are 0 or 1",
             )
         pos = np.where(nan, 0.0, v)
-        for f in VINDR_TERMS[t]:
+        for f in table[t]:
             block[:, col[f]] = np.maximum(block[:, col[f]], pos)
     if "rad_id" in df:
         key = df["image_id"] + "/" + df["rad_id"].fillna("")
@@ -208,7 +223,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
             ids, findings, block, readers = _long(path, opts.readers, report)
         else:
             report["format"] = "physionet-wide"
-            ids, findings, block, readers = _wide(path, opts.readers, report, role)
+            ids, findings, block, readers = read_wide(path, opts.readers, report, role)
         report.setdefault("max_readers", {})[role] = readers
         parts.append((role, ids, findings, block))
 
@@ -242,4 +257,26 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
                               + ("more than half of the image's readers" if opts.readers == "majority"
                                  else "any of the image's readers")
                               + " marked it; on test the consensus of five radiologists")
-    return SourceData("vindr", frame, findings, block, blank_is_unknown=False, report=report)
+    regions = read_regions(files, report)
+    return SourceData("vindr", frame, findings, block, blank_is_unknown=False, report=report, regions=regions)
+
+
+def read_regions(files: dict[str, Path], report: dict, terms: dict | None = None,
+                 reader_cols: tuple[str, ...] = ("rad_id", "rad_ID")) -> pd.DataFrame | None:
+    """The radiologists' boxes: from the Kaggle file itself, or from ``annotations_{train,test}.csv``
+    beside the PhysioNet label files (VinDr-PCXR has the same layout). None when there are none."""
+    parts = []
+    for role, path in files.items():
+        box_file = path if _is_long(path) else find_file([path.parent], [BOX_FILES[role]], "", required=False)
+        if box_file is None or not set(BOX_COORDS) <= set(header_columns(box_file)):
+            continue
+        reader = next((c for c in reader_cols if c in header_columns(box_file)), None)
+        boxes, info = read_boxes(box_file, id_col="image_id", label_col="class_name", coords=BOX_COORDS,
+                                 terms=terms or VINDR_TERMS, reader_col=reader)
+        register_file(report, f"boxes_{role}", box_file)
+        merge_region_reports(report, role, info)
+        parts.append(boxes)
+    if not parts:
+        return None
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return out if len(out) else empty_regions()

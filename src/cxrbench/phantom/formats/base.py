@@ -135,6 +135,9 @@ class PhantomFormat:
     split_defaults: ClassVar[dict[str, float]] = {"test": 0.2}
     options: ClassVar[tuple[Option, ...]] = ()
     needs_boxes: ClassVar[bool] = False  # write_image gets finding boxes
+    needs_masks: ClassVar[bool] = False  # take_masks gets every image's finding masks (before write_image)
+    # truth finding -> the render masks that show it (their union), for the truth regions
+    region_masks: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, opts: dict[str, Any], size: int, seed: int) -> None:
         self.opts = opts
@@ -193,6 +196,10 @@ class PhantomFormat:
         pixels, or None when that finding is not on this image.
         """
         raise NotImplementedError
+
+    def take_masks(self, row: dict[str, Any], masks: dict[str, np.ndarray]) -> None:
+        """Formats with ``needs_masks``: keep what the official box / mask files need of one image's
+        boolean masks (render.MASK_NAMES, membership above :data:`MASK_THRESHOLD`, image pixels)."""
 
     def finish(self, root: Path, plan: pd.DataFrame, rng: np.random.Generator) -> None:
         """Write the metadata tables."""
@@ -295,6 +302,32 @@ def mask_box(mask: np.ndarray, threshold: float = 0.3) -> Box | None:
         return None
     cols = np.flatnonzero(mask.max(axis=0) > threshold)
     return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+
+
+MASK_THRESHOLD = 0.3  # soft membership above which a pixel belongs to a finding (as render's boxes)
+
+
+# Which render masks show which truth finding (the truth regions: their union where the label is 1).
+REGION_MASKS: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": ("heart",),
+    "enlarged_cardiomediastinum": ("heart",),
+    "pleural_effusion": ("effusion",),
+    "pneumothorax": ("pneumothorax",),
+    "nodule": ("nodule",),
+    "mass": ("mass",),
+    "nodule_mass": ("nodule", "mass"),
+    "lung_lesion": ("nodule", "mass"),
+    "consolidation": ("consolidation",),
+    "pneumonia": ("consolidation",),
+    "atelectasis": ("atelectasis",),
+    "edema": ("edema",),
+    "lung_opacity": ("consolidation", "edema", "atelectasis"),
+}
+
+
+def scale_box(box: Box, factor: float) -> Box:
+    """A pixel box in another pixel grid (the 1024-px space of NIH, RSNA and SIIM files)."""
+    return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
 
 
 # Which mask shows which finding (for boxes).

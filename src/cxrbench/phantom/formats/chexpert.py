@@ -57,6 +57,11 @@ EXPLICIT_ZERO: dict[str, float] = {
     "Consolidation": 0.15,
     "Cardiomegaly": 0.06,
 }
+DEMO_COLUMNS = ["PATIENT", "GENDER", "AGE_AT_CXR", "PRIMARY_RACE", "ETHNICITY"]
+RACES = ("White", "Black or African American", "Asian", "Other", "Unknown")
+RACE_SHARES = (0.55, 0.07, 0.16, 0.15, 0.07)
+ETHNICITIES = ("Non-Hispanic/Non-Latino", "Hispanic/Latino", "Unknown")
+ETH_SHARES = (0.78, 0.15, 0.07)
 DEFAULT_ZERO = 0.1
 UNDRAWN_ZERO = 0.03
 
@@ -71,6 +76,7 @@ class CheXpert(PhantomFormat):
         UNCERTAIN_RATE,
         Option("test_set", False, bool, "also write the CheXlocalize test set (test_labels.csv, test/)"),
         Option("prefix", "CheXpert-v1.0-small", str, "distribution prefix of the Path column"),
+        Option("demographics", False, bool, "also write the demographics sheet (as CSV: CHEXPERT DEMO.csv)"),
     )
 
     @classmethod
@@ -114,6 +120,11 @@ class CheXpert(PhantomFormat):
         test = df["split"] == "test"  # test_labels.csv has no Sex / Age either
         df["truth_sex"] = df["truth_sex"].where(~test, None)
         df.loc[test, "truth_age"] = np.nan
+        if self.opts["demographics"]:  # per patient, as the released sheet (PRIMARY_RACE, ETHNICITY)
+            n_pat = int(df["patient"].max()) + 1
+            race = np.asarray(RACES, dtype=object)[rng.choice(len(RACES), n_pat, p=RACE_SHARES)]
+            eth = np.asarray(ETHNICITIES, dtype=object)[rng.choice(len(ETHNICITIES), n_pat, p=ETH_SHARES)]
+            df["race"], df["ethnicity"] = race[df["patient"].to_numpy()], eth[df["patient"].to_numpy()]
         return df
 
     def write_image(
@@ -174,11 +185,21 @@ class CheXpert(PhantomFormat):
             idx = np.flatnonzero(plan["split"].to_numpy() == "test")
             rows = [[plan["path"].iat[i]] + [values[c][i] for c in obs] for i in idx]
             write_bytes(root, "test_labels.csv", csv_text(["Path"] + obs, rows).encode())
+        if self.opts["demographics"]:
+            first = plan.drop_duplicates("patient_id")
+            rows = [[r.patient_id, {"M": "Male", "F": "Female"}[r.sex], str(r.age_years), r.race, r.ethnicity]
+                    for r in first.itertuples(index=False)]
+            write_bytes(root, "CHEXPERT DEMO.csv", csv_text(DEMO_COLUMNS, rows).encode())
 
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:
         lab = labels(plan)
         lab["no_finding"] = with_no_finding(lab, self.truth_findings[1:])
-        return truth_frame(plan, self.name, self.truth_findings, lab)
+        out = truth_frame(plan, self.name, self.truth_findings, lab)
+        if self.opts["demographics"]:  # what the index's subgroup columns hold (Unknown: missing)
+            for col in ("race", "ethnicity"):
+                values = plan[col].to_numpy(dtype=object)
+                out.insert(9, col, np.where(values == "Unknown", None, values))
+        return out
 
 
 __all__ = ["CheXpert", "OBSERVATIONS", "fmt_label"]

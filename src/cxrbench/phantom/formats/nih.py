@@ -5,8 +5,8 @@ Written like the Kaggle mirror (``images_001/images/`` ... ``images_012/images/`
 that contain commas, unquoted); ``header=2017`` writes the older variant (``Patient Sex`` and a
 trailing comma on every line). Frontal views only (PA/AP), like the real file. ``Follow-up #``
 usually equals the file suffix but not always, as in the real file. ``BBox_List_2017.csv`` holds
-boxes (pixel coordinates of the written images) for about half of the images with one of its
-eight classes.
+boxes for about half of the images with one of its eight classes, in the pixels of a 1024 x 1024
+image as the real file (the images are written at the phantom's size: boxes scaled by 1024 / size).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cxrbench.phantom.formats.base import (
     PhantomFormat,
     assign_splits,
     labels,
+    scale_box,
     truth_frame,
     with_no_finding,
     write_bytes,
@@ -61,6 +62,7 @@ BBOX_LABELS: dict[str, str] = {
 }
 SPACINGS = ("0.14300000000000002", "0.168", "0.139", "0.194311")
 N_FOLDERS = 12
+RELEASE_SIDE = 1024  # the real PNGs' side: the pixels BBox_List_2017.csv counts in
 
 
 class NIH(PhantomFormat):
@@ -159,8 +161,10 @@ class NIH(PhantomFormat):
         write_bytes(root, "test_list.txt", ("\n".join(test) + "\n").encode() if test else b"")
         if self.opts["bbox"]:
             out = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]
-            for image_id, label, (x0, y0, x1, y1) in sorted(self.boxes):
-                out.append(f"{image_id},{label},{x0:.1f},{y0:.1f},{x1 - x0:.1f},{y1 - y0:.1f}")
+            scale = RELEASE_SIDE / self.size
+            for image_id, label, box in sorted(self.boxes):
+                x0, y0, x1, y1 = scale_box(box, scale)
+                out.append(f"{image_id},{label},{x0:.4f},{y0:.4f},{x1 - x0:.4f},{y1 - y0:.4f}")
             write_bytes(root, "BBox_List_2017.csv", ("\n".join(out) + "\n").encode())
 
     def truth(self, plan: pd.DataFrame) -> pd.DataFrame:

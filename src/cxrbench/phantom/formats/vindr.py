@@ -127,6 +127,7 @@ class VinDr(PhantomFormat):
     one_image_per_patient = True
     split_defaults = {"test": 0.2}
     needs_boxes = True
+    region_masks = {"lung_opacity": ("consolidation", "edema")}  # VinDr's Lung Opacity: opacity or edema
     options = (
         Option("kaggle", False, bool, "also write the Kaggle VinBigData train.csv (long format)"),
         Option(

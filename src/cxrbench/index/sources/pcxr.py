@@ -1,0 +1,103 @@
+"""VinDr-PCXR (Pham et al., Scientific Data 2023, "PediCXR: An open, large-scale chest radiograph
+dataset for interpretation of common thoracic diseases in children"; PhysioNet ``vindr-pcxr/1.0.0``,
+restricted access).
+
+9,125 pediatric (under 10 years) PA chest radiographs from Vietnam, 2020-2021, DICOM; official split
+train 7,728 / test 1,397 (PhysioNet page). Layout (as unpacked; also accepted under ``annotations/``):
+``image_labels_train.csv``, ``image_labels_test.csv`` (wide: ``image_id, rad_ID`` + 15 diagnosis
+columns of 0/1, spelled as released: ``No finding, Bronchitis, Brocho-pneumonia, Other disease,
+Bronchiolitis, Situs inversus, Pneumonia, Pleuro-pneumonia, Diagphramatic hernia, Tuberculosis,
+Congenital emphysema, CPAM, Hyaline membrane disease, Mediastinal tumor, Lung tumor``),
+``annotations_train.csv``, ``annotations_test.csv`` (``image_id, rad_id, class_name, x_min, y_min,
+x_max, y_max``: one box per local finding, 36 local labels), images ``train/<image_id>.dicom`` and
+``test/<image_id>.dicom``. Terms map through ``terms.PCXR_TERMS`` (the diagnoses onto pediatric
+findings such as ``bronchiolitis``; the local labels with a canonical name feed the regions table,
+the rest are counted in the report).
+
+Readers: an image is read by one radiologist; several rows of an image are aggregated with
+``--readers`` as in VinDr-CXR. No patient id is published (the image is the patient); no sex or age
+outside the DICOM headers; view PA (the dataset holds PA scans only). Split: official train/test, val
+carved from train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.index.findings import sort_findings
+from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
+from cxrbench.index.sources.files import locate_images
+from cxrbench.index.sources.tables import check_unique, find_file
+from cxrbench.index.sources.terms import PCXR_TERMS
+from cxrbench.index.sources.vindr import IMAGE_EXTENSION, WIDE_FILES, read_regions, read_wide
+
+
+def read(root: Path, opts: IndexOptions) -> SourceData:
+    """Read VinDr-PCXR's image labels and boxes (see module docstring)."""
+    report: dict = {"readers": opts.readers}
+    dirs = [root, root / "annotations"]
+    if opts.labels_file is not None:
+        files = {"train": opts.labels_file}
+        test = find_file([opts.labels_file.parent], [WIDE_FILES["test"]], "", required=False)
+        if test is not None and test != opts.labels_file:
+            files["test"] = test
+    else:
+        files = {
+            "train": find_file(
+                dirs,
+                [WIDE_FILES["train"]],
+                "VinDr-PCXR label file image_labels_train.csv",
+                option="--labels-file (image_labels_train.csv)",
+            )
+        }
+        test = find_file(dirs, [WIDE_FILES["test"]], "", required=False)
+        if test is not None:
+            files["test"] = test
+    parts = []
+    for role, path in files.items():
+        register_file(report, role, path)
+        ids, findings, block, readers = read_wide(path, opts.readers, report, role, PCXR_TERMS, "VinDr-PCXR")
+        report.setdefault("max_readers", {})[role] = readers
+        parts.append((role, ids, findings, block))
+    findings = sort_findings(f for _, _, fs, _ in parts for f in fs)
+    ids_all, blocks, roles = [], [], []
+    for role, ids, fs, block in parts:
+        full = np.full((len(ids), len(findings)), np.nan, dtype=np.float32)
+        for j, f in enumerate(fs):
+            full[:, findings.index(f)] = block[:, j]
+        ids_all.append(ids.to_series().reset_index(drop=True))
+        blocks.append(full)
+        roles += [role] * len(ids)
+    image_id = pd.concat(ids_all, ignore_index=True)
+    check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
+    split_dir = pd.Series(roles, dtype=object)
+    default = split_dir + "/" + image_id + IMAGE_EXTENSION
+    paths, report["images"], found = locate_images(
+        root, image_id, default, ["train", "test", "."], by_stem=True
+    )
+    frame = make_frame(
+        len(image_id),
+        image_id=image_id,
+        patient_id=image_id,
+        path=paths,
+        found=found,
+        view=pd.Series("PA", index=image_id.index, dtype=object),
+        official_split=split_dir,
+    )
+    report["rows_read"] = len(frame)
+    report["label_source"] = (
+        "pediatric radiologists' image-level diagnoses (0/1); on the test set the curated reading"
+    )
+    regions = read_regions(files, report, terms=PCXR_TERMS)
+    return SourceData(
+        "vindr-pcxr",
+        frame,
+        findings,
+        np.vstack(blocks),
+        blank_is_unknown=False,
+        report=report,
+        regions=regions,
+    )
