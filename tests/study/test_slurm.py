@@ -210,6 +210,12 @@ def test_sbatch_parameters_per_step_kind():
     )
     cache = sbatch_parameters(spec, "cache", "n", [])
     assert (cache["gpus_per_node"], cache["cpus_per_task"]) == (None, 24)
+    # --device cpu: no job asks for a GPU (a CPU-only partition refuses --gpus-per-node); a training run
+    # keeps one task per process of gpus_per_run (gloo)
+    cpu = {k: sbatch_parameters(spec, k, "n", [], device="cpu") for k in ("train", "eval", "cache")}
+    assert {p["gpus_per_node"] for p in cpu.values()} == {None}
+    train = cpu["train"]
+    assert (train["nodes"], train["ntasks_per_node"], train["cpus_per_task"]) == (2, 4, 6)
 
 
 # --- submission (record only) ------------------------------------------------------------------------
