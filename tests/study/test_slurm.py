@@ -322,6 +322,7 @@ def test_a_failed_step_shows_its_error_and_log(study, fake_slurm):
     assert rows[victim].status == "failed" and rows[victim].detail == "cache/a: synthetic failure"
     assert rows[victim].log == read_records(study)[victim].stderr
     assert rows["cache/b/r224"].status == "failed" and "TIMEOUT" in rows["cache/b/r224"].detail
+    assert "raise executor.step_time (now 4:00:00)" in rows["cache/b/r224"].detail  # the fix: more time
     text = format_status(list(rows.values()))
     assert f"log: {rows[victim].log}" in text and "synthetic failure" in text
 

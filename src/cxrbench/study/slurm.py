@@ -37,11 +37,11 @@ from cxrbench.study.jobs import (
 from cxrbench.study.layout import REPLAN_JOB
 from cxrbench.study.plan import build_plan
 from cxrbench.study.runner import RunSummary, selected_steps
-from cxrbench.study.runtime_config import ExecutorSpec, time_minutes
+from cxrbench.study.runtime_config import TRAINING_KINDS, ExecutorSpec, time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
 
-_GPU_KINDS = ("train", "pretrain", "ssl")
+_GPU_KINDS = TRAINING_KINDS
 _ONE_GPU_KINDS = ("eval", "external")
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"
@@ -212,8 +212,8 @@ def _alive_id(job_id: str, states: dict[str, str] | None) -> bool:
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:
     """``{job id: SLURM state}`` from sacct (submitit's parser), and from squeue for the ids sacct does not
-    list (no accounting, or accounting lagging behind a fresh submission); None when neither answers.
-    Jobs the scheduler no longer knows are absent."""
+    list (no accounting, or accounting lagging behind a fresh submission; every state the controller
+    still remembers); None when neither answers. Jobs the scheduler no longer knows are absent."""
     if not job_ids:
         return {}
     require_submitit()
@@ -234,8 +234,10 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         pass
     missing = [j for j in ids if j not in (states or {})]
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True,
-                             text=True, timeout=120, check=True).stdout
+        # every state (-t all): the controller still knows a job that ended (FAILED, TIMEOUT, CANCELLED
+        # by a failed dependency) for MinJobAge seconds, where plain squeue lists queued and running ones
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(missing)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return states
     found = dict(line.strip().split("|", 1) for line in out.splitlines() if "|" in line)
