@@ -127,8 +127,8 @@ def study_vs_inline(tmp: Path, cfg: dict, account: dict) -> None:
 
 
 def _breakdown(job_ids: list[str], wall: float) -> None:
-    """Where the SLURM wall time went (sacct: eligible -> start is the scheduler's, start -> end the job's:
-    interpreter, imports, the step)."""
+    """Where the SLURM wall time went (sacct: eligible -> start is the wait in the queue, for a free CPU
+    and the scheduler's pass; start -> end the job's: interpreter, imports, the step)."""
     cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,Eligible,Start,End", "-j", ",".join(job_ids)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     rows = [line.split("|") for line in out.stdout.splitlines()]
@@ -142,9 +142,9 @@ def _breakdown(job_ids: list[str], wall: float) -> None:
 
     waits = [t(s) - t(e) for _, e, s, _ in rows]
     runs = [t(end) - t(s) for _, _, s, end in rows]
-    print(f"  per job (sacct, whole seconds): {sum(waits) / len(rows):.1f} s from eligible to start "
-          f"(scheduler), {sum(runs) / len(rows):.1f} s running (interpreter, imports, the step); "
-          f"{sum(runs):.0f} job-seconds in {wall:.0f} s wall on 2 CPUs")
+    print(f"  per job (sacct, whole seconds): {sum(waits) / len(rows):.1f} s queued once eligible "
+          f"(a free CPU, the scheduler), {sum(runs) / len(rows):.1f} s running (interpreter, imports, "
+          f"the step); {sum(runs):.0f} job-seconds in {wall:.0f} s wall on 2 CPUs")
 
 
 def _log(run: Path) -> list[dict]:
