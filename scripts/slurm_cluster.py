@@ -292,10 +292,7 @@ StorageLoc=slurm_acct_db
         """Cancel every job of the cluster, then stop the daemons (by their pids, the last started first)."""
         pids = self.pids or self._read_pids()
         if "slurmctld" in pids and self._alive("slurmctld", pids["slurmctld"]):
-            self._cmd("scancel", f"--user={self.user}", timeout=30)
-            t0 = time.time()  # the jobs' processes belong to slurmstepd, which goes with its job
-            while time.time() - t0 < timeout and self._jobs_left():
-                time.sleep(0.5)
+            self.cancel_all(timeout)
         for name in reversed(list(pids)):
             pid = pids[name]
             if not self._alive(name, pid):
@@ -310,6 +307,13 @@ StorageLoc=slurm_acct_db
                 self.procs[name].wait(timeout=timeout)
         self.procs, self.pids = {}, {}
         (self.root / "pids.json").unlink(missing_ok=True)
+
+    def cancel_all(self, timeout: float = 30) -> None:
+        """``scancel`` every job of this user on the cluster; returns once none is left (or after timeout)."""
+        self._cmd("scancel", f"--user={self.user}", timeout=30)
+        t0 = time.time()  # the jobs' processes belong to slurmstepd, which goes with its job
+        while time.time() - t0 < timeout and self._jobs_left():
+            time.sleep(0.5)
 
     def _jobs_left(self) -> bool:
         try:

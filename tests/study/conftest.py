@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -98,21 +99,23 @@ def slurm_cluster_without_accounting(tmp_path_factory):
     cluster.stop()
 
 
-def _use(cluster, monkeypatch) -> Slurm:
+def _use(cluster, monkeypatch) -> Iterator[Slurm]:
     for k, v in cluster.env.items():
         monkeypatch.setenv(k, v)
     # the jobs import this worktree's cxrbench and run torch on one thread, as the inline baselines do
     monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return Slurm(cluster)
+    yield Slurm(cluster)
+    cluster.cancel_all(timeout=60)  # whatever the test left (it failed midway): the next one gets the node
 
 
 @pytest.fixture
-def slurm(slurm_cluster, monkeypatch) -> Slurm:
-    """This test talks to the session's cluster (SLURM_CONF in its environment, inherited by the jobs)."""
-    return _use(slurm_cluster, monkeypatch)
+def slurm(slurm_cluster, monkeypatch) -> Iterator[Slurm]:
+    """This test talks to the session's cluster (SLURM_CONF in its environment, inherited by the jobs);
+    every job still queued or running at its end is cancelled."""
+    yield from _use(slurm_cluster, monkeypatch)
 
 
 @pytest.fixture
-def slurm_no_accounting(slurm_cluster_without_accounting, monkeypatch) -> Slurm:
-    return _use(slurm_cluster_without_accounting, monkeypatch)
+def slurm_no_accounting(slurm_cluster_without_accounting, monkeypatch) -> Iterator[Slurm]:
+    yield from _use(slurm_cluster_without_accounting, monkeypatch)

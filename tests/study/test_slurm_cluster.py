@@ -263,15 +263,19 @@ def test_a_job_out_of_time_is_reported_with_the_fix_and_resumes_with_more(tmp_pa
     start), submitit's handler finds no requeue left (max_requeues 0) and ends the job; status says so
     and names the fix; with more time the resubmitted job resumes training from its checkpoint. (With
     a 1- or 2-minute limit the signal can come before Python installed the handler.)"""
-    cfg = _config("short", train={"epochs": 2000, "checkpoint_every": 1},  # far longer than 3 minutes
+    cfg = _config("short", train={"epochs": 2000, "checkpoint_every": 1, "log_every": 1},  # > 3 minutes
                   executor={"time": 3, "max_requeues": 0}, accounting=slurm.accounting)
     path = _write(tmp_path, "s", cfg)
     study = load_study(path)
     _submit(cli_runner, path, "--only", "train")
     job = _jobs(study)[TRAIN_ID]
-    assert slurm.wait([job], timeout=900) == {job: "FAILED"}
+    # FAILED: submitit's handler gave up (no requeue left); TIMEOUT: SLURM killed the job at its limit
+    # (seen once under heavy load: the handler logged that it gave up, yet training went on)
+    ended = slurm.wait([job], timeout=900)[job]
+    assert ended in ("FAILED", "TIMEOUT")
     row = _settled(study)[TRAIN_ID]
-    assert row.status == "failed" and "timed-out" in row.detail, row.detail
+    assert row.status == "failed", row
+    assert ("timed-out too many times" if ended == "FAILED" else "ended TIMEOUT") in row.detail, row.detail
     assert "raise executor.time (now 3) or executor.max_requeues" in row.detail
     assert "resumes (a training run from its checkpoints/last.pt)" in row.detail
     run = study.out / "runs/a/px32/rand/s0"
