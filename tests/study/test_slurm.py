@@ -210,6 +210,12 @@ def test_sbatch_parameters_per_step_kind():
     )
     cache = sbatch_parameters(spec, "cache", "n", [])
     assert (cache["gpus_per_node"], cache["cpus_per_task"]) == (None, 24)
+    # --device cpu: no job asks for a GPU (a CPU-only partition refuses --gpus-per-node); a training run
+    # keeps one task per process of gpus_per_run (gloo)
+    cpu = {k: sbatch_parameters(spec, k, "n", [], device="cpu") for k in ("train", "eval", "cache")}
+    assert {p["gpus_per_node"] for p in cpu.values()} == {None}
+    train = cpu["train"]
+    assert (train["nodes"], train["ntasks_per_node"], train["cpus_per_task"]) == (2, 4, 6)
 
 
 # --- submission (record only) ------------------------------------------------------------------------
@@ -316,6 +322,7 @@ def test_a_failed_step_shows_its_error_and_log(study, fake_slurm):
     assert rows[victim].status == "failed" and rows[victim].detail == "cache/a: synthetic failure"
     assert rows[victim].log == read_records(study)[victim].stderr
     assert rows["cache/b/r224"].status == "failed" and "TIMEOUT" in rows["cache/b/r224"].detail
+    assert "raise executor.step_time (now 4:00:00)" in rows["cache/b/r224"].detail  # the fix: more time
     text = format_status(list(rows.values()))
     assert f"log: {rows[victim].log}" in text and "synthetic failure" in text
 

@@ -1,5 +1,7 @@
 import json
+import os
 import pickle
+import signal
 
 import pytest
 import torch
@@ -50,6 +52,38 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_last(path)["progress"] == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_a_signal_during_the_save_is_handled_once_the_checkpoint_is_whole(tmp_path, monkeypatch):
+    """submitit's USR2 handler (SLURM time-out or preemption) raises wherever Python is; inside
+    torch.save that used to leave a zip-writer RuntimeError instead of its own exception."""
+    path = tmp_path / "last.pt"
+    save_last(path, {"progress": {"step": 1}})
+    real_save, calls = torch.save, []
+
+    def save_then_signal(obj, f):
+        os.kill(os.getpid(), signal.SIGUSR2)  # arrives mid-write: its Python handler must wait
+        calls.append("save")
+        real_save(obj, f)
+
+    def handler(signum, frame):
+        calls.append("handler")
+        raise Preempted(signum)
+
+    previous = signal.signal(signal.SIGUSR2, handler)
+    try:
+        monkeypatch.setattr(torch, "save", save_then_signal)
+        with pytest.raises(Preempted):
+            save_last(path, {"progress": {"step": 2}})
+        assert calls == ["save", "handler"] and signal.getsignal(signal.SIGUSR2) is handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    monkeypatch.undo()
+    assert load_last(path)["progress"] == {"step": 2}  # written in full before the handler ran
 
 
 class Evil:

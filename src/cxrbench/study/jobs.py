@@ -188,6 +188,7 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
     slurm_ids = [r.job_id for r in records.values() if r.executor == "slurm"]
     states = (job_states(slurm_ids) if slurm_ids else None) or {}
     rows: list[StepStatus] = []
+    failed_input: dict[str, str] = {}  # step id -> the failed step it (transitively) reads
     for s in plan.steps:
         rec = records.get(s.id)
         rec = rec if rec is not None and rec.key == s.key else None
@@ -208,6 +209,10 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
             row.status = "queued"
         elif m is not None and m.get("status") == "failed":
             row.status, row.detail = "failed", str(m.get("error"))
+            if row.detail.startswith("UncompletedJobError"):  # submitit's handler: no requeue left
+                n = study.config.executor.max_requeues
+                row.detail += " " + _time_fix(study, s.kind, f"hit its time limit more often than "
+                                              f"executor.max_requeues ({n}) allows")
         elif m is not None and m.get("status") == "running" and st is None:
             row.status, row.detail = (
                 "failed",
@@ -220,6 +225,17 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
             )
         elif st is not None and rec is not None:
             row.status, row.detail = "failed", f"job {rec.job_id} ended {st} without finishing the step"
+            if st == "TIMEOUT":
+                row.detail = (f"job {rec.job_id} ended TIMEOUT (killed at its time limit). "
+                              + _time_fix(study, s.kind, ""))
+        if row.status == "failed":
+            failed_input[s.id] = s.id
+        elif rec is not None and row.status in ("cancelled", "pending") and st not in ALIVE:
+            # --kill-on-invalid-dep: SLURM cancelled the job because an input's job failed
+            root = next((failed_input[d] for d in s.deps if d in failed_input), None)
+            if root is not None:
+                failed_input[s.id] = root
+                row.status, row.detail = "cancelled", f"not run: its input {root} failed"
         rows.append(row)
     replan = records.get(REPLAN_JOB)
     st = _state(states.get(replan.job_id)) if replan is not None else None
@@ -228,6 +244,14 @@ def study_status(study: LoadedStudy) -> list[StepStatus]:
         status = "cancelled" if st in CANCELLED else status
         rows.append(StepStatus(REPLAN_JOB, "replan", status, replan.job_id, st, log=replan.stderr))
     return rows
+
+
+def _time_fix(study: LoadedStudy, kind: str, what: str) -> str:
+    """The fix of a job that ran out of time: more time, or resubmit (training resumes)."""
+    key, value = study.config.executor.time_limit(kind)
+    return (f"{'The job ' + what + '. ' if what else ''}Fix: raise executor.{key} (now {value}) or "
+            "executor.max_requeues, then run `cxrbench study run --executor slurm` again: it resumes (a "
+            "training run from its checkpoints/last.pt)")
 
 
 def _live(marker: dict[str, Any]) -> bool:

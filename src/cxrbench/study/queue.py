@@ -42,7 +42,8 @@ def require_submitit() -> Any:
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:
     """``{job id: SLURM state}`` from sacct (submitit's parser), and from squeue for the ids sacct does not
-    list (no accounting, or accounting lagging behind a fresh submission); None when neither answers.
+    list (no accounting, or accounting lagging behind a fresh submission; every state the controller
+    still remembers); None when neither answers.
     Jobs the scheduler no longer knows are absent."""
     if not job_ids:
         return {}
@@ -64,8 +65,10 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         pass
     missing = [j for j in ids if j not in (states or {})]
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True,
-                             text=True, timeout=120, check=True).stdout
+        # every state (-t all): the controller still knows a job that ended (FAILED, TIMEOUT, CANCELLED
+        # by a failed dependency) for MinJobAge seconds, where plain squeue lists queued and running ones
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(missing)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return states
     found = dict(line.strip().split("|", 1) for line in out.splitlines() if "|" in line)

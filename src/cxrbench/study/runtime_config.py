@@ -14,6 +14,7 @@ from cxrbench.study.sections import Strict
 # --- where steps run and where runs are tracked (never part of a step key) ------------------------
 
 EXECUTOR_KINDS: tuple[str, ...] = ("local", "slurm", "submitit-local")
+TRAINING_KINDS: tuple[str, ...] = ("train", "pretrain", "ssl")  # their jobs get `time` and gpus_per_run
 # sbatch flags the SLURM executor sets itself: an `extra` entry may not set them
 _OWN_SBATCH = frozenset({"job-name", "partition", "account", "qos", "constraint", "nodes", "ntasks-per-node",
                          "gpus-per-node", "cpus-per-task", "mem", "time", "dependency", "output", "error",
@@ -64,6 +65,11 @@ class ExecutorSpec(Strict):
     setup: tuple[str, ...] = Field((), description="shell lines run before each step (module load, ...)")
     extra: dict[str, str | int | bool] = Field(default_factory=dict, description="further sbatch flags")
     max_parallel: int = Field(2, ge=1, le=256, description="submitit-local: steps running at once")
+
+    def time_limit(self, kind: str) -> tuple[str, int | str]:
+        """The key and value of the time limit of a step kind's job (training runs ``time``, others
+        ``step_time``)."""
+        return ("time", self.time) if kind in TRAINING_KINDS else ("step_time", self.step_time)
 
     @field_validator("time", "step_time")
     @classmethod

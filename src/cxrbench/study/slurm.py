@@ -30,11 +30,11 @@ from cxrbench.study.jobs import StepJob, new_record, read_records
 from cxrbench.study.layout import REPLAN_JOB
 from cxrbench.study.plan import build_plan
 from cxrbench.study.queue import ALIVE, job_states, require_submitit
-from cxrbench.study.runtime_config import ExecutorSpec, time_minutes
+from cxrbench.study.runtime_config import TRAINING_KINDS, ExecutorSpec, time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
 
-_GPU_KINDS = ("train", "pretrain", "ssl")
+_GPU_KINDS = TRAINING_KINDS
 _ONE_GPU_KINDS = ("eval", "external", "localization")  # localization: saliency maps (backward passes)
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"
@@ -61,8 +61,12 @@ class ReplanJob:
         return list(summary.submitted.values())
 
 
-def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str]) -> dict[str, Any]:
-    """submitit ``SlurmExecutor`` parameters of one step's job (every key set, None = no flag)."""
+def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str],
+                      device: str | None = None) -> dict[str, Any]:
+    """submitit ``SlurmExecutor`` parameters of one step's job (every key set, None = no flag).
+
+    ``device="cpu"`` (``--device cpu``): no job asks for a GPU; a training run still has
+    ``gpus_per_run`` tasks per node (gloo processes)."""
     gpus = spec.gpus_per_run
     if kind in _GPU_KINDS:
         nodes, tasks, gpn, cpus, limit = spec.nodes_per_run, max(1, gpus), gpus, spec.cpus_per_gpu, spec.time
@@ -70,6 +74,8 @@ def sbatch_parameters(spec: ExecutorSpec, kind: str, name: str, deps: list[str])
         nodes, tasks, gpn, cpus, limit = 1, 1, min(1, gpus), spec.cpus_per_gpu, spec.step_time
     else:  # index, cache, compare, pooled, report, replan: CPUs only
         nodes, tasks, gpn, cpus, limit = 1, 1, 0, spec.cpus_per_gpu * max(1, gpus), spec.step_time
+    if device == "cpu":
+        gpn = 0
     extra = {k.lstrip("-").replace("_", "-"): v for k, v in spec.extra.items() if v is not False}
     return {
         "job_name": name,
@@ -101,9 +107,10 @@ def _executor(study: LoadedStudy, spec: ExecutorSpec) -> Any:
         ) from None
 
 
-def _submit(ex: Any, spec: ExecutorSpec, kind: str, name: str, deps: list[str], fn: Any) -> Any:
+def _submit(ex: Any, spec: ExecutorSpec, kind: str, name: str, deps: list[str], fn: Any,
+            device: str | None) -> Any:
     try:
-        ex.update_parameters(**sbatch_parameters(spec, kind, name, deps))
+        ex.update_parameters(**sbatch_parameters(spec, kind, name, deps, device))
         return ex.submit(fn)
     except Exception as err:  # sbatch refused it (bad partition, account, ...): its message, one line
         text = " ".join(str(err).split())[:400]
@@ -167,7 +174,7 @@ def _submit_all(study: LoadedStudy, shard: tuple[int, int] | None, kinds: tuple[
             summary.blocked.append(s.id)
             continue
         fn = StepJob(study, s.id, s.key, device)
-        job = _submit(ex, spec, s.kind, prefix + s.id.replace("/", "."), deps, fn)
+        job = _submit(ex, spec, s.kind, prefix + s.id.replace("/", "."), deps, fn, device)
         new_record(study, s.id, s.key, s.kind, "slurm", job, deps, _tasks(spec, s.kind), old)
         job_of[s.id] = job.job_id
         summary.submitted[s.id] = job.job_id
@@ -183,7 +190,7 @@ def _submit_all(study: LoadedStudy, shard: tuple[int, int] | None, kinds: tuple[
             summary.kept[REPLAN_JOB] = old.job_id  # the job that submits them is still waiting
         elif waits:
             job = _submit(
-                ex, spec, "replan", prefix + "replan", waits, ReplanJob(study, shard, kinds, device)
+                ex, spec, "replan", prefix + "replan", waits, ReplanJob(study, shard, kinds, device), device
             )
             new_record(study, REPLAN_JOB, "", "replan", "slurm", job, waits, 1, old)
             summary.submitted[REPLAN_JOB] = job.job_id

@@ -9,8 +9,12 @@ to use them: findings, image size, normalization, init, architecture, cache reci
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +28,43 @@ LAST = Path(RUN_LAST)
 BEST_WEIGHTS = RUN_BEST_WEIGHTS
 BEST_META = RUN_BEST_META
 FORMAT_VERSION = 1
+# what a scheduler sends before it ends a job; a Python handler of them (submitit's: requeue on
+# preemption, give up after the time limit) raises wherever the main thread is
+_DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2", "SIGTERM") if hasattr(signal, n))
 
 
 def save_last(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
-    with atomic_path(path) as tmp:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``); a signal handled in
+    Python meanwhile runs once the checkpoint is in place."""
+    with _signals_deferred(), atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold the Python handlers of USR1/USR2/TERM while a checkpoint is written, then run the held ones.
+
+    torch.save writes through Python callbacks of its C++ zip writer: a handler that raises in one of
+    them (submitit's, on a SLURM time-out or preemption) leaves ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos`` in place of its own exception, and the last checkpoint it
+    was writing unfinished. Signals without a Python handler keep their default action."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    handlers = {s: h for s in _DEFERRED_SIGNALS if callable(h := signal.getsignal(s))}
+    for s in handlers:
+        signal.signal(s, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        for s in held:
+            handlers[s](s, None)
 
 
 def load_last(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
