@@ -266,7 +266,7 @@ def test_lora_finds_the_projections_and_merges_into_plain_timm(offline_weights, 
     pytest.importorskip("peft")
     import timm
 
-    from cxrbench.adapt.lora import LoraSpec, apply_lora, merged_state_dict
+    from cxrbench.train.methods.lora import LoraSpec, apply_lora, merged_state_dict
 
     model, info = create_model(init, 2, seed=0)
     lora = apply_lora(model, LoraSpec(rank=2), seed=0)

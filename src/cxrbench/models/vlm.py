@@ -76,7 +76,9 @@ class VisionLanguage:
 
     def image_embeddings(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised joint-space embeddings of normalized ``images`` by the timm backbone ``model``."""
-        return self.embed_features(model.forward_head(model.forward_features(images), pre_logits=True))
+        timm_model: Any = model
+        pooled = timm_model.forward_head(timm_model.forward_features(images), pre_logits=True)
+        return self.embed_features(pooled)
 
     def logits(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """The library's image-text logits: cosine similarity times the scale, plus the bias."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cxrbench.common.errors import InputError
 
@@ -261,7 +261,7 @@ def siglip_plan(config: dict[str, Any], preprocessor: dict[str, Any] | None, whe
         "fc_norm": False,
     }
     pre = preprocessor or {}
-    size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
+    size: dict[str, Any] = pre["size"] if isinstance(pre.get("size"), dict) else {}
     image_size = int(size.get("height") or size.get("shortest_edge") or vc.image_size)
     if image_size != int(vc.image_size):
         raise InputError(
@@ -324,7 +324,7 @@ def convert_open_clip(
             where=where,
             fix="give the weights of an open_clip ViT model",
         )
-    out = dict(checkpoint_filter_fn(visual, model))
+    out = dict(checkpoint_filter_fn(visual, cast(Any, model)))
     if "visual.head.proj.bias" in visual:
         out["head.bias"] = visual["visual.head.proj.bias"]
     return out
@@ -373,13 +373,13 @@ def convert_siglip(state: dict[str, torch.Tensor], where: str) -> dict[str, torc
     if "head.probe" in sd:
         dim = out["norm.weight"].shape[0]
         out["attn_pool.latent"] = sd.pop("head.probe")
-        w, b = sd.pop("head.attention.in_proj_weight"), sd.pop("head.attention.in_proj_bias")
+        w, bias = sd.pop("head.attention.in_proj_weight"), sd.pop("head.attention.in_proj_bias")
         out.update(
             {
                 "attn_pool.q.weight": w[:dim],
                 "attn_pool.kv.weight": w[dim:],
-                "attn_pool.q.bias": b[:dim],
-                "attn_pool.kv.bias": b[dim:],
+                "attn_pool.q.bias": bias[:dim],
+                "attn_pool.kv.bias": bias[dim:],
             }
         )
         for a, b_ in (
@@ -408,7 +408,8 @@ def to_timm(
     else:
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        out = dict(checkpoint_filter_fn(convert_siglip(state, where), model))  # resamples pos_embed if needed
+        # resamples pos_embed if needed
+        out = dict(checkpoint_filter_fn(convert_siglip(state, where), cast(Any, model)))
     missing, unexpected = model.load_state_dict(out, strict=False)
     if missing or unexpected:
         raise InputError(
