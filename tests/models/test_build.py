@@ -50,7 +50,7 @@ def test_vit_weights(tmp_path_factory) -> tuple[dict, Path]:
 def test_registry_agrees_with_timm():
     from timm.models import get_pretrained_cfg
 
-    assert len(registry.INITS) == 23
+    assert len(registry.INITS) == 30  # 23 vision-only + 7 vision-language (tests/models/test_vlm.py)
     for spec in registry.INITS.values():
         cfg = get_pretrained_cfg(spec.timm_name)
         if not spec.convert:  # converted repositories (rad-dino, cxformer-*) only share timm's architecture

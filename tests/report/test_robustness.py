@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cxrbench.report import robustness as R
 from cxrbench.report import tables, write_report
@@ -112,3 +113,50 @@ def test_adaptation_table_sets_methods_side_by_side_with_their_tests(tmp_path):
     assert list(df.columns[:11]) == ["dataset", "init", "finding", "auroc", "auroc_lo", "auroc_hi",
                                      "p_vs_reference", "p_adjusted", "recipe", "seed", "adaptation"]
     assert set(df["adaptation"]) == {"full", "linear", "knn"}
+
+
+def with_ladder():
+    """zero-shot -> linear probe -> fine-tuning of a vision-language init at two label budgets; zero-shot
+    ran once (all labels, no noise: it reads no training label)."""
+    res = synthetic(seed=5, datasets=("vindr",), inits=("medsiglip", "dinov2"), reference="dinov2")
+    t = res.table.copy()
+    t["adaptation"], t["label_fraction"], t["label_noise"] = "full", 1.0, 0.0
+    lin = t.assign(adaptation="linear", auroc=t["auroc"] - 0.03)
+    low = pd.concat([t, lin]).assign(label_fraction=0.1)
+    low["auroc"] = low["auroc"] - 0.1
+    zs = t[t["init"] == "medsiglip"].assign(adaptation="zeroshot", auroc=0.61, auroc_lo=0.55, auroc_hi=0.67)
+    res.table = pd.concat([t, lin, low, zs], ignore_index=True)
+    res.seeds = [0]
+    res.axes = {"adaptation": ["zeroshot", "linear", "full"], "label_fraction": [0.1, 1.0]}
+    return res
+
+
+def test_the_ladder_and_zero_shot_as_the_zero_label_point_of_the_curves(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = with_ladder()
+    at = R.adaptation_table(res)
+    assert at.header == ["dataset", "init", "zeroshot", "linear", "full", "best method"]
+    rows = {r[1].text: r for r in at.rows}
+    assert rows["medsiglip"][2].text.startswith("0.610") and rows["dinov2"][2].text == "–"
+    assert any("zeroshot: text prompts" in n for n in at.notes)
+    assert R.axis_figure(res, "label_fraction").startswith(b"\x89PNG")
+    ct = R.condition_table(res)
+    ct = ct[ct["dataset"] == "vindr"]
+    fig, ax = plt.subplots()
+    zero = ct[ct["adaptation"] == "zeroshot"]
+    curves = ct[ct["adaptation"] != "zeroshot"]
+    x0 = R._zero_label_points(ax, res, curves, zero, "label_fraction", "adaptation", ["linear", "full"])
+    assert x0 == pytest.approx(0.1 / 3)
+    star = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(star) == 1 and list(star[0].get_xdata()) == [x0] and list(star[0].get_ydata()) == [0.61]
+    joins = [line for line in ax.get_lines() if line.get_marker() != "*" and len(line.get_xdata()) == 2]
+    assert {tuple(line.get_xdata()) for line in joins} == {(x0, 0.1)}  # to each curve's smallest budget
+    assert len(joins) == 2 and "medsiglip (zeroshot, 0 labels)" in ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert R.axis_figure(res, "label_noise") is None
+    md = write_report(res, tmp_path)["markdown"].read_text()
+    assert "| zeroshot | linear | full |" in md.replace("  ", " ")

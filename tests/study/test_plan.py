@@ -347,3 +347,40 @@ def test_a_condition_without_the_reference_compares_its_inits_pairwise(tmp_path)
 def test_label_axes_are_set_by_the_study_only(tmp_path, changes, match):
     with pytest.raises(InputError, match=match):
         mini(tmp_path, **changes)
+
+
+def test_zero_shot_runs_once_per_seed_and_init_not_once_per_label_budget(tmp_path):
+    inits = {"clip": {"init": "random-clip-test", "datasets": ["a"]},
+             "siglip": {"init": "random-siglip-test", "datasets": ["a"], "adaptations": ["zeroshot"]}}
+    plan = build_plan(mini(tmp_path, inits=inits, adaptations=["zeroshot", "linear"], seeds=[0, 1],
+                           label_fractions=[0.25, 1.0], label_noise=[0.0, 0.1],
+                           comparisons={"reference": "clip"}, external=[]))
+    runs = {s.id: s for s in plan.of_kind("train")}
+    zero = sorted(i for i in runs if "/zeroshot/" in i)
+    assert zero == [f"train/a/r224/{i}/zeroshot/s{s}" for i in ("clip", "siglip") for s in (0, 1)]
+    assert len([i for i in runs if "/linear/" in i]) == 2 * 2 * 2  # clip: budgets x noise x seeds
+    z = runs["train/a/r224/clip/zeroshot/s0"]
+    assert z.params.condition.is_default_for("label_fraction") and z.params.condition.is_default_for(
+        "label_noise")
+    assert "label_fraction" not in z.config["train"] and z.config["train"]["adaptation"] == "zeroshot"
+    compares = {s.id for s in plan.of_kind("compare")}
+    assert {"compare/a/r224/zeroshot/s0", "compare/a/r224/zeroshot/s1"} <= compares
+
+
+def test_a_zero_shot_arm_on_an_init_without_text_tower_is_refused_at_load(tmp_path):
+    text = tmp_path / "mini.yaml"
+    text.write_text("name: z\n"
+                    "datasets:\n  a: {adapter: nih, root: a, labels: all}\n"
+                    "adaptations: [linear, zeroshot]\n"
+                    "inits:\n  vit: {init: random-vit-test}\n")
+    with pytest.raises(InputError, match="inits.vit: adaptation zeroshot needs a vision-language init") as e:
+        load_study(text)
+    assert e.value.where == f"{text}, line 4" and "random-clip-test" in e.value.fix
+    with pytest.raises(InputError, match=r"inits.ssl: adaptation zeroshot .* ssl:x is not one"):
+        mini(tmp_path, inits={"clip": {"init": "random-clip-test"},
+                              "ssl": {"init": "ssl:x", "base": "random-clip-test",
+                                      "adaptations": ["zeroshot"]}},
+             comparisons={"reference": "clip"})
+    study = mini(tmp_path, inits={"clip": {"init": "random-clip-test", "adaptations": ["zeroshot", "full"]},
+                                  "vit": {"init": "random-vit-test"}}, comparisons={"reference": "clip"})
+    assert study.config.inits["clip"].adaptations == ("zeroshot", "full")

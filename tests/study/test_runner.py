@@ -335,3 +335,53 @@ def test_the_study_copy_never_replaces_a_file_cxrbench_did_not_write(tmp_path):
     with pytest.raises(InputError, match="not the copy cxrbench writes"):  # the config itself as out
         run_study(load_study(path, out=tmp_path), quiet=True, executors=Recorder().executors())
     assert path.read_text() == CONFIG
+
+
+VLM_STUDY = """\
+name: vlm
+seeds: [0]
+label_fractions: [0.5, 1.0]
+adaptations: [zeroshot, linear]
+datasets:
+  ph:
+    adapter: nih
+    labels: cardiomegaly,pleural_effusion
+    views: frontal
+    phantom: {patients: 120, size: 32, site: A, seed: 5}
+preprocess:
+  px32: {size: 32}
+inits:
+  clip: {init: random-clip-test}
+  siglip: {init: random-siglip-test}
+comparisons: {reference: clip}
+train: {epochs: 2, batch_size: 16, lr: 1.0e-3, workers: 0, zeroshot_inverted: keep}
+evaluation: {bootstrap: 20}
+"""
+
+
+def test_a_phantom_study_with_tiny_vision_language_inits_zero_shot_then_probe(tmp_path, cli_runner,
+                                                                              offline_weights):
+    """The ladder zero-shot -> linear probe on tiny CLIP and SigLIP inits: zero-shot runs once (no label
+    budget applies to it), the report sets the methods side by side and draws it at 0 labels."""
+    pytest.importorskip("open_clip", reason="open_clip_torch (dev dependency, extra vlm)")
+    pytest.importorskip("transformers", reason="transformers (dev dependency, extra vlm)")
+    path = tmp_path / "vlm.yaml"
+    path.write_text(VLM_STUDY)
+    result = cli_runner.invoke(app, ["study", "run", str(path), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output + result.stderr
+    out = tmp_path / "vlm"
+    runs = sorted(str(p.parent.relative_to(out / "runs")) for p in (out / "runs").rglob("best.json"))
+    assert runs == sorted(f"ph/px32/{i}/{c}s0" for i in ("clip", "siglip")
+                          for c in ("linear/", "linear/f0.5/", "zeroshot/"))
+    zs = json.loads((out / "runs/ph/px32/siglip/zeroshot/s0/best.json").read_text())
+    assert zs["adaptation"] == "zeroshot" and zs["findings"] == FINDINGS
+    df = pd.read_csv(out / "report" / "results.csv")
+    df = df[df["subgroup"].isna()] if "subgroup" in df.columns else df
+    cells = df.groupby(["init", "adaptation", "label_fraction"]).size()
+    assert dict(cells) == {(i, a, f): 3 for i in ("clip", "siglip")
+                           for a, f in (("linear", 0.5), ("linear", 1.0), ("zeroshot", 1.0))}
+    assert df["auroc"].between(0, 1).all()
+    md = (out / "report" / "report.md").read_text()
+    assert "| dataset | init | zeroshot | linear | best method |" in md
+    assert "vs zeroshot" in md  # the probe tested against zero-shot of the same init
+    assert "figures/axis-label_fraction.png" in md and "prompt set cxrbench" in md

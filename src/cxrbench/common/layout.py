@@ -91,11 +91,12 @@ SALIENCY_MANIFEST = "saliency.json"
 RUN_TRACKER = "tracker.json"  # which MLflow / W&B run this run logs to (resumed with it)
 RUN_WANDB = "wandb"  # W&B's own folder (offline runs, logs): everything in it is the run's
 RUN_KNN_BANK = "knn_bank.safetensors"  # adaptation knn: L2-normalized train embeddings + labels it votes with
+RUN_ZEROSHOT = "zeroshot.safetensors"  # adaptation zeroshot: its head (prompts' text embeddings, ...)
 # The top-level entries of a run folder; `train --overwrite` removes only files is_run_file accepts.
 RUN_OUTPUTS: tuple[str, ...] = (RUN_CONFIG, RUN_CHECKPOINTS, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG,
-                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB, RUN_KNN_BANK)
+                                RUN_TENSORBOARD, RUN_EVAL, RUN_TRACKER, RUN_WANDB, RUN_KNN_BANK, RUN_ZEROSHOT)
 RUN_TOP_FILES: tuple[str, ...] = (RUN_CONFIG, RUN_BEST_WEIGHTS, RUN_BEST_META, RUN_LOG, RUN_TRACKER,
-                                  RUN_KNN_BANK)
+                                  RUN_KNN_BANK, RUN_ZEROSHOT)
 RUN_EVAL_FILES: tuple[str, ...] = (PREDICTIONS_FILE, METRICS_FILE, *EVAL_EXTRA_FILES)  # RUN/eval/<split>/
 RUN_EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TENSORBOARD_PREFIX = "events.out.tfevents."

@@ -26,7 +26,7 @@ from cxrbench.common.distributed import resolve_device
 from cxrbench.common.errors import InputError
 from cxrbench.train.checkpoint import read_best_meta
 from cxrbench.train.methods import method_of
-from cxrbench.train.methods.base import Scorer, load_run_network
+from cxrbench.train.methods.base import Scorer
 from cxrbench.train.runfolder import read_run_config
 
 
@@ -46,7 +46,7 @@ def load_run_model(run_dir: str | os.PathLike, device: str | torch.device | None
         raise InputError(method.no_classifier(), where=str(run_dir),
                          fix="evaluate and predict score it as it is; for one exportable model train "
                              "--adaptation linear (a head on the same embeddings) or full")
-    return load_run_network(run_dir, resolve_device(device or "cpu")), meta
+    return method.network(run_dir, meta, resolve_device(device or "cpu")), meta
 
 
 def predict_split(run_dir: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None,

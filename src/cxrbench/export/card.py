@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench.common.fileio import file_sha256, read_json
-from cxrbench.common.layout import METRICS_FILE, RUN_BEST_WEIGHTS, RUN_EVAL
+from cxrbench.common.layout import EXPORT_ONNX, EXPORT_WEIGHTS, METRICS_FILE, RUN_BEST_WEIGHTS, RUN_EVAL
 from cxrbench.train.checkpoint import read_best_meta
+from cxrbench.train.methods import method_of
 from cxrbench.train.runfolder import read_run_config
 
 DISCLAIMER = (
@@ -42,6 +43,21 @@ class RunFacts:
     @property
     def findings(self) -> list[str]:
         return list(self.meta["findings"])
+
+
+def _load_snippet(files: list[str], load_name: str) -> list[str]:
+    """How to load the export: timm for the hub folder, onnxruntime for ``model.onnx``."""
+    if EXPORT_ONNX in files and EXPORT_WEIGHTS not in files:
+        hub = load_name.startswith("hf-hub:")
+        path = (f'hf_hub_download("{load_name.removeprefix("hf-hub:")}", "{EXPORT_ONNX}")' if hub
+                else f'"{load_name.removeprefix("local-dir:")}/{EXPORT_ONNX}"')
+        imports = ["import onnxruntime"] + (["from huggingface_hub import hf_hub_download"] if hub else [])
+        return ["```python", *imports, "", f"session = onnxruntime.InferenceSession({path})",
+                '# input "image" [batch, 3, S, S], normalized as above; outputs "logits" and "probabilities"',
+                "```"]
+    return ["```python", "import timm", "",
+            f'model = timm.create_model("{load_name}", pretrained=True).eval()',
+            "labels = model.pretrained_cfg['label_names']", "```"]
 
 
 def collect(run_dir: str | os.PathLike) -> RunFacts:
@@ -175,7 +191,10 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
     augment = (f"flip p={train.get('hflip')}, rotation {train.get('rotate')} deg"
                if train.get("augment", True) else "off")
     on = ", ".join(facts.datasets) or "chest radiographs"
-    title = f"{meta['arch']} from `{meta['init']}`, fine-tuned on {on}"
+    method = method_of(meta)
+    trained = method.uses_training_data
+    title = (f"{meta['arch']} from `{meta['init']}`, fine-tuned on {on}" if trained else
+             f"{meta['arch']} from `{meta['init']}`, {method.name} (no training labels), validated on {on}")
     lines = [
         "---",
         f"license: {licence or 'other'}",
@@ -212,12 +231,7 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         f"- files: {', '.join(f'`{f}`' for f in files)}; exported from the run's best.safetensors "
         f"(SHA-256 `{facts.weights_sha256}`)",
         "",
-        "```python",
-        "import timm",
-        "",
-        f'model = timm.create_model("{load_name}", pretrained=True).eval()',
-        "labels = model.pretrained_cfg['label_names']",
-        "```",
+        *_load_snippet(files, load_name),
         "",
         "## Training data",
         "",
@@ -228,11 +242,13 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         ),
         "- patient-level splits; checkpoint and thresholds chosen on the validation split, the test split "
         "never seen in training",
-        f"- recipe: {train.get('epochs', '?')} epochs max (patience {train.get('patience', '?')}), batch "
-        f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')} ({train.get('schedule', '?')}), "
-        f"weight decay {train.get('weight_decay', '?')}, augmentation "
-        f"{augment}"
-        + (", linear probe" if train.get("linear_probe") else ""),
+        (f"- recipe: {train.get('epochs', '?')} epochs max (patience {train.get('patience', '?')}), batch "
+         f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')} ({train.get('schedule', '?')}), "
+         f"weight decay {train.get('weight_decay', '?')}, augmentation "
+         f"{augment}"
+         + (", linear probe" if train.get("linear_probe") else "")) if trained else
+        "- no training: the training split was not read",
+        f"- adaptation: {method.sentence([method.facts(train, meta)])}",
         "",
         "Label definitions (the source terms mapped to each finding; 1 = positive, 0 = negative, unknown "
         "labels masked out of loss and metrics):",

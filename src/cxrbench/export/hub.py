@@ -24,6 +24,7 @@ from cxrbench.common.fileio import atomic_write_json, atomic_write_text
 from cxrbench.common.layout import EXPORT_CARD, EXPORT_CONFIG, EXPORT_ONNX, EXPORT_THRESHOLDS, EXPORT_WEIGHTS
 from cxrbench.export.card import RunFacts, collect, cxrbench_config, model_card, thresholds_doc
 from cxrbench.export.files import exported_files, read_manifest, staged_export
+from cxrbench.train.methods import method_of
 
 FORMATS: tuple[str, ...] = ("hub", "onnx")
 
@@ -95,6 +96,10 @@ def export_run(
         check_onnx_options(atol, opset)  # before anything is loaded or written
     run_dir, out = Path(run_dir), Path(out)
     facts = collect(run_dir)
+    method = method_of(facts.meta)
+    if fmt not in method.export_formats:
+        raise InputError(method.no_export(fmt), where=str(run_dir),
+                         fix=f"use --format {' or '.join(method.export_formats)}")
     model, _ = load_run_model(run_dir, "cpu")
     names = ([EXPORT_CONFIG, EXPORT_WEIGHTS] if fmt == "hub" else [EXPORT_CONFIG, EXPORT_ONNX]) + [
         EXPORT_THRESHOLDS,

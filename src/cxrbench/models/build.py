@@ -199,7 +199,11 @@ def create_model(
     kept: tuple[str, ...] = ()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))  # CPU generator only; restored on exit
-        if not r.pretrained:
+        if r.tiny or r.vlm_folder:  # a vision-language tower converted here (tiny test model, local folder)
+            model = _load_converted(r, num_classes, kwargs, seed)
+            if r.vlm_folder:
+                location = store.WeightLocation(path=r.checkpoint, origin="local-dir")  # type: ignore[arg-type]
+        elif not r.pretrained:
             model = timm_create(r.arch, r.init, pretrained=False, num_classes=num_classes, **kwargs)
         else:
             if r.kind == "checkpoint":
@@ -309,6 +313,25 @@ def _load_pretrained(
             )
         kept = _keep_rows(model, source_head, src_findings or [], keep)
     return model, kept
+
+
+def _load_converted(r: ResolvedInit, num_classes: int, kwargs: dict[str, Any], seed: int) -> nn.Module:
+    """The image tower of a tiny test vision-language model (drawn from ``seed``) or of a library folder,
+    converted to timm in memory and loaded strictly, with a new head."""
+    from cxrbench.models import vlm_convert
+    from cxrbench.models.vlm_folder import read_folder, tiny_plan
+
+    if r.tiny:
+        from cxrbench.models.vlm_tiny import build_tiny
+
+        plan, state = tiny_plan(r.tiny), build_tiny(r.tiny, seed).model.state_dict()
+    else:
+        lib = read_folder(r.vlm_folder, r.init)  # type: ignore[arg-type]
+        plan, state = lib.plan(), safeload.load_state_dict(lib.weights)
+    model = timm_create(r.arch, r.init, pretrained=False, num_classes=plan.head_rows, **kwargs)
+    vlm_convert.to_timm(plan, state, model, f"init {r.init}")  # loads the converted weights, strictly
+    _new_head(model, num_classes)
+    return model
 
 
 def check_weights_file(init: str, path: str | os.PathLike) -> None:

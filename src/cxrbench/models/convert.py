@@ -243,7 +243,12 @@ def import_converted(spec, source: str | os.PathLike, force: bool = False) -> wt
 
     from cxrbench.models import safeload
     from cxrbench.models.arch import timm_create
+    from cxrbench.models.vlm_convert import VLM_FORMATS
 
+    if spec.convert in VLM_FORMATS:  # open_clip / transformers SigLIP: image tower + text tower
+        from cxrbench.models.vlm_store import import_vlm
+
+        return import_vlm(spec, source, force=force)
     if spec.convert != "hf-dinov2":
         raise InputError(
             f"{spec.name!r} needs no conversion",
@@ -331,6 +336,12 @@ def import_converted(spec, source: str | os.PathLike, force: bool = False) -> wt
 def fetch_converted(spec, force: bool = False) -> wt.WeightLocation:
     """``weights fetch`` for a converted init: the repository files from the hub cache (downloaded
     when missing), then :func:`import_converted` (always redone, so a new revision is picked up)."""
+    from cxrbench.models.vlm_convert import VLM_FORMATS
+
+    if spec.convert in VLM_FORMATS:
+        from cxrbench.models.vlm_store import fetch_vlm
+
+        return fetch_vlm(spec, force=force)
     source = spec.weight_source
     found = None if force else wt.locate_hub(source)
     if found is None:

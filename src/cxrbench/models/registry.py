@@ -61,7 +61,9 @@ class InitSpec:
     others as their usual short name): the contamination audit warns when an init is tested on one
     of them. ``convert`` is the format of ``hf_repo`` when it is not timm's (``hf-dinov2``: Hugging
     Face transformers Dinov2/Dinov2WithRegisters, converted to timm by
-    :mod:`cxrbench.models.convert` on ``weights fetch``/``import``; ``extra_files`` are the configs
+    :mod:`cxrbench.models.convert` on ``weights fetch``/``import``; ``open-clip`` and ``hf-siglip``:
+    vision-language models whose image tower is converted to timm and whose text tower is kept beside
+    it, :mod:`cxrbench.models.vlm_store`; ``extra_files`` are the configs
     the conversion reads, and mean/std/size/build options then come from them); ``weights_key``
     names the converted copy in the store. ``pretraining_list`` is the file of ``hf_repo`` listing
     the pretraining images, when the authors publish one (for ``cxrbench audit``).
@@ -228,6 +230,72 @@ def _domain_ssl(name: str, timm_name: str, family: str, architecture: str, repo:
     )
 
 
+_CLIP_PAPER = (
+    "Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021"
+)
+
+
+_BIOMEDCLIP_PAPER = (
+    "Zhang et al., A Multimodal Biomedical Foundation Model Trained from Fifteen Million Image-Text Pairs, "
+    "NEJM AI 2025, arXiv:2303.00915"
+)
+
+
+_SIGLIP_PAPER = "Zhai et al., Sigmoid Loss for Language Image Pre-Training, ICCV 2023, arXiv:2303.15343"
+
+
+_SIGLIP2_PAPER = "Tschannen et al., SigLIP 2, arXiv:2502.14786 (2025)"
+
+
+_MEDGEMMA_PAPER = "Sellergren et al., MedGemma Technical Report, arXiv:2507.05201 (2025) (MedSigLIP)"
+
+
+_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+
+_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# Build options of the converted towers before a conversion has recorded the model's own (random- arms).
+_VLM_KWARGS: Mapping[str, tuple[tuple[str, Any], ...]] = {
+    "clip": (("act_layer", "quick_gelu"), ("fc_norm", False), ("global_pool", "token")),
+    "biomedclip": (),
+    "siglip": (("act_layer", "gelu_tanh"), ("class_token", False), ("global_pool", "map"),
+               ("fc_norm", False)),
+}
+
+
+_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _vlm(name: str, timm_name: str, family: str, architecture: str, repo: str, license: str, paper: str,
+         patch: int, size: int, notes: str, pretrained_on: tuple[str, ...]) -> InitSpec:
+    """A vision-language model's image tower: open_clip format (CLIP, BiomedCLIP) or transformers SigLIP
+    format (the SigLIP family), converted to timm with its text tower beside it
+    (:mod:`cxrbench.models.vlm_store`)."""
+    open_clip = family in ("clip", "biomedclip")
+    return InitSpec(
+        name=name,
+        timm_name=timm_name,
+        family=family,
+        architecture=architecture,
+        patch_size=patch,
+        image_size=size,
+        mean=_OPENAI_CLIP_MEAN if open_clip else INCEPTION_MEAN,
+        std=_OPENAI_CLIP_STD if open_clip else INCEPTION_STD,
+        license=license,
+        paper=paper,
+        hf_repo=repo,
+        files=_OPEN_CLIP_FILES if open_clip else ("model.safetensors",),
+        timm_kwargs=_VLM_KWARGS[family if open_clip else "siglip"],
+        notes=notes,
+        pretrained_on=pretrained_on,
+        convert="open-clip" if open_clip else "hf-siglip",
+        extra_files=("open_clip_config.json",) if open_clip else ("config.json",),
+        weights_key=f"{timm_name}.{name.replace('-', '_')}",
+    )
+
+
 _SPECS: tuple[InitSpec, ...] = (
     *(
         _dinov2(letter, size, width, reg)
@@ -288,6 +356,34 @@ _SPECS: tuple[InitSpec, ...] = (
         )
         for letter, size in (("b", "base"), ("s", "small"))
     ),
+    # vision-language models: image towers converted to timm, text towers kept for zero-shot scoring
+    _vlm("clip-vitb16", "vit_base_patch16_clip_224", "clip", "ViT-B/16",
+         "timm/vit_base_patch16_clip_224.openai", "mit", _CLIP_PAPER, 16, 224,
+         "OpenAI CLIP ViT-B/16 (QuickGELU), contrastive on 400M web image-text pairs; open_clip format",
+         ("openai-wit-400m",)),
+    _vlm("clip-vitl14", "vit_large_patch14_clip_224", "clip", "ViT-L/14",
+         "timm/vit_large_patch14_clip_224.openai", "mit", _CLIP_PAPER, 14, 224,
+         "OpenAI CLIP ViT-L/14 (QuickGELU), contrastive on 400M web image-text pairs; open_clip format",
+         ("openai-wit-400m",)),
+    _vlm("biomedclip-vitb16", "vit_base_patch16_224", "biomedclip", "ViT-B/16",
+         "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "mit", _BIOMEDCLIP_PAPER, 16, 224,
+         "CLIP on PMC-15M (15M figure-caption pairs from PubMed Central articles), PubMedBERT text tower "
+         "(context 256); open_clip format with a timm ViT-B/16 trunk", ("pmc-15m",)),
+    _vlm("siglip-vitb16", "vit_base_patch16_siglip_224", "siglip", "ViT-B/16",
+         "google/siglip-base-patch16-224", "apache-2.0", _SIGLIP_PAPER, 16, 224,
+         "SigLIP (sigmoid loss) on WebLI, attention-pooling head; transformers format", ("webli",)),
+    _vlm("siglip2-vitb16", "vit_base_patch16_siglip_224", "siglip2", "ViT-B/16",
+         "google/siglip2-base-patch16-224", "apache-2.0", _SIGLIP2_PAPER, 16, 224,
+         "SigLIP 2 at fixed resolution on WebLI (multilingual Gemma tokenizer); transformers format",
+         ("webli",)),
+    _vlm("siglip-so400m14", "vit_so400m_patch14_siglip_224", "siglip", "So400m/14",
+         "google/siglip-so400m-patch14-384", "apache-2.0", _SIGLIP_PAPER, 14, 384,
+         "SigLIP shape-optimized 400M ViT at 384 px on WebLI; transformers format", ("webli",)),
+    _vlm("medsiglip-448", "vit_so400m_patch14_siglip_224", "medsiglip", "So400m/14", "google/medsiglip-448",
+         "health-ai-developer-foundations (gated)", _MEDGEMMA_PAPER, 14, 448,
+         "SigLIP So400m tuned on de-identified medical image-text pairs (chest radiographs with their "
+         "reports among them) plus natural images; the vision encoder of MedGemma; gated: accept the "
+         "HAI-DEF terms on the hub first", ("mimic", "chexpert", "webli")),
 )
 
 
@@ -301,6 +397,8 @@ RANDOM_ALIASES: Mapping[str, str] = {
     "vit-base": "vit_base_patch16_224",  # ViT-B/16, 86M (the study's architecture)
     "vit-test": "test_vit",  # 0.3M params, 64-d, 6 blocks, patch 16: for tests
     "convnext-test": "test_convnext",  # 0.4M params: for tests
+    "clip-test": "vit_base_patch16_clip_224",  # tiny open_clip CLIP, image tower as timm (models/vlm_tiny.py)
+    "siglip-test": "vit_base_patch16_siglip_224",  # tiny transformers SigLIP, image tower as timm
 }
 """Short names accepted after ``random-``."""
 
@@ -310,6 +408,8 @@ RANDOM_NOTES: Mapping[str, str] = {
     "vit-base": "ViT-B/16, 86M: the study's architecture",
     "vit-test": "0.3M parameters, 6 blocks of width 64: seconds on a CPU (tests, demos)",
     "convnext-test": "0.4M parameters: tests",
+    "clip-test": "tiny open_clip CLIP (image + text tower, width 32, 32 px): vision-language tests, demos",
+    "siglip-test": "tiny transformers SigLIP (image + text tower, width 32, 32 px): vision-language tests",
 }
 """What each random alias is, for ``cxrbench weights list``."""
 

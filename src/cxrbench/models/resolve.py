@@ -10,7 +10,11 @@ An *init* names where a backbone's weights come from (``--init``):
 - ``timm:<model>[.tag]``: any timm pretrained tag, normalization from timm's ``pretrained_cfg``;
 - ``hf-hub:<org>/<repo>``: a timm-format hub repository (``config.json`` + weights);
 - ``checkpoint:<path>`` (or timm's spelling ``local-dir:<path>``): a cxrbench ``best.safetensors``
-  with ``best.json`` beside it, or any timm-compatible state dict with a ``config.json`` beside it.
+  with ``best.json`` beside it, or any timm-compatible state dict with a ``config.json`` beside it;
+  a folder holding an open_clip or transformers SigLIP model is a vision-language init, its image tower
+  converted to timm when built (:mod:`cxrbench.models.vlm_folder`);
+- ``random-clip-test`` / ``random-siglip-test``: tiny vision-language models drawn from the seed
+  (:mod:`cxrbench.models.vlm_tiny`).
 
 :func:`parse_init` tells the form from the spelling alone (no timm import, no file access);
 :func:`resolve_init` resolves it fully without touching weights. Everything that needs to know
@@ -41,6 +45,9 @@ from cxrbench.models.registry import (
     _unknown_init,
 )
 from cxrbench.models.safeload import SAFETENSORS_NAME
+from cxrbench.models.vlm_convert import VLM_FORMATS, TowerPlan
+from cxrbench.models.vlm_folder import folder_format, read_folder, tiny_plan
+from cxrbench.models.vlm_tiny import TINY_VLMS
 
 PREFIXES: tuple[str, ...] = ("timm:", "checkpoint:", "random-", "hf-hub:")
 CHECKPOINT_PREFIXES: tuple[str, ...] = ("checkpoint", "local-dir")  # local-dir: timm's spelling
@@ -94,7 +101,11 @@ def parse_init(init: str) -> InitName:
 class ResolvedInit:
     """An init name resolved to an architecture and a weight location (internal to cxrbench).
 
-    ``kind`` is ``registered``, ``random``, ``timm``, ``hf-hub`` or ``checkpoint``.
+    ``kind`` is ``registered``, ``random``, ``timm``, ``hf-hub`` or ``checkpoint``. ``vlm`` is the
+    library format (``open-clip`` / ``hf-siglip``) of a vision-language init whose text tower can be
+    loaded (:mod:`cxrbench.models.vlm`); ``tiny`` names a tiny test model built from the seed
+    (``random-clip-test``), ``vlm_folder`` a library folder converted when the model is built
+    (``local-dir:DIR``).
     """
 
     init: str
@@ -113,6 +124,9 @@ class ResolvedInit:
     checkpoint: Path | None = None
     cfg_overlay: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
+    vlm: str | None = None
+    tiny: str | None = None
+    vlm_folder: Path | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -159,15 +173,18 @@ def _norm(values: Any, default: tuple[float, float, float]) -> tuple[float, floa
 
 def _from_spec(spec: InitSpec, init: str, kind: str) -> ResolvedInit:
     mean, std, size, kwargs = spec.mean, spec.std, spec.image_size, dict(spec.timm_kwargs)
+    arch = spec.timm_name
     conv = converted_record(spec) if spec.convert and kind == "registered" else None
     if conv:  # a converted checkpoint: normalization, size and build options from its own configs
         mean, std = _norm(conv.get("mean"), mean), _norm(conv.get("std"), std)
         size = int(conv.get("image_size") or size)
+        if spec.convert in VLM_FORMATS:  # the configs define the whole tower (architecture included)
+            arch, kwargs = str(conv.get("timm_arch") or arch), {}
         kwargs.update(conv.get("timm_kwargs") or {})
     return ResolvedInit(
         init=init,
         kind=kind,
-        arch=spec.timm_name,
+        arch=arch,
         family=spec.family if kind != "random" else "random",
         mean=mean,
         std=std,
@@ -178,6 +195,7 @@ def _from_spec(spec: InitSpec, init: str, kind: str) -> ResolvedInit:
         license=spec.license if kind != "random" else None,
         spec=spec,
         source=spec.weight_source if kind != "random" else None,
+        vlm=spec.convert if spec.convert in VLM_FORMATS and kind != "random" else None,
     )
 
 
@@ -266,12 +284,23 @@ def _from_config_json(
 _CHECKPOINT_FILES = (RUN_BEST_WEIGHTS, SAFETENSORS_NAME, "pytorch_model.bin")
 
 
+def _from_plan(init: str, kind: str, plan: TowerPlan, **extra: Any) -> ResolvedInit:
+    """A vision-language image tower (tiny test model or library folder) as a timm architecture."""
+    return ResolvedInit(init=init, kind=kind, arch=plan.arch, family=extra.pop("family", plan.family),
+                        mean=plan.mean, std=plan.std, image_size=plan.image_size, patch_size=plan.patch_size,
+                        fixed_input_size=True, timm_kwargs=dict(plan.kwargs), vlm=plan.family, **extra)
+
+
 def _from_checkpoint(init: str, path_text: str) -> ResolvedInit:
     where = f"init {init}"
     if not path_text:
         raise InputError(
             "checkpoint: needs a path", where=where, fix="e.g. checkpoint:runs/mimic/best.safetensors"
         )
+    folder = Path(path_text).expanduser()
+    if folder_format(folder):  # an open_clip / transformers SigLIP folder: converted when built
+        lib = read_folder(folder, init)
+        return _from_plan(init, "checkpoint", lib.plan(), checkpoint=lib.weights, vlm_folder=folder)
     path = wt.weight_file(Path(path_text).expanduser(), _CHECKPOINT_FILES,
                           fix="point to the weight file, e.g. checkpoint:RUN/best.safetensors")
     meta_path = path.with_suffix(".json")
@@ -364,6 +393,8 @@ def resolve_init(init: str) -> ResolvedInit:
         arch = rest
         if arch.lower() in INITS:
             return _from_spec(INITS[arch.lower()], init, "random")
+        if arch in TINY_VLMS:  # a tiny vision-language model: both towers built from the seed
+            return _from_plan(init, "random", tiny_plan(arch), family="random", tiny=arch)
         if arch in RANDOM_ALIASES:
             return _from_timm(RANDOM_ALIASES[arch], init, "random")
         import timm

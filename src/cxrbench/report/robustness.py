@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.common.axes import BY_COLUMN, CONDITION_DEFAULTS, condition_name, is_default
+from cxrbench.common.errors import InputError
 from cxrbench.report.plots import _figure, _png, colour
 from cxrbench.report.results import MEAN, POOLED, StudyResults, stars
 from cxrbench.report.tables import DASH, NA, Cell, Table, fmt_auroc, fmt_diff, fmt_p
@@ -87,10 +88,15 @@ def axis_figure(res: StudyResults, column: str) -> bytes | None:
     if not datasets:
         return None
     methods = list(dict.fromkeys(ct[lined])) if lined else [None]
+    free = [m for m in methods if m is not None and not _uses_labels(m)]  # zero-shot: no training label
+    methods = [m for m in methods if m not in free]
+    zero = ct[ct[lined].isin(free)] if free and column == "label_fraction" else ct.iloc[:0]
+    ct = ct[~ct[lined].isin(free)] if free else ct
     fig = _figure(3.3 * len(datasets), 3.0)
     axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
     for ax, d in zip(axes, datasets, strict=True):
         sd = ct[ct["dataset"] == d]
+        x0 = _zero_label_points(ax, res, sd, zero[zero["dataset"] == d], column, lined, methods)
         for init in res.inits:
             for m, method in enumerate(methods):
                 si = sd[sd["init"] == init]
@@ -110,7 +116,8 @@ def axis_figure(res: StudyResults, column: str) -> bytes | None:
         if column == "label_fraction":
             ax.set_xscale("log")
         ticks = sorted(set(sd[column].astype(float)))
-        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.set_xticks(([x0] if x0 is not None else []) + ticks,
+                      (["0"] if x0 is not None else []) + [f"{v:g}" for v in ticks])
         ax.minorticks_off()
         ax.set_title(d, fontsize=9)
         ax.set_xlabel(AXIS_LABELS.get(column, column), fontsize=8.5)
@@ -119,6 +126,43 @@ def axis_figure(res: StudyResults, column: str) -> bytes | None:
         ax.grid(color="#dddddd", lw=0.6)
     axes[0].legend(fontsize=7.5, frameon=False)
     return _png(fig)
+
+
+def _uses_labels(method: str) -> bool:
+    """Whether an adaptation method learns from the training labels (the registry's word; unknown: yes)."""
+    from cxrbench.train.methods import get_method
+
+    try:
+        return get_method(str(method)).uses_training_data
+    except InputError:
+        return True
+
+
+def _zero_label_points(ax: Any, res: StudyResults, sd: pd.DataFrame, zero: pd.DataFrame, column: str,
+                       lined: str | None, methods: list[Any]) -> float | None:
+    """The methods that use no training label (zero-shot) as the 0-label point of the label-efficiency
+    curves: a star per init at a position left of the smallest budget (tick "0"), joined to the first
+    point of each of the init's curves. Returns that position (None when there is nothing to draw)."""
+    if zero.empty or sd.empty:
+        return None
+    x0 = float(sd[column].astype(float).min()) / 3.0  # one log step left of the smallest budget
+    for init in res.inits:
+        zi = zero[zero["init"] == init]
+        if zi.empty:
+            continue
+        z = zi.iloc[0]
+        c = colour(res, init)
+        y, lo, hi = (float(z[k]) for k in ("auroc", "lo", "hi"))
+        err = [[y - lo], [hi - y]] if np.isfinite(lo) and np.isfinite(hi) else None
+        ax.errorbar([x0], [y], yerr=err, marker="*", ms=8, color=c, lw=1.0, capsize=2,
+                    label=f"{init} ({z[lined]}, 0 labels)")
+        for m, method in enumerate(methods):
+            si = sd[(sd["init"] == init) & (sd[lined] == method)] if lined else sd[sd["init"] == init]
+            if len(si):
+                first = si.assign(_x=si[column].astype(float)).sort_values("_x").iloc[0]
+                ax.plot([x0, float(first["_x"])], [y, float(first["auroc"])], color=c, lw=0.9, alpha=0.6,
+                        ls=LINESTYLES[m % len(LINESTYLES)])
+    return x0
 
 
 def _ranked(sd: pd.DataFrame, key: dict[str, Any]) -> pd.DataFrame:
@@ -291,4 +335,6 @@ def adaptation_table(res: StudyResults) -> Table | None:
                   "(or its first method) on the same test patients and bootstrap resamples (two-level over "
                   "seeds when pooled; unadjusted p). full: every weight fine-tuned; lora: low-rank adapters "
                   "and head; linear: a head on the cached frozen embeddings; knn: cosine kNN on them (no "
-                  "training). A dash: the init was not run with that method."])
+                  "training); zeroshot: text prompts in a vision-language init's joint space (no training "
+                  "label: the first rung of the ladder zero-shot, probe, fine-tuning). A dash: the init was "
+                  "not run with that method."])

@@ -36,9 +36,22 @@ def conditions(cfg: StudyConfig, spec: InitSpec | None = None) -> list[Condition
         seen = dict.fromkeys(c for s in cfg.inits.values() for c in conditions(cfg, s))
         return sorted(seen, key=lambda c: (not c.is_default,))
     lists = [axis_values(cfg, a, spec) for a in CONDITION_AXES]
-    combos = [Condition(tuple(zip((a.column for a in CONDITION_AXES), vals, strict=True)))
+    combos = [_labels_apply(Condition(tuple(zip((a.column for a in CONDITION_AXES), vals, strict=True))))
               for vals in itertools.product(*lists)]
-    return sorted(combos, key=lambda c: (not c.is_default,))
+    return sorted(dict.fromkeys(combos), key=lambda c: (not c.is_default,))
+
+
+def _labels_apply(cond: Condition) -> Condition:
+    """``cond``, with the training-label axes (budget, noise) at their defaults for an adaptation method
+    that learns nothing from the training split (zero-shot): such a run is the same at every budget and
+    noise level, so it runs once (all labels, no noise) instead of once per value."""
+    from cxrbench.train.methods import get_method
+
+    values = cond.as_dict
+    if get_method(str(values.get(ADAPTATION.column, ADAPTATION.default))).uses_training_data:
+        return cond
+    label_axes = {LABEL_FRACTION.column: LABEL_FRACTION.default, LABEL_NOISE.column: LABEL_NOISE.default}
+    return Condition(tuple((c, label_axes.get(c, v)) for c, v in cond.values))
 
 
 def study_axes(cfg: StudyConfig) -> dict[str, list[Any]]:

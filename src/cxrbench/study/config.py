@@ -163,7 +163,7 @@ class InitSpec(Strict):
         ),
     )
     adaptations: tuple[str, ...] | None = Field(
-        None, description="adaptation methods of this init (full, linear, lora, knn); the study's "
+        None, description="adaptation methods of this init (full, linear, lora, knn, zeroshot); the study's "
         "adaptations when unset (e.g. [linear, knn] for a backbone too large to fine-tune)",
         json_schema_extra=ADDED_LATER)
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
@@ -245,7 +245,8 @@ class StudyConfig(Strict):
         json_schema_extra=ADDED_LATER)
     adaptations: tuple[str, ...] = Field(
         ("full",), description="adaptation methods: full (fine-tuning), linear (head on cached frozen "
-        "embeddings), lora (peft adapters), knn (on cached frozen embeddings); each run once per method",
+        "embeddings), lora (peft adapters), knn (on cached frozen embeddings), zeroshot (text prompts, "
+        "vision-language inits); each run once per method",
         json_schema_extra=ADDED_LATER)
     datasets: dict[str, DatasetSpec]
     preprocess: dict[str, RecipeSpec] = Field(default_factory=lambda: {"r224": RecipeSpec()})

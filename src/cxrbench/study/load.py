@@ -211,6 +211,7 @@ def _check_inits(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
                     resolve_init(name)
             except InputError as e:
                 raise InputError(e.what, where=_at(where, lines, ("inits", label, key)), fix=e.fix) from None
+        _check_methods(cfg, label, where, lines)
         same = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
         if same in arms:
             other = arms[same]
@@ -219,6 +220,22 @@ def _check_inits(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> None:
                              f"settings; lines {a} and {b})", where=_at(where, lines, ("inits", label)),
                              fix="remove one, or give them different settings")
         arms[same] = label
+
+
+def _check_methods(cfg: StudyConfig, label: str, where: str, lines: dict[tuple, int]) -> None:
+    """Every adaptation method of an init arm accepts its init (zero-shot needs a text tower)."""
+    from cxrbench.train.methods import get_method
+
+    spec = cfg.inits[label]
+    own = spec.adaptations is not None
+    for i, m in enumerate(spec.adaptations if spec.adaptations is not None else cfg.adaptations):
+        loc: tuple = ("inits", label, "adaptations", i) if own else ("adaptations", i)
+        if _line_of(lines, loc) is None:
+            loc = ("inits", label, "init")
+        try:
+            get_method(m).check_init(spec.init, where=f"inits.{label}")
+        except InputError as e:
+            raise InputError(f"inits.{label}: {e.what}", where=_at(where, lines, loc), fix=e.fix) from None
 
 
 def _check_ssl_keys(options: dict[str, Any], loc: tuple, where: str, lines: dict[tuple, int]) -> None:

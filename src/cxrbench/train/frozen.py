@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cxrbench.common import distributed as dist_
@@ -102,24 +103,25 @@ def run_frozen(cfg: TrainConfig, method: Method, env: dist_.DistEnv, device: tor
                                resume=False, params=params)
     # resume_step=-1: the lines of an unfinished earlier try go (the fit starts again)
     writer = Rank0Writer(run_dir, env.is_main, resume_step=-1, tracker=tracker)
-    trainable = frozen.n_head if method.has_classifier else 0
+    trainable = frozen.n_head if method.has_classifier and method.uses_training_data else 0
     if not quiet:
         print_frozen_summary(cfg, env, device, frozen.info, frozen.image_size, data.train, data.val,
                              frozen.n_params, method.describe(cfg, trainable, frozen.n_params),
                              frozen.precision, frozen.note)
     try:
-        emb = _embeddings(cfg, data, frozen, device, env, quiet)
+        emb = _embeddings(cfg, data, frozen, device, env, quiet, train_split=method.uses_training_data)
         writer.log({"kind": "start", "step": 0, "epoch": 1, "resumed": False, "world_size": env.world_size,
                     "device": str(device), "precision": frozen.precision, "time": time.time(),
                     "adaptation": cfg.adaptation, "trainable_params": trainable,
                     "num_params": frozen.n_params, "embeddings": frozen.record})
         summary = None
         if env.is_main:
+            train_y = data.train.labels if method.uses_training_data else data.train.labels[:0]
             task = EmbeddingTask(cfg=cfg, model=frozen.model, head=frozen.head, head_keys=frozen.head_keys,
                                  findings=data.findings, train_x=emb["train"].values,
-                                 train_y=data.train.labels,
+                                 train_y=train_y,
                                  val_x=emb["val"].values, val_y=data.val.labels,
-                                 train_ids=data.train.image_ids, pos_weight=data.pos_weight,
+                                 train_ids=data.train.image_ids[:len(train_y)], pos_weight=data.pos_weight,
                                  embeddings_key=emb["train"].key, device=device, run_dir=run_dir,
                                  writer=writer,
                                  make_bar=lambda total: ProgressBar(quiet, total, 0))
@@ -156,23 +158,30 @@ def _frozen_backbone(cfg: TrainConfig, method: Method, data: TrainData, device: 
 
 
 def _embeddings(cfg: TrainConfig, data: TrainData, frozen: _Frozen, device: torch.device, env: dist_.DistEnv,
-                quiet: bool) -> dict[str, Any]:
-    """The train and val embeddings (stored ones reused); the train rows of the run's label budget."""
-    from cxrbench.adapt.embeddings import split_embeddings
+                quiet: bool, train_split: bool = True) -> dict[str, Any]:
+    """The train and val embeddings (stored ones reused); the train rows of the run's label budget.
+    ``train_split=False`` (a method that learns nothing from it): val only, train empty."""
+    from cxrbench.adapt.embeddings import SplitEmbeddings, split_embeddings
     from cxrbench.adapt.features import extract_features
 
     emb = {}
     full_train, kept = full_train_split(cfg, data)  # embeddings of the whole split serve every budget
-    for split, ds in (("train", full_train), ("val", data.val)):
+    splits = (("train", full_train), ("val", data.val)) if train_split else (("val", data.val),)
+    for split, ds in splits:
         def compute(ds=ds, split=split):
             return extract_features(frozen.model, ds, frozen.transform, device,
                                     batch_size=cfg.embed_batch_size, env=env, autocast=frozen.autocast,
                                     quiet=quiet,
                                     description=f"{split} embeddings")
         emb[split] = split_embeddings(frozen.store, split, ds, compute, env)
-    if len(kept) != len(full_train):
+    if not train_split:
+        empty = np.zeros((0, emb["val"].values.shape[1]), np.float32)
+        emb["train"] = SplitEmbeddings(empty, False, emb["val"].key, None, 0)
+    elif len(kept) != len(full_train):
         emb["train"] = dataclasses.replace(emb["train"], values=emb["train"].values[kept])
     how = {s: "reused" if e.reused else f"computed (batch {e.batch_size})" for s, e in emb.items()}
+    if not train_split:
+        how["train"] = "not needed"
     frozen.record.update(train=how["train"], val=how["val"])
     if not quiet:
         console.print(f"  embed   {frozen.record['dim']}-d pooled features, {frozen.store.folder}: "
@@ -185,7 +194,8 @@ def _save(cfg: TrainConfig, run_dir: Path, fit: EmbeddingFit, frozen: _Frozen, d
     """best.safetensors + best.json, the finished last.pt and the log's closing line (rank 0)."""
     record = {"adaptation": cfg.adaptation, "trainable_params": trainable, "num_params": frozen.n_params,
               "embeddings": frozen.record, **fit.record}
-    meta = best_meta(cfg, frozen.info, data.findings, frozen.image_size, data.train, data.cache_sha,
+    findings = fit.findings if fit.findings is not None else data.findings
+    meta = best_meta(cfg, frozen.info, findings, frozen.image_size, data.train, data.cache_sha,
                      fit.head_keys, fit.val, fit.best["epoch"], fit.progress["step"], frozen.precision,
                      record)
     save_best(run_dir, fit.weights, meta, fit.header)

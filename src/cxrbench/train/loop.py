@@ -84,6 +84,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, on_
     may replace the summed loss of a micro-batch (tests use both, e.g. to inject a NaN).
     """
     method = get_method(cfg.adaptation)
+    method.check_init(cfg.init, where="init")
     env = dist_.detect()
     device = dist_.device_for(env, cfg.device)
     env = dist_.init(device, env)

@@ -12,15 +12,16 @@ from typing import Any
 
 from cxrbench.common.layout import RUN_BEST_META
 from cxrbench.common.validation import check_choice
-from cxrbench.train.methods import full, knn, linear, lora
+from cxrbench.train.methods import full, knn, linear, lora, zeroshot
 from cxrbench.train.methods.base import Method
 from cxrbench.train.settings import DEFAULT_ADAPTATION
 
-METHODS: dict[str, Method] = {m.name: m for m in (full.METHOD, linear.METHOD, lora.METHOD, knn.METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (full.METHOD, linear.METHOD, lora.METHOD, knn.METHOD,
+                                                  zeroshot.METHOD)}
 """Every adaptation method by name (``--adaptation``, a study's ``adaptations:``)."""
 
 
-class AllMethodOptions(lora.LoraOptions, knn.KnnOptions):
+class AllMethodOptions(lora.LoraOptions, knn.KnnOptions, zeroshot.ZeroShotOptions):
     """The options every method owns, side by side (flat ``config.yaml`` keys of the ``train`` section)."""
 
 

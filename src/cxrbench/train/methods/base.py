@@ -125,6 +125,7 @@ class EmbeddingFit:
     val: dict[str, Any]
     record: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)  # facts for best.safetensors' header
+    findings: list[str] | None = None  # the findings the run predicts, when a subset of the task's
 
 
 def single_point_fit(val_mean_auroc: float) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -208,6 +209,16 @@ class Method:
     options: ClassVar[type[MethodOptions] | None] = None  # the config keys this method owns
     stochastic: ClassVar[bool] = True  # runs with different seeds differ
     has_classifier: ClassVar[bool] = True  # a network that maps an image to logits (export, saliency)
+    # False: the method learns nothing from the training split (zero-shot): the embeddings driver embeds
+    # the val split only, and a study runs it once, with all labels and no label noise (the axes of the
+    # training labels do not apply to it)
+    uses_training_data: ClassVar[bool] = True
+    export_formats: ClassVar[tuple[str, ...]] = ("hub", "onnx")  # `cxrbench export --format` it supports
+
+    # -- before anything runs ------------------------------------------------------------------------
+    def check_init(self, init: str, where: str | None = None) -> None:
+        """Refuse an init this method cannot adapt (one InputError), before any data is read: the
+        training command and a study's load call it (``init`` as written; ``domain:``/``ssl:`` arms too)."""
 
     # -- training --------------------------------------------------------------------------------------
     def prepare(self, cfg: TrainSettings, model: nn.Module, head: nn.Module) -> Adaptation:
@@ -236,9 +247,18 @@ class Method:
         """The scorer of one finished run of this method."""
         return Scorer(run_dir, meta, device)
 
+    def network(self, run_dir: str | os.PathLike, meta: dict[str, Any], device: torch.device) -> nn.Module:
+        """The run's classifier network in eval mode on ``device`` (export, saliency): the sigmoid of its
+        output is the run's score."""
+        return load_run_network(run_dir, device)
+
     def no_classifier(self) -> str:
         """Why a run of this method has no classifier network (methods without one say)."""
         return f"a {self.name} run has no classifier model"
+
+    def no_export(self, fmt: str) -> str:
+        """Why a run of this method cannot be exported in ``fmt`` (one not in ``export_formats``)."""
+        return f"a {self.name} run cannot be exported as {fmt}"
 
     # -- reporting ------------------------------------------------------------------------------------
     def facts(self, train: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
