@@ -151,6 +151,9 @@ def register(app: typer.Typer) -> None:
         recalibrate: str | None = typer.Option(
             None, "--recalibrate",
             help="Fit temperature, platt or isotonic on the val split; report before and after."),
+        force_recalibration: bool = typer.Option(
+            False, "--force-recalibration",
+            help="Fit --recalibrate even where the val split has fewer than 10 positives or negatives."),
         no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip the calibration analysis."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Replace a metrics.json computed with other settings."),
@@ -182,7 +185,8 @@ def register(app: typer.Typer) -> None:
         sub_opts, cal_opts = analysis_options(
             subgroups=subgroups, subgroup=subgroup, age_bands=age_bands, min_positives=min_positives,
             prevalence_matched=prevalence_matched, metadata=metadata, no_subgroups=no_subgroups,
-            calibration_bins=calibration_bins, recalibrate=recalibrate, no_calibration=no_calibration)
+            calibration_bins=calibration_bins, recalibrate=recalibrate, no_calibration=no_calibration,
+            force_recalibration=force_recalibration)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_run(run, split, n_resamples=n_bootstrap, seed=seed, cluster=cluster,
@@ -213,7 +217,8 @@ def register(app: typer.Typer) -> None:
 
 def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_bands: str | None,
                      min_positives: int, prevalence_matched: bool, metadata: Path | None, no_subgroups: bool,
-                     calibration_bins: int, recalibrate: str | None, no_calibration: bool) -> tuple[Any, Any]:
+                     calibration_bins: int, recalibrate: str | None, no_calibration: bool,
+                     force_recalibration: bool = False) -> tuple[Any, Any]:
     """The subgroup and calibration options of ``evaluate_run`` from the command line (False = skip)."""
     from cxrbench.evaluate.analysis import CalibrationOptions, SubgroupOptions
 
@@ -230,7 +235,7 @@ def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_b
     cal_opts: CalibrationOptions | bool = False
     if not no_calibration:
         cal_opts = CalibrationOptions(n_bins=calibration_bins, recalibrate=recalibrate,
-                                      required=recalibrate is not None)
+                                      required=recalibrate is not None, force=force_recalibration)
     return sub_opts, cal_opts
 
 

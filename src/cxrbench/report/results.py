@@ -22,6 +22,8 @@ from cxrbench.report.protocol import Protocol
 from cxrbench.stats.significance import benjamini_hochberg
 
 MEAN = "mean"
+SHORTCUT = "shortcut"  # the init label of the metadata-only baseline's rows in results.csv
+SHORTCUT_NAME = "metadata-only logistic regression (view, sex, age, site; no pixel)"
 
 # results.csv: the contract columns first, then the details.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -44,6 +46,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "diff_lo",
     "diff_hi",
     "p_delong",
+    "min_detectable_diff",
     "n",
     "n_positive",
     "sensitivity",
@@ -54,6 +57,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "n_findings",
     "n_seeds",
     "seed_sd",
+    "seed_sd_covers",
+    "deterministic",
     "ensemble_auroc",
     "ensemble_lo",
     "ensemble_hi",
@@ -89,7 +94,8 @@ class Analyses:
     ece_hi, brier, slope, intercept), ``reliability`` (first seed), ``shortcut`` (each image model
     against the metadata-only baseline: compare rows + beats_shortcut, warning), ``operating``
     (external validation: source threshold vs the target's optimum), ``examples`` (dataset -> top
-    true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init), ``notes``.
+    true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init), ``notes``,
+    ``baseline`` (the metadata-only shortcut's own results rows, ``init = "shortcut"``: results.csv only).
     """
 
     subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -101,6 +107,7 @@ class Analyses:
     operating: pd.DataFrame = field(default_factory=pd.DataFrame)
     examples: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    baseline: pd.DataFrame = field(default_factory=pd.DataFrame)  # the shortcut's own results rows
 
 
 @dataclass
@@ -247,14 +254,19 @@ class StudyResults:
 
     def results_csv(self) -> pd.DataFrame:
         """The results.csv frame: one row per dataset x recipe x condition x seed x init x finding
-        (mean included; ``seed == "pooled"`` rows pooled over the seeds), then per subgroup."""
+        (mean included; ``seed == "pooled"`` rows pooled over the seeds), the metadata-only shortcut's
+        rows (``init = "shortcut"``, no seed: it does not depend on one) beside them, then per subgroup."""
         t = self._with_analyses()
-        t["init_name"] = t["init"].map(lambda i: self.init_names.get(i, i))
+        base = self.analyses.baseline
+        if len(base):
+            t = pd.concat([t, base.assign(init=SHORTCUT)], ignore_index=True)
+        names = {**self.init_names, SHORTCUT: SHORTCUT_NAME}
+        t["init_name"] = t["init"].map(lambda i: names.get(i, i))
         for c in RESULT_COLUMNS:
             if c not in t.columns:
                 t[c] = np.nan
         order = {d: i for i, d in enumerate(self.datasets)}
-        iorder = {d: i for i, d in enumerate(self.inits)}
+        iorder = {d: i for i, d in enumerate([*self.inits, SHORTCUT])}
         t["_d"] = t["dataset"].map(order)
         t["_i"] = t["init"].map(iorder)
         t["_f"] = (t["finding"] == MEAN).astype(int) * -1

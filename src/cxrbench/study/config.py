@@ -28,6 +28,7 @@ from cxrbench.study.sections import (
     ComparisonSpec,
     EvaluationSpec,
     ExternalSpec,
+    PowerSpec,
     RecipeSpec,
     Strict,
     adaptation_list,
@@ -162,6 +163,10 @@ class InitSpec(Strict):
         None, description="adaptation methods of this init (full, linear, lora, knn); the study's "
         "adaptations when unset (e.g. [linear, knn] for a backbone too large to fine-tune)",
         json_schema_extra=ADDED_LATER)
+    pretrain_seeds: Literal["shared", "per-seed"] | None = Field(
+        None, description="domain: and ssl: arms: one pretraining run per fine-tuning seed (per-seed: the "
+        "seed SD covers pretraining too; the default of domain:) or one shared by the seeds (shared: the SD "
+        "covers fine-tuning only; the default of ssl:)", json_schema_extra=ADDED_LATER)
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
     recipe_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
@@ -203,9 +208,10 @@ class InitSpec(Strict):
         if not self.init.strip():
             raise ValueError("init must not be empty")
         pretrained = self.domain is not None or self.ssl is not None
-        if not pretrained and (self.base is not None or self.pretrain or self.labels):
-            raise ValueError("'base', 'pretrain' and 'labels' only apply to init: domain:DATASET and "
-                             "ssl:NAME")
+        if not pretrained and (self.base is not None or self.pretrain or self.labels
+                               or self.pretrain_seeds is not None):
+            raise ValueError("'base', 'pretrain', 'pretrain_seeds' and 'labels' only apply to init: "
+                             "domain:DATASET and ssl:NAME")
         if self.ssl is not None and self.labels:
             raise ValueError("'labels' only applies to init: domain:DATASET (ssl: uses no label)")
         if self.domain is not None and not self.domain:
@@ -254,6 +260,9 @@ class StudyConfig(Strict):
         "clean", description="models external validation scores: clean = trained on all labels without "
         "noise (every adaptation method), all = every label budget and noise level too",
         json_schema_extra=ADDED_LATER)
+    power: PowerSpec = Field(PowerSpec(), description="the planned comparison `study run --dry-run` sizes "
+                             "the "
+                             "test sets against (no step reads it)", json_schema_extra=ADDED_LATER)
     prepare_workers: int | None = Field(None, ge=1, le=256, description="workers of the cache build")
     executor: ExecutorSpec = Field(ExecutorSpec(), description="where steps run (not hashed)")
     tracker: TrackerSpec | None = Field(None, description="experiment tracker of the runs (not hashed)")

@@ -57,9 +57,10 @@ class StudyLayout:
     def pretrain_dir(self, label: str, recipe: str, findings_key: str, seed: int) -> Path:
         return self.out / "pretrain" / label / recipe / findings_key / f"s{seed}"
 
-    def ssl_dir(self, label: str, recipe: str) -> Path:
-        """``ssl/<label>/<recipe>``: the self-supervised pretraining run of an ``ssl:`` arm."""
-        return self.out / "ssl" / label / recipe
+    def ssl_dir(self, label: str, recipe: str, seed: int | None = None) -> Path:
+        """``ssl/<label>/<recipe>``: the self-supervised pretraining run of an ``ssl:`` arm (shared by its
+        seeds); ``ssl/<label>/s<seed>/<recipe>`` with one run per seed (``pretrain_seeds: per-seed``)."""
+        return self.out / "ssl" / label / (recipe if seed is None else f"s{seed}/{recipe}")
 
     def run_dir(self, dataset: str, recipe: str, label: str, seed: int, condition: str = "") -> Path:
         """``runs/<dataset>/<recipe>/<label>/[<condition>/]s<seed>`` (``condition``: the non-default

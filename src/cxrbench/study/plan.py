@@ -32,6 +32,7 @@ from cxrbench.common.provenance import stable_hash
 from cxrbench.study.axes import Condition, conditions
 from cxrbench.study.config import InitSpec, LoadedStudy
 from cxrbench.study.facts import index_findings, shared_findings, source_fingerprint
+from cxrbench.study.seeds import deterministic, pretrain_seed
 from cxrbench.study.shard import parse_shard, select_shard, shard_assignment
 from cxrbench.study.state import marker_path, read_marker, refresh_status
 from cxrbench.study.steps import (
@@ -165,7 +166,8 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
                                "self-supervised pretraining read whole (unlabeled)")
                 continue
             for cond in conditions(b.cfg, spec):
-                for seed in b.cfg.seeds:
+                once = deterministic(spec, cond.as_dict["adaptation"])  # the same run for every seed
+                for seed in b.cfg.seeds[:1] if once else b.cfg.seeds:
                     runs.append(_run_steps(b, label, spec, r, name, seed, overrides, cond))
     return runs
 
@@ -190,18 +192,19 @@ def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, o
         group=group, deferred=findings is None))
 
 
-def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str) -> Step:
-    """The self-supervised pretraining run of an ``ssl:`` arm (one per recipe, shared by its seeds):
-    the train splits of its datasets and its unlabeled datasets whole, never a val/test patient of
-    any dataset of the study (every dataset's cache is passed as an exclusion)."""
+def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int | None = None) -> Step:
+    """The self-supervised pretraining run of an ``ssl:`` arm (one per recipe, shared by its seeds; or
+    one per ``seed`` with ``pretrain_seeds: per-seed``): the train splits of its datasets and its
+    unlabeled datasets whole, never a val/test patient of any dataset of the study (every dataset's
+    cache is passed as an exclusion)."""
     from cxrbench.pretrain.config import RUNTIME_KEYS, PretrainConfig
 
-    sid = f"ssl/{label}/{r}"
+    sid = f"ssl/{label}/{r}" + (f"/s{seed}" if seed is not None else "")
     existing = next((s for s in b.steps if s.id == sid), None)
     if existing is not None:
         return existing
     labelled, unlabeled = spec.ssl_datasets(list(b.cfg.datasets))
-    options = spec.ssl_options()
+    options = {**spec.ssl_options(), **({"seed": seed} if seed is not None else {})}
     ident = PretrainConfig(caches=["-"], init=spec.base or "-", out="-", **options).step_identity()
     everything = sorted(b.cfg.datasets)
     config = {"init": spec.base, "datasets": labelled, "unlabeled": unlabeled, "exclude": everything,
@@ -209,7 +212,7 @@ def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str) -> Step:
     runtime = {k: v for k, v in options.items() if k in RUNTIME_KEYS}
     cache = b.layout.cache_dir
     return b.add(Step(
-        sid, "ssl", b.layout.ssl_dir(label, r), config, tuple(f"cache/{d}/{r}" for d in everything),
+        sid, "ssl", b.layout.ssl_dir(label, r, seed), config, tuple(f"cache/{d}/{r}" for d in everything),
         complete=_RUN_COMPLETE,
         params=SslParams(label=label, recipe=r, init=spec.base or "",
                          caches=[str(cache(d, r)) for d in labelled],
@@ -217,7 +220,7 @@ def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str) -> Step:
                          exclude=[str(cache(d, r)) for d in everything if d not in labelled + unlabeled],
                          options={k: v for k, v in options.items() if k not in RUNTIME_KEYS},
                          runtime=runtime),
-        group=f"ssl/{label}/{r}"))
+        group=sid))
 
 
 def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed: int,
@@ -236,9 +239,10 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
     if spec.domain is not None:
         findings = shared_findings(study, label, name)
         static = shared_findings(study, label, name, static=True)
-        group = f"domain/{label}/{r}/s{seed}/" + (stable_hash(static, 8) if static else "*")
+        pseed = int(pretrain_seed(b.cfg, spec, seed) or 0)  # its own seed unless the run is shared
+        group = f"domain/{label}/{r}/s{pseed}/" + (stable_hash(static, 8) if static else "*")
         deferred = findings is None
-        pre = _pretrain_step(b, label, spec, r, seed, overrides, findings, group)
+        pre = _pretrain_step(b, label, spec, r, pseed, overrides, findings, group)
         deps = deps + (pre.id,)
         init_ident = {"pretrained": pre.id}
         init_value = "checkpoint:" + str(pre.out / RUN_BEST_WEIGHTS)
@@ -247,7 +251,7 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
             # different releases: equal patient ids are a naming coincidence, not a leak
             arm = {**arm, "allow_overlap": True}
     elif spec.ssl is not None:
-        pre = _ssl_step(b, label, spec, r)
+        pre = _ssl_step(b, label, spec, r, pretrain_seed(b.cfg, spec, seed))
         group = pre.group or group
         deps = deps + (pre.id,)
         init_ident = {"pretrained": pre.id}
@@ -263,8 +267,9 @@ def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed:
                       group=group, deferred=deferred))
     ev = b.cfg.evaluation.model_dump(mode="json")
     b.add(Step(f"eval/{name}/{r}/{label}/{cond.path}s{seed}", "eval", run_dir / "eval" / ev["split"], ev,
-               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond,
-                                                                      b.cfg.evaluation),
+               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(
+                   str(run_dir), name, r, label, seed, cond, b.cfg.evaluation,
+                   deterministic=deterministic(spec, cond.as_dict["adaptation"]) and len(b.cfg.seeds) > 1),
                group=group, deferred=deferred))
     return step
 
@@ -332,10 +337,10 @@ def _compare_steps(b: _Builder) -> None:
             for cond in conditions(b.cfg):
                 for seed in b.cfg.seeds:
                     evals = [s for s in b.steps if s.kind == "eval" and s.params.dataset == name
-                             and s.params.recipe == r and s.params.seed == seed
-                             and s.params.condition == cond]
-                    if len(evals) < 2:
-                        continue
+                             and s.params.recipe == r and s.params.condition == cond
+                             and (s.params.seed == seed or s.params.deterministic)]
+                    if len(evals) < 2 or not any(s.params.seed == seed for s in evals):
+                        continue  # (deterministic arms alone: their one comparison is at the first seed)
                     runs = {s.params.label: s.params.run for s in evals}
                     how, spec = comp, b.cfg.comparisons
                     ref = comp["reference"]

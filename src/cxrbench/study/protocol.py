@@ -185,7 +185,7 @@ def read_protocol(plan: Plan) -> Protocol:
         facts = run_facts(Path(p.run), p.dataset, p.label)
         arm = cfg.inits.get(p.label)
         if facts is not None and arm is not None:  # the study's own name of the init, not a temp path
-            ssl = ssl_sentence(layout.ssl_dir(p.label, p.recipe)) if arm.ssl is not None else None
+            ssl = _ssl_of(plan, s.id) if arm.ssl is not None else None
             facts = replace(facts, init_name=arm.init, pretrained_on=arm.domain, base=arm.base,
                             self_supervised=ssl, condition=p.condition.as_dict)
         if facts is not None:
@@ -201,6 +201,13 @@ def read_protocol(plan: Plan) -> Protocol:
                         method=cfg.comparisons.method),
                     seeds=tuple(cfg.seeds),
                     axes=study_axes(cfg))
+
+
+def _ssl_of(plan: Plan, eval_id: str) -> str | None:
+    """The Methods sentence of the self-supervised run the evaluated run started from."""
+    train = plan.by_id.get("train/" + eval_id.split("/", 1)[1])
+    pre = next((plan[d] for d in (train.deps if train else ()) if plan[d].kind == "ssl"), None)
+    return ssl_sentence(pre.out) if pre is not None else None
 
 
 def evaluation_facts(metrics: list[dict[str, Any]], split: str) -> EvaluationFacts | None:

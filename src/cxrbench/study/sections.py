@@ -112,3 +112,17 @@ class ExternalSpec(Strict):
     @classmethod
     def _as_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+
+class PowerSpec(Strict):
+    """The comparison a study plans for: what ``study run --dry-run`` sizes the test sets against."""
+
+    difference: float = Field(0.05, gt=0, lt=0.5,
+                              description="the AUROC difference the comparisons should detect")
+    auroc: float = Field(0.8, ge=0.5, lt=1, description="the expected AUROC of the reference")
+    correlation: float = Field(0.5, ge=0, lt=1, description="the expected correlation of two models' AUROCs "
+                               "on "
+                               "the same images (0.3-0.7 is typical of two fine-tuned networks)")
+    power: float = Field(0.8, gt=0.5, lt=1, description="the power the comparison should have")
+    prevalence: float | None = Field(None, gt=0, lt=1, description="expected share of positive test images "
+                                     "before indexing; each finding's own once the index exists")

@@ -116,6 +116,7 @@ class EvalParams:
     seed: int
     condition: Condition = DEFAULT
     evaluation: EvaluationSpec = EvaluationSpec()
+    deterministic: bool = False  # the arm's only run: the same for every seed (compared at every seed)
 
 
 @dataclass(frozen=True)
