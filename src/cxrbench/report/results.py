@@ -40,6 +40,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "adaptation",
     "label_fraction",
     "label_noise",
+    "tuning",
     "init_name",
     "auroc_std",
     "diff_vs_reference",
@@ -127,6 +128,11 @@ class StudyResults:
         pairs: all-pairs comparisons (``dataset, recipe, seed, init_a, init_b, finding, diff,
             diff_lo, diff_hi, p, p_adjusted``), empty with a reference.
         analyses: subgroups, calibration, shortcut baseline, operating points, saliency examples.
+        tuning, tuned, tuning_tests: with a ``tuning:`` block, every trial (dataset, recipe, init,
+            adaptation, rung, epochs, order, the point's keys, val_mean_auroc, chosen), each arm's choice
+            (``tuned_<key>``, value, strategy, budget, trial_epochs, ``default_<key>``), and the tuned
+            recipe against the default one per init on the same test images (``tuning_a``, ``tuning_b``,
+            finding, diff, diff_lo, diff_hi, p, ...). The tuned runs are the ``tuning == "tuned"`` rows.
         recipe_tests: recipe versus the first recipe per dataset and init on the same test images
             (``dataset, init, recipe_a, recipe_b, finding, diff, diff_lo, diff_hi, p, p_adjusted,
             n_seeds``), with two or more recipes.
@@ -159,6 +165,9 @@ class StudyResults:
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
     recipe_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     adaptation_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuned: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     analyses: Analyses = field(default_factory=Analyses)
     roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)

@@ -31,6 +31,7 @@ from cxrbench.study.sections import (
     PowerSpec,
     RecipeSpec,
     Strict,
+    TuningSpec,
     adaptation_list,
     stable_dump,
 )
@@ -167,6 +168,9 @@ class InitSpec(Strict):
         None, description="domain: and ssl: arms: one pretraining run per fine-tuning seed (per-seed: the "
         "seed SD covers pretraining too; the default of domain:) or one shared by the seeds (shared: the SD "
         "covers fine-tuning only; the default of ssl:)", json_schema_extra=ADDED_LATER)
+    tuning: TuningSpec | Literal[False] | None = Field(
+        None, description="this init's tuning keys over the study's (false: never tuned)",
+        json_schema_extra=ADDED_LATER)
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
     recipe_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
@@ -228,6 +232,8 @@ class InitSpec(Strict):
                              "pretraining continues (e.g. dinov2-vitb14) or starts from (random-vit-base)")
         if self.base is not None and self.base.startswith((DOMAIN_PREFIX, SSL_PREFIX)):
             raise ValueError("'base' cannot itself be a domain: or ssl: init")
+        if isinstance(self.tuning, TuningSpec) and self.tuning.methods:
+            raise ValueError("tuning.methods: per-method tuning keys belong to the study's tuning section")
         return self
 
 
@@ -255,6 +261,9 @@ class StudyConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="training recipe: `cxrbench train` keys")
     evaluation: EvaluationSpec = EvaluationSpec()
     comparisons: ComparisonSpec = ComparisonSpec()
+    tuning: TuningSpec | None = Field(
+        None, description="choose each init's training options on the validation split first; the study "
+        "then also runs every arm at its tuned values (the 'tuned' condition)", json_schema_extra=ADDED_LATER)
     external: tuple[ExternalSpec, ...] | Literal["all"] = ()
     external_conditions: Literal["clean", "all"] = Field(
         "clean", description="models external validation scores: clean = trained on all labels without "

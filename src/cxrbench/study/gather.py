@@ -29,7 +29,9 @@ from cxrbench.study.gather_compare import (
     apply_comparisons,
     pooled_rows,
     recipe_tests,
+    tuning_tests,
 )
+from cxrbench.study.gather_tuning import tuning_frames, with_tuned_values
 from cxrbench.study.protocol import read_protocol
 from cxrbench.study.steps import Plan
 
@@ -214,6 +216,8 @@ def gather_results(plan: Plan) -> StudyResults:
     table, roc, curves = _evaluations(plan, missing)
     pairs = apply_comparisons(plan, table, missing)
     table = _with_seed_variance(plan, _with_pooled(plan, pairs, missing))
+    trials, chosen = tuning_frames(plan, missing)
+    table = with_tuned_values(table, chosen)
     table = adjust_main_family(table) if cfg.comparisons.fdr == "bh" else table
     external = _external_rows(plan, missing)
     summaries, prevalence = [], []
@@ -252,6 +256,7 @@ def gather_results(plan: Plan) -> StudyResults:
         pairs=pairs["pairs"],
         recipe_tests=recipe_tests(plan) if len(used_recipes) > 1 else pd.DataFrame(),
         adaptation_tests=adaptation_tests(plan) if multi_adaptation else pd.DataFrame(),
+        tuning=trials, tuned=chosen, tuning_tests=tuning_tests(plan) if len(chosen) else pd.DataFrame(),
         analyses=analyses,
         axes=study_axes(cfg),
         roc=roc,

@@ -191,6 +191,27 @@ def recipe_tests(plan: Plan) -> pd.DataFrame:
     return out.drop(columns=["recipe"]) if "recipe" in out.columns else out
 
 
+def tuning_tests(plan: Plan) -> pd.DataFrame:
+    """With a ``tuning:`` block: per dataset, recipe, init and adaptation method (all labels, no noise),
+    the tuned recipe against the default one on the same test images, pooled over the seeds:
+    ``dataset, recipe, init, adaptation, tuning_a (tuned), tuning_b (default), finding, diff, ...``."""
+    groups: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    methods: dict[tuple[str, str, str], str] = {}
+    for s in sorted(plan.of_kind("eval"), key=lambda s: s.params.seed):
+        values = s.params.condition.as_dict
+        if s.status != "done" or any(not is_default(c, v) for c, v in values.items()
+                                     if c not in ("adaptation", "tuning")):
+            continue
+        label = f"{s.params.label}\t{values['adaptation']}"  # one group per init and method
+        groups.setdefault((s.params.dataset, s.params.recipe, label), {}).setdefault(
+            values["tuning"], []).append(s.params.run)
+        methods[(s.params.dataset, s.params.recipe, label)] = values["adaptation"]
+    rows = _tests_across(plan, groups, ["default", "tuned"], lambda arms: "default")
+    for r in rows:
+        r["init"], r["adaptation"] = r["init"].split("\t")
+    return pd.DataFrame(rows).rename(columns={"arm_a": "tuning_a", "arm_b": "tuning_b"})
+
+
 def adaptation_tests(plan: Plan) -> pd.DataFrame:
     """With two or more adaptation methods: per dataset, recipe and init (all labels, no noise),
     every method against full fine-tuning (or the init's first method) on the same test images,

@@ -30,7 +30,7 @@ from cxrbench.study.config import (
     StudyConfig,
 )
 from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
-from cxrbench.study.sections import PowerSpec
+from cxrbench.study.sections import PowerSpec, TuningSpec
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -118,6 +118,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             ExecutorSpec,
             TrackerSpec,
             PowerSpec,
+            TuningSpec,
         ):
             if cand.__name__ in text or ann is cand:
                 nxt = cand

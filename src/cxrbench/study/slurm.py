@@ -34,7 +34,7 @@ from cxrbench.study.runtime_config import ExecutorSpec, time_minutes
 from cxrbench.study.state import read_marker
 from cxrbench.study.steps import Step
 
-_GPU_KINDS = ("train", "pretrain", "ssl")
+_GPU_KINDS = ("train", "pretrain", "ssl", "tune")
 _ONE_GPU_KINDS = ("eval", "external")
 _RESOLVES_DEFERRED = ("phantom", "index")  # a deferred step is known once these are done
 _SUBMIT_LOCK = "_submit"

@@ -3,7 +3,8 @@ step kind (what an executor needs besides the hashed ``config``: paths, labels; 
 
 Steps flow one way::
 
-    phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) -> train -> eval -> external
+    phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) [-> tune -> tuned] -> train
+                                                                              -> eval -> external
                                                                               \\-> compare -> report
                                                                               \\-> pooled (seeds) -> report
 """
@@ -27,6 +28,8 @@ KINDS: tuple[str, ...] = (
     "cache",
     "pretrain",
     "ssl",
+    "tune",
+    "tuned",
     "train",
     "eval",
     "external",
@@ -88,6 +91,43 @@ class TrainParams:
     seed: int
     condition: Condition = DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
+    tuning: str | None = None  # the tuned condition: the tuning.json whose chosen values the run uses
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """One tuning trial (:func:`cxrbench.train.tune.run_trial`): ``options`` are the TrainConfig options
+    of the arm at the trials' seed (cache, init, findings, ...); rung 0 trains ``point`` (the ``order``-th
+    of the search space), a later rung of successive halving the ``slot``-th best trial of ``previous``."""
+
+    dataset: str
+    recipe: str
+    label: str
+    condition: Condition
+    options: dict[str, Any]
+    runtime: dict[str, Any]
+    rung: int
+    slot: int
+    epochs: int
+    point: dict[str, Any] | None = None
+    order: int = 0
+    previous: tuple[str, ...] = ()
+    keep_weights: bool = False
+
+
+@dataclass(frozen=True)
+class TunedParams:
+    """The choice of one arm's tuning (:func:`cxrbench.train.tune.select_trials`) among its ``trials``
+    (trial folders), recorded with its ``settings``, ``rungs`` and the searched keys' ``default`` values."""
+
+    dataset: str
+    recipe: str
+    label: str
+    condition: Condition
+    trials: tuple[str, ...]
+    settings: Any  # cxrbench.train.tune.TuningSettings
+    rungs: tuple[Any, ...]
+    default: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,7 +218,8 @@ class ReportParams:
     """Gather everything into the report (no parameters)."""
 
 
-StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | SslParams | EvalParams
+StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | TuneParams | TunedParams | SslParams
+              | EvalParams
               | ExternalParams | CompareParams | ShortcutParams | PooledParams | ReportParams)
 
 
