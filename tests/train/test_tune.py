@@ -135,3 +135,14 @@ def test_a_trial_that_reads_the_test_split_fails(tmp_path, tiny_cache_factory, m
         T.run_trial(options, tmp_path / "trial", point={"lr": 1e-3})
     assert not (tmp_path / "trial" / T.TRIAL_FILE).exists()
     assert np.isnan(T.Trial({}, 0, 0, 1, float("nan")).value)
+
+
+def test_a_searched_epochs_key_trains_each_point_for_its_own_epochs():
+    grid = T.TuningSettings(space={"epochs": [2, 5], "lr": [1e-4]})
+    idx, rungs = grid.schedule(10)
+    assert rungs == [T.Rung(2, 5)] and grid.trial_epochs(rungs[0]) is None  # budget counts the longest
+    assert T.TuningSettings(space={"lr": [1e-4]}, epochs=3).trial_epochs(T.Rung(1, 3)) == 3
+    for bad in (T.TuningSettings(space={"epochs": [2, 5]}, epochs=3),
+                T.TuningSettings(space={"epochs": [2, 5]}, strategy="halving")):
+        with pytest.raises(InputError, match="epochs is searched"):
+            bad.schedule(10)

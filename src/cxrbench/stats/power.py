@@ -12,13 +12,17 @@ positives)`` taken from the binormal model of Obuchowski's sample-size work (equ
 ``Q1 = Q2 = Phi2(h, h; 1/2) = Phi(h) - 2 T(h, 1/sqrt(3))``, ``h = Phi^-1(A)`` (T: Owen's T). Hanley and
 McNeil's exponential values ``Q1 = A / (2 - A)``, ``Q2 = 2 A^2 / (1 + A)`` are available
 (``shape="exponential"``; larger, so more conservative, when the classes are unbalanced). ``V(A) =
-V(1 - A)``. and the variance of the paired difference of ``A0`` (the
+V(1 - A)``. The variance of the paired difference of ``A0`` (the
 reference) and ``A1 = A0 + d`` with the correlation ``r`` of the two AUROC estimates is
 ``V(d) = V(A0) + V(A1) - 2 r sqrt(V(A0) V(A1))`` (Obuchowski & McClish, Stat Med 1997). With the
-variance under the null ``V0 = 2 V(A0)(1 - r)`` and under the alternative ``V1 = V(d)``, a test at
-level ``alpha`` (two-sided: ``z = z_{1-alpha/2}``) has power
+variance under the alternative ``V1 = V(d)``, the Wald test at level ``alpha`` that cxrbench's tests
+are (DeLong's and the paired bootstrap's critical values come from the variance at the observed AUROCs;
+two-sided: ``z = z_{1-alpha/2}``) has power
 
-    power(d) = Phi((d - z sqrt(V0)) / sqrt(V1)) [+ Phi((-d - z sqrt(V0)) / sqrt(V1)) two-sided]
+    power(d) = Phi(d / sqrt(V1) - z) [+ Phi(-d / sqrt(V1) - z) two-sided]
+
+(``critical="null"``: Obuchowski's form with the null variance ``V0 = 2 V(A0)(1 - r)`` in the critical
+value, ``Phi((d - z sqrt(V0)) / sqrt(V1))``, a little more conservative)
 
 and the minimum detectable difference at ``power`` (80% by default) is the ``d > 0`` solving
 ``power(d) = power`` (bisection; NaN when even ``A1 = 1`` falls short). For a macro mean over K
@@ -86,20 +90,24 @@ def _z(alpha: float, alternative: str) -> float:
 
 def power_of(diff: float, auroc: Any, n_pos: Any, n_neg: Any, r: float, *, alpha: float = 0.05,
              alternative: str = "two-sided", cross: np.ndarray | None = None,
-             extra_var: tuple[float, float] = (0.0, 0.0)) -> float:
+             extra_var: tuple[float, float] = (0.0, 0.0), shape: str = "binormal",
+             critical: str = "observed") -> float:
     """Power of the paired test at level ``alpha`` to detect ``diff`` (model minus reference) when the
-    reference scores ``auroc`` (one value, or one per finding of a mean) on ``n_pos``/``n_neg``."""
+    reference scores ``auroc`` (one value, or one per finding of a mean) on ``n_pos``/``n_neg``
+    (``shape``: the variance model of :func:`auroc_variance`; ``critical``: ``observed`` for a Wald test
+    whose critical value uses the variance at the observed AUROCs, as DeLong's test and the paired
+    bootstrap do, or ``null`` for Obuchowski's variance under the null)."""
     a0 = np.atleast_1d(np.asarray(auroc, dtype=np.float64))
     a1 = np.clip(a0 + diff, 0.0, 1.0)
-    v0 = auroc_variance(a0, n_pos, n_neg)
-    v1 = auroc_variance(a1, n_pos, n_neg)
+    v0 = auroc_variance(a0, n_pos, n_neg, shape)
+    v1 = auroc_variance(a1, n_pos, n_neg, shape)
     if not (np.all(np.isfinite(v0)) and np.all(np.isfinite(v1))):
         return float("nan")
     va = _mean_variance(v1, cross) + extra_var[0]
     vb = _mean_variance(v0, cross) + extra_var[1]
     rho = float(np.clip(r, -0.999, 0.999)) if math.isfinite(r) else 0.0
-    null = max(2.0 * vb * (1.0 - rho), 1e-15)
     alt = max(va + vb - 2.0 * rho * math.sqrt(va * vb), 1e-15)
+    null = max(2.0 * vb * (1.0 - rho), 1e-15) if critical == "null" else alt
     z = _z(alpha, alternative)
     d = abs(float(np.mean(a1 - a0)))
     out = float(norm.cdf((d - z * math.sqrt(null)) / math.sqrt(alt)))
@@ -112,14 +120,16 @@ def min_detectable_difference(auroc: Sequence[float] | float, n_pos: Sequence[fl
                               n_neg: Sequence[float] | float, r: float = 0.0, *, alpha: float = 0.05,
                               power: float = POWER, alternative: str = "two-sided",
                               cross: np.ndarray | None = None,
-                              extra_var: tuple[float, float] = (0.0, 0.0)) -> float:
+                              extra_var: tuple[float, float] = (0.0, 0.0), shape: str = "binormal",
+                              critical: str = "observed") -> float:
     """The smallest AUROC improvement over the reference the paired test detects with ``power``
     (NaN when the counts are missing or no improvement up to an AUROC of 1 is detectable)."""
     a0 = np.atleast_1d(np.asarray(auroc, dtype=np.float64))
     if not np.all(np.isfinite(a0)) or a0.size == 0:
         return float("nan")
     top = float(1.0 - a0.max())
-    kw: dict[str, Any] = {"alpha": alpha, "alternative": alternative, "cross": cross, "extra_var": extra_var}
+    kw: dict[str, Any] = {"alpha": alpha, "alternative": alternative, "cross": cross, "extra_var": extra_var,
+                          "shape": shape, "critical": critical}
     hi_power = power_of(top, a0, n_pos, n_neg, r, **kw)
     if not math.isfinite(hi_power) or hi_power < power:
         return float("nan")

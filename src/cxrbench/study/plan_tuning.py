@@ -10,6 +10,7 @@ SLURM job of its own), resumable like any run, and never read the test split (th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cxrbench.study.axes import TUNING, Condition
@@ -45,6 +46,7 @@ def tuning_steps(b: Builder, label: str, spec: InitSpec, r: str, name: str, cond
     plain = {**b.study.train, **arm, "seed": seed}
     space = check_space(settings.space, plain, f"{b.study.path}: tuning ({label}, {method})")
     run_epochs = TrainConfig(cache="-", init="-", out="-", **plain).epochs
+    settings = replace(settings, space=space)
     indices, rungs = settings.schedule(run_epochs)
     points = grid_points(space)
     folder = b.layout.tuning_dir(name, r, label, base.path)
@@ -56,7 +58,8 @@ def tuning_steps(b: Builder, label: str, spec: InitSpec, r: str, name: str, cond
         current = []
         for k in range(rung.configs):
             point = points[indices[k]] if i == 0 else None
-            ident = b.train_identity({**arm, **(point or {}), "epochs": rung.epochs}, seed)
+            epochs = settings.trial_epochs(rung)
+            ident = b.train_identity({**arm, **(point or {}), **({"epochs": epochs} if epochs else {})}, seed)
             config: dict[str, Any] = {"init": start.init_ident, "findings": start.findings, "train": ident,
                                       "rung": i, "slot": k}
             if i:
@@ -67,7 +70,7 @@ def tuning_steps(b: Builder, label: str, spec: InitSpec, r: str, name: str, cond
                 sid, "tune", folder / f"r{i}" / f"t{k}", config,
                 start.deps + tuple(s.id for s in previous), complete=(TRIAL_FILE,),
                 params=TuneParams(dataset=name, recipe=r, label=label, condition=base, options=options,
-                                  runtime=b.train_runtime(arm), rung=i, slot=k, epochs=rung.epochs,
+                                  runtime=b.train_runtime(arm), rung=i, slot=k, epochs=epochs,
                                   point=point, order=indices[k] if i == 0 else 0,
                                   previous=tuple(str(s.out) for s in previous),
                                   keep_weights=settings.keep_weights),

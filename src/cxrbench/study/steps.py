@@ -108,7 +108,7 @@ class TuneParams:
     runtime: dict[str, Any]
     rung: int
     slot: int
-    epochs: int
+    epochs: int | None  # None: the point's own epochs (a searched key)
     point: dict[str, Any] | None = None
     order: int = 0
     previous: tuple[str, ...] = ()

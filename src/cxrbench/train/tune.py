@@ -100,12 +100,29 @@ class TuningSettings:
         """The grid, in search-space order (the first key varies slowest)."""
         return grid_points(self.space)
 
+    @property
+    def searches_epochs(self) -> bool:
+        """Whether ``epochs`` is a searched key (then every trial trains for its point's epochs)."""
+        return "epochs" in self.space
+
+    def trial_epochs(self, rung: Rung) -> int | None:
+        """The epochs a trial of ``rung`` is trained for (None: its point's own, when searched)."""
+        return None if self.searches_epochs else rung.epochs
+
     def schedule(self, run_epochs: int) -> tuple[list[int], list[Rung]]:
-        """``(indices of the points tried, rungs)`` for runs whose own schedule is ``run_epochs``."""
+        """``(indices of the points tried, rungs)`` for runs whose own schedule is ``run_epochs``; the
+        budget counts a searched ``epochs`` at its largest value. Refuses a searched ``epochs`` with a
+        schedule of its own (``tuning.epochs`` or successive halving)."""
+        if self.searches_epochs and (self.epochs is not None or self.strategy == "halving"):
+            raise InputError("epochs is searched and also set by the tuning schedule",
+                             where="tuning.space.epochs",
+                             fix="search epochs with the grid strategy and no tuning.epochs, or search early "
+                             "stopping (patience) instead")
+        longest = max(int(e) for e in self.space["epochs"]) if self.searches_epochs else None
         return schedule(
             len(self.points()),
             self.strategy,
-            self.epochs or run_epochs,
+            longest or self.epochs or run_epochs,
             self.budget,
             eta=self.eta,
             min_epochs=self.min_epochs,
@@ -423,7 +440,8 @@ def tune(
         settings.space, {k: v for k, v in base.items() if k not in ("cache", "init", "out")}, "tuning"
     )
     run_epochs = TrainConfig.from_dict({**base, "out": "-"}, where="tuning").epochs
-    indices, rungs = TuningSettings(**{**settings.__dict__, "space": space}).schedule(run_epochs)
+    checked = TuningSettings(**{**settings.__dict__, "space": space})
+    indices, rungs = checked.schedule(run_epochs)
     points = grid_points(space)
     folders: list[Path] = []
     previous: list[Path] = []
@@ -439,7 +457,7 @@ def tune(
                         point=points[indices[k]],
                         order=indices[k],
                         rung=0,
-                        epochs=rung.epochs,
+                        epochs=checked.trial_epochs(rung),
                         keep_weights=settings.keep_weights,
                         quiet=quiet,
                     )
@@ -450,7 +468,7 @@ def tune(
                         previous=previous,
                         slot=k,
                         rung=i,
-                        epochs=rung.epochs,
+                        epochs=checked.trial_epochs(rung),
                         keep_weights=settings.keep_weights,
                         quiet=quiet,
                     )
