@@ -17,7 +17,6 @@ LONG_FUNCTIONS: dict[str, int] = {
     "phantom/render.py:_lateral": 132,
     "report/write.py:write_report": 141,
     "commands/weights.py:register": 142,
-    "export/card.py:model_card": 134,
     "commands/study.py:register": 134,
     "phantom/cohort.py:sample_cohort": 132,
 }

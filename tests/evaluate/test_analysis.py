@@ -69,8 +69,9 @@ def test_subgroups_json_equals_sklearn_per_subgroup_at_the_evaluation_thresholds
     metrics = evaluate(run, cluster="patient",
                        subgroups=SubgroupOptions(metadata=str(index), extra=("site",), age_edges=(50, 70)))
     doc = json.loads(subgroups_path(run, "test").read_text())
+    # one dataset ("csv"): dataset is not offered as a subgroup
     assert doc["format"] == "cxrbench.subgroups/1" and doc["settings"]["variables"] == ["sex", "age", "view",
-                                                                                         "dataset", "site"]
+                                                                                         "site"]
     assert doc["settings"]["bootstrap"]["cluster"] == "patient" and doc["n_images"] == 400
     table = pd.DataFrame(doc["table"])
     assert set(table[table["variable"] == "age"]["subgroup"]) == {"<50", "50-70", ">=70"}
@@ -90,7 +91,7 @@ def test_subgroups_json_equals_sklearn_per_subgroup_at_the_evaluation_thresholds
                and g["metric"] == "auroc")
     assert gap["high_group"] == "F" and gap["gap"] > 0
     under = pd.DataFrame(doc["underdiagnosis"])
-    assert set(under["variable"]) == {"sex", "age", "view", "dataset", "site"}
+    assert set(under["variable"]) == {"sex", "age", "view", "site"}
     assert doc["predictions_sha256"] == metrics["predictions_sha256"]
 
 
@@ -186,3 +187,50 @@ def test_cli_bad_analysis_options_exit_2(foreign_run, cli_runner, args, message)
                                      *args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output + result.stderr
+
+
+def test_dataset_is_a_subgroup_only_with_two_datasets_or_when_asked(foreign_run, tmp_path):
+    run, index, _ = foreign_run
+    two = tmp_path / "two.parquet"
+    df = pd.read_parquet(index)
+    df["dataset"] = np.where(np.arange(len(df)) % 2 == 0, "csv", "other")
+    write_index(df, two, list(FINDINGS))
+    evaluate(run, subgroups=SubgroupOptions(metadata=str(two)))
+    assert "dataset" in json.loads(subgroups_path(run, "test").read_text())["settings"]["variables"]
+    evaluate(run, subgroups=SubgroupOptions(metadata=str(index), variables=("sex", "dataset")))
+    assert json.loads(subgroups_path(run, "test").read_text())["settings"]["variables"] == ["sex", "dataset"]
+
+
+def test_recalibration_on_few_validation_positives_is_refused_unless_forced_and_warned(foreign_run):
+    run, _, _ = foreign_run
+    val = predictions.read_predictions(predictions_path(run, "val"))
+    pos = np.flatnonzero(val["y_cardiomegaly"].to_numpy() == 1)
+    val.loc[pos[3:], "y_cardiomegaly"] = 0.0  # 3 positives left on val
+    keep = np.flatnonzero(val["y_no_finding"].to_numpy() == 1)
+    val.loc[keep[20:], "y_no_finding"] = 0.0  # 20 positives: fitted with a warning
+    predictions.write_predictions(val, predictions_path(run, "val"))
+    with pytest.warns(UserWarning, match="isotonic recalibration refused: 3 validation positive"):
+        evaluate(run, threshold_from="test", calibration=CalibrationOptions(recalibrate="isotonic"))
+    doc = json.loads(calibration_path(run, "test").read_text())
+    card = doc["per_finding"]["cardiomegaly"]["recalibrated"]
+    assert card["params"] == {} and "refused" in card["warning"] and "refused" in card["note"]
+    before = doc["per_finding"]["cardiomegaly"]["ece"]["value"]
+    assert card["ece"]["value"] == pytest.approx(before)  # identity
+    nf = doc["per_finding"]["no_finding"]["recalibrated"]
+    assert nf["params"] and "only 20 validation positive(s)" in nf["warning"]
+    assert len(doc["warnings"]) == 2 and doc["settings"]["recalibration_min"] == cal.RECALIBRATION_MIN
+    with pytest.warns(UserWarning, match="fitted on only 3 validation positive"):
+        evaluate(run, threshold_from="test",
+                 calibration=CalibrationOptions(recalibrate="isotonic", force=True))
+    doc = json.loads(calibration_path(run, "test").read_text())
+    assert doc["per_finding"]["cardiomegaly"]["recalibrated"]["params"] and doc["settings"]["forced"]
+    table = calibration_table(doc)
+    assert table.loc[table["stage"] == "after", "warning"].str.contains("fitted on only").all()
+
+
+def test_implausible_calibration_fits_are_flagged_unstable():
+    assert cal.fit_instability(1.0, 0.1, 50, 50) == ""
+    assert "slope 25" in cal.fit_instability(25.0, 0.1, 50, 50)
+    assert "|intercept| 7" in cal.fit_instability(1.0, -7.0, 50, 50)
+    assert "did not converge" in cal.fit_instability(float("nan"), float("nan"), 50, 50)
+    assert "fitted on 3 positive(s)" in cal.fit_instability(1.0, 0.0, 3, 50)

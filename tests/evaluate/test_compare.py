@@ -233,3 +233,20 @@ def test_one_comparison_file_format_for_cli_and_study(tmp_path, three_models):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="not a cxrbench comparison file"):
         cp.read_comparison(tmp_path / "bad.json")
+
+
+def test_every_row_says_what_difference_the_test_set_could_detect(three_models):
+    from cxrbench.stats.power import min_detectable_difference, power_of
+
+    out = cp.compare_predictions(three_models, reference="imagenet", n_resamples=200, seed=1)
+    rows = out[(out["finding"] != cp.MEAN_ROW) & out["auroc_a"].notna()]
+    assert out.loc[out["auroc_a"].isna(), "min_detectable_diff"].isna().all()  # not estimable: none
+    assert rows["auroc_corr"].between(-1, 1).all() and rows["min_detectable_diff"].between(0.005, 0.5).all()
+    r = rows.iloc[0]
+    assert r["min_detectable_diff"] == pytest.approx(
+        min_detectable_difference(r["auroc_b"], r["n_positive"], r["n_negative"], r["auroc_corr"]))
+    assert power_of(r["min_detectable_diff"], r["auroc_b"], r["n_positive"], r["n_negative"],
+                    r["auroc_corr"]) == pytest.approx(0.8, abs=1e-4)
+    mean = out[out["finding"] == cp.MEAN_ROW]
+    widest = rows.groupby("model_a")["min_detectable_diff"].max().to_numpy()
+    assert (mean["min_detectable_diff"] < widest).all()

@@ -63,7 +63,15 @@ def test_the_model_card(evaluated_run, tmp_path):
     assert (
         "| cardiomegaly | nih: 'Cardiomegaly' |" in card and "| pleural_effusion | nih: 'Effusion' |" in card
     )
-    assert f'timm.create_model("local-dir:{out.resolve()}"' in card and "Subgroups" not in card
+    assert f'timm.create_model("local-dir:{out.resolve()}"' in card
+    # the analyses of the evaluation, read from subgroups.json and calibration.json beside metrics.json
+    subgroups = json.loads((run / "eval/test/subgroups.json").read_text())
+    assert "Subgroups (" + ", ".join(subgroups["settings"]["variables"]) in card
+    assert "Largest AUROC gap per variable" in card and "| finding | probabilities | ECE (CI)" in card
+    # a tiny test split: every finding has fewer than 10 positives or negatives, and the card says so
+    assert "| **mean** | | " in card and "\u2020 fewer than 10 positive or negative test images" in card
+    # a random initialization is not named by a pretrained tag
+    assert "test_vit.r160_in1k" not in card and "# test_vit from `random-vit-test`" in card
 
 
 def test_subgroups_and_calibration_appear_when_evaluated_and_absence_is_fine(evaluated_run, tmp_path):

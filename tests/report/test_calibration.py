@@ -47,6 +47,22 @@ def test_calibration_table_and_reliability_figure():
     assert rc.reliability_figure(reliability_frame(doc).iloc[:0]) is None
 
 
+def test_calibration_table_marks_unstable_fits_and_warned_recalibration():
+    rows = pd.DataFrame([
+        {"finding": "edema", "stage": "before", "ece": 0.2, "slope": 40.0, "intercept": 0.3,
+         "unstable": "unstable: slope 40 outside 0.1-10"},
+        {"finding": "edema", "stage": "after", "method": "isotonic", "ece": 0.02, "slope": 1.0,
+         "intercept": 0.0,
+         "unstable": "", "warning": "isotonic recalibration fitted on only 2 validation positive(s)"},
+    ])
+    t = rc.calibration_table(rows)
+    assert t.rows[0][4].text.endswith(rc.UNSTABLE) and "slope 40" in t.rows[0][4].title
+    assert not t.rows[1][4].text.endswith(rc.UNSTABLE)
+    assert t.rows[1][1].text.endswith(rc.UNSTABLE) and t.rows[1][2].style == "muted"
+    assert any("do not read them as calibration" in n for n in t.notes)
+    assert any(n.startswith("Warning: edema: isotonic recalibration fitted on only 2") for n in t.notes)
+
+
 def test_operating_table_flags_a_threshold_that_does_not_transfer():
     out = operating_points(preds("t", 400, 2, shift=2.5), preds("v", 400, 3), n_resamples=50)
     t = rc.operating_table(out)

@@ -86,8 +86,8 @@ def test_preprocess_and_evaluation_read_the_files_facts():
     ev = EvaluationFacts(split="test", n_resamples=(2000,), cluster=("image",), seed=(4,), ci=0.9,
                          threshold=("test",))
     text = evaluation_paragraph(ev, 0.9)
-    assert "90% percentile confidence intervals from 2,000 bootstrap resamples drawn by image (seed 4)" \
-        in text
+    assert ("90% percentile confidence intervals from 2,000 bootstrap resamples of the test set drawn by "
+            "image (one level: the test patients; seed 4)") in text
     assert "chosen on the test split itself" in text
     none = evaluation_paragraph(replace(ev, n_resamples=(0,)), 0.95)
     assert "without bootstrap intervals" in none and "resamples drawn" not in none
@@ -115,3 +115,68 @@ def test_the_design_paragraph_names_seeds_budgets_and_noise():
     assert "3 training seeds (0, 1 and 2)" in text and "two-level bootstrap" in text
     assert "label budgets of 0.1 and 1 of the training patients: nested subsets" in text
     assert "share of 0 and 0.2 of the known training labels" in text
+
+
+def test_intervals_and_tests_are_named_as_the_tables_show_them_single_seed_or_pooled():
+    from cxrbench.report.methods import comparison_paragraph
+    from cxrbench.report.protocol import ComparisonFacts
+
+    ev = EvaluationFacts(split="test", n_resamples=(1000,), cluster=("patient",), seed=(0,), ci=0.95,
+                         threshold=("val",))
+    pooled = evaluation_paragraph(ev, 0.95, pooled=True)
+    assert "95% two-level bootstrap confidence intervals in the tables" in pooled
+    assert "one level" in pooled and "results.csv" in pooled  # each run's own interval
+    assert "two-level" not in evaluation_paragraph(ev, 0.95)
+    c = ComparisonFacts(reference="imagenet", alternative="two-sided", fdr="bh", alpha=0.05)
+    one = comparison_paragraph(c)
+    assert "reported alongside" not in one and "p_delong in results.csv" in one
+    many = comparison_paragraph(c, pooled=True)
+    assert "paired two-level bootstrap test" in many
+    assert "DeLong's test has no version for pooled seeds" in many
+    assert "reported alongside" not in many and "80% power" in many and "could not tell" in many
+
+
+def test_analyses_that_ran_are_stated_from_their_settings():
+    from cxrbench.report.methods import analyses_paragraph
+    from cxrbench.report.protocol import AnalysisFacts
+
+    a = AnalysisFacts(subgroup_variables=("sex", "age"), subgroup_min=10, age_edges=(40.0, 60.0),
+                      calibration_bins=(10,), recalibration=("isotonic",), recalibration_warnings=2,
+                      shortcut_features=("view", "sex", "age"), shortcut_datasets=("nih",))
+    text = analyses_paragraph(a)
+    assert "per subgroup of sex and age (age bands at 40, 60 years)" in text and "not estimable" in text
+    assert "ECE over 10 equal-mass bins" in text and "isotonic recalibration fitted on the validation" in text
+    assert "2 map(s) flagged" in text and "logistic regression on view, sex and age" in text
+    assert analyses_paragraph(AnalysisFacts()) is None
+    assert "shortcut" not in analyses_paragraph(AnalysisFacts(calibration_bins=(15,)))
+
+
+def test_tuning_seed_variance_and_deterministic_arms_in_the_methods():
+    from cxrbench.report.methods import design_paragraph, tuning_paragraph
+    from cxrbench.report.protocol import TuningFacts
+
+    t = [TuningFacts(init=i, dataset="nih", method="full", strategy="halving",
+                     space={"lr": [1e-5, 1e-4], "weight_decay": [0.0, 0.05]}, chosen={"lr": lr}, value=0.8,
+                     n_trials=7, trial_epochs=15, epochs=5, seed=0, budget=20, rungs=((4, 1), (2, 3)),
+                     tie_rule="ties to 4 decimals: the first point")
+         for i, lr in (("dino", 1e-5), ("scratch", 1e-4))]
+    text = tuning_paragraph(t, (0, 1, 2))
+    assert "successive halving" in text and "lr 1e-05, 1e-04; weight_decay 0, 0.05" not in text
+    assert "lr 1e-05, 0.0001; weight_decay 0, 0.05" in text
+    assert "in rungs of 4 x 1 epoch(s), 2 x 3 epoch(s)" in text
+    assert "14 trials, 30 trial-epochs; budget 20" in text and "no tuning run read the test split" in text
+    assert "Chosen: dino on nih: lr 1e-05; scratch on nih: lr 0.0001" in text and "(0, 1 and 2)" in text
+    assert tuning_paragraph([], (0,)) is None
+    runs = [run(seed_variance="fine-tuning; the pretrained weights are fixed"),
+            run(init="knn", adaptation={"method": "knn"}, deterministic=True,
+                seed_variance="none: deterministic, one run (the same for every seed)")]
+    design = design_paragraph(Protocol(seeds=(0, 1), runs=runs))
+    assert "the seed SD and CI of each arm cover: dino: fine-tuning; the pretrained weights are fixed" \
+        in design
+    assert "knn (knn) ran once, as every seed gives the same run" in design
+
+
+def test_tuned_runs_are_not_listed_as_exceptions_to_the_recipe():
+    runs = [run(), run(settings={**SETTINGS, "lr": 3e-4}, condition={"tuning": "tuned"})]
+    _, train = training_paragraphs(runs)
+    assert "Exceptions" not in train

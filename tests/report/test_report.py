@@ -294,7 +294,7 @@ def test_html_is_self_contained_with_tables_and_figures(rendered):
         "deadbeef",
         "0123abcd",
         "Methods (generated)",
-        "1,000 bootstrap resamples drawn by patient",
+        "1,000 bootstrap resamples of the test set drawn by patient",
         "ab" * 32,
     ):
         assert needle in html

@@ -51,7 +51,8 @@ def test_ranking_table_shows_where_the_winner_changes_and_the_supporting_test():
     default = by[("vindr", "all labels")]
     assert default[2].text.startswith("mimic") and default[3].text == "–"
     assert by[("vindr", "label fraction 0.25")][3].text == "same winner"
-    assert by[("cxr14", "label fraction 0.25")][3].text == "winner changes: mimic -> imagenet"
+    changed = by[("cxr14", "label fraction 0.25")][3]
+    assert changed.text.startswith("winner changes: mimic -> imagenet")
     assert by[("cxr14", "label fraction 0.25")][4].text.startswith("mimic - imagenet:")  # the runner-up
     assert by[("vindr", "all labels")][4].text.startswith("mimic - imagenet: +")
 
@@ -160,3 +161,33 @@ def test_the_ladder_and_zero_shot_as_the_zero_label_point_of_the_curves(tmp_path
     assert R.axis_figure(res, "label_noise") is None
     md = write_report(res, tmp_path)["markdown"].read_text()
     assert "| zeroshot | linear | full |" in md.replace("  ", " ")
+
+
+def test_a_changed_winner_is_alarm_red_only_when_its_test_is_significant():
+    res = with_axes()
+    t = res.table
+    low = (t["label_fraction"] == 0.25) & (t["dataset"] == "cxr14")
+    t.loc[low, "p_adjusted"], t.loc[low, "min_detectable_diff"] = 0.4, 0.052
+    cell = {(r[0].text, r[1].text): r for r in R.ranking_table(res).rows}[("cxr14", "label fraction 0.25")]
+    assert cell[3].text == "winner changes: mimic -> imagenet (not significant)" and cell[3].style == "muted"
+    assert "not significant, detects \u22650.052 at 80% power" in cell[4].text
+    t.loc[low, "p_adjusted"] = 0.001
+    cell = {(r[0].text, r[1].text): r for r in R.ranking_table(res).rows}[("cxr14", "label fraction 0.25")]
+    assert cell[3].text == "winner changes: mimic -> imagenet" and cell[3].style == "sigworse"
+
+
+def test_a_deterministic_arm_is_shown_as_one_run_and_each_sd_says_what_it_covers():
+    res = with_axes()
+    t = res.table
+    pooled = t["seed"].astype(str) == POOLED
+    t["seed_sd_covers"] = "fine-tuning (head initialization, data order, augmentation); the pretrained " \
+                          "weights are fixed"
+    knn = pooled & (t["init"] == "dinov2")
+    t.loc[knn, "deterministic"], t.loc[knn, "n_seeds"], t.loc[knn, "seed_sd"] = True, 1, np.nan
+    mt = tables.main_table(res, "r224", POOLED)
+    cells = {r[0].text: r for r in mt.rows}["vindr"]
+    dino = res.inits.index("dinov2") + 3
+    assert cells[dino].text.split(" *")[0].endswith("(deterministic)") and " sd " not in cells[dino].text
+    assert "pooled over 3 seeds" in mt.caption  # the deterministic arm's one run does not count
+    assert "(deterministic): a method whose runs do not depend on the seed" in mt.notes[0]
+    assert "The seed SD and CI cover: imagenet: fine-tuning" in mt.notes[0] and "dinov2:" not in mt.notes[0]

@@ -57,3 +57,34 @@ def test_forest_colours_only_significant_differences():
     assert any(flags) and not all(flags)
     assert plots.significant(res, {"p_adjusted": None}) is False
     assert plots.forest_figure(res, "r224", 0).startswith(b"\x89PNG")
+
+
+def test_the_main_table_mean_carries_the_mark_of_its_small_findings():
+    res = small_study()
+    mt = tables.main_table(res, "r224", 0)
+    rows = {r[0].text: r for r in mt.rows}
+    assert all(c.text.endswith(tables.SMALL) for c in rows["vindr"][3:])  # pneumothorax: 4 positives
+    assert "averages 1 finding(s) with fewer than 10" in rows["vindr"][3].title
+    assert not any(c.text.endswith(tables.SMALL) for c in rows["cxr14"][3:])
+    assert any(n.startswith(tables.SMALL) for n in mt.notes)
+    ft = {r[0].text: r for r in tables.finding_table(res, "vindr", "r224", 0).rows}
+    assert ft[MEAN][2].text.endswith(tables.SMALL)
+
+
+def test_results_that_are_not_significant_show_the_difference_the_test_set_could_detect():
+    res = synthetic(seed=2)
+    t = res.table
+    t["min_detectable_diff"] = 0.071
+    t.loc[(t["finding"] == MEAN) & (t["init"] == "mimic"), "p_adjusted"] = 0.3
+    ns = (t["init"] != res.reference) & (t["p_adjusted"] >= res.alpha)
+    sig = (t["init"] != res.reference) & (t["p_adjusted"] < res.alpha)
+    assert ns.any() and sig.any()
+    mt = tables.main_table(res, "r224", 0)
+    lines = [n for n in mt.notes if "not significant" in n]
+    assert lines and all("detects 0.071 or more with 80% power" in n for n in lines)
+    assert len(lines) == int((ns & (t["finding"] == MEAN)).sum())
+    ft = tables.finding_table(res, "vindr", "r224", 0)
+    p_cells = [c for r in ft.rows for c in r[2 + len(res.inits):] if c.text]
+    assert any("detects \u22650.071" in c.text for c in p_cells)
+    assert all("detects" not in c.text for c in p_cells if c.style in ("sig", "sigworse"))
+    assert any("80% power" in n for n in ft.notes)

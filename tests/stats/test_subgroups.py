@@ -146,6 +146,16 @@ def test_too_few_positives_are_marked_not_hidden_and_left_out_of_gaps():
     assert "AP_SUPINE" not in (gap["high_group"], gap["low_group"]) and gap["n_groups"] == 3
 
 
+def test_a_gap_with_one_usable_subgroup_is_not_estimable_rather_than_none():
+    y, s, ids, pids, groups = make_set(4)
+    groups["view"] = np.where(np.arange(len(ids)) < 8, "AP_SUPINE", "PA")
+    res = sg.subgroup_metrics(y, s, FINDINGS, {"view": groups["view"]}, None, min_positives=5,
+                              min_negatives=5)
+    gap = res.gaps.set_index(["variable", "finding", "metric"]).loc[("view", "cardiomegaly", "auroc")]
+    assert gap["note"].startswith("not estimable") and "no gap" not in gap["note"]
+    assert not np.isfinite(gap.get("gap", np.nan))
+
+
 def test_underdiagnosis_is_the_no_finding_false_positive_rate_per_subgroup():
     y = np.array([[0, 0], [0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [0, 0], [0, 1]], dtype=float)
     s = np.array([[0.1, 0.9], [0.2, 0.2], [0.3, 0.8], [0.9, 0.1], [0.1, 0.7], [0.2, 0.9], [0.5, 0.1],

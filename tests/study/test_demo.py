@@ -70,6 +70,9 @@ def test_tiny_demo_end_to_end_and_cached_rerun(cli_runner, offline_weights, tmp_
     df = pd.read_csv(out / "report" / "results.csv")
     assert df["subgroup"].notna().any()  # per-subgroup rows come after the main rows
     df = df[df["subgroup"].isna()]
+    shortcut = df[df["init"] == "shortcut"]  # the metadata-only baseline's rows beside the image models'
+    assert set(shortcut["dataset"]) == set(TARGETS) and shortcut["seed"].isna().all()
+    df = df[df["init"] != "shortcut"]
     assert set(df["dataset"]) == set(TARGETS) and set(df["init"]) == set(ARMS)
     # the axes: 2 seeds (and their pooled rows), label budgets 25% / 100%, kNN beside full fine-tuning
     assert set(df["seed"].astype(str)) == {"0", "1", "pooled"}

@@ -41,3 +41,13 @@ def test_evaluation_facts_list_every_distinct_setting():
     ev = evaluation_facts(metrics, "test")
     assert ev.cluster == ("patient", "image") and ev.n_resamples == (100,) and ev.threshold == ("val",)
     assert evaluation_facts([], "test") is None
+
+
+def test_the_self_supervised_objective_is_named_from_what_the_run_trained():
+    from cxrbench.study.protocol import ssl_objective
+
+    assert ssl_objective({"pretrain": {}}).startswith("DINOv2-style self-distillation (the DINO image-level "
+                                                      "loss + the iBOT masked-patch loss + the KoLeo")
+    no_ibot = ssl_objective({"pretrain": {"ibot": False, "koleo_weight": 0}})
+    assert no_ibot.startswith("DINO self-distillation (the DINO image-level loss;") and "iBOT" not in no_ibot
+    assert "dinov2" not in no_ibot.lower()

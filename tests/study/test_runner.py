@@ -251,6 +251,10 @@ def test_gather_reads_results_of_a_finished_study(study):
                 "p_bootstrap": p,
                 "p_adjusted": p,
                 "p_delong": p,
+                "auroc_a": 0.81,
+                "auroc_b": 0.8,
+                "n_positive": 16,
+                "n_negative": 24,
             }
             for f, p in (("cardiomegaly", 0.04), ("pleural_effusion", 0.5))
         ]
@@ -260,7 +264,24 @@ def test_gather_reads_results_of_a_finished_study(study):
         (s.out / "comparison.json").write_text(json.dumps({"rows": rows}))
     for s in plan.of_kind("external"):
         (s.out / "metrics.json").write_text(json.dumps({"macro": {"metrics": {"auroc": {"value": 0.66}}}}))
+    for s in plan.of_kind("shortcut"):  # the metadata-only baseline's predictions
+        y = (rng.random(40) < 0.4).astype(np.float32)
+        for split in ("val", "test"):
+            pred = pd.DataFrame({"image_id": [f"i{k}" for k in range(40)],
+                                 "patient_id": [f"p{k}" for k in range(40)],
+                                 **{f"p_{f}": rng.random(40).astype(np.float32) for f in FINDINGS},
+                                 **{f"y_{f}": y for f in FINDINGS}})
+            (s.out / "eval" / split).mkdir(parents=True, exist_ok=True)
+            pred.to_parquet(s.out / "eval" / split / "predictions.parquet")
     res = gather_results(build_plan(study))
+    csv = res.results_csv()
+    base = csv[csv["init"] == "shortcut"]
+    assert set(base["dataset"]) == {"a", "b"} and set(base["finding"]) == {*FINDINGS, "mean"}
+    assert base["seed"].isna().all() and base["auroc_lo"].notna().all() and base["init_name"].str.contains(
+        "metadata-only").all()
+    dom = csv[(csv["init"] == "dom") & (csv["finding"] == "cardiomegaly")]
+    # stored without it: the minimum detectable difference from the correlation the stored CI implies
+    assert dom["min_detectable_diff"].between(0.01, 0.5).all()
     t = res.table
     assert set(t["dataset"]) == {"a", "b"} and set(t["init"]) == {"rand", "dom"}
     assert len(t) == 2 * 2 * 3 and res.missing == []

@@ -139,7 +139,10 @@ class EmbeddingStore:
         """The stored embeddings of ``split`` when they belong to exactly these rows, else None."""
         from safetensors import SafetensorError, safe_open
 
+        from cxrbench.data.dataset import check_split_read
+
         path = self.path(split)
+        check_split_read(split, str(path))
         if not path.is_file():
             return None
         try:

@@ -153,6 +153,9 @@ def register(app: typer.Typer) -> None:
         recalibrate: str | None = typer.Option(
             None, "--recalibrate",
             help="Fit temperature, platt or isotonic on the val split; report before and after."),
+        force_recalibration: bool = typer.Option(
+            False, "--force-recalibration",
+            help="Fit --recalibrate even where the val split has fewer than 10 positives or negatives."),
         no_calibration: bool = typer.Option(False, "--no-calibration", help="Skip the calibration analysis."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Replace a metrics.json computed with other settings."),
@@ -167,8 +170,6 @@ def register(app: typer.Typer) -> None:
         hit_iou: float = typer.Option(0.1, "--hit-iou", help=loc.OPTION_HELP["hit_iou"]),
         study_level: str | None = typer.Option(None, "--study-level", help=loc.OPTION_HELP["study_level"]),
     ) -> None:
-        from cxrbench.common.fileio import atomic_write_text, json_safe
-        from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
         from cxrbench.evaluate.run_eval import evaluate_run
 
         fixed = parse_thresholds(threshold)
@@ -190,7 +191,8 @@ def register(app: typer.Typer) -> None:
         sub_opts, cal_opts = analysis_options(
             subgroups=subgroups, subgroup=subgroup, age_bands=age_bands, min_positives=min_positives,
             prevalence_matched=prevalence_matched, metadata=metadata, no_subgroups=no_subgroups,
-            calibration_bins=calibration_bins, recalibrate=recalibrate, no_calibration=no_calibration)
+            calibration_bins=calibration_bins, recalibrate=recalibrate, no_calibration=no_calibration,
+            force_recalibration=force_recalibration)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_run(run, split, n_resamples=n_bootstrap, seed=seed, cluster=cluster,
@@ -201,30 +203,40 @@ def register(app: typer.Typer) -> None:
                                   else ("keep" if out_json else "refuse"), study_level=study_level)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-        written = result.pop("written", True)
-        if out_json:
-            text = json.dumps(json_safe(result), indent=2) + "\n"
-            if out_json == "-":
-                sys.stdout.write(text)
-            else:
-                atomic_write_text(out_json, text)
-        path = eval_dir(run, split) / METRICS_FILE
-        if not written:
-            typer.echo(f"kept {path} (computed with other settings); the new metrics are in {out_json}",
-                       err=True)
-        if not quiet and out_json != "-":
-            print_metrics(result)
-            if written:
-                typer.echo(f"wrote {path}")
-                print_extras(run, split, no_subgroups)
-                loc.print_study_level(run, split)
+        _write_and_print(result, run, split, out_json, quiet, no_subgroups)
         # with the evaluation's bootstrap settings (its own files: also when metrics.json was kept)
         loc.score_localization(run, split, loc_opts, cache, None, device, quiet or out_json == "-", boot)
 
 
+def _write_and_print(result: dict[str, Any], run: Path, split: str, out_json: str | None, quiet: bool,
+                     no_subgroups: bool) -> None:
+    """The evaluation's metrics to ``out_json`` ('-' = stdout) and its table and extras to the terminal."""
+    from cxrbench.common.fileio import atomic_write_text, json_safe
+    from cxrbench.evaluate.predictions import METRICS_FILE, eval_dir
+
+    written = result.pop("written", True)
+    if out_json:
+        text = json.dumps(json_safe(result), indent=2) + "\n"
+        if out_json == "-":
+            sys.stdout.write(text)
+        else:
+            atomic_write_text(out_json, text)
+    path = eval_dir(run, split) / METRICS_FILE
+    if not written:
+        typer.echo(f"kept {path} (computed with other settings); the new metrics are in {out_json}",
+                   err=True)
+    if not quiet and out_json != "-":
+        print_metrics(result)
+        if written:
+            typer.echo(f"wrote {path}")
+            print_extras(run, split, no_subgroups)
+            loc.print_study_level(run, split)
+
+
 def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_bands: str | None,
                      min_positives: int, prevalence_matched: bool, metadata: Path | None, no_subgroups: bool,
-                     calibration_bins: int, recalibrate: str | None, no_calibration: bool) -> tuple[Any, Any]:
+                     calibration_bins: int, recalibrate: str | None, no_calibration: bool,
+                     force_recalibration: bool = False) -> tuple[Any, Any]:
     """The subgroup and calibration options of ``evaluate_run`` from the command line (False = skip)."""
     from cxrbench.evaluate.analysis import CalibrationOptions, SubgroupOptions
 
@@ -241,7 +253,7 @@ def analysis_options(*, subgroups: str | None, subgroup: list[str] | None, age_b
     cal_opts: CalibrationOptions | bool = False
     if not no_calibration:
         cal_opts = CalibrationOptions(n_bins=calibration_bins, recalibrate=recalibrate,
-                                      required=recalibrate is not None)
+                                      required=recalibrate is not None, force=force_recalibration)
     return sub_opts, cal_opts
 
 

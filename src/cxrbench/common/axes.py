@@ -93,9 +93,12 @@ LABEL_FRACTION = Axis("label_fractions", "label_fraction", "f", 1.0, "label_frac
                       "all labels")
 LABEL_NOISE = Axis("label_noise", "label_noise", "n", 0.0, "label_noise", "label noise", "clean labels")
 ADAPTATION = Axis("adaptations", "adaptation", "", "full", "adaptation", "adaptation", "full fine-tuning")
+# the training recipe: the study's (default) or each arm's values chosen on validation (a `tuning:` block)
+TUNING = Axis("tuning", "tuning", "", "default", None, "recipe", "default recipe")
+TUNED = "tuned"  # the value of the tuned condition
 
 # The axes of a training condition, in id order (between the init label and the seed).
-CONDITION_AXES: tuple[Axis, ...] = (ADAPTATION, LABEL_FRACTION, LABEL_NOISE)
+CONDITION_AXES: tuple[Axis, ...] = (ADAPTATION, LABEL_FRACTION, LABEL_NOISE, TUNING)
 BY_COLUMN: dict[str, Axis] = {a.column: a for a in (RECIPE, SEED, *CONDITION_AXES)}
 CONDITION_DEFAULTS: dict[str, Any] = {a.column: a.default for a in CONDITION_AXES}
 AXES: tuple[Axis, ...] = (RECIPE, *CONDITION_AXES, SEED)

@@ -10,8 +10,10 @@ merged); :func:`cxrbench.data.loader.make_loader` uses that path (one call per b
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,39 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.layout import CACHE_IMAGES, CACHE_INDEX
 from cxrbench.common.validation import check_choice, closest
 from cxrbench.index.schema import SPLITS
+
+_ALLOWED_SPLITS: contextvars.ContextVar[tuple[frozenset[str], str] | None] = contextvars.ContextVar(
+    "cxrbench_allowed_splits", default=None)
+
+
+class SplitGuardError(RuntimeError):
+    """Code running under :func:`only_splits` tried to read a split it must never see."""
+
+
+@contextlib.contextmanager
+def only_splits(splits: Sequence[str], why: str) -> Iterator[None]:
+    """While active (in this thread or task), opening a cache split outside ``splits`` raises
+    :class:`SplitGuardError` naming ``why`` (e.g. a tuning run, which must never read the test split):
+    :class:`CacheDataset` (all rows, or any split not allowed) and the frozen-embedding store check it."""
+    token = _ALLOWED_SPLITS.set((frozenset(splits), why))
+    try:
+        yield
+    finally:
+        _ALLOWED_SPLITS.reset(token)
+
+
+def check_split_read(split: str | Sequence[str] | None, where: str) -> None:
+    """Raise :class:`SplitGuardError` when an active :func:`only_splits` guard forbids reading ``split``
+    (None: every row of the cache)."""
+    guard = _ALLOWED_SPLITS.get()
+    if guard is None:
+        return
+    allowed, why = guard
+    names = ["every split"] if split is None else [split] if isinstance(split, str) else list(split)
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise SplitGuardError(f"{why} may read only the {', '.join(sorted(allowed))} split(s); it tried to "
+                              f"read {', '.join(bad)} of {where}")
 
 
 class CacheDataset(Dataset):
@@ -47,6 +82,7 @@ class CacheDataset(Dataset):
     def __init__(self, cache_dir: str | os.PathLike, split: str | Sequence[str] | None = None,
                  findings: Sequence[str] | None = None) -> None:
         self.cache_dir = Path(cache_dir)
+        check_split_read(split, str(self.cache_dir))
         cache = open_cache(self.cache_dir)
         self._shape = cache.shape
         self.recipe = cache.recipe

@@ -11,6 +11,7 @@ docs/statistics.md.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +67,14 @@ class SubgroupOptions:
 @dataclass(frozen=True)
 class CalibrationOptions:
     """``n_bins`` equal-mass bins; ``recalibrate``: None, ``temperature``, ``platt`` or ``isotonic``;
-    ``required``: scores that are not probabilities raise InputError (else the analysis is skipped)."""
+    ``required``: scores that are not probabilities raise InputError (else the analysis is skipped);
+    ``force``: fit a recalibration map even on fewer than ``stats.calibration.RECALIBRATION_MIN``
+    validation positives or negatives (refused otherwise)."""
 
     n_bins: int = cal.DEFAULT_BINS
     recalibrate: str | None = None
     required: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
         if int(self.n_bins) < 2:
@@ -88,6 +92,12 @@ def load_subgroup_metadata(ps: PredictionSet, options: SubgroupOptions,
         raise InputError("the metadata has none of the subgroup columns sex, age, view, dataset",
                          where=str(source), fix="name columns with --subgroup COLUMN")
     meta = align_metadata(ps.image_ids, read_metadata(source, variables), where=str(source))
+    if options.variables is None and "dataset" in variables and "dataset" not in options.extra \
+            and meta["dataset"].nunique(dropna=True) < 2:
+        variables = [v for v in variables if v != "dataset"]  # one dataset: no subgroups to compare
+        if not variables:
+            raise InputError("the metadata has only one dataset and none of the subgroup columns sex, age, "
+                             "view", where=str(source), fix="name columns with --subgroup COLUMN")
     return subgroup_arrays(meta, variables, options.age_edges), variables
 
 
@@ -127,11 +137,19 @@ def calibration_analysis(ps: PredictionSet, val: PredictionSet | None = None, *,
     resamples = ps.resamples(int(n_resamples), int(seed), cluster) if n_resamples > 0 else None
     maps: dict[str, cal.Recalibration] = {}
     after = None
+    warns: dict[str, str] = {}
     if method is not None and val is not None:
         for f in ps.findings:
             if f in val.findings:
                 k = val.column(f)
-                maps[f] = cal.fit_recalibration(method, val.labels[:, k], val.scores[:, k])
+                y = val.labels[:, k]
+                fit, warns[f] = cal.recalibration_check(method, int((y == 1).sum()), int((y == 0).sum()),
+                                                        options.force)
+                if fit:
+                    maps[f] = cal.fit_recalibration(method, y, val.scores[:, k])
+        for f, text in warns.items():
+            if text:
+                warnings.warn(f"{ps.where}: {f}: {text}", stacklevel=2)
         after = np.column_stack([maps[f].apply(ps.scores[:, j]) if f in maps else ps.scores[:, j]
                                  for j, f in enumerate(ps.findings)])
     before_doc = _calibration_block(ps, ps.scores, resamples, options.n_bins, ci_level, memory_bytes)
@@ -146,14 +164,20 @@ def calibration_analysis(ps: PredictionSet, val: PredictionSet | None = None, *,
             per_finding[f]["recalibrated"] = {
                 **after_doc[j], "method": method,
                 "params": fitted.params if fitted is not None else {},
+                "warning": warns.get(f, ""),
                 "note": ("" if fitted is not None and fitted.params else
+                         "not recalibrated (identity): " + warns[f] if warns.get(f) and fitted is None else
                          "no map could be fitted on validation (one class or separable): identity")}
     return {"format": CALIBRATION_FORMAT, "n_images": ps.n, "findings": list(ps.findings),
             "settings": {"n_bins": options.n_bins, "recalibrate": method, "ci_level": ci_level,
                          "binning": "equal-mass (quantile) bins",
                          "bootstrap": resamples.describe() if resamples is not None else None,
                          "recalibration_fitted_on": None if method is None else
-                         ("the evaluated split itself (optimistic)" if same_split else "val")},
+                         ("the evaluated split itself (optimistic)" if same_split else "val"),
+                         "recalibration_min": cal.RECALIBRATION_MIN,
+                         "recalibration_warn": cal.RECALIBRATION_WARN,
+                         "forced": bool(options.force)},
+            "warnings": [f"{f}: {w}" for f, w in warns.items() if w],
             "per_finding": per_finding}
 
 
@@ -168,7 +192,8 @@ def _calibration_block(ps: PredictionSet, probs: np.ndarray, resamples: bs.Resam
     for j, pt in enumerate(points):
         out.append({"ece": bs.summarize(boot["ece"][:, j], pt["ece"], ci_level),
                     "brier": bs.summarize(boot["brier"][:, j], pt["brier"], ci_level),
-                    "slope": pt["slope"], "intercept": pt["intercept"], "reliability": pt["reliability"]})
+                    "slope": pt["slope"], "intercept": pt["intercept"], "unstable": pt["unstable"],
+                    "reliability": pt["reliability"]})
     return out
 
 
@@ -184,7 +209,8 @@ def calibration_table(doc: Mapping[str, Any]) -> pd.DataFrame:
                          "ece": block["ece"]["value"], "ece_lo": block["ece"]["ci_low"],
                          "ece_hi": block["ece"]["ci_high"], "brier": block["brier"]["value"],
                          "brier_lo": block["brier"]["ci_low"], "brier_hi": block["brier"]["ci_high"],
-                         "slope": block["slope"], "intercept": block["intercept"]})
+                         "slope": block["slope"], "intercept": block["intercept"],
+                         "unstable": block.get("unstable", ""), "warning": block.get("warning", "")})
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,7 @@ is not part of the family (its ``p_adjusted`` is empty).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ COLUMNS: tuple[str, ...] = (
     "p_bootstrap", "p_delong", "p_adjusted", "p_delong_adjusted", "diff_mean", "diff_std",
     "z_delong", "delong_lo", "delong_hi", "n", "n_positive", "n_negative",
     "n_resamples_used", "n_resamples_excluded", "note", "alternative", "family",
-    "n_resamples", "seed", "cluster",
+    "n_resamples", "seed", "cluster", "auroc_corr", "min_detectable_diff",
 )
+POWER_ALPHA = 0.05  # the level the minimum detectable difference is stated at (80% power)
 
 
 def check_same_images(sets: Mapping[str, PredictionSet]) -> None:
@@ -137,13 +138,19 @@ def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], refer
 def pair_rows(a: str, b: str, sa: PredictionSet, sb: PredictionSet, boot_a: np.ndarray,
               boot_b: np.ndarray, *, findings: list[str] | None = None, alternative: str = "two-sided",
               ci_level: float = 0.95, points: tuple[np.ndarray, np.ndarray] | None = None,
-              no_delong: str = "") -> list[dict[str, Any]]:
+              no_delong: str = "", seed_var: Callable[[int, list[int]], float] | None = None,
+              ) -> list[dict[str, Any]]:
     """The rows of one pair (A = ``a``, B = ``b``): one per common finding plus the ``mean`` row.
 
     ``boot_a`` (B, K_a) and ``boot_b`` (B, K_b): each side's AUROC on the shared resamples, in the
     order of ``sa.findings`` / ``sb.findings``. ``points=None``: the point AUROCs and DeLong's test
     come from the scores of ``sa``/``sb`` (one run per side); otherwise ``points`` = (K_a,), (K_b,)
     point AUROCs and DeLong is left empty with the note ``no_delong`` (e.g. pooled seeds).
+
+    Every row also gets the power columns (:func:`add_power`): ``auroc_corr``, the correlation of the two
+    AUROCs over the shared resamples, and ``min_detectable_diff``, the smallest difference the paired
+    test detects with 80% power at the 5% level on these positives and negatives (``seed_var(side,
+    columns)``: the seed variance of side 0 = A / 1 = B's mean over those columns, pooled seeds).
     """
     common = [f for f in sa.findings if f in sb.findings and (findings is None or f in findings)]
     if not common:
@@ -180,7 +187,53 @@ def pair_rows(a: str, b: str, sa: PredictionSet, sb: PredictionSet, boot_a: np.n
         used_a.append(ia)
         used_b.append(ib)
     rows.append(_mean_row(a, b, rows, boot_a[:, used_a], boot_b[:, used_b], alternative, ci_level))
+    add_power(rows, boot_a, boot_b, sa, sb, alternative, seed_var)
     return rows
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
+def add_power(rows: list[dict[str, Any]], boot_a: np.ndarray, boot_b: np.ndarray, sa: PredictionSet,
+              sb: PredictionSet, alternative: str = "two-sided",
+              seed_var: Callable[[int, list[int]], float] | None = None) -> None:
+    """Set ``auroc_corr`` and ``min_detectable_diff`` (:func:`cxrbench.stats.power.min_detectable_difference`,
+    binormal variances, the observed correlation of the paired AUROCs) on the rows of one pair; the
+    mean row uses the findings' correlation matrix of B's resampled AUROCs."""
+    from cxrbench.stats.power import min_detectable_difference
+
+    def extra(ia: list[int], ib: list[int]) -> tuple[float, float]:
+        if seed_var is None:
+            return 0.0, 0.0
+        va, vb = seed_var(0, ia), seed_var(1, ib)
+        return (va if np.isfinite(va) else 0.0, vb if np.isfinite(vb) else 0.0)
+
+    used = [r for r in rows if r["finding"] != MEAN_ROW and "auroc_a" in r]
+    kw: dict[str, Any] = {"alpha": POWER_ALPHA, "alternative": alternative}
+    for r in used:
+        ja, jb = sa.column(r["finding"]), sb.column(r["finding"])
+        r["auroc_corr"] = _corr(boot_a[:, ja], boot_b[:, jb])
+        r["min_detectable_diff"] = min_detectable_difference(
+            r["auroc_b"], r["n_positive"], r["n_negative"], r["auroc_corr"], extra_var=extra([ja], [jb]),
+            **kw)
+    mean = next((r for r in rows if r["finding"] == MEAN_ROW and "auroc_a" in r), None)
+    if mean is None or not used:
+        return
+    ia = [sa.column(r["finding"]) for r in used]
+    ib = [sb.column(r["finding"]) for r in used]
+    mean["auroc_corr"] = _corr(boot_a[:, ia].mean(axis=1), boot_b[:, ib].mean(axis=1))
+    cols = boot_b[:, ib]
+    cols = cols[np.all(np.isfinite(cols), axis=1)]
+    cross = np.corrcoef(cols, rowvar=False) if len(ib) > 1 and len(cols) > 2 else None
+    if cross is not None and not np.all(np.isfinite(cross)):
+        cross = None
+    mean["min_detectable_diff"] = min_detectable_difference(
+        [r["auroc_b"] for r in used], [r["n_positive"] for r in used], [r["n_negative"] for r in used],
+        mean["auroc_corr"], cross=cross, extra_var=extra(ia, ib), **kw)
 
 
 def table_from_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], *, alternative: str, family: str,

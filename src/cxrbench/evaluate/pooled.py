@@ -225,7 +225,7 @@ def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, finding
         single = ba.n_seeds == 1 and bb.n_seeds == 1
         pair = pair_rows(a, b, sa, sb, pooled[a], pooled[b], findings=findings, alternative=alternative,
                          ci_level=ci_level, points=None if single else (ba.pooled_point, bb.pooled_point),
-                         no_delong=NO_DELONG)
+                         no_delong=NO_DELONG, seed_var=_seed_variance(ba, bb))
         used = [r["finding"] for r in pair if r["finding"] != MEAN_ROW and "auroc_a" in r]
         for r in pair:
             r["n_seeds_a"], r["n_seeds_b"] = ba.n_seeds, bb.n_seeds
@@ -240,6 +240,17 @@ def compare_arms(arm_frames: ArmFrames, reference: str | None = None, *, finding
     return table_from_rows(rows, ARM_COLUMNS, alternative=alternative, family=family, resamples=resamples,
                            attrs={"reference": reference, "pairs": [list(p) for p in pairs],
                                   **_settings(resamples, boots, ci_level)}, fdr=fdr)
+
+
+def _seed_variance(ba: sd.ArmBootstrap, bb: sd.ArmBootstrap) -> Any:
+    """``(side, columns) -> sd^2 / S`` of that arm's mean over the columns: the seed variance a pooled
+    arm's mean carries beside the test sampling (0 with one seed)."""
+    def var(side: int, cols: list[int]) -> float:
+        arm = ba if side == 0 else bb
+        if arm.n_seeds < 2:
+            return 0.0
+        return float(arm.seed_sd(cols)) ** 2 / arm.n_seeds
+    return var
 
 
 def pooled_comparison(arm_frames: ArmFrames, reference: str | None = None, *,

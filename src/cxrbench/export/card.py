@@ -16,6 +16,14 @@ from typing import Any
 
 from cxrbench.common.fileio import file_sha256, read_json
 from cxrbench.common.layout import EXPORT_ONNX, EXPORT_WEIGHTS, METRICS_FILE, RUN_BEST_WEIGHTS, RUN_EVAL
+from cxrbench.export.card_sections import (
+    arch_name,
+    calibration_lines,
+    label_definitions,
+    small_mark,
+    small_note,
+    subgroup_lines,
+)
 from cxrbench.train.checkpoint import read_best_meta
 from cxrbench.train.methods import method_of
 from cxrbench.train.runfolder import read_run_config
@@ -39,6 +47,7 @@ class RunFacts:
     datasets: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     weights_sha256: str = ""
+    label_definitions: list[str] = field(default_factory=list)  # the index's coding (csv: its mapping)
 
     @property
     def findings(self) -> list[str]:
@@ -77,6 +86,7 @@ def collect(run_dir: str | os.PathLike) -> RunFacts:
         if (split_dir / METRICS_FILE).is_file():
             facts.metrics[split_dir.name] = read_json(split_dir / METRICS_FILE)
     facts.thresholds, facts.threshold_source = run_thresholds(run_dir, facts.findings)
+    facts.label_definitions = label_definitions(facts.config)
     cache = (facts.config.get("cache") or {}).get("path")
     if cache and Path(cache).is_dir():
         try:
@@ -116,7 +126,7 @@ def _ci(m: dict[str, Any] | None) -> str:
     )
 
 
-def _metrics_section(split: str, m: dict[str, Any]) -> list[str]:
+def _metrics_section(split: str, m: dict[str, Any], split_dir: Path | None = None) -> list[str]:
     boot = m.get("bootstrap") or {}
     ci = m.get("ci") or {}
     policy = (m.get("threshold_policy") or {}).get("source", "?")
@@ -142,18 +152,24 @@ def _metrics_section(split: str, m: dict[str, Any]) -> list[str]:
         sens, spec = (mm.get("sensitivity") or {}).get("value"), (mm.get("specificity") or {}).get("value")
         t = pf.get("threshold")
         lines.append(
-            f"| {f} | {pf.get('n', '?')} ({pf.get('n_positive', '?')}) | {_ci(mm.get('auroc'))} | "
+            f"| {f} | {pf.get('n', '?')} ({pf.get('n_positive', '?')}) | "
+            f"{_ci(mm.get('auroc'))}{small_mark(pf)} | "
             f"{_ci(mm.get('average_precision'))} | {'n/a' if sens is None else f'{sens:.3f}'} | "
             f"{'n/a' if spec is None else f'{spec:.3f}'} | {'n/a' if t is None else f'{t:.4f}'} |"
         )
     macro = (m.get("macro") or {}).get("metrics") or {}
+    per = m.get("per_finding") or {}
     if macro:
+        mark = " \u2020" if any(small_mark(e) for e in per.values()) else ""
         lines.append(
-            f"| **mean** | | {_ci(macro.get('auroc'))} | {_ci(macro.get('average_precision'))} | | | |"
+            f"| **mean** | | {_ci(macro.get('auroc'))}{mark} | {_ci(macro.get('average_precision'))} | | | |"
         )
+    lines += small_note(per)
     for key, title in (("subgroups", "Subgroups"), ("calibration", "Calibration")):
         if m.get(key):
             lines += ["", f"{title} (`{split}`):", "", *_generic(m[key])]
+    if split_dir is not None:
+        lines += subgroup_lines(split_dir) + calibration_lines(split_dir)
     return lines + [""]
 
 
@@ -181,7 +197,6 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
     """README.md of the export (YAML front matter for the hub, then Markdown)."""
     meta, cfg = facts.meta, facts.config
     train = cfg.get("train") or {}
-    model = cfg.get("model") or {}
     licence = meta.get("license")
     findings = facts.findings
     datasets = facts.datasets or ["(the run's cache is no longer available)"]
@@ -193,8 +208,9 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
     on = ", ".join(facts.datasets) or "chest radiographs"
     method = method_of(meta)
     trained = method.uses_training_data
-    title = (f"{meta['arch']} from `{meta['init']}`, fine-tuned on {on}" if trained else
-             f"{meta['arch']} from `{meta['init']}`, {method.name} (no training labels), validated on {on}")
+    arch = arch_name(meta)
+    title = (f"{arch} from `{meta['init']}`, fine-tuned on {on}" if trained else
+             f"{arch} from `{meta['init']}`, {method.name} (no training labels), validated on {on}")
     lines = [
         "---",
         f"license: {licence or 'other'}",
@@ -216,7 +232,7 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         "",
         "## Model",
         "",
-        f"- architecture: `{meta['arch']}` ({meta.get('family', '?')}), input {size} x {size} px, "
+        f"- architecture: `{arch_name(meta)}` ({meta.get('family', '?')}), input {size} x {size} px, "
         f"{len(findings)} outputs (logits; sigmoid = probability)",
         f"- initialization: `{meta['init']}`"
         + (f", weights {meta.get('pretrained_weights')}" if meta.get("pretrained_weights") else ""),
@@ -252,6 +268,7 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         "",
         "Label definitions (the source terms mapped to each finding; 1 = positive, 0 = negative, unknown "
         "labels masked out of loss and metrics):",
+        *[f"> {d}" for d in facts.label_definitions],
         "",
         "| finding | defined as | train prevalence |",
         "| --- | --- | --- |",
@@ -265,7 +282,7 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
     if not facts.metrics:
         lines += ["The run was not evaluated when it was exported (`cxrbench evaluate RUN`).", ""]
     for split, m in facts.metrics.items():
-        lines += _metrics_section(split, m)
+        lines += _metrics_section(split, m, facts.run_dir / RUN_EVAL / split)
     lines += ["## Decision thresholds", ""]
     if facts.thresholds:
         lines += [
@@ -277,7 +294,14 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         lines += [f"| {f} | {'n/a' if t is None else f'{t:.4f}'} |" for f, t in facts.thresholds.items()]
     else:
         lines.append("None: the run has no evaluation with thresholds chosen outside the test split.")
-    lines += [
+    lines += _closing_lines(facts, licence)
+    return "\n".join(lines)
+
+
+def _closing_lines(facts: RunFacts, licence: Any) -> list[str]:
+    """Limitations, licence and provenance of the card."""
+    meta = facts.meta
+    return [
         "",
         "## Limitations",
         "",
@@ -307,10 +331,9 @@ def model_card(facts: RunFacts, files: list[str], load_name: str) -> str:
         f"- exported by cxrbench from the run folder `{facts.run_dir.name}`; run created "
         f"{meta.get('created', '?')}; "
         f"cache manifest SHA-256 `{(meta.get('cache') or {}).get('manifest_sha256', '?')}`",
-        f"- model: {model.get('arch', meta['arch'])}, timm build options {meta.get('model_kwargs') or {}}",
+        f"- model: {arch_name(meta)}, timm build options {meta.get('model_kwargs') or {}}",
         "",
     ]
-    return "\n".join(lines)
 
 
 def thresholds_doc(facts: RunFacts) -> dict[str, Any]:

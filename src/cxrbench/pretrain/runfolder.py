@@ -22,7 +22,14 @@ from cxrbench.pretrain.config import SECTION, PretrainConfig
 from cxrbench.train.runfolder import check_restart
 from cxrbench.train.runfolder import start_run_dir as train_start_run_dir
 
-METHOD = "dinov2-self-distillation"
+METHOD = "dinov2-self-distillation"  # DINO + iBOT (the default objective)
+
+
+def method_name(cfg: PretrainConfig) -> str:
+    """The objective a run trains, by its losses: ``dinov2-self-distillation`` (DINO + iBOT),
+    ``dino-self-distillation`` (no iBOT) or ``ibot-self-distillation`` (no DINO loss)."""
+    dino, ibot = cfg.dino_weight > 0, cfg.ibot and cfg.ibot_weight > 0
+    return METHOD if dino and ibot else "dino-self-distillation" if dino else "ibot-self-distillation"
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -180,7 +187,7 @@ def best_meta(
         "recipe": shared_recipe(recipes),
         "weights": "teacher backbone (EMA of the student)",
         "pretraining": {
-            "method": METHOD,
+            "method": method_name(cfg),
             "images_file": RUN_PRETRAIN_IMAGES,
             "base_init": cfg.init,
             "epochs": cfg.epochs,

@@ -15,7 +15,10 @@ import pandas as pd
 from cxrbench.common.validation import as_float
 from cxrbench.report.plots import _figure, _png
 from cxrbench.report.subgroups import fmt_ci
-from cxrbench.report.tables import NA, Cell, Table
+from cxrbench.report.tables import NA, SMALL, Cell, Table
+from cxrbench.stats.calibration import INTERCEPT_MAX, MIN_FIT_CLASS, SLOPE_RANGE
+
+UNSTABLE = SMALL  # the mark of a number not to be read as it stands
 
 
 def calibration_table(df: pd.DataFrame, caption: str = "Calibration per finding") -> Table:
@@ -23,17 +26,23 @@ def calibration_table(df: pd.DataFrame, caption: str = "Calibration per finding"
     ``evaluate.analysis.calibration_table``); ``after`` rows name the recalibration method."""
     header = ["finding", "probabilities", "ECE (CI)", "Brier (CI)", "slope", "intercept"]
     rows = []
+    warned: list[str] = []
     for r in df.to_dict(orient="records"):
         after = r.get("stage") == "after"
         stage = f"recalibrated ({r.get('method')})" if after else "as predicted"
+        warning = str(r.get("warning") or "") if after else ""
+        if warning:
+            warned.append(f"{r['finding']}: {warning}")
+            stage += f" {UNSTABLE}"
+        unstable = str(r.get("unstable") or "")
         rows.append(
             [
                 Cell("" if after else str(r["finding"])),
-                Cell(stage, "muted" if after else ""),
-                Cell(fmt_ci(r.get("ece"), r.get("ece_lo"), r.get("ece_hi"))),
+                Cell(stage, "muted" if after else "", warning),
+                Cell(fmt_ci(r.get("ece"), r.get("ece_lo"), r.get("ece_hi")), "muted" if warning else ""),
                 Cell(fmt_ci(r.get("brier"), r.get("brier_lo"), r.get("brier_hi"))),
-                Cell(_f(r.get("slope"), 2)),
-                Cell(_f(r.get("intercept"), 2)),
+                _fit_cell(r.get("slope"), unstable),
+                _fit_cell(r.get("intercept"), unstable),
             ]
         )
     notes = [
@@ -41,7 +50,18 @@ def calibration_table(df: pd.DataFrame, caption: str = "Calibration per finding"
         "labels on logit(p) (1 and 0 when calibrated; a slope below 1 means over-confident). "
         "Recalibration maps are fitted on the validation split only."
     ]
+    if any(str(r.get("unstable") or "") for r in df.to_dict(orient="records")):
+        notes.append(f"{UNSTABLE}: slope and intercept unstable (a fit that did not converge, a slope "
+                     f"outside {SLOPE_RANGE[0]:g}-{SLOPE_RANGE[1]:g}, |intercept| above {INTERCEPT_MAX:g}, "
+                     f"or fewer than {MIN_FIT_CLASS} positives or negatives): do not read them as "
+                     "calibration.")
+    notes += [f"Warning: {w}" for w in warned]
     return Table(caption, header, rows, notes)
+
+
+def _fit_cell(value: object, unstable: str) -> Cell:
+    """A slope or intercept, marked and muted when the fit is unstable (the reason as its title)."""
+    return Cell(_f(value, 2) + f" {UNSTABLE}", "muted", unstable) if unstable else Cell(_f(value, 2))
 
 
 def _f(x, digits: int = 3) -> str:

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxrbench.report.protocol import (
+    AnalysisFacts,
     ComparisonFacts,
     DatasetFacts,
     EvaluationFacts,
     Protocol,
     RecipeFacts,
     RunFacts,
+    TuningFacts,
 )
 from cxrbench.report.results import StudyResults
 
@@ -146,10 +148,13 @@ def _value(v: Any) -> str:
 
 
 def training_paragraphs(runs: Sequence[RunFacts]) -> list[str]:
-    """One sentence per initialization, then the training settings (once when every run shares them)."""
+    """One sentence per initialization, then the training settings (once when every run shares them);
+    the runs at tuned values are left to the tuning paragraph."""
     by_init: dict[str, list[RunFacts]] = {}
-    for r in runs:
+    untuned = [r for r in runs if r.condition.get("tuning", "default") == "default"] or list(runs)
+    for r in untuned:
         by_init.setdefault(r.init, []).append(r)
+    runs = untuned
     models = "Models: " + "; ".join(_init_sentence(v) for v in by_init.values()) + "."
     single = all(r.n_findings == 1 for r in runs)
     common = runs[0].settings
@@ -186,29 +191,124 @@ _THRESHOLD = {
 }
 
 
-def evaluation_paragraph(ev: EvaluationFacts, ci: float) -> str:
-    """Metrics, CIs, the bootstrap unit and the threshold rule, from the metrics.json files."""
+def evaluation_paragraph(ev: EvaluationFacts, ci: float, pooled: bool = False) -> str:
+    """Metrics, CIs, the bootstrap unit and the threshold rule, from the metrics.json files; with pooled
+    seeds, which intervals the tables show (two-level) and which each run has (one level)."""
     n = _join([f"{x:,}" for x in ev.n_resamples], "or")
     unit = _join([_CLUSTER.get(c, c) for c in ev.cluster], "or") or "by image"
     thr = _join([_THRESHOLD.get(t, t) for t in ev.threshold], "or")
-    boot = (f"with {round(100 * ci)}% percentile confidence intervals from {n} bootstrap resamples drawn "
-            f"{unit} (seed {_join([str(s) for s in ev.seed], 'or')}); every model was scored on the same "
-            "resamples, so comparisons are paired" if any(ev.n_resamples) else "without bootstrap intervals")
+    level = f"{round(100 * ci)}%"
+    if not any(ev.n_resamples):
+        boot = "without bootstrap intervals"
+    elif pooled:
+        boot = (f"with {level} two-level bootstrap confidence intervals in the tables (the training seeds "
+                f"and the test patients resampled, {n} resamples of test patients drawn {unit}, seed "
+                f"{_join([str(s) for s in ev.seed], 'or')}); each run's own interval, over test patients "
+                "only (one level), is in results.csv; every model was scored on the same resamples, so "
+                "comparisons are paired")
+    else:
+        boot = (f"with {level} percentile confidence intervals from {n} bootstrap resamples of the test "
+                f"set drawn {unit} (one level: the test patients; seed "
+                f"{_join([str(s) for s in ev.seed], 'or')}); every model was scored on the same resamples, "
+                "so comparisons are paired")
     return (f"Performance on the {ev.split} split is AUROC per finding (images whose label is unknown left "
             f"out) and its mean over findings, {boot}. Sensitivity, specificity, accuracy and F1 use a "
-            f"threshold per finding {thr}.")
+            f"threshold per finding {thr}. A finding with fewer than 10 positive or negative test images, "
+            "and a mean over such a finding, is marked as unreliable where it is shown.")
 
 
-def comparison_paragraph(c: ComparisonFacts) -> str:
-    """The tests and the multiplicity correction."""
+def comparison_paragraph(c: ComparisonFacts, pooled: bool = False) -> str:
+    """The tests, the multiplicity correction and the power statement; with pooled seeds the tables'
+    tests are the paired two-level bootstrap (DeLong has no version for pooled seeds)."""
     who = f"each initialization with {c.reference}" if c.reference else "every pair of initializations"
     alt = "one-sided (the first better than the second)" if c.alternative == "greater" else "two-sided"
-    test = ("DeLong test (the paired bootstrap reported alongside)" if c.method == "delong"
-            else "paired bootstrap test on the AUROC difference (DeLong's test reported alongside)")
+    if pooled:
+        test = ("paired two-level bootstrap test on the difference of the seed-pooled AUROCs (DeLong's test "
+                "has no version for pooled seeds and is not shown; it is computed for each seed's "
+                "comparison, "
+                "p_delong in results.csv)")
+    elif c.method == "delong":
+        test = "DeLong test (the paired bootstrap computed as well, in results.csv)"
+    else:
+        test = "paired bootstrap test on the AUROC difference (DeLong's test computed as well, p_delong in "
+        test += "results.csv)"
     fdr = ("p-values were adjusted with the Benjamini-Hochberg procedure over the findings of each dataset "
            "(for the mean AUROC: over every dataset and initialization of the main table)"
            if c.fdr == "bh" else "p-values were not adjusted for multiple testing")
-    return f"We compared {who} with a {alt} {test}; {fdr}; significance level {c.alpha:g}."
+    return (f"We compared {who} with a {alt} {test}; {fdr}; significance level {c.alpha:g}. Beside each "
+            "result that is not significant the report gives the smallest difference the test set could "
+            "detect "
+            "with 80% power at the 5% level (binormal AUROC variances from the test positives and negatives "
+            "and the observed correlation of the paired AUROCs), so that 'not significant' reads as 'could "
+            "not tell' where the test set was too small.")
+
+
+def analyses_paragraph(a: AnalysisFacts) -> str | None:
+    """The subgroup, calibration and shortcut analyses that ran, as their files record them."""
+    parts = []
+    if a.subgroup_variables:
+        ages = (f" (age bands at {', '.join(f'{x:g}' for x in a.age_edges)} years)"
+                if "age" in a.subgroup_variables and a.age_edges else "")
+        few = (f"; subgroups with fewer than {a.subgroup_min} positives or negatives are reported but left "
+               "out of the gaps, and a gap with fewer than two usable subgroups is not estimable"
+               if a.subgroup_min else "")
+        parts.append(f"per subgroup of {_join(list(a.subgroup_variables))}{ages}: AUROC, sensitivity and "
+                     "specificity at the evaluation's thresholds on the same patient resamples, and the "
+                     f"largest gap per variable with a paired bootstrap CI and Bonferroni-adjusted p{few}")
+    if a.calibration_bins:
+        bins = _join([str(b) for b in a.calibration_bins], "or")
+        text = (f"calibration: ECE over {bins} equal-mass bins and the Brier score with bootstrap CIs, and "
+                "the slope and intercept of a logistic fit (flagged unstable when implausible or fitted on "
+                "fewer than 10 positives or negatives)")
+        if a.recalibration:
+            text += (f"; {_join(list(a.recalibration), 'or')} recalibration fitted on the validation split "
+                     "only and refused for a finding with fewer than 10 validation positives or negatives"
+                     + (" unless forced (it was forced)" if a.recalibration_forced else ""))
+            if a.recalibration_warnings:
+                text += f" ({a.recalibration_warnings} map(s) flagged as fitted on fewer than 30)"
+        parts.append(text)
+    if a.shortcut_features:
+        parts.append("a metadata-only shortcut baseline (a logistic regression on "
+                     f"{_join(list(a.shortcut_features))}, fitted on the train split of "
+                     f"{_join(list(a.shortcut_datasets))}), against which every image model was tested "
+                     "(one-sided paired bootstrap, BH over the findings)")
+    return ("Further analyses (default condition): " + "; ".join(parts) + ".") if parts else None
+
+
+_STRATEGY = {"grid": "a grid search (a seeded random subset of the grid where it exceeded the budget)",
+             "halving": "successive halving (every point on a short schedule, the best on longer ones)"}
+
+
+def tuning_paragraph(tuning: Sequence[TuningFacts], seeds: Sequence[int]) -> str | None:
+    """How each arm's training options were chosen on validation (from its tuning.json), and what was
+    chosen."""
+    if not tuning:
+        return None
+    first = tuning[0]
+    how = _join([_STRATEGY.get(s, s) for s in sorted({t.strategy for t in tuning})], "or")
+
+    def space_text(t: TuningFacts) -> str:
+        return "; ".join(f"{k} {', '.join(_value(v) for v in vals)}" for k, vals in t.space.items())
+
+    space = space_text(first) if all(t.space == first.space for t in tuning) else \
+        "its own search space (" + " | ".join(f"{t.init}: {space_text(t)}" for t in tuning) + ")"
+    rungs = {t.rungs for t in tuning if len(t.rungs) > 1}
+    rung_text = (" in rungs of " + " | ".join(", ".join(f"{n} x {e} epoch(s)" for n, e in r) for r in rungs)
+                 if rungs else "")
+    budget = _join(sorted({str(t.budget) for t in tuning if t.budget}), "or")
+    epochs = _join(sorted({str(t.epochs) for t in tuning if t.epochs}), "or")
+    seed = _join(sorted({str(t.seed) for t in tuning if t.seed is not None}), "or")
+    spent = f"{sum(t.n_trials for t in tuning)} trials, {sum(t.trial_epochs for t in tuning):,} trial-epochs"
+    chosen = "; ".join(f"{t.init}" + (f" ({t.method})" if t.method != "full" else "") + f" on {t.dataset}: "
+                       + ", ".join(f"{k} {_value(v)}" for k, v in t.chosen.items()) for t in tuning)
+    return (f"Tuning: each initialization's training options were chosen by {how} over {space}{rung_text} "
+            f"({spent}" + (f"; budget {budget} trial-epochs per arm" if budget else "") + ")"
+            + (f", each trial trained for up to {epochs} epochs" if epochs else "")
+            + f" with one seed ({seed}) on the train split and scored on the validation split only (no "
+            "tuning run read the test split); selection by the validation mean AUROC over the dataset's "
+            f"findings ({first.tie_rule or 'ties: the first point'}). Chosen: {chosen}. The tuned runs were "
+            f"then trained at these values with every seed ({_join([str(s) for s in seeds])}) and evaluated "
+            "like the runs at the default recipe, beside which the report sets them.")
 
 
 def design_paragraph(p: Protocol) -> str | None:
@@ -238,6 +338,21 @@ def design_paragraph(p: Protocol) -> str | None:
     methods = p.axes.get("adaptation")
     if methods:
         parts.append("adaptation methods " + _join([_adaptation_words(m, p.runs) for m in methods]))
+    if len(p.seeds) > 1:
+        covers = {}
+        for r in p.runs:
+            key = f"{r.init}" + (f" ({r.adaptation.get('method')})" if len(methods or ()) > 1 else "")
+            if r.seed_variance and key not in covers:
+                covers[key] = r.seed_variance
+        if covers:
+            parts.append("the seed SD and CI of each arm cover: "
+                         + "; ".join(f"{k}: {v}" for k, v in covers.items()))
+        once = sorted({r.init + f" ({r.adaptation.get('method')})" for r in p.runs if r.deterministic})
+        if once:
+            parts.append(f"{_join(once)} ran once, as every seed gives the same run (a method that does not "
+                         "depend on the seed on fixed weights), and is shown as deterministic with a "
+                         "one-level "
+                         "interval")
     if not parts:
         return None
     return "Design: " + "; ".join(parts) + "."
@@ -264,8 +379,14 @@ def methods_text(res: StudyResults) -> list[str]:
     design = design_paragraph(p)
     if design:
         out.append(design)
+    tuned = tuning_paragraph(p.tuning, p.seeds)
+    if tuned:
+        out.append(tuned)
     if p.evaluation is not None:
-        out.append(evaluation_paragraph(p.evaluation, res.ci_level))
+        out.append(evaluation_paragraph(p.evaluation, res.ci_level, p.pooled))
     if p.comparisons is not None and res.inits and len(res.inits) > 1:
-        out.append(comparison_paragraph(p.comparisons))
+        out.append(comparison_paragraph(p.comparisons, p.pooled))
+    analyses = analyses_paragraph(p.analyses) if p.analyses is not None else None
+    if analyses:
+        out.append(analyses)
     return out

@@ -63,6 +63,8 @@ class RunFacts:
     self_supervised: str | None = None  # ssl arms: what the self-supervised run trained on, in words
     condition: dict[str, Any] = field(default_factory=dict)  # the run's axis values (label budget, ...)
     adaptation: dict[str, Any] = field(default_factory=dict)  # {"method": "lora", "lora_rank": 8, ...}
+    seed_variance: str = ""  # which variance the arm's seed SD covers (study.seeds.seed_variance)
+    deterministic: bool = False  # ran once: every seed gives the same run
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,43 @@ class ComparisonFacts:
     method: str = "bootstrap"
 
 
+@dataclass(frozen=True)
+class AnalysisFacts:
+    """The analyses that ran beside the metrics, from their files' settings: subgroup variables and
+    minimum counts (``subgroups.json``), calibration bins and recalibration (``calibration.json``:
+    method, fitted on, refused/warned maps), the shortcut baseline's features (``shortcut.json``)."""
+
+    subgroup_variables: tuple[str, ...] = ()
+    subgroup_min: int | None = None
+    age_edges: tuple[float, ...] = ()
+    calibration_bins: tuple[int, ...] = ()
+    recalibration: tuple[str, ...] = ()
+    recalibration_warnings: int = 0
+    recalibration_forced: bool = False
+    shortcut_features: tuple[str, ...] = ()
+    shortcut_datasets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TuningFacts:
+    """One arm's tuning, from its ``tuning.json``: what was searched, how, and what was chosen."""
+
+    init: str
+    dataset: str
+    method: str
+    strategy: str
+    space: dict[str, list[Any]]
+    chosen: dict[str, Any]
+    value: float
+    n_trials: int
+    trial_epochs: int
+    epochs: int | None
+    seed: int | None
+    budget: int | None
+    rungs: tuple[tuple[int, int], ...] = ()
+    tie_rule: str = ""
+
+
 @dataclass
 class Protocol:
     """Everything the Methods text states."""
@@ -99,6 +138,9 @@ class Protocol:
     comparisons: ComparisonFacts | None = None
     seeds: tuple[int, ...] = ()
     axes: dict[str, list[Any]] = field(default_factory=dict)  # condition axes with several values
+    analyses: AnalysisFacts | None = None
+    tuning: list[TuningFacts] = field(default_factory=list)
+    pooled: bool = False  # the tables pool several seeds (two-level intervals, bootstrap tests only)
 
     @property
     def empty(self) -> bool:

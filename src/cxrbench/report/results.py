@@ -22,6 +22,8 @@ from cxrbench.report.protocol import Protocol
 from cxrbench.stats.significance import benjamini_hochberg
 
 MEAN = "mean"
+SHORTCUT = "shortcut"  # the init label of the metadata-only baseline's rows in results.csv
+SHORTCUT_NAME = "metadata-only logistic regression (view, sex, age, site; no pixel)"
 
 # results.csv: the contract columns first, then the details.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -38,12 +40,14 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "adaptation",
     "label_fraction",
     "label_noise",
+    "tuning",
     "init_name",
     "auroc_std",
     "diff_vs_reference",
     "diff_lo",
     "diff_hi",
     "p_delong",
+    "min_detectable_diff",
     "n",
     "n_positive",
     "sensitivity",
@@ -54,6 +58,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "n_findings",
     "n_seeds",
     "seed_sd",
+    "seed_sd_covers",
+    "deterministic",
     "ensemble_auroc",
     "ensemble_lo",
     "ensemble_hi",
@@ -92,7 +98,8 @@ class Analyses:
     true/false positives with Grad-CAM PNG bytes; ``.attrs["init"]`` names the init),
     ``localization`` (saliency scored against the regions: dataset, recipe, adaptation, seed, init and
     the summary columns of :mod:`cxrbench.evaluate.localization_stats`), ``localization_tests`` (paired
-    tests between inits on the same images), ``notes``.
+    tests between inits on the same images), ``notes``,
+    ``baseline`` (the metadata-only shortcut's own results rows, ``init = "shortcut"``: results.csv only).
     """
 
     subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -106,6 +113,7 @@ class Analyses:
     notes: list[str] = field(default_factory=list)
     localization: pd.DataFrame = field(default_factory=pd.DataFrame)
     localization_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    baseline: pd.DataFrame = field(default_factory=pd.DataFrame)  # the shortcut's own results rows
 
 
 @dataclass
@@ -125,6 +133,11 @@ class StudyResults:
         pairs: all-pairs comparisons (``dataset, recipe, seed, init_a, init_b, finding, diff,
             diff_lo, diff_hi, p, p_adjusted``), empty with a reference.
         analyses: subgroups, calibration, shortcut baseline, operating points, saliency examples.
+        tuning, tuned, tuning_tests: with a ``tuning:`` block, every trial (dataset, recipe, init,
+            adaptation, rung, epochs, order, the point's keys, val_mean_auroc, chosen), each arm's choice
+            (``tuned_<key>``, value, strategy, budget, trial_epochs, ``default_<key>``), and the tuned
+            recipe against the default one per init on the same test images (``tuning_a``, ``tuning_b``,
+            finding, diff, diff_lo, diff_hi, p, ...). The tuned runs are the ``tuning == "tuned"`` rows.
         recipe_tests: recipe versus the first recipe per dataset and init on the same test images
             (``dataset, init, recipe_a, recipe_b, finding, diff, diff_lo, diff_hi, p, p_adjusted,
             n_seeds``), with two or more recipes.
@@ -157,6 +170,9 @@ class StudyResults:
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
     recipe_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     adaptation_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuned: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     analyses: Analyses = field(default_factory=Analyses)
     roc: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -252,14 +268,19 @@ class StudyResults:
 
     def results_csv(self) -> pd.DataFrame:
         """The results.csv frame: one row per dataset x recipe x condition x seed x init x finding
-        (mean included; ``seed == "pooled"`` rows pooled over the seeds), then per subgroup."""
+        (mean included; ``seed == "pooled"`` rows pooled over the seeds), the metadata-only shortcut's
+        rows (``init = "shortcut"``, no seed: it does not depend on one) beside them, then per subgroup."""
         t = self._with_analyses()
-        t["init_name"] = t["init"].map(lambda i: self.init_names.get(i, i))
+        base = self.analyses.baseline
+        if len(base):
+            t = pd.concat([t, base.assign(init=SHORTCUT)], ignore_index=True)
+        names = {**self.init_names, SHORTCUT: SHORTCUT_NAME}
+        t["init_name"] = t["init"].map(lambda i: names.get(i, i))
         for c in RESULT_COLUMNS:
             if c not in t.columns:
                 t[c] = np.nan
         order = {d: i for i, d in enumerate(self.datasets)}
-        iorder = {d: i for i, d in enumerate(self.inits)}
+        iorder = {d: i for i, d in enumerate([*self.inits, SHORTCUT])}
         t["_d"] = t["dataset"].map(order)
         t["_i"] = t["init"].map(iorder)
         t["_f"] = (t["finding"] == MEAN).astype(int) * -1

@@ -51,12 +51,13 @@ def condition_table(res: StudyResults) -> pd.DataFrame:
             r = match.iloc[0]
             row.update(auroc=r["auroc"], lo=r["auroc_lo"], hi=r["auroc_hi"], n_seeds=r.get("n_seeds"),
                        p=r.get("p_adjusted"), diff=r.get("diff_vs_reference"), diff_lo=r.get("diff_lo"),
-                       diff_hi=r.get("diff_hi"), source="pooled")
+                       diff_hi=r.get("diff_hi"), mdd=r.get("min_detectable_diff"), source="pooled")
         else:  # one seed (or not pooled): the mean of the seeds' values, CI of the first seed
             first = g.iloc[0]
             row.update(auroc=float(g["auroc"].mean()), lo=first["auroc_lo"], hi=first["auroc_hi"],
                        n_seeds=len(g), p=first.get("p_adjusted"), diff=first.get("diff_vs_reference"),
                        diff_lo=first.get("diff_lo"), diff_hi=first.get("diff_hi"),
+                       mdd=first.get("min_detectable_diff"),
                        source="seed" if len(g) == 1 else "mean of seeds")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -172,17 +173,33 @@ def _ranked(sd: pd.DataFrame, key: dict[str, Any]) -> pd.DataFrame:
     return sel[np.isfinite(sel["auroc"].astype(float))].sort_values("auroc", ascending=False)
 
 
-def _winner_test(res: StudyResults, order: pd.DataFrame) -> str:
-    """The winner's test versus the reference (the runner-up's when the reference wins)."""
+def _winner_pick(res: StudyResults, order: pd.DataFrame) -> Any:
+    """The row whose test versus the reference supports the winner (the runner-up's when the
+    reference wins), or None."""
     if not res.reference or order.empty:
-        return ""
+        return None
     pick = order.iloc[0] if order.iloc[0]["init"] != res.reference else (
         order.iloc[1] if len(order) > 1 else None)
-    if pick is None or not _finite(pick.get("diff")):
+    return pick if pick is not None and _finite(pick.get("diff")) else None
+
+
+def _winner_test(res: StudyResults, order: pd.DataFrame) -> str:
+    """The winner's test versus the reference (the runner-up's when the reference wins), with the
+    difference the test set could detect beside a result that is not significant."""
+    pick = _winner_pick(res, order)
+    if pick is None:
         return ""
     mark = stars(pick["p"], res.alpha)
+    mdd = pick.get("mdd")
+    power = (f"; not significant, detects \u2265{float(mdd):.3f} at 80% power"
+             if not mark and _finite(mdd) else "")
     return (f"{pick['init']} - {res.reference}: {fmt_diff(_diff(pick))}, p {fmt_p(pick['p']) or NA}"
-            + (f" {mark}" if mark else ""))
+            + (f" {mark}" if mark else "") + power)
+
+
+def _winner_significant(res: StudyResults, order: pd.DataFrame) -> bool:
+    pick = _winner_pick(res, order)
+    return pick is not None and bool(stars(pick["p"], res.alpha))
 
 
 def ranking_table(res: StudyResults) -> Table | None:
@@ -219,8 +236,11 @@ def ranking_table(res: StudyResults) -> Table | None:
                 text, same = text + " (the only init)", DASH
             name = ((key["recipe"] + ", " if len(res.recipes) > 1 else "")
                     + _condition_name(key, cols, res.axes))
-            body.append([Cell(d), Cell(name, "mean" if is_default else ""), Cell(text),
-                         Cell(same, "sigworse" if same.startswith("winner changes") else ""),
+            style = ""
+            if same.startswith("winner changes"):  # alarm red only when a test backs the new winner
+                style = "sigworse" if _winner_significant(res, order) else "muted"
+                same += "" if style == "sigworse" else " (not significant)"
+            body.append([Cell(d), Cell(name, "mean" if is_default else ""), Cell(text), Cell(same, style),
                          Cell(_winner_test(res, order))])
     notes = ["Ranking by mean AUROC (pooled over the seeds where they were pooled). The test is the "
              f"winner's paired test versus {res.reference} in that condition (BH-adjusted p), or the "

@@ -63,7 +63,25 @@ def shortcut_table(
 
 
 def warning_lines(check: pd.DataFrame) -> list[str]:
-    """The check's warnings, one line each (shown under the shortcut table)."""
-    if "warning" not in check.columns:
+    """The check's warnings, once per model (image model / init): the findings it does not beat the
+    shortcut on, in one line, with the mean's figures when the mean does not beat it either."""
+    if "warning" not in check.columns or "model_a" not in check.columns:
         return []
-    return [f"Warning: {w}" for w in check["warning"] if isinstance(w, str) and w]
+    out = []
+    for model, g in check.groupby("model_a", sort=False):
+        bad = g[[isinstance(w, str) and bool(w) for w in g["warning"]]]
+        if bad.empty:
+            continue
+        findings = [str(f) for f in bad["finding"] if f != "mean"]
+        mean = bad[bad["finding"] == "mean"]
+        parts = []
+        if findings:
+            parts.append(f"{len(findings)} of {int((g['finding'] != 'mean').sum())} finding(s) "
+                         f"({', '.join(findings)})")
+        if len(mean):
+            m = mean.iloc[0]
+            parts.append(f"the mean AUROC ({as_float(m['auroc_a']):.3f} vs {as_float(m['auroc_b']):.3f})")
+        out.append(f"Warning: {model} does not beat the metadata-only shortcut on " + " and on ".join(parts)
+                   + "; it may read the acquisition (AP vs PA, the site) rather than the finding "
+                   "(figures in the table above).")
+    return out

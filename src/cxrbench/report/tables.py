@@ -14,6 +14,17 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.report.results import MEAN, POOLED, StudyResults, stars
+from cxrbench.report.weak import (
+    MIN_POSITIVES,
+    SMALL,
+    counts_of,
+    fmt_mdd,
+    is_deterministic,
+    mean_small_reasons,
+    not_significant,
+    power_lines,
+    small_sample_reasons,
+)
 
 DASH = "\u2013"
 NA = "n/a"
@@ -100,7 +111,9 @@ def _auroc_cell(res: StudyResults, row: dict | None, best: bool, ref: bool) -> C
         return Cell(NA, "muted", "no result")
     text = fmt_auroc(row)
     sd = row.get("seed_sd")
-    if sd is not None and np.isfinite(float(sd)):
+    if is_deterministic(row):
+        text += " (deterministic)"
+    elif sd is not None and np.isfinite(float(sd)):
         text += f" sd {float(sd):.3f}"
     p_adj = row.get("p_adjusted")
     mark = "" if ref else stars(p_adj if p_adj is not None else float("nan"), res.alpha)
@@ -113,7 +126,7 @@ def _auroc_cell(res: StudyResults, row: dict | None, best: bool, ref: bool) -> C
         title = (
             f"vs {res.reference}: diff {fmt_diff(row)}, p {fmt_p(row.get('p_vs_reference'))}, "
             f"BH-adjusted {fmt_p(p_adj)}"
-        )
+        ) + (f"; detectable at 80% power: {fmt_mdd(row)}" if fmt_mdd(row) else "")
     worse = (
         mark and float(row.get("diff_vs_reference") if row.get("diff_vs_reference") is not None else 0) < 0
     )
@@ -148,7 +161,8 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
             Cell(str(int(nf)) if nf is not None and np.isfinite(float(nf)) else str(len(res.findings_of(d)))),
         ]
         row += [
-            _auroc_cell(res, c, v == top and v >= 0, i == res.reference)
+            _mark_small(_auroc_cell(res, c, v == top and v >= 0, i == res.reference),
+                        mean_small_reasons(t, d, i))
             for c, v, i in zip(cells, vals, res.inits, strict=True)
         ]
         rows.append(row)
@@ -156,12 +170,16 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
     notes = [pooled_note(res, t) if seed == POOLED else
              f"Mean AUROC over each run's findings, with {ci}% bootstrap confidence interval; "
              "best per dataset in bold."]
+    if any(SMALL in c.text for r in rows for c in r):
+        notes.append(f"{SMALL}: the mean includes a finding with fewer than {MIN_POSITIVES} positive or "
+                     "negative test images (which ones: the dataset's table below); read it with care.")
     if res.reference:
         notes.append(
             f"Marks: Benjamini-Hochberg-adjusted p (over every dataset x init test of this table) of the "
             f"paired comparison with {res.reference}: * < {res.alpha:g}, ** < 0.01, *** < 0.001. "
             "Where an init uses fewer findings (domain arms), the test is over the findings both share."
         )
+        notes += power_lines(res, t)
     title = "Main table: mean AUROC per dataset and initialization"
     if seed == POOLED:
         title += f" ({recipe}, pooled over {_n_seeds(t)} seeds)" if len(res.recipes) > 1 else \
@@ -169,39 +187,6 @@ def main_table(res: StudyResults, recipe: str, seed: int) -> Table:
     elif len(res.matrix_keys()) > 1:
         title += f" ({recipe}, seed {seed})"
     return Table(title, header, rows, notes, css="main")
-
-
-MIN_POSITIVES = 10  # fewer labelled positives (or negatives) of a finding: a small-sample mark
-SMALL = "\u2020"  # the mark on a small-sample or boundary-CI cell
-
-
-def _counts(rows: list[dict | None]) -> tuple[int, int] | None:
-    """(labelled images, positives) of a finding: the same for every init (one test split)."""
-    for r in rows:
-        if r is None:
-            continue
-        n, pos = r.get("n"), r.get("n_positive")
-        if n is not None and pos is not None and np.isfinite(float(n)) and np.isfinite(float(pos)):
-            return int(n), int(pos)
-    return None
-
-
-def small_sample_reasons(row: dict | None, counts: tuple[int, int] | None) -> list[str]:
-    """Why an AUROC cell deserves caution: few positives/negatives, or a CI touching 0 or 1."""
-    out = []
-    if counts is not None:
-        n, pos = counts
-        if pos < MIN_POSITIVES:
-            out.append(f"{pos} positive test image(s), fewer than {MIN_POSITIVES}")
-        if n - pos < MIN_POSITIVES:
-            out.append(f"{n - pos} negative test image(s), fewer than {MIN_POSITIVES}")
-    if row is not None:
-        lo, hi = row.get("auroc_lo"), row.get("auroc_hi")
-        if lo is not None and np.isfinite(float(lo)) and round(float(lo), 3) <= 0.0:
-            out.append("its CI reaches 0")
-        if hi is not None and np.isfinite(float(hi)) and round(float(hi), 3) >= 1.0:
-            out.append("its CI reaches 1 (the bootstrap cannot show the uncertainty above)")
-    return out
 
 
 def _mark_small(cell: Cell, reasons: list[str]) -> Cell:
@@ -218,7 +203,7 @@ def small_sample_warnings(res: StudyResults, dataset: str, recipe: str, seed: in
     lines = []
     for f in res.findings_of(dataset):
         rows = [look.get((dataset, i, f)) for i in res.inits]
-        counts = _counts(rows)
+        counts = counts_of(rows)
         few = small_sample_reasons(None, counts)
         if few:
             lines.append(f"{f}: {' and '.join(few)}; its AUROC and CI are unreliable")
@@ -231,17 +216,29 @@ def small_sample_warnings(res: StudyResults, dataset: str, recipe: str, seed: in
 
 
 def _n_seeds(t: pd.DataFrame) -> str:
+    if "deterministic" in t.columns:
+        t = t[[not is_deterministic(r) for r in t.to_dict(orient="records")]]
     n = t["n_seeds"].dropna().astype(int).unique() if "n_seeds" in t.columns else []
     return "/".join(str(x) for x in sorted(n)) or "?"
 
 
 def pooled_note(res: StudyResults, t: pd.DataFrame) -> str:
-    """What a pooled cell is."""
+    """What a pooled cell is, and which variance each initialization's seed SD covers."""
     ci = int(round(res.ci_level * 100))
-    return (f"Mean over the {_n_seeds(t)} training seeds of each run's AUROC, with the {ci}% two-level "
+    text = (f"Mean over the {_n_seeds(t)} training seeds of each run's AUROC, with the {ci}% two-level "
             "bootstrap confidence interval (seeds and patients resampled; the same patient resamples "
             "for every initialization, so the tests are paired) and the seed-to-seed SD (sd); best per "
             "dataset in bold.")
+    records = t.to_dict(orient="records")
+    if any(is_deterministic(r) for r in records):
+        text += (" (deterministic): a method whose runs do not depend on the seed (e.g. kNN on fixed "
+                 "weights) ran once; its CI is the one-level bootstrap over test patients.")
+    covers = {r["init"]: r.get("seed_sd_covers") for r in records
+              if isinstance(r.get("seed_sd_covers"), str) and r.get("seed_sd_covers")
+              and not is_deterministic(r)}
+    if covers:
+        text += " The seed SD and CI cover: " + "; ".join(f"{i}: {c}" for i, c in covers.items()) + "."
+    return text
 
 
 def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str) -> Table:
@@ -265,7 +262,7 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str)
             for c in cells
         ]
         top = max(vals)
-        counts = _counts(cells)
+        counts = counts_of(cells)
         if f == MEAN:
             n_text = next((f"{int(c['n']):,}" for c in cells if c is not None and c.get("n") is not None
                            and np.isfinite(float(c["n"]))), "")
@@ -274,7 +271,8 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str)
         row = [Cell(f, "mean" if f == MEAN else ""), Cell(n_text)]
         row += [
             _mark_small(_auroc_cell(res, c, v == top and v >= 0, i == res.reference),
-                        small_sample_reasons(c, counts if f != MEAN else None))
+                        small_sample_reasons(c, counts if f != MEAN else None)
+                        + (mean_small_reasons(t, dataset, i) if f == MEAN else []))
             for c, v, i in zip(cells, vals, res.inits, strict=True)
         ]
         for i in others:
@@ -282,13 +280,9 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str)
             if c is None or not fmt_p(c.get("p_vs_reference")):
                 row.append(Cell("", "muted"))
             else:
-                row.append(
-                    Cell(
-                        f"{fmt_p(c.get('p_vs_reference'))} ({fmt_p(c.get('p_adjusted'))})",
-                        _sig_style(c, res.alpha),
-                        fmt_diff(c),
-                    )
-                )
+                mdd = f"; detects \u2265{fmt_mdd(c)}" if fmt_mdd(c) and not_significant(c, res.alpha) else ""
+                row.append(Cell(f"{fmt_p(c.get('p_vs_reference'))} ({fmt_p(c.get('p_adjusted'))}){mdd}",
+                                _sig_style(c, res.alpha), fmt_diff(c)))
         rows.append(row)
     notes = [
         "Test images: those labelled for the finding (unknown labels left out), the n of its AUROC; "
@@ -297,7 +291,10 @@ def finding_table(res: StudyResults, dataset: str, recipe: str, seed: int | str)
     if others:
         notes.append(
             "p: paired test versus the reference on the same bootstrap resamples; in brackets "
-            "Benjamini-Hochberg-adjusted over the findings of this dataset (mean row: over the main table)."
+            "Benjamini-Hochberg-adjusted over the findings of this dataset (mean row: over the main table). "
+            "Beside a result that is not significant: the smallest difference this test set detects with "
+            "80% power at the 5% level (binormal variances, the observed correlation of the paired AUROCs; "
+            "docs/statistics.md): a smaller true difference could not be told apart."
         )
     if seed == POOLED:
         notes.insert(0, pooled_note(res, t))
@@ -359,12 +356,15 @@ def pairs_table(res: StudyResults, dataset: str, recipe: str, seed: int) -> Tabl
             ),
             Cell(fmt_p(r["p"])),
             Cell(fmt_p(r.get("p_adjusted"))),
+            Cell(fmt_mdd(r), "muted"),
         ]
         for r in p.to_dict(orient="records")
     ]
     return Table(
-        f"{dataset}: pairwise differences of the mean AUROC", ["A", "B", "A - B (CI)", "p", "p (BH)"], rows
-    )
+        f"{dataset}: pairwise differences of the mean AUROC",
+        ["A", "B", "A - B (CI)", "p", "p (BH)", "detectable\n(80% power)"], rows,
+        ["detectable: the smallest difference this test set detects with 80% power at the 5% level; a "
+         "non-significant pair whose true difference is smaller could not be told apart."])
 
 
 def external_table(res: StudyResults, recipe: str, seed: int, init: str) -> Table | None:

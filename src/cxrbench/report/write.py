@@ -190,8 +190,12 @@ def _opening(res: StudyResults, html_parts: list[str], md_parts: list[str]) -> N
 
 def _robustness_section(res: StudyResults, html_parts: list[str], md_parts: list[str],
                         toc: list[tuple[str, str, int]], fig) -> None:
-    """"Does the winner hold?": rankings per condition, label-efficiency / noise curves, recipes."""
+    """"Does the winner hold?": rankings per condition, label-efficiency / noise curves, recipes; then
+    "Does the ranking survive tuning?" (with a ``tuning:`` block)."""
     from cxrbench.report import robustness as R
+    from cxrbench.report.tuning import tuning_section
+
+    tuning_section(res, html_parts, md_parts, toc, fig)
 
     rank = R.ranking_table(res)
     adapt = R.adaptation_table(res)

@@ -32,6 +32,11 @@ from cxrbench.stats import bootstrap as bs
 
 RECALIBRATION_METHODS: tuple[str, ...] = ("temperature", "platt", "isotonic")
 DEFAULT_BINS = 10
+RECALIBRATION_MIN = 10  # fewer validation positives or negatives: recalibration refused (unless forced)
+RECALIBRATION_WARN = 30  # fewer: fitted with a warning (the map follows a handful of images)
+SLOPE_RANGE = (0.1, 10.0)  # a calibration slope outside it is flagged unstable
+INTERCEPT_MAX = 5.0  # |intercept| above it is flagged unstable
+MIN_FIT_CLASS = 10  # fewer positives or negatives: slope and intercept flagged unstable
 EPS = 1e-9
 
 
@@ -293,11 +298,46 @@ def fit_recalibration(method: str, y: np.ndarray, p: np.ndarray) -> Recalibratio
     return Recalibration(method, {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
 
 
+def fit_instability(slope: float, intercept: float, n_pos: int, n_neg: int) -> str:
+    """Why a calibration slope and intercept should not be read (empty when they can be): the fit did
+    not converge (separable labels), an implausible value (slope outside :data:`SLOPE_RANGE`, |intercept|
+    above :data:`INTERCEPT_MAX`), or fewer than :data:`MIN_FIT_CLASS` positives or negatives."""
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        return "the logistic fit did not converge (separable labels)"
+    why = []
+    if not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
+        why.append(f"slope {slope:.3g} outside {SLOPE_RANGE[0]:g}-{SLOPE_RANGE[1]:g}")
+    if abs(intercept) > INTERCEPT_MAX:
+        why.append(f"|intercept| {abs(intercept):.3g} above {INTERCEPT_MAX:g}")
+    if min(n_pos, n_neg) < MIN_FIT_CLASS:
+        why.append(f"fitted on {n_pos} positive(s) and {n_neg} negative(s)")
+    return "unstable: " + "; ".join(why) if why else ""
+
+
+def recalibration_check(method: str, n_pos: int, n_neg: int, force: bool = False) -> tuple[bool, str]:
+    """``(fit it, warning)`` for a recalibration map on ``n_pos``/``n_neg`` validation images: refused
+    below :data:`RECALIBRATION_MIN` of either class unless ``force``, warned below
+    :data:`RECALIBRATION_WARN`."""
+    few = min(n_pos, n_neg)
+    counts = f"{n_pos} validation positive(s) and {n_neg} negative(s)"
+    if few < RECALIBRATION_MIN and not force:
+        return False, (f"{method} recalibration refused: {counts}, fewer than {RECALIBRATION_MIN} of a class "
+                       "(force it with --force-recalibration)")
+    if few < RECALIBRATION_WARN:
+        return True, (f"{method} recalibration fitted on only {counts} (fewer than {RECALIBRATION_WARN} of a "
+                      "class): the map follows a handful of images and its 'after' ECE is optimistic")
+    return True, ""
+
+
 def calibration_point(y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_BINS) -> dict[str, Any]:
-    """ECE, Brier, slope, intercept and the reliability curve of one finding (point estimates)."""
+    """ECE, Brier, slope, intercept and the reliability curve of one finding (point estimates), and
+    ``unstable``: why the slope and intercept should not be read (empty when they can)."""
     slope, intercept = calibration_slope_intercept(y, p)
     curve = reliability_curve(y, p, n_bins)
+    yk = np.asarray(y, dtype=np.float64)
+    n_pos, n_neg = int((yk == 1).sum()), int((yk == 0).sum())
     return {"ece": ece(y, p, n_bins), "brier": brier_score(y, p), "slope": slope, "intercept": intercept,
+            "unstable": fit_instability(slope, intercept, n_pos, n_neg),
             "reliability": {k: v.tolist() for k, v in curve.items()}}
 
 

@@ -305,7 +305,8 @@ def _gap_row(variable: str, finding: str, metric: str, cands: pd.DataFrame, valu
     row: dict[str, Any] = {"variable": variable, "finding": finding, "metric": metric,
                            "n_groups": int(len(cands))}
     if len(cands) < 2:
-        row["note"] = f"{len(cands)} subgroup(s) with enough positives and negatives: no gap"
+        row["note"] = (f"not estimable: {len(cands)} subgroup(s) with enough positives and negatives, a gap "
+                       "needs two")
         return row
     hi_row = cands.loc[cands[value_col].idxmax()]
     lo_row = cands.loc[cands[value_col].idxmin()]

@@ -16,6 +16,8 @@ from cxrbench.common.axes import (  # noqa: F401  (re-exported: the study's impo
     LABEL_NOISE,
     RECIPE,
     SEED,
+    TUNED,
+    TUNING,
     Axis,
     Condition,
 )
@@ -24,9 +26,21 @@ from cxrbench.study.config import InitSpec, StudyConfig
 
 def axis_values(cfg: StudyConfig, axis: Axis, spec: InitSpec | None = None) -> tuple[Any, ...]:
     """The values of a condition axis for one init arm: the arm's own list when it sets one
-    (``adaptations`` of an init), else the study's."""
+    (``adaptations`` of an init), else the study's; the tuning axis: ``default`` and, when a
+    ``tuning:`` block tunes one of the arm's methods, ``tuned``."""
+    if axis is TUNING:
+        arms = [spec] if spec is not None else list(cfg.inits.values())
+        tuned = any(tuning_applies(cfg, s, m) for s in arms for m in axis_values(cfg, ADAPTATION, s))
+        return (TUNING.default, TUNED) if tuned else (TUNING.default,)
     own = getattr(spec, axis.field, None) if spec is not None else None
     return tuple(own) if own is not None else tuple(getattr(cfg, axis.field))
+
+
+def tuning_applies(cfg: StudyConfig, spec: InitSpec, method: str) -> bool:
+    """Whether the arm has a tuned condition with this adaptation method (:mod:`cxrbench.study.tuning`)."""
+    from cxrbench.study.tuning import arm_tuning
+
+    return arm_tuning(cfg, spec, method) is not None
 
 
 def conditions(cfg: StudyConfig, spec: InitSpec | None = None) -> list[Condition]:
@@ -38,6 +52,10 @@ def conditions(cfg: StudyConfig, spec: InitSpec | None = None) -> list[Condition
     lists = [axis_values(cfg, a, spec) for a in CONDITION_AXES]
     combos = [_labels_apply(Condition(tuple(zip((a.column for a in CONDITION_AXES), vals, strict=True))))
               for vals in itertools.product(*lists)]
+    # the tuned recipe: with all labels and no noise, for the methods the arm tunes
+    combos = [c for c in combos if c.is_default_for(TUNING.column) or (
+        c.is_default_for(LABEL_FRACTION.column) and c.is_default_for(LABEL_NOISE.column)
+        and tuning_applies(cfg, spec, c.as_dict[ADAPTATION.column]))]
     return sorted(dict.fromkeys(combos), key=lambda c: (not c.is_default,))
 
 
@@ -73,5 +91,8 @@ def axis_columns() -> list[str]:
 def iter_values(cfg: StudyConfig) -> Iterator[tuple[Axis, tuple[Any, ...]]]:
     """(axis, its values in the config) for every axis."""
     for a in AXES:
+        if a is TUNING:
+            yield a, axis_values(cfg, a)
+            continue
         values = getattr(cfg, a.field)
         yield a, tuple(values) if not isinstance(values, dict) else tuple(values)

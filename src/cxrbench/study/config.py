@@ -29,8 +29,10 @@ from cxrbench.study.sections import (
     EvaluationSpec,
     ExternalSpec,
     LocalizationSpec,
+    PowerSpec,
     RecipeSpec,
     Strict,
+    TuningSpec,
     adaptation_list,
     stable_dump,
 )
@@ -166,6 +168,13 @@ class InitSpec(Strict):
         None, description="adaptation methods of this init (full, linear, lora, knn, zeroshot); the study's "
         "adaptations when unset (e.g. [linear, knn] for a backbone too large to fine-tune)",
         json_schema_extra=ADDED_LATER)
+    pretrain_seeds: Literal["shared", "per-seed"] | None = Field(
+        None, description="domain: and ssl: arms: one pretraining run per fine-tuning seed (per-seed: the "
+        "seed SD covers pretraining too; the default of domain:) or one shared by the seeds (shared: the SD "
+        "covers fine-tuning only; the default of ssl:)", json_schema_extra=ADDED_LATER)
+    tuning: TuningSpec | Literal[False] | None = Field(
+        None, description="this init's tuning keys over the study's (false: never tuned)",
+        json_schema_extra=ADDED_LATER)
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this init")
     recipe_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per recipe, further training overrides (e.g. image_size: 518)"
@@ -207,9 +216,10 @@ class InitSpec(Strict):
         if not self.init.strip():
             raise ValueError("init must not be empty")
         pretrained = self.domain is not None or self.ssl is not None
-        if not pretrained and (self.base is not None or self.pretrain or self.labels):
-            raise ValueError("'base', 'pretrain' and 'labels' only apply to init: domain:DATASET and "
-                             "ssl:NAME")
+        if not pretrained and (self.base is not None or self.pretrain or self.labels
+                               or self.pretrain_seeds is not None):
+            raise ValueError("'base', 'pretrain', 'pretrain_seeds' and 'labels' only apply to init: "
+                             "domain:DATASET and ssl:NAME")
         if self.ssl is not None and self.labels:
             raise ValueError("'labels' only applies to init: domain:DATASET (ssl: uses no label)")
         if self.domain is not None and not self.domain:
@@ -226,6 +236,8 @@ class InitSpec(Strict):
                              "pretraining continues (e.g. dinov2-vitb14) or starts from (random-vit-base)")
         if self.base is not None and self.base.startswith((DOMAIN_PREFIX, SSL_PREFIX)):
             raise ValueError("'base' cannot itself be a domain: or ssl: init")
+        if isinstance(self.tuning, TuningSpec) and self.tuning.methods:
+            raise ValueError("tuning.methods: per-method tuning keys belong to the study's tuning section")
         return self
 
 
@@ -254,6 +266,9 @@ class StudyConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="training recipe: `cxrbench train` keys")
     evaluation: EvaluationSpec = EvaluationSpec()
     comparisons: ComparisonSpec = ComparisonSpec()
+    tuning: TuningSpec | None = Field(
+        None, description="choose each init's training options on the validation split first; the study "
+        "then also runs every arm at its tuned values (the 'tuned' condition)", json_schema_extra=ADDED_LATER)
     external: tuple[ExternalSpec, ...] | Literal["all"] = ()
     external_conditions: Literal["clean", "all"] = Field(
         "clean", description="models external validation scores: clean = trained on all labels without "
@@ -262,6 +277,9 @@ class StudyConfig(Strict):
     localization: LocalizationSpec | None = Field(
         None, description="score every run's saliency maps against the boxes and masks of its evaluation "
         "split (true: the defaults)", json_schema_extra=ADDED_LATER)
+    power: PowerSpec = Field(PowerSpec(), description="the planned comparison `study run --dry-run` sizes "
+                             "the "
+                             "test sets against (no step reads it)", json_schema_extra=ADDED_LATER)
     prepare_workers: int | None = Field(None, ge=1, le=256, description="workers of the cache build")
     executor: ExecutorSpec = Field(ExecutorSpec(), description="where steps run (not hashed)")
     tracker: TrackerSpec | None = Field(None, description="experiment tracker of the runs (not hashed)")

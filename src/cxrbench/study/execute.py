@@ -29,7 +29,7 @@ from cxrbench.study.state import is_finished, read_marker, set_aside, step_lock,
 from cxrbench.study.steps import Plan, Step
 
 GATHER_KINDS = ("compare", "shortcut", "pooled", "report")
-DIST_KINDS = ("train", "pretrain", "ssl")  # run on every torchrun rank
+DIST_KINDS = ("train", "pretrain", "ssl", "tune")  # run on every torchrun rank
 _WAIT_POLL_S = 2.0
 
 

@@ -30,6 +30,8 @@ from cxrbench.study.steps import (
     SslParams,
     Step,
     TrainParams,
+    TunedParams,
+    TuneParams,
 )
 
 _PATH_OPTIONS = ("labels_file", "mapping")
@@ -108,18 +110,38 @@ def run_cache(step: Step, ctx: Context) -> None:
 
 
 def train_config(step: Step, ctx: Context) -> Any:
-    """The TrainConfig of a train or pretrain step."""
+    """The TrainConfig of a train or pretrain step (a tuned run: at the values its tuning chose)."""
     from cxrbench.train.config import TrainConfig
+    from cxrbench.train.tune import chosen_options
 
     p: TrainParams = step.params
     runtime = dict(p.runtime)
     if ctx.device is not None:
         runtime["device"] = ctx.device
+    chosen = chosen_options(p.tuning) if p.tuning is not None else {}
     return TrainConfig.from_dict(
-        {**p.options, **runtime, "cache": p.cache, "init": p.init, "out": str(step.out),
+        {**p.options, **chosen, **runtime, "cache": p.cache, "init": p.init, "out": str(step.out),
          "findings": p.findings},
         where=step.id,
     )
+
+
+def run_tune(step: Step, ctx: Context) -> None:
+    """One tuning trial on the train and val splits only (:func:`cxrbench.train.tune.run_trial`)."""
+    from cxrbench.train.tune import run_trial
+
+    p: TuneParams = step.params
+    runtime = {**p.runtime, **({"device": ctx.device} if ctx.device else {})}
+    run_trial({**p.options, **runtime}, step.out, point=p.point, order=p.order, previous=p.previous,
+              slot=p.slot, rung=p.rung, epochs=p.epochs, keep_weights=p.keep_weights, quiet=ctx.quiet)
+
+
+def run_tuned(step: Step, ctx: Context) -> None:
+    """The choice among an arm's trials (:func:`cxrbench.train.tune.select_trials`): tuning.json."""
+    from cxrbench.train.tune import TUNING_FILE, select_trials
+
+    p: TunedParams = step.params
+    select_trials(p.trials, step.out / TUNING_FILE, settings=p.settings, rungs=p.rungs, default=p.default)
 
 
 def run_train(step: Step, ctx: Context) -> None:
@@ -259,6 +281,8 @@ EXECUTORS: dict[str, Executor] = {
     "eval": run_eval,
     "external": run_external,
     "ssl": run_ssl,
+    "tune": run_tune,
+    "tuned": run_tuned,
     "compare": run_compare,
     "shortcut": run_shortcut,
     "pooled": run_pooled,

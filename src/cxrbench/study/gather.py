@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrbench.common.errors import InputError
 from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json_or_none
-from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG
+from cxrbench.common.layout import METRICS_FILE, PREDICTIONS_FILE, RUN_BEST_WEIGHTS, RUN_LOG, predictions_path
 from cxrbench.common.provenance import git_commit, now_iso, package_versions
 from cxrbench.common.validation import as_float
 from cxrbench.report.results import MEAN, StudyResults, adjust_main_family, default_mask
@@ -28,7 +29,9 @@ from cxrbench.study.gather_compare import (
     apply_comparisons,
     pooled_rows,
     recipe_tests,
+    tuning_tests,
 )
+from cxrbench.study.gather_tuning import tuning_frames, with_tuned_values
 from cxrbench.study.protocol import read_protocol
 from cxrbench.study.steps import Plan
 
@@ -212,7 +215,9 @@ def gather_results(plan: Plan) -> StudyResults:
     missing: list[str] = []
     table, roc, curves = _evaluations(plan, missing)
     pairs = apply_comparisons(plan, table, missing)
-    table = _with_pooled(plan, pairs, missing)
+    table = _with_seed_variance(plan, _with_pooled(plan, pairs, missing))
+    trials, chosen = tuning_frames(plan, missing)
+    table = with_tuned_values(table, chosen)
     table = adjust_main_family(table) if cfg.comparisons.fdr == "bh" else table
     external = _external_rows(plan, missing)
     summaries, prevalence = [], []
@@ -232,6 +237,7 @@ def gather_results(plan: Plan) -> StudyResults:
             mask &= default_mask(table[a.column], a.column)
         firsts = table[mask]
     analyses = gather_analyses(plan, firsts[["dataset", "init", "auroc"]] if len(firsts) else None)
+    analyses.baseline = _shortcut_rows(plan)
     used_recipes = [r for r in cfg.preprocess if len(table) and r in set(table["recipe"])]
     multi_adaptation = len(table) and table["adaptation"].nunique() > 1
     return StudyResults(
@@ -250,6 +256,7 @@ def gather_results(plan: Plan) -> StudyResults:
         pairs=pairs["pairs"],
         recipe_tests=recipe_tests(plan) if len(used_recipes) > 1 else pd.DataFrame(),
         adaptation_tests=adaptation_tests(plan) if multi_adaptation else pd.DataFrame(),
+        tuning=trials, tuned=chosen, tuning_tests=tuning_tests(plan) if len(chosen) else pd.DataFrame(),
         analyses=analyses,
         axes=study_axes(cfg),
         roc=roc,
@@ -294,6 +301,55 @@ def _evaluations(plan: Plan, missing: list[str]) -> tuple[pd.DataFrame, dict, li
     columns = None if rows else ["dataset", "recipe", "seed", "init", "finding", "auroc", "auroc_lo",
                                  "auroc_hi", *CONDITION_COLUMNS]
     return pd.DataFrame(rows, columns=columns), roc, curves
+
+
+def _with_seed_variance(plan: Plan, table: pd.DataFrame) -> pd.DataFrame:
+    """``seed_sd_covers`` (which variance the seed SD of the row's arm covers) and ``deterministic``
+    (an arm that ran once: the same run for every seed) on every row."""
+    from cxrbench.study.seeds import deterministic, seed_variance
+
+    if table.empty:
+        return table
+    cfg = plan.study.config
+    t = table.copy()
+    adaptation = t["adaptation"] if "adaptation" in t.columns else pd.Series("full", index=t.index)
+    pairs = list(zip(t["init"], adaptation.fillna("full"), strict=True))
+    covers: dict[tuple[str, str], tuple[str, bool]] = {}
+    for label, method in set(pairs):
+        spec = cfg.inits.get(label)
+        once = spec is not None and deterministic(spec, method) and len(cfg.seeds) > 1
+        covers[(label, method)] = ("", False) if spec is None else (seed_variance(spec, method), once)
+    t["seed_sd_covers"] = [covers[p][0] for p in pairs]
+    t["deterministic"] = [covers[p][1] for p in pairs]
+    return t
+
+
+def _shortcut_rows(plan: Plan) -> pd.DataFrame:
+    """The metadata-only shortcut's own results rows per dataset and recipe (the study's bootstrap and
+    thresholds from its validation predictions), for results.csv beside the image models'."""
+    import warnings
+
+    from cxrbench.evaluate.predictions import read_predictions
+    from cxrbench.evaluate.scoring import evaluate_predictions
+
+    ev = plan.study.config.evaluation
+    rows: list[dict[str, Any]] = []
+    for s in plan.of_kind("shortcut"):
+        test = predictions_path(s.out, ev.split)
+        if s.status != "done" or not test.is_file():
+            continue
+        val = predictions_path(s.out, "val")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = evaluate_predictions(read_predictions(test),
+                                         read_predictions(val) if val.is_file() else None,
+                                         n_resamples=ev.bootstrap, seed=ev.seed, cluster=ev.cluster,
+                                         threshold_from="val" if val.is_file() else "test", ci_level=ev.ci)
+        except InputError:
+            continue
+        rows += _metric_rows(m, {"dataset": s.params.dataset, "recipe": s.params.recipe})
+    return pd.DataFrame(rows)
 
 
 def _with_pooled(plan: Plan, pairs: dict[str, pd.DataFrame], missing: list[str]) -> pd.DataFrame:

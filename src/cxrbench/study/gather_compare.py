@@ -22,7 +22,26 @@ from cxrbench.study.steps import Plan
 
 POOLED = "pooled"  # the seed value of rows pooled over seeds
 CONDITION_COLUMNS = [a.column for a in CONDITION_AXES]
-DIFF_COLUMNS = ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong")
+DIFF_COLUMNS = ("diff_vs_reference", "diff_lo", "diff_hi", "p_vs_reference", "p_adjusted", "p_delong",
+                "min_detectable_diff")
+
+
+def _detectable(r: dict[str, Any], ci_level: float) -> float:
+    """The row's minimum detectable difference (80% power, 5% level); for comparison files written before
+    it was stored, from the correlation that the stored CI of the difference implies."""
+    from scipy.stats import norm
+
+    from cxrbench.stats.power import implied_correlation, min_detectable_difference
+
+    stored = as_float(r.get("min_detectable_diff"))
+    if np.isfinite(stored) or "min_detectable_diff" in r or r.get("finding") == "mean":
+        return stored
+    a, b = as_float(r.get("auroc_a")), as_float(r.get("auroc_b"))
+    lo, hi = as_float(r.get("diff_lo")), as_float(r.get("diff_hi"))
+    npos, nneg = as_float(r.get("n_positive")), as_float(r.get("n_negative"))
+    se = (hi - lo) / (2 * float(norm.ppf(0.5 + ci_level / 2)))
+    corr = implied_correlation(se, a, b, npos, nneg)
+    return min_detectable_difference(b, npos, nneg, corr) if np.isfinite(corr) else float("nan")
 
 
 def _split_rows(plan: Plan, rows: list[dict], keys: dict[str, Any], pcol: str, acol: str,
@@ -30,17 +49,20 @@ def _split_rows(plan: Plan, rows: list[dict], keys: dict[str, Any], pcol: str, a
     """Rows of one comparison file: versus the reference into ``extra``, other pairs into ``pair_rows``."""
     reference = plan.study.config.comparisons.reference
     cond = tuple(keys[c] for c in CONDITION_COLUMNS)
+    ci_level = plan.study.config.evaluation.ci
     for r in rows:
         vals = {"diff_vs_reference": as_float(r.get("diff")), "diff_lo": as_float(r.get("diff_lo")),
                 "diff_hi": as_float(r.get("diff_hi")), "p_vs_reference": as_float(r.get(pcol)),
-                "p_adjusted": as_float(r.get(acol)), "p_delong": as_float(r.get("p_delong"))}
+                "p_adjusted": as_float(r.get(acol)), "p_delong": as_float(r.get("p_delong")),
+                "min_detectable_diff": _detectable(r, ci_level)}
         if reference is not None and r.get("model_b") == reference:
             extra[(keys["dataset"], keys["recipe"], keys["seed"], cond, r["model_a"], r["finding"])] = vals
         else:
             pair_rows.append({**keys, "init_a": r["model_a"], "init_b": r["model_b"], "finding": r["finding"],
                               "diff": vals["diff_vs_reference"], "diff_lo": vals["diff_lo"],
                               "diff_hi": vals["diff_hi"], "p": vals["p_vs_reference"],
-                              "p_adjusted": vals["p_adjusted"]})
+                              "p_adjusted": vals["p_adjusted"],
+                              "min_detectable_diff": vals["min_detectable_diff"]})
 
 
 def _attach(table: pd.DataFrame, extra: dict[tuple, dict[str, float]]) -> pd.DataFrame:
@@ -149,7 +171,8 @@ def _tests_across(plan: Plan, groups: dict[tuple[str, str, str], dict[str, list[
             rows.append({**base, "arm_a": r["model_a"], "arm_b": r["model_b"], "finding": r["finding"],
                          "diff": as_float(r.get("diff")), "diff_lo": as_float(r.get("diff_lo")),
                          "diff_hi": as_float(r.get("diff_hi")), "p": as_float(r.get("p_bootstrap")),
-                         "p_adjusted": as_float(r.get("p_adjusted")), "n_seeds": r.get("n_seeds_a")})
+                         "p_adjusted": as_float(r.get("p_adjusted")), "n_seeds": r.get("n_seeds_a"),
+                         "min_detectable_diff": as_float(r.get("min_detectable_diff"))})
     return rows
 
 
@@ -166,6 +189,27 @@ def recipe_tests(plan: Plan) -> pd.DataFrame:
     rows = _tests_across(plan, groups, list(cfg.preprocess), lambda arms: arms[0])
     out = pd.DataFrame(rows).rename(columns={"arm_a": "recipe_a", "arm_b": "recipe_b"})
     return out.drop(columns=["recipe"]) if "recipe" in out.columns else out
+
+
+def tuning_tests(plan: Plan) -> pd.DataFrame:
+    """With a ``tuning:`` block: per dataset, recipe, init and adaptation method (all labels, no noise),
+    the tuned recipe against the default one on the same test images, pooled over the seeds:
+    ``dataset, recipe, init, adaptation, tuning_a (tuned), tuning_b (default), finding, diff, ...``."""
+    groups: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    methods: dict[tuple[str, str, str], str] = {}
+    for s in sorted(plan.of_kind("eval"), key=lambda s: s.params.seed):
+        values = s.params.condition.as_dict
+        if s.status != "done" or any(not is_default(c, v) for c, v in values.items()
+                                     if c not in ("adaptation", "tuning")):
+            continue
+        label = f"{s.params.label}\t{values['adaptation']}"  # one group per init and method
+        groups.setdefault((s.params.dataset, s.params.recipe, label), {}).setdefault(
+            values["tuning"], []).append(s.params.run)
+        methods[(s.params.dataset, s.params.recipe, label)] = values["adaptation"]
+    rows = _tests_across(plan, groups, ["default", "tuned"], lambda arms: "default")
+    for r in rows:
+        r["init"], r["adaptation"] = r["init"].split("\t")
+    return pd.DataFrame(rows).rename(columns={"arm_a": "tuning_a", "arm_b": "tuning_b"})
 
 
 def adaptation_tests(plan: Plan) -> pd.DataFrame:

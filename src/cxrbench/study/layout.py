@@ -7,6 +7,7 @@
     OUT/index/<dataset>/index.parquet           the index (+ index.report.json)
     OUT/cache/<dataset>/<recipe>/               the cache (Contract 3)
     OUT/pretrain/<init>/<recipe>/<findings>/s<seed>/   a domain pretraining run (Contract 4)
+    OUT/tuning/<dataset>/<recipe>/<init>/r<rung>/t<k>/   a tuning trial (trial.json, run/); chosen/tuning.json
     OUT/runs/<dataset>/<recipe>/<init>/s<seed>/ a fine-tuning run (Contract 4), eval/ inside
     OUT/external/<A>-on-<B>/<recipe>/<init>/s<seed>/   a run of A scored on B
     OUT/compare/<dataset>/<recipe>/s<seed>/     comparison.json + comparison.csv
@@ -58,9 +59,15 @@ class StudyLayout:
     def pretrain_dir(self, label: str, recipe: str, findings_key: str, seed: int) -> Path:
         return self.out / "pretrain" / label / recipe / findings_key / f"s{seed}"
 
-    def ssl_dir(self, label: str, recipe: str) -> Path:
-        """``ssl/<label>/<recipe>``: the self-supervised pretraining run of an ``ssl:`` arm."""
-        return self.out / "ssl" / label / recipe
+    def ssl_dir(self, label: str, recipe: str, seed: int | None = None) -> Path:
+        """``ssl/<label>/<recipe>``: the self-supervised pretraining run of an ``ssl:`` arm (shared by its
+        seeds); ``ssl/<label>/s<seed>/<recipe>`` with one run per seed (``pretrain_seeds: per-seed``)."""
+        return self.out / "ssl" / label / (recipe if seed is None else f"s{seed}/{recipe}")
+
+    def tuning_dir(self, dataset: str, recipe: str, label: str, condition: str = "") -> Path:
+        """``tuning/<dataset>/<recipe>/<label>/[<adaptation>/]``: the trials ``r<rung>/t<k>/`` of an arm's
+        tuning and its choice ``chosen/tuning.json``."""
+        return self.out / "tuning" / dataset / recipe / label / condition
 
     def run_dir(self, dataset: str, recipe: str, label: str, seed: int, condition: str = "") -> Path:
         """``runs/<dataset>/<recipe>/<label>/[<condition>/]s<seed>`` (``condition``: the non-default

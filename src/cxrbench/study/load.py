@@ -30,6 +30,7 @@ from cxrbench.study.config import (
     StudyConfig,
 )
 from cxrbench.study.runtime_config import ExecutorSpec, TrackerSpec
+from cxrbench.study.sections import PowerSpec, TuningSpec
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -147,6 +148,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             PhantomSpec,
             ExecutorSpec,
             TrackerSpec,
+            PowerSpec,
+            TuningSpec,
         ):
             if cand.__name__ in text or ann is cand:
                 nxt = cand

@@ -30,7 +30,7 @@ _POLL_S = 0.2
 
 def _parameters(study: LoadedStudy, step: Step) -> dict[str, Any]:
     spec = study.config.executor
-    train = step.kind in ("train", "pretrain")
+    train = step.kind in ("train", "pretrain", "tune")
     gpus = (
         spec.gpus_per_run if train else min(1, spec.gpus_per_run) if step.kind in ("eval", "external") else 0
     )

@@ -13,7 +13,6 @@ Key stability is a contract: a study finished by an earlier cxrbench must show e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from cxrbench.common.layout import (
@@ -25,15 +24,16 @@ from cxrbench.common.layout import (
     POOLED_FILE,
     PREDICTIONS_FILE,
     REPORT_FILES,
-    RUN_BEST_META,
-    RUN_BEST_WEIGHTS,
     SHORTCUT_MODEL,
 )
 from cxrbench.common.provenance import stable_hash
-from cxrbench.study.axes import Condition, conditions
+from cxrbench.study.axes import TUNING, Condition, conditions
+from cxrbench.study.builder import RUN_COMPLETE, Builder, arm_start
 from cxrbench.study.config import InitSpec, LoadedStudy
-from cxrbench.study.facts import index_findings, shared_findings, source_fingerprint
+from cxrbench.study.facts import index_findings, source_fingerprint
+from cxrbench.study.plan_tuning import tuning_steps
 from cxrbench.study.sections import stable_dump
+from cxrbench.study.seeds import deterministic
 from cxrbench.study.shard import parse_shard, select_shard, shard_assignment
 from cxrbench.study.state import marker_path, read_marker, refresh_status
 from cxrbench.study.steps import (
@@ -49,56 +49,20 @@ from cxrbench.study.steps import (
     Plan,
     PooledParams,
     ShortcutParams,
-    SslParams,
     Step,
     TrainParams,
 )
+from cxrbench.train.tune import TUNING_FILE
 
 __all__ = ["INDEX_FILE", "KINDS", "PLAN_VERSION", "Plan", "Step", "build_plan", "marker_path", "parse_shard",
            "read_marker", "refresh_status", "select_shard", "shard_assignment"]
 
-_RUN_COMPLETE = (RUN_BEST_META, RUN_BEST_WEIGHTS)
 _EVAL_COMPLETE = (METRICS_FILE, PREDICTIONS_FILE)
-
-
-@dataclass
-class _Builder:
-    """What the step builders share: the study, its folder layout, the steps so far, notes."""
-
-    study: LoadedStudy
-    steps: list[Step] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.cfg = self.study.config
-        self.layout = self.study.layout
-
-    def add(self, step: Step) -> Step:
-        self.steps.append(step)
-        return step
-
-    @property
-    def recipes_used(self) -> list[str]:
-        return [r for r in self.cfg.preprocess if any(r in self.cfg.recipes_for(i) for i in self.cfg.inits)]
-
-    def train_identity(self, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
-        """The hashed training settings of one run (see TrainConfig.step_identity)."""
-        from cxrbench.train.config import TrainConfig
-
-        merged = {**self.study.train, **overrides, "seed": seed}
-        return TrainConfig(cache="-", init="-", out="-", **merged).step_identity()
-
-    def train_runtime(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """The runtime-only training keys of one run (workers, device, compile, ...): not hashed."""
-        from cxrbench.train.config import RUNTIME_KEYS
-
-        merged = {**self.study.train, **overrides}
-        return {k: merged[k] for k in sorted(RUNTIME_KEYS - {"cache", "out"}) if k in merged}
 
 
 def build_plan(study: LoadedStudy) -> Plan:
     """The full step graph of a study, keyed and with each step's status."""
-    b = _Builder(study)
+    b = Builder(study)
     for name in b.cfg.datasets:
         _dataset_steps(b, name)
     train_steps = [t for label, spec in b.cfg.inits.items() for t in _init_steps(b, label, spec)]
@@ -117,7 +81,7 @@ def build_plan(study: LoadedStudy) -> Plan:
 # --- one builder per step kind ----------------------------------------------------------------------
 
 
-def _dataset_steps(b: _Builder, name: str) -> None:
+def _dataset_steps(b: Builder, name: str) -> None:
     """phantom (synthetic datasets) -> index -> one cache per recipe in use."""
     ds = b.cfg.datasets[name]
     root = b.study.roots[name]
@@ -152,7 +116,7 @@ def _dataset_steps(b: _Builder, name: str) -> None:
                                       b.cfg.prepare_workers, b.cfg.preprocess[r])))
 
 
-def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
+def _init_steps(b: Builder, label: str, spec: InitSpec) -> list[Step]:
     """For one init arm: per recipe, dataset, condition (adaptation, label budget, noise) and seed, (its
     domain pretraining,) the run, its eval."""
     runs = []
@@ -169,111 +133,43 @@ def _init_steps(b: _Builder, label: str, spec: InitSpec) -> list[Step]:
                                "self-supervised pretraining read whole (unlabeled)")
                 continue
             for cond in conditions(b.cfg, spec):
-                for seed in b.cfg.seeds:
+                once = deterministic(spec, cond.as_dict["adaptation"])  # the same run for every seed
+                for seed in b.cfg.seeds[:1] if once else b.cfg.seeds:
                     runs.append(_run_steps(b, label, spec, r, name, seed, overrides, cond))
     return runs
 
 
-def _pretrain_step(b: _Builder, label: str, spec: InitSpec, r: str, seed: int, overrides: dict[str, Any],
-                   findings: list[str] | None, group: str) -> Step:
-    """The supervised pretraining run of a ``domain:`` arm on its source (one per label set)."""
-    source, base = str(spec.domain), str(spec.base)
-    fkey = stable_hash(findings, 8) if findings is not None else "pending"
-    pid = f"pretrain/{label}/{r}/{fkey}/s{seed}"
-    existing = next((s for s in b.steps if s.id == pid), None)
-    if existing is not None:
-        return existing
-    options = b.train_identity({**overrides, **spec.pretrain}, seed)
-    pconf = {"init": spec.base, "findings": findings, "train": options}
-    return b.add(Step(
-        pid, "pretrain", b.layout.pretrain_dir(label, r, fkey, seed), pconf, (f"cache/{spec.domain}/{r}",),
-        complete=_RUN_COMPLETE,
-        params=TrainParams(cache=str(b.layout.cache_dir(source, r)), init=base, findings=findings,
-                           runtime=b.train_runtime({**overrides, **spec.pretrain}), dataset=source,
-                           recipe=r, label=label, seed=seed, options=options),
-        group=group, deferred=findings is None))
-
-
-def _ssl_step(b: _Builder, label: str, spec: InitSpec, r: str) -> Step:
-    """The self-supervised pretraining run of an ``ssl:`` arm (one per recipe, shared by its seeds):
-    the train splits of its datasets and its unlabeled datasets whole, never a val/test patient of
-    any dataset of the study (every dataset's cache is passed as an exclusion)."""
-    from cxrbench.pretrain.config import RUNTIME_KEYS, PretrainConfig
-
-    sid = f"ssl/{label}/{r}"
-    existing = next((s for s in b.steps if s.id == sid), None)
-    if existing is not None:
-        return existing
-    labelled, unlabeled = spec.ssl_datasets(list(b.cfg.datasets))
-    options = spec.ssl_options()
-    ident = PretrainConfig(caches=["-"], init=spec.base or "-", out="-", **options).step_identity()
-    everything = sorted(b.cfg.datasets)
-    config = {"init": spec.base, "datasets": labelled, "unlabeled": unlabeled, "exclude": everything,
-              "pretrain": ident}
-    runtime = {k: v for k, v in options.items() if k in RUNTIME_KEYS}
-    cache = b.layout.cache_dir
-    return b.add(Step(
-        sid, "ssl", b.layout.ssl_dir(label, r), config, tuple(f"cache/{d}/{r}" for d in everything),
-        complete=_RUN_COMPLETE,
-        params=SslParams(label=label, recipe=r, init=spec.base or "",
-                         caches=[str(cache(d, r)) for d in labelled],
-                         unlabeled=[str(cache(d, r)) for d in unlabeled],
-                         exclude=[str(cache(d, r)) for d in everything if d not in labelled + unlabeled],
-                         options={k: v for k, v in options.items() if k not in RUNTIME_KEYS},
-                         runtime=runtime),
-        group=f"ssl/{label}/{r}"))
-
-
-def _run_steps(b: _Builder, label: str, spec: InitSpec, r: str, name: str, seed: int,
+def _run_steps(b: Builder, label: str, spec: InitSpec, r: str, name: str, seed: int,
                overrides: dict[str, Any], cond: Condition) -> Step:
     """One fine-tuning run (after its domain pretraining, for ``domain:`` arms) and its evaluation;
-    ``cond`` adds its id segments and training options (none for the default condition)."""
-    study = b.study
-    deps: tuple[str, ...] = (f"cache/{name}/{r}",)
-    ds_findings = b.cfg.datasets[name].findings
-    findings = list(ds_findings) if ds_findings is not None else None
-    init_ident: Any = spec.init
-    init_value = spec.init
-    deferred = False
-    group = f"run/{name}/{r}/{label}/{cond.path}s{seed}"
-    arm = {**overrides, **cond.train_overrides(seed)}
-    if spec.domain is not None:
-        findings = shared_findings(study, label, name)
-        static = shared_findings(study, label, name, static=True)
-        group = f"domain/{label}/{r}/s{seed}/" + (stable_hash(static, 8) if static else "*")
-        deferred = findings is None
-        pre = _pretrain_step(b, label, spec, r, seed, overrides, findings, group)
-        deps = deps + (pre.id,)
-        init_ident = {"pretrained": pre.id}
-        init_value = "checkpoint:" + str(pre.out / RUN_BEST_WEIGHTS)
-        other_release = study.roots[spec.domain] != study.roots[name]
-        if "allow_overlap" not in {**study.train, **overrides} and other_release:
-            # different releases: equal patient ids are a naming coincidence, not a leak
-            arm = {**arm, "allow_overlap": True}
-    elif spec.ssl is not None:
-        pre = _ssl_step(b, label, spec, r)
-        group = pre.group or group
-        deps = deps + (pre.id,)
-        init_ident = {"pretrained": pre.id}
-        init_value = "checkpoint:" + str(pre.out / RUN_BEST_WEIGHTS)
+    ``cond`` adds its id segments and training options (none for the default condition); the tuned
+    condition reads the values its arm's tuning chose."""
+    start = arm_start(b, label, spec, r, name, seed, overrides, f"run/{name}/{r}/{label}/{cond.path}s{seed}")
+    arm = {**overrides, **cond.train_overrides(seed), **start.options}
+    deps, tuning = start.deps, None
     tid = f"train/{name}/{r}/{label}/{cond.path}s{seed}"
     run_dir = b.layout.run_dir(name, r, label, seed, cond.path)
-    tconf = {"init": init_ident, "findings": findings, "train": b.train_identity(arm, seed)}
-    step = b.add(Step(tid, "train", run_dir, tconf, deps, complete=_RUN_COMPLETE,
-                      params=TrainParams(cache=str(b.layout.cache_dir(name, r)), init=init_value,
-                                         findings=findings, runtime=b.train_runtime(arm), dataset=name,
+    tconf = {"init": start.init_ident, "findings": start.findings, "train": b.train_identity(arm, seed)}
+    if not cond.is_default_for(TUNING.column):
+        chosen = tuning_steps(b, label, spec, r, name, cond, overrides)
+        deps, tuning = deps + (chosen.id,), str(chosen.out / TUNING_FILE)
+        tconf["tuning"] = chosen.id  # the key follows the choice's (its trials', its space's)
+    step = b.add(Step(tid, "train", run_dir, tconf, deps, complete=RUN_COMPLETE,
+                      params=TrainParams(cache=str(b.layout.cache_dir(name, r)), init=start.init_value,
+                                         findings=start.findings, runtime=b.train_runtime(arm), dataset=name,
                                          recipe=r, label=label, seed=seed, condition=cond,
-                                         options=tconf["train"]),
-                      group=group, deferred=deferred))
+                                         options=tconf["train"], tuning=tuning),
+                      group=start.group, deferred=start.deferred))
     ev = stable_dump(b.cfg.evaluation)
     b.add(Step(f"eval/{name}/{r}/{label}/{cond.path}s{seed}", "eval", run_dir / "eval" / ev["split"], ev,
-               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(str(run_dir), name, r, label, seed, cond,
-                                                                      b.cfg.evaluation),
-               group=group, deferred=deferred))
+               (tid,), complete=_EVAL_COMPLETE, params=EvalParams(
+                   str(run_dir), name, r, label, seed, cond, b.cfg.evaluation,
+                   deterministic=deterministic(spec, cond.as_dict["adaptation"]) and len(b.cfg.seeds) > 1),
+               group=start.group, deferred=start.deferred))
     return step
 
 
-def _contamination_notes(b: _Builder) -> None:
+def _contamination_notes(b: Builder) -> None:
     """A note per init pretrained on a (real) dataset it is tested on: its scores may be inflated."""
     from cxrbench.models.contamination import contamination_warnings
 
@@ -293,7 +189,7 @@ def _contamination_notes(b: _Builder) -> None:
         b.notes += [f"{label}: {line}" for line in lines]
 
 
-def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
+def _external_steps(b: Builder, train_steps: list[Step]) -> None:
     """External validation: a run of dataset A scored on dataset B, over the findings both share."""
     study = b.study
     ev = stable_dump(b.cfg.evaluation)
@@ -303,8 +199,8 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
             if p.dataset != a or (labels is not None and p.label not in labels):
                 continue
             if b.cfg.external_conditions == "clean" and any(
-                    not p.condition.is_default_for(c) for c in ("label_fraction", "label_noise")):
-                continue  # budgets and noise are internal-test axes unless asked for
+                    not p.condition.is_default_for(c) for c in ("label_fraction", "label_noise", "tuning")):
+                continue  # budgets, noise and tuned recipes are internal-test axes unless asked for
             b_findings = index_findings(study, target)
             a_unknown = p.findings is None and index_findings(study, a) is None
             deferred = t.deferred or b_findings is None or a_unknown
@@ -327,7 +223,7 @@ def _external_steps(b: _Builder, train_steps: list[Step]) -> None:
                 group=t.group, deferred=deferred))
 
 
-def _compare_steps(b: _Builder) -> None:
+def _compare_steps(b: Builder) -> None:
     """Paired comparisons of the inits per dataset x recipe x condition x seed (two or more inits)."""
     ev = stable_dump(b.cfg.evaluation)
     comp = b.cfg.comparisons.model_dump(mode="json")
@@ -336,10 +232,10 @@ def _compare_steps(b: _Builder) -> None:
             for cond in conditions(b.cfg):
                 for seed in b.cfg.seeds:
                     evals = [s for s in b.steps if s.kind == "eval" and s.params.dataset == name
-                             and s.params.recipe == r and s.params.seed == seed
-                             and s.params.condition == cond]
-                    if len(evals) < 2:
-                        continue
+                             and s.params.recipe == r and s.params.condition == cond
+                             and (s.params.seed == seed or s.params.deterministic)]
+                    if len(evals) < 2 or not any(s.params.seed == seed for s in evals):
+                        continue  # (deterministic arms alone: their one comparison is at the first seed)
                     runs = {s.params.label: s.params.run for s in evals}
                     how, spec = comp, b.cfg.comparisons
                     ref = comp["reference"]
@@ -358,7 +254,7 @@ def _compare_steps(b: _Builder) -> None:
                                deferred=any(s.deferred for s in evals)))
 
 
-def _shortcut_steps(b: _Builder) -> None:
+def _shortcut_steps(b: Builder) -> None:
     """Per dataset and recipe with evaluated runs: the metadata-only baseline (view, sex, age, site ->
     each finding, logistic regression fitted on train) the report sets beside the image models."""
     for name in b.cfg.datasets:
@@ -373,7 +269,7 @@ def _shortcut_steps(b: _Builder) -> None:
                        params=ShortcutParams(name, r, str(b.layout.cache_dir(name, r)))))
 
 
-def _pooled_steps(b: _Builder) -> None:
+def _pooled_steps(b: Builder) -> None:
     """With several seeds: every arm of a dataset x recipe x condition pooled over its seeds (mean,
     two-level bootstrap CI, seed SD) and the paired comparisons of the pooled arms."""
     if len(b.cfg.seeds) < 2:
@@ -399,7 +295,7 @@ def _pooled_steps(b: _Builder) -> None:
                            deferred=any(s.deferred for s in evals)))
 
 
-def _localization_steps(b: _Builder) -> None:
+def _localization_steps(b: Builder) -> None:
     """With a ``localization`` section: every run of the default condition with a classifier, its
     saliency maps scored against the regions of its dataset's evaluation split (a note per init
     without a classifier, e.g. kNN)."""
@@ -431,7 +327,7 @@ def _localization_steps(b: _Builder) -> None:
                    (t.id,), complete=(LOCALIZATION_FILE,), params=params, group=t.group, deferred=t.deferred))
 
 
-def _report_step(b: _Builder) -> None:
+def _report_step(b: Builder) -> None:
     gathered = tuple(s.id for s in b.steps
                      if s.kind in ("eval", "external", "compare", "shortcut", "pooled", "localization"))
     b.add(Step("report", "report", b.layout.report_dir,

@@ -25,12 +25,14 @@ from cxrbench.common.layout import (
     index_report_path,
 )
 from cxrbench.report.protocol import (
+    AnalysisFacts,
     ComparisonFacts,
     DatasetFacts,
     EvaluationFacts,
     Protocol,
     RecipeFacts,
     RunFacts,
+    TuningFacts,
 )
 from cxrbench.study.axes import study_axes
 from cxrbench.study.steps import Plan
@@ -122,16 +124,34 @@ def _adaptation_facts(train: dict[str, Any], best: dict[str, Any]) -> dict[str, 
     return method.facts(train, best)
 
 
+def ssl_objective(config: dict[str, Any]) -> str:
+    """The self-supervised objective a pretraining run's ``config.yaml`` (``pretrain`` section) ran:
+    DINO self-distillation, with iBOT's masked-patch loss and the KoLeo regularizer only when on."""
+    section = config.get("pretrain")
+    pre: dict[str, Any] = section if isinstance(section, dict) else {}
+    dino = float(pre.get("dino_weight", 1.0) or 0) > 0
+    ibot = bool(pre.get("ibot", True)) and float(pre.get("ibot_weight", 1.0) or 0) > 0
+    koleo = float(pre.get("koleo_weight", 0.1) or 0) > 0
+    parts = [p for p, on in (("the DINO image-level loss", dino), ("the iBOT masked-patch loss", ibot),
+                             ("the KoLeo regularizer", koleo)) if on]
+    kind = "DINOv2-style self-distillation" if dino and ibot else "DINO self-distillation" if dino else \
+        "iBOT masked-patch self-distillation"
+    return f"{kind} ({' + '.join(parts)}; teacher = EMA of the student)"
+
+
 def ssl_sentence(run_dir: Path) -> str | None:
     """``3,200 images of 1,100 patients (train splits of a and b, every image of src)`` from a
-    pretraining run's ``best.json``; None when the run is not there."""
+    pretraining run's ``best.json``, its objective from its ``config.yaml``; None when the run is not
+    there."""
     meta = read_json_or_none(run_dir / RUN_BEST_META)
     pre = (meta or {}).get("pretraining") if isinstance(meta, dict) else None
     if not isinstance(pre, dict):
         return None
     per = pre.get("per_dataset") or {}
     where = ", ".join(f"{d} ({n:,})" for d, n in per.items())
-    return (f"{pre.get('method', 'self-supervised')} for {pre.get('epochs')} epochs on "
+    config = _yaml(run_dir / RUN_CONFIG)
+    method = ssl_objective(config) if isinstance(config, dict) else str(pre.get("method", "self-supervised"))
+    return (f"{method} for {pre.get('epochs')} epochs on "
             f"{pre.get('images', 0):,} images of {pre.get('patients', 0):,} patients: {where}; "
             f"{pre.get('split', 'train split')}, "
             "no validation or test patient of any dataset of the study")
@@ -179,6 +199,8 @@ def read_protocol(plan: Plan) -> Protocol:
             resample=tuple(dict.fromkeys(str(r.get("resample", "pil-box")) for r in seen)),
             dtype=str(first.get("dtype")),
         ))
+    from cxrbench.study.seeds import deterministic, seed_variance
+
     runs, metrics = [], []
     for s in plan.of_kind("eval"):
         if s.status != "done":
@@ -187,9 +209,12 @@ def read_protocol(plan: Plan) -> Protocol:
         facts = run_facts(Path(p.run), p.dataset, p.label)
         arm = cfg.inits.get(p.label)
         if facts is not None and arm is not None:  # the study's own name of the init, not a temp path
-            ssl = ssl_sentence(layout.ssl_dir(p.label, p.recipe)) if arm.ssl is not None else None
+            ssl = _ssl_of(plan, s.id) if arm.ssl is not None else None
+            method = p.condition.as_dict.get("adaptation", "full")
             facts = replace(facts, init_name=arm.init, pretrained_on=arm.domain, base=arm.base,
-                            self_supervised=ssl, condition=p.condition.as_dict)
+                            self_supervised=ssl, condition=p.condition.as_dict,
+                            seed_variance=seed_variance(arm, method),
+                            deterministic=deterministic(arm, method) and len(cfg.seeds) > 1)
         if facts is not None:
             runs.append(facts)
         m = read_json_or_none(s.out / METRICS_FILE)
@@ -202,7 +227,82 @@ def read_protocol(plan: Plan) -> Protocol:
                         fdr=cfg.comparisons.fdr, alpha=cfg.comparisons.alpha,
                         method=cfg.comparisons.method),
                     seeds=tuple(cfg.seeds),
-                    axes=study_axes(cfg))
+                    axes=study_axes(cfg),
+                    analyses=analysis_facts(plan),
+                    tuning=tuning_facts(plan),
+                    pooled=any(s.status == "done" for s in plan.of_kind("pooled")))
+
+
+def analysis_facts(plan: Plan) -> AnalysisFacts | None:
+    """What the subgroup, calibration and shortcut analyses did, from their files' settings."""
+    from cxrbench.common.layout import CALIBRATION_FILE, SHORTCUT_MODEL, SUBGROUPS_FILE
+
+    variables: list[str] = []
+    mins: list[int] = []
+    edges: tuple[float, ...] = ()
+    bins: list[int] = []
+    recal: list[str] = []
+    warned, forced = 0, False
+    for s in plan.of_kind("eval"):
+        if s.status != "done":
+            continue
+        sub = read_json_or_none(s.out / SUBGROUPS_FILE)
+        if isinstance(sub, dict):
+            st = sub.get("settings") or {}
+            variables += [v for v in st.get("variables") or [] if v not in variables]
+            mins.append(int(st.get("min_positives") or 0))
+            edges = edges or tuple(float(x) for x in st.get("age_edges") or ())
+        cal = read_json_or_none(s.out / CALIBRATION_FILE)
+        if isinstance(cal, dict):
+            st = cal.get("settings") or {}
+            bins.append(int(st.get("n_bins") or 0))
+            if st.get("recalibrate"):
+                recal.append(str(st["recalibrate"]))
+            warned += len(cal.get("warnings") or [])
+            forced = forced or bool(st.get("forced"))
+    features: list[str] = []
+    shortcut_datasets: list[str] = []
+    for s in plan.of_kind("shortcut"):
+        doc = read_json_or_none(s.out / SHORTCUT_MODEL) if s.status == "done" else None
+        if isinstance(doc, dict):
+            features += [f for f in doc.get("features") or [] if f not in features]
+            shortcut_datasets.append(s.params.dataset)
+    if not (variables or bins or features):
+        return None
+    return AnalysisFacts(subgroup_variables=tuple(variables), subgroup_min=min(mins) if mins else None,
+                         age_edges=edges, calibration_bins=tuple(dict.fromkeys(bins)),
+                         recalibration=tuple(dict.fromkeys(recal)), recalibration_warnings=warned,
+                         recalibration_forced=forced, shortcut_features=tuple(features),
+                         shortcut_datasets=tuple(dict.fromkeys(shortcut_datasets)))
+
+
+def tuning_facts(plan: Plan) -> list[TuningFacts]:
+    """Every finished tuning choice (``tuning.json``): space, strategy, budget, trials, the choice."""
+    from cxrbench.train.tune import TUNING_FILE
+
+    out = []
+    for s in plan.of_kind("tuned"):
+        doc = read_json_or_none(s.out / TUNING_FILE) if s.status == "done" else None
+        if not isinstance(doc, dict):
+            continue
+        st = doc.get("settings") or {}
+        p = s.params
+        out.append(TuningFacts(
+            init=p.label, dataset=p.dataset, method=str(p.condition.as_dict.get("adaptation", "full")),
+            strategy=str(st.get("strategy", "grid")), space=dict(st.get("space") or {}),
+            chosen=dict(doc.get("chosen") or {}), value=float(doc.get("value") or float("nan")),
+            n_trials=len(doc.get("trials") or []), trial_epochs=int(doc.get("trial_epochs") or 0),
+            epochs=st.get("epochs"), seed=st.get("seed"), budget=st.get("budget"),
+            rungs=tuple((int(r["configs"]), int(r["epochs"])) for r in doc.get("rungs") or []),
+            tie_rule=str(doc.get("tie_rule") or "")))
+    return out
+
+
+def _ssl_of(plan: Plan, eval_id: str) -> str | None:
+    """The Methods sentence of the self-supervised run the evaluated run started from."""
+    train = plan.by_id.get("train/" + eval_id.split("/", 1)[1])
+    pre = next((plan[d] for d in (train.deps if train else ()) if plan[d].kind == "ssl"), None)
+    return ssl_sentence(pre.out) if pre is not None else None
 
 
 def evaluation_facts(metrics: list[dict[str, Any]], split: str) -> EvaluationFacts | None:

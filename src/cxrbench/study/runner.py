@@ -266,8 +266,10 @@ def describe_plan(
         "? known after indexing"
     )
     from cxrbench.study.facts import legacy_cache_notes
+    from cxrbench.study.power import planning_lines
 
     lines += [f"note: {n}" for n in [*plan.notes, *legacy_cache_notes(plan)]]
+    lines += ["", *planning_lines(plan)]
     return "\n".join(lines)
 
 

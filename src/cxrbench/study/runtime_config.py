@@ -14,7 +14,8 @@ from cxrbench.study.sections import Strict
 # --- where steps run and where runs are tracked (never part of a step key) ------------------------
 
 EXECUTOR_KINDS: tuple[str, ...] = ("local", "slurm", "submitit-local")
-TRAINING_KINDS: tuple[str, ...] = ("train", "pretrain", "ssl")  # their jobs get `time` and gpus_per_run
+# the kinds whose jobs get `time` and gpus_per_run (tune: a tuning trial trains a run)
+TRAINING_KINDS: tuple[str, ...] = ("train", "pretrain", "ssl", "tune")
 # sbatch flags the SLURM executor sets itself: an `extra` entry may not set them
 _OWN_SBATCH = frozenset({"job-name", "partition", "account", "qos", "constraint", "nodes", "ntasks-per-node",
                          "gpus-per-node", "cpus-per-task", "mem", "time", "dependency", "output", "error",

@@ -147,3 +147,68 @@ class ExternalSpec(Strict):
     @classmethod
     def _as_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+
+class PowerSpec(Strict):
+    """The comparison a study plans for: what ``study run --dry-run`` sizes the test sets against."""
+
+    difference: float = Field(0.05, gt=0, lt=0.5,
+                              description="the AUROC difference the comparisons should detect")
+    auroc: float = Field(0.8, ge=0.5, lt=1, description="the expected AUROC of the reference")
+    correlation: float = Field(0.5, ge=0, lt=1, description="the expected correlation of two models' AUROCs "
+                               "on "
+                               "the same images (0.3-0.7 is typical of two fine-tuned networks)")
+    power: float = Field(0.8, gt=0.5, lt=1, description="the power the comparison should have")
+    prevalence: float | None = Field(None, gt=0, lt=1, description="expected share of positive test images "
+                                     "before indexing; each finding's own once the index exists")
+
+
+class TuningSpec(Strict):
+    """Hyper-parameters chosen on the validation split per init (and adaptation method) before the final
+    runs (:mod:`cxrbench.train.tune`). Unset keys come from the level above: the study's ``tuning``,
+    then its ``methods.<method>``, then an init's own ``tuning`` (``tuning: false`` turns it off)."""
+
+    space: dict[str, list[Any]] | None = Field(
+        None, description="training options and the values to try, e.g. {lr: [1e-5, 3e-5, 1e-4], "
+        "weight_decay: [0, 0.05]} (TrainConfig keys: lr, weight_decay, epochs, patience, layer_decay, "
+        "lora_rank, ...); keys of other adaptation methods are left out of an arm's space")
+    strategy: Literal["grid", "halving"] | None = Field(
+        None, description="grid (every point; a seeded random subset when over budget) or halving "
+        "(successive halving: more points, short runs first) [grid]")
+    budget: int | None = Field(None, ge=1, description="trial-epochs per arm (sum over trials of their "
+                               "epochs) [no limit]")
+    epochs: int | None = Field(None, ge=1, description="the trials' (shorter) schedule [the runs' epochs]")
+    seed: int | None = Field(None, ge=0, description="the one training seed of every trial [the study's "
+                             "first seed]")
+    eta: int | None = Field(None, ge=2, le=10, description="halving: the share kept per rung is 1/eta [3]")
+    min_epochs: int | None = Field(None, ge=1, description="halving: epochs of the first rung [1]")
+    keep_weights: bool | None = Field(None, description="keep each trial's weights [false: deleted once "
+                                      "recorded; trials are never evaluated]")
+    methods: dict[str, TuningSpec] = Field(
+        default_factory=dict, description="per adaptation method, keys that override the study's (study "
+        "level only)")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        from cxrbench.common.errors import InputError
+        from cxrbench.train.tune import check_space
+
+        if v is None:
+            return v
+        try:
+            return check_space(v, {}, "tuning")
+        except InputError as e:
+            raise ValueError(f"{e.what}" + (f"; {e.fix}" if e.fix else "")) from None
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: dict[str, TuningSpec]) -> dict[str, TuningSpec]:
+        from cxrbench.common.validation import one_of
+        from cxrbench.train.methods import method_names
+
+        for name, spec in v.items():
+            one_of(name, method_names(), "adaptation method")
+            if spec.methods:
+                raise ValueError(f"methods.{name}: 'methods' only at the study's level")
+        return v

@@ -33,7 +33,7 @@ def shard_assignment(plan: Plan, n: int) -> dict[str, int]:
     """
     sizes: dict[str, int] = {}
     for s in plan.steps:
-        if s.group is not None and s.kind in ("train", "pretrain", "ssl"):
+        if s.group is not None and s.kind in ("train", "pretrain", "ssl", "tune"):
             sizes[s.group] = sizes.get(s.group, 0) + {"pretrain": 2, "ssl": 3}.get(s.kind, 1)
     load = [0] * n
     out: dict[str, int] = {}

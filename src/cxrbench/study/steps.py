@@ -3,7 +3,8 @@ step kind (what an executor needs besides the hashed ``config``: paths, labels; 
 
 Steps flow one way::
 
-    phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) -> train -> eval -> external
+    phantom -> index -> cache (per recipe) -> pretrain (domain:) / ssl (ssl:) [-> tune -> tuned] -> train
+                                                                              -> eval -> external
                                                                               \\-> compare -> report
                                                                               \\-> pooled (seeds) -> report
                                                                    train -> localization -> report
@@ -28,6 +29,8 @@ KINDS: tuple[str, ...] = (
     "cache",
     "pretrain",
     "ssl",
+    "tune",
+    "tuned",
     "train",
     "eval",
     "external",
@@ -90,6 +93,43 @@ class TrainParams:
     seed: int
     condition: Condition = DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
+    tuning: str | None = None  # the tuned condition: the tuning.json whose chosen values the run uses
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """One tuning trial (:func:`cxrbench.train.tune.run_trial`): ``options`` are the TrainConfig options
+    of the arm at the trials' seed (cache, init, findings, ...); rung 0 trains ``point`` (the ``order``-th
+    of the search space), a later rung of successive halving the ``slot``-th best trial of ``previous``."""
+
+    dataset: str
+    recipe: str
+    label: str
+    condition: Condition
+    options: dict[str, Any]
+    runtime: dict[str, Any]
+    rung: int
+    slot: int
+    epochs: int | None  # None: the point's own epochs (a searched key)
+    point: dict[str, Any] | None = None
+    order: int = 0
+    previous: tuple[str, ...] = ()
+    keep_weights: bool = False
+
+
+@dataclass(frozen=True)
+class TunedParams:
+    """The choice of one arm's tuning (:func:`cxrbench.train.tune.select_trials`) among its ``trials``
+    (trial folders), recorded with its ``settings``, ``rungs`` and the searched keys' ``default`` values."""
+
+    dataset: str
+    recipe: str
+    label: str
+    condition: Condition
+    trials: tuple[str, ...]
+    settings: Any  # cxrbench.train.tune.TuningSettings
+    rungs: tuple[Any, ...]
+    default: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +158,7 @@ class EvalParams:
     seed: int
     condition: Condition = DEFAULT
     evaluation: EvaluationSpec = EvaluationSpec()
+    deterministic: bool = False  # the arm's only run: the same for every seed (compared at every seed)
 
 
 @dataclass(frozen=True)
@@ -197,9 +238,9 @@ class ReportParams:
     """Gather everything into the report (no parameters)."""
 
 
-StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | SslParams | EvalParams
-              | ExternalParams | CompareParams | ShortcutParams | PooledParams | LocalizationParams
-              | ReportParams)
+StepParams = (PhantomParams | IndexParams | CacheParams | TrainParams | TuneParams | TunedParams | SslParams
+              | EvalParams | ExternalParams | CompareParams | ShortcutParams | PooledParams
+              | LocalizationParams | ReportParams)
 
 
 @dataclass

@@ -97,10 +97,10 @@ labels:
         assert d.loc["x/1.png", "pleural_effusion"] == 1
         assert report["split"]["method"].startswith("stratified")
     assert report["label_definition"] == (
-        "Labels: from the CSV as the mapping says (pleural_effusion: column eff_l/eff_r: yes positive; "
-        "no negative; unsure uncertain; blank unknown | cardiomegaly: column card: 0 negative; 1 positive; "
-        "? uncertain; blank unknown); uncertain counted as unknown (left out of training loss and metrics) "
-        "(2 values).")
+        "Labels: from the CSV as the mapping says (pleural_effusion: column eff_l/eff_r: 'yes' = "
+        "positive; 'no' = negative; 'unsure' = uncertain; blank = unknown | cardiomegaly: column card: "
+        "'0' = negative; '1' = positive; '?' = uncertain; blank = unknown); uncertain counted as unknown "
+        "(left out of training loss and metrics) (2 values).")
 
 
 @pytest.mark.parametrize(

@@ -131,21 +131,22 @@ class LabelSpec(_Strict):
 
 
 def _rule(spec: LabelSpec) -> str:
-    """One finding's coding in words: ``column c: 3, 4 positive; 0, 1, 2 negative; -1 uncertain``."""
+    """One finding's coding in words, raw values quoted so that none reads as a class (``no`` is a value,
+    not "no negative"): ``column c: '3', '4' = positive; '0', '1', '2' = negative; '-1' = uncertain``."""
     cols = spec.column or f"{spec.left}/{spec.right}"
     if spec.derive:
         return "positive when every other finding is negative"
     if spec.positive_at is not None:
-        parts = [f"positive at {spec.positive_at:g} or above, negative below"]
+        parts = [f"values >= {spec.positive_at:g} = positive, below = negative"]
     else:
         by: dict[str, list[str]] = {}
         words = {1: "positive", 0: "negative", "uncertain": "uncertain", "unknown": "unknown"}
         for raw, value in (spec.values or {}).items():
             by.setdefault(words[value], []).append(raw)
-        parts = [f"{', '.join(raws)} {what}" for what, raws in by.items()]
+        parts = [f"{', '.join(repr(str(r)) for r in raws)} = {what}" for what, raws in by.items()]
     if spec.uncertain:
-        parts.append(f"{', '.join(spec.uncertain)} uncertain")
-    parts.append(f"blank {spec.blank}")
+        parts.append(f"{', '.join(repr(str(r)) for r in spec.uncertain)} = uncertain")
+    parts.append(f"blank = {spec.blank}")
     return f"column {cols}: " + "; ".join(parts)
 
 
