@@ -108,6 +108,9 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     ) -> None:
+        import warnings
+
+        from cxrbench.common.errors import CxrbenchWarning
         from cxrbench.common.layout import index_report_path
         from cxrbench.index.build import build_index
         from cxrbench.index.sources.base import IndexOptions
@@ -118,7 +121,9 @@ def register(app: typer.Typer) -> None:
             labeler=labeler,
             radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
-        df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
+        with warnings.catch_warnings():  # printed below, one `warning:` line each
+            warnings.simplefilter("ignore", CxrbenchWarning)
+            df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_json, ensure_dir
 from cxrbench.common.progress import make_progress
 from cxrbench.common.validation import check_choice
@@ -73,19 +73,19 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                          if not p.is_dir() and not p.relative_to(out).parts[0].startswith(".phantom-"))
         if present and not overwrite:
             raise InputError("output directory is not empty", where=str(out),
-                             fix="choose an empty or new directory, or pass --overwrite to replace a "
-                                 "previous phantom")
+                             fix=f"choose an empty or new directory, or pass {spell('--overwrite')} to "
+                                 "replace a previous phantom")
         if present:
             ours = phantom_files(out)
             if ours is None:
-                raise InputError(f"--overwrite replaces only a phantom dataset cxrbench wrote, and this "
-                                 f"folder holds none (no {MARKER_DIR}/{INFO_FILE} listing its files); it "
-                                 f"would delete: {_listing(present)}", where=str(out),
+                raise InputError(f"{spell('--overwrite')} replaces only a phantom dataset cxrbench wrote, "
+                                 f"and this folder holds none (no {MARKER_DIR}/{INFO_FILE} listing its "
+                                 f"files); it would delete: {_listing(present)}", where=str(out),
                                  fix="choose an empty or new directory")
             foreign = [f for f in present if f not in ours]
             if foreign:
-                raise InputError(f"--overwrite would delete files the previous phantom did not write: "
-                                 f"{_listing(foreign)}", where=str(out),
+                raise InputError(f"{spell('--overwrite')} would delete files the previous phantom did not "
+                                 f"write: {_listing(foreign)}", where=str(out),
                                  fix="move them out, or choose an empty or new directory")
             for rel in present:
                 (out / rel).unlink()
@@ -121,18 +121,28 @@ def generate(
     ``mild_rate``, ``val_fraction``/``test_fraction`` (where the format has that split), ``batch_size``,
     ``quiet``, ``overwrite``; plus the format's own (``format_options(fmt)``).
     Everything but ``_phantom/phantom.json`` is byte-identical for identical arguments.
+
+    Args:
+        out: the dataset folder to write (new, empty, or a previous phantom with ``overwrite=True``).
+        fmt: the layout to imitate: ``nih``, ``chexpert``, ``mimic``, ``padchest``, ``vindr``, ``csv``.
+        n_patients: number of synthetic patients (each with one or more images).
+        size: image side, px (32-4096). site: acquisition site (``A``, ``B``, ``C`` presets: detector,
+            processing, collimation). seed: everything is drawn from it.
+        options: the options above.
+
+    Returns:
+        The ground-truth index (DataFrame) described above; ``build_index(fmt, out)`` reads the
+        written files back as a user's dataset would be read.
+
+    Example::
+
+        truth = cxrbench.generate_phantom("data/nih-phantom", "nih", n_patients=200, size=64, seed=0)
+        df, findings, _ = cxrbench.build_index("nih", "data/nih-phantom")
     """
-    fmt = check_choice("--format", fmt, FORMATS)
+    fmt = check_choice(spell("--format", "fmt"), fmt, FORMATS)
     cls = FORMATS[fmt]
     opts = cls.resolve_options(options)
-    if isinstance(n_patients, bool) or not isinstance(n_patients, int | np.integer) or n_patients < 1:
-        raise InputError(
-            f"number of patients is {n_patients!r}", where="--patients", fix="give an integer >= 1"
-        )
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not 32 <= size <= 4096:
-        raise InputError(f"image size is {size!r}", where="--size", fix="give an integer between 32 and 4096")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"seed is {seed!r}", where="--seed", fix="give an integer >= 0")
+    _check_numbers(n_patients, size, seed)
     style = site_style(site)
     check_prevalence(opts["prevalence"], cls.drawn)  # validate everything before touching the disk
     check_views(opts["views"])
@@ -208,3 +218,18 @@ def generate(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return truth
+
+
+def _check_numbers(n_patients: Any, size: Any, seed: Any) -> None:
+    """InputError naming the argument (as the caller writes it) unless each is a whole number in range."""
+    def whole(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int | np.integer)
+
+    if not whole(n_patients) or n_patients < 1:
+        raise InputError(f"number of patients is {n_patients!r}", where=spell("--patients", "n_patients"),
+                         fix="give an integer >= 1")
+    if not whole(size) or not 32 <= size <= 4096:
+        raise InputError(f"image size is {size!r}", where=spell("--size"),
+                         fix="give an integer between 32 and 4096")
+    if not whole(seed) or seed < 0:
+        raise InputError(f"seed is {seed!r}", where=spell("--seed"), fix="give an integer >= 0")
