@@ -3,12 +3,20 @@
 Data flows one way: official metadata -> index -> cache -> run -> evaluation -> report. The
 package has one folder per stage (``common``, ``index``, ``phantom``, ``cache``, ``data``,
 ``models``, ``stats``, ``train``, ``evaluate``, ``report``, ``study``, ``commands``); a stage
-imports only the stages before it. The front doors below are imported lazily, so
-``import cxrbench`` (and ``cxrbench --help``) stays free of torch::
+imports only the stages before it. The front doors (``__all__``) are imported lazily, so
+``import cxrbench`` (and ``cxrbench --help``) stays free of torch; each is the stage's own
+function or class (``help(cxrbench.evaluate_run)`` shows its signature, parameters and an
+example)::
 
     import cxrbench
-    study = cxrbench.load_study("configs/study-2024.yaml")
-    cxrbench.run_study(study)
+    study = cxrbench.load_study("configs/study-2024.yaml")      # or a dict
+    summary = cxrbench.run_study(study)
+    df = summary.load_results()                                 # results.csv, typed
+
+Every bad input raises :class:`InputError` (a ``ValueError``) with one line naming the problem
+and the fix in Python's terms (``on_conflict="overwrite"``, not the CLI's ``--overwrite``);
+warnings are :class:`CxrbenchWarning` (``warnings.filterwarnings`` silences them) pointing at the
+caller's line. docs/python-api.md walks the whole pipeline from Python.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ _FRONT_DOORS: dict[str, str] = {
     "run_study": "cxrbench.study.runner",
     "load_study": "cxrbench.study.load",
     "generate_phantom": "cxrbench.phantom.generate",
+    "load_predictions": "cxrbench.evaluate.outputs",
+    "load_metrics": "cxrbench.evaluate.outputs",
+    "load_results": "cxrbench.report.results_table",
+    "InputError": "cxrbench.common.errors",
+    "CxrbenchWarning": "cxrbench.common.errors",
 }
 _ALIASES = {"generate_phantom": "generate"}
 

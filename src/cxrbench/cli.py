@@ -18,7 +18,7 @@ from cxrbench import __version__
 from cxrbench.commands import COMMAND_MODULES
 from cxrbench.commands._help import tidy_help
 from cxrbench.commands._usage import usage_error
-from cxrbench.common.errors import CxrbenchError, InputError
+from cxrbench.common.errors import CxrbenchError, InputError, command_line
 
 
 def _print_error(err: CxrbenchError) -> None:
@@ -36,7 +36,8 @@ class CxrbenchGroup(TyperGroup):
     unknown option, a missing option or argument) is bad input in the same shape: one ``error:`` line
     naming the option, what was given, what is allowed and the fix (``commands/_usage.py``), exit 2,
     instead of the parser's multi-line box. A command or group given no arguments at all still shows
-    its help.
+    its help. Commands run inside :func:`~cxrbench.common.errors.command_line`, so the library's
+    messages name the command-line flags (``--bootstrap``) instead of the Python parameters.
     """
 
     _argv: tuple[str, ...] = ()
@@ -53,7 +54,8 @@ class CxrbenchGroup(TyperGroup):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with command_line():  # messages name the flags (--overwrite), not Python parameters
+                return super().invoke(ctx)
         except click_errors.UsageError as err:
             if isinstance(err, click_errors.NoArgsIsHelpError):
                 raise

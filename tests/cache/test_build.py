@@ -88,7 +88,7 @@ def test_other_recipe_is_refused_unless_overwrite(dataset, tmp_path: Path):
     index, root = dataset
     out = tmp_path / "cache"
     prepare_cache(index, root, out, size=16, workers=1, quiet=True)
-    with pytest.raises(InputError, match="different recipe .*size=16.*size=20.*--overwrite"):
+    with pytest.raises(InputError, match="different recipe .*size=16.*size=20.*overwrite=True"):
         prepare_cache(index, root, out, size=20, workers=1, quiet=True)
     with pytest.raises(InputError, match="different recipe"):
         prepare_cache(index, root, out, size=16, equalize=False, workers=1, quiet=True)
@@ -104,7 +104,7 @@ def test_out_must_be_new_empty_or_a_cache(dataset, tmp_path: Path):
         prepare_cache(index, root, root, size=16, workers=1, quiet=True, overwrite=True)
     with pytest.raises(InputError, match="root is not a directory"):
         prepare_cache(index, tmp_path / "nowhere", tmp_path / "c", workers=1, quiet=True)
-    with pytest.raises(InputError, match="--workers"):
+    with pytest.raises(InputError, match="^prepare: workers=0 is not a positive number"):
         prepare_cache(index, root, tmp_path / "c", workers=0, quiet=True)
 
 
@@ -120,7 +120,7 @@ def test_bad_images_fail_at_the_end_then_retry_only_them(dataset, tmp_path: Path
     with pytest.raises(InputError) as info:
         prepare_cache(index, root, out, size=16, workers=2, quiet=True)
     message = info.value.one_line()
-    assert "2 image(s) could not be read" in message and "--skip-bad" in message
+    assert "2 image(s) could not be read" in message and "skip_bad=True" in message
     assert f"{df['path'][2]} (corrupt or truncated" in message
     assert f"{df['path'][5]} (image file not found" in message
     assert not (out / "manifest.json").exists()

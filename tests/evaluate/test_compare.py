@@ -81,7 +81,7 @@ def test_fdr_none_keeps_the_raw_p_values(three_models):
     table = cp.compare_predictions(three_models, n_resamples=50, fdr="none")
     assert table["p_adjusted"].equals(table["p_bootstrap"])
     assert table["p_delong_adjusted"].equals(table["p_delong"])
-    with pytest.raises(InputError, match="--fdr"):
+    with pytest.raises(InputError, match="^fdr got 'holm'"):  # the keyword argument, from Python
         cp.compare_predictions(three_models, n_resamples=50, fdr="holm")
 
 

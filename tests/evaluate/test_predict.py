@@ -143,7 +143,7 @@ def test_skip_bad_leaves_unreadable_files_out_and_names_them(tiny_run, tmp_path,
     good = real_files(real_cxr_dir)[:2]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(InputError, match="--skip-bad"):
+    with pytest.raises(InputError, match="pass skip_bad=True"):
         predict_files(run, [good[0], bad, good[1]], device="cpu")
     df = predict_files(run, [good[0], bad, good[1]], device="cpu", skip_bad=True)
     assert df["file"].tolist() == [str(good[0]), str(good[1])]

@@ -223,13 +223,14 @@ def test_metrics_computed_with_other_settings_are_not_silently_replaced(tmp_path
     before = path.read_bytes()
     with pytest.warns(UndefinedMetricWarning):
         run_eval.evaluate_run(run, "test", n_resamples=10, **kw)  # same settings: replaced freely
-    for change, text in [({"seed": 3}, "seed 0 -> 3.*--seed 0"),
-                         ({"cluster": "image"}, "cluster patient -> image.*--cluster patient"),
-                         ({"n_resamples": 20}, "bootstrap 10 -> 20.*--bootstrap 10"),
-                         ({"ci_level": 0.9}, "ci 0.95 -> 0.9")]:
+    # from Python the fix names the keyword arguments (the CLI's flags: test_cli_evaluate_keeps_...)
+    for change, text in [({"seed": 3}, "seed 0 -> 3.*seed=0"),
+                         ({"cluster": "image"}, "cluster patient -> image.*cluster='patient'"),
+                         ({"n_resamples": 20}, "bootstrap 10 -> 20.*n_resamples=10"),
+                         ({"ci_level": 0.9}, "ci 0.95 -> 0.9.*ci_level=0.95")]:
         args = {"n_resamples": 10, **change}
         with pytest.raises(InputError, match=f"metrics.json: it holds metrics computed with other settings "
-                                             f"\\({text}.*--overwrite"):
+                                             f"\\({text}.*on_conflict=\"overwrite\""):
             run_eval.evaluate_run(run, "test", **args, **kw)
     with pytest.raises(InputError, match="thresholds test -> fixed"):
         run_eval.evaluate_run(run, "test", n_resamples=10, thresholds=0.5, predict_fn=FakePredictor())
@@ -304,7 +305,8 @@ def test_cli_evaluate_keeps_metrics_of_other_settings(tmp_path, cli_runner):
     before = path.read_bytes()
     result = cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--cluster", "image"])
     assert result.exit_code == 2 and "cluster patient -> image" in result.stderr
-    assert "--overwrite" in result.stderr
+    assert "--cluster patient" in result.stderr and "--overwrite" in result.stderr  # the CLI's spelling
+    assert "on_conflict" not in result.stderr
     other = tmp_path / "image-cluster.json"
     result = cli_runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--cluster", "image",
                                      "--out-json", str(other)])

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, command_line
 from cxrbench.index.splits import (
     assign_splits,
     check_leakage,
@@ -90,7 +90,9 @@ def test_parse_fractions(text, want):
 
 @pytest.mark.parametrize("text", ["0.7,0.3", "a,b,c", "-1,1,1", "0,0.5,0.5"])
 def test_parse_fractions_errors(text):
-    with pytest.raises(InputError, match="--split-fractions"):
+    with pytest.raises(InputError, match="^split_fractions got"):  # from Python: the parameter
+        parse_fractions(text)
+    with command_line(), pytest.raises(InputError, match="^--split-fractions got"):  # from the CLI: the flag
         parse_fractions(text)
 
 

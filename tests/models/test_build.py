@@ -69,6 +69,25 @@ def test_registry_agrees_with_timm():
             assert model.global_pool == "token"  # CLS pooling as upstream, not timm's default avg
 
 
+def test_list_inits_covers_every_name_a_user_can_pass():
+    from cxrbench.models.resolve import resolve_init
+
+    random = registry.list_inits("random*")
+    assert random[:5] == [f"random-{a}" for a in registry.RANDOM_ALIASES]  # the docs' random-vit-test first
+    assert "random-vit-test" in random and "random-dinov2-vitb14" in random
+    assert registry.list_inits("random-vit-*") == ["random-vit-tiny", "random-vit-small", "random-vit-base",
+                                                   "random-vit-test"]
+    everything = registry.list_inits()
+    assert everything[: len(registry.INITS)] == list(registry.INITS) == registry.registered_inits()
+    for name in everything:  # every listed name is one --init accepts
+        assert resolve_init(name).init == name
+    tags = registry.list_inits("timm:vit_base_patch16_224.augreg*")  # asks timm, as timm.list_models does
+    assert "timm:vit_base_patch16_224.augreg_in21k" in tags and resolve_init(tags[0]).kind == "timm"
+    archs = registry.list_inits("random-vit_base_patch16_22?", timm=True)
+    assert archs == ["random-vit_base_patch16_224"] and resolve_init(archs[0]).kind == "random"
+    assert registry.list_inits("nothing-like-this*", timm=True) == []
+
+
 def test_registry_names_and_wildcards():
     assert registry.list_inits("dinov2*") == [n for n in registry.INITS if n.startswith("dinov2")]
     assert len(registry.list_inits("dinov2*")) == 8 and registry.list_inits("*-reg")[0] == "dinov2-vits14-reg"

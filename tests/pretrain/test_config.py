@@ -35,7 +35,7 @@ def test_defaults_validation_and_identity():
 
 def test_for_run_merges_saved_config_file_and_options(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(InputError, match="--cache is required"):
+    with pytest.raises(InputError, match="caches= is required"):
         PretrainConfig.for_run(run, {"init": "x"})
     run.mkdir()
     (run / "config.yaml").write_text(

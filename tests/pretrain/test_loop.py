@@ -226,7 +226,7 @@ def test_resume_refuses_other_settings_and_other_images(tmp_path, cache, tiny_ca
 
     run = tmp_path / "run"
     pretrain(cfg_for(cache, run), quiet=True)
-    with pytest.raises(InputError, match=r"lr: saved 0\.001, given 0\.002.*--overwrite"):
+    with pytest.raises(InputError, match=r"lr: saved 0\.001, given 0\.002.*overwrite=True"):
         pretrain(cfg_for(cache, run, lr=2e-3), quiet=True)
     done = pretrain(cfg_for(cache, run, log_every=5), quiet=True)  # runtime keys may change
     assert done.resumed and done.epochs_done == 1
@@ -247,7 +247,7 @@ def test_overwrite_deletes_only_the_run_own_files(tmp_path, cache):
     (mine / "checkpoints").mkdir(parents=True)
     (mine / "checkpoints" / "last.pt").write_bytes(b"my own model")
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(InputError, match="not a cxrbench run .*--overwrite would delete.*last.pt"):
+    with pytest.raises(InputError, match="not a cxrbench run .*overwrite=True would delete.*last.pt"):
         pretrain(cfg_for(cache, mine), quiet=True, overwrite=True)
     assert (mine / "checkpoints" / "last.pt").read_bytes() == b"my own model"
     run = tmp_path / "run"

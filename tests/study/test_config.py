@@ -138,6 +138,25 @@ def test_config_hash_depends_on_content_only():
     assert parse_study({**data, "seeds": [1]}).config_hash() != h1
 
 
+def test_a_study_given_as_a_dict_is_the_same_study_as_its_yaml(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # a dict's relative paths are relative to the current folder
+    data = {"name": "s", "seeds": (0, 1), "datasets": {"a": {"adapter": "nih", "root": Path("data/a")}},
+            "inits": ["random-vit-test"], "train": {"epochs": 2}}
+    study = load_study(data, out="outs")
+    plain = {**data, "seeds": [0, 1], "datasets": {"a": {"adapter": "nih", "root": "data/a"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(plain))
+    from_file = load_study(tmp_path / "s.yaml", out="outs")
+    assert study.config == from_file.config and study.config.config_hash() == from_file.config.config_hash()
+    assert study.roots == {"a": tmp_path / "data" / "a"} and study.out == tmp_path / "outs"
+    assert study.path.name == "<study dict>"
+    with pytest.raises(InputError, match=r"^<study dict>: unknown key 'seds'. Fix: did you mean 'seeds'\?"):
+        load_study({**data, "seds": [1]})
+    with pytest.raises(InputError, match="the top level is not a mapping"):
+        parse_study(["name"])
+
+
 @pytest.mark.parametrize("name", ["study-2024.yaml", "study-dinov3.yaml"])
 def test_shipped_configs_validate(name):
     study = load_study(REPO / "configs" / name)

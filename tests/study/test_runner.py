@@ -100,6 +100,11 @@ def test_runs_every_step_in_dependency_order_then_skips(study):
     assert all(s.status == "done" for s in plan.steps) and summary.executed == rec.calls
     assert read_marker(study.out, "report")["status"] == "done"
     assert (study.out / "study.yaml").is_file()
+    # where the outputs are (the fake report step wrote placeholders of both files)
+    assert summary.out == study.out and summary.report == study.layout.report_html
+    assert summary.results == study.layout.report_dir / "results.csv"
+    with pytest.raises(InputError, match="not a cxrbench results.csv"):  # a placeholder, not a table
+        summary.load_results()
     again = Recorder()
     summary = run_study(study, quiet=True, executors=again.executors())
     assert again.calls == [] and summary.executed == [] and len(summary.skipped) == len(plan.steps)

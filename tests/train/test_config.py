@@ -100,7 +100,7 @@ def test_for_run_is_the_one_resume_merge_rule(tmp_path):
     import yaml
 
     run = tmp_path / "run"
-    with pytest.raises(InputError, match="--cache is required for a new run"):
+    with pytest.raises(InputError, match="cache= is required for a new run"):
         TrainConfig.for_run(run, {"init": "random-vit-test"})
     run.mkdir()
     saved = TrainConfig(cache="cache", init="random-vit-test", out=str(run), lr=3e-4, epochs=7)
@@ -110,5 +110,5 @@ def test_for_run_is_the_one_resume_merge_rule(tmp_path):
     (tmp_path / "over.yaml").write_text("lr: 1.0e-3\nepochs: 2\n")
     given = TrainConfig.for_run(run, {"epochs": 5}, config_file=tmp_path / "over.yaml")
     assert (given.lr, given.epochs) == (1e-3, 5)  # saved < --config < options
-    with pytest.raises(InputError, match="--init is required"):  # overwrite ignores the saved config
+    with pytest.raises(InputError, match="init= is required"):  # overwrite ignores the saved config
         TrainConfig.for_run(run, {"cache": "x"}, overwrite=True)

@@ -236,7 +236,7 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, tiny_cac
     cache = tiny_cache_factory(tmp_path / "cache", n_patients=40)
     run = tmp_path / "run"
     train(cfg_for(cache, run, epochs=1), quiet=True)
-    with pytest.raises(InputError, match=r"lr: saved 0\.001, given 0\.002.*--overwrite"):
+    with pytest.raises(InputError, match=r"lr: saved 0\.001, given 0\.002.*overwrite=True"):
         train(cfg_for(cache, run, epochs=1, lr=2e-3), quiet=True)
     done = train(cfg_for(cache, run, epochs=1, log_every=5), quiet=True)  # runtime keys may change
     assert done.resumed and done.epochs_done == 1
@@ -305,7 +305,7 @@ def test_checkpoint_init_overlap_refusal_and_shared_head(tmp_path, tiny_cache_fa
     init = f"checkpoint:{run_a / 'best.safetensors'}"
 
     same_patients = tiny_cache_factory(tmp_path / "b", n_patients=40, seed=1)
-    with pytest.raises(InputError, match=r"40 patient\(s\) of this cache are also in .*--allow-overlap"):
+    with pytest.raises(InputError, match=r"40 patient\(s\) of this cache are also in .*allow_overlap=True"):
         train(cfg_for(same_patients, tmp_path / "run_b", init=init), quiet=True)
     # every spelling that loads the checkpoint is guarded: timm's local-dir:, a run folder
     for spelling in (f"local-dir:{run_a / 'best.safetensors'}", f"checkpoint:{run_a}", f"local-dir:{run_a}"):

@@ -39,12 +39,17 @@ def _log(run: Path) -> list[dict]:
 
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
+    """The documented local store (docs/training.md): ``MLFLOW_TRACKING_URI=sqlite:///mlflow.db``, with
+    what the ``mlflow`` extra installs (mlflow-skinny, SQLAlchemy, Alembic); no file-store override."""
     pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    pytest.importorskip("sqlalchemy", reason="the mlflow extra's SQLAlchemy (pip install 'cxrbench[mlflow]')")
+    pytest.importorskip("alembic", reason="the mlflow extra's Alembic (pip install 'cxrbench[mlflow]')")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # relative: in the current folder
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient((tmp_path / "mlruns").as_uri())
+    return MlflowClient("sqlite:///mlflow.db")
 
 
 def test_flat_params():
@@ -121,6 +126,23 @@ def _wandb_records(run: Path) -> list:
 
 def _key(item) -> str:
     return item.key or "/".join(item.nested_key)  # "train/loss" is stored as a nested key
+
+
+def test_mlflow_3_refuses_the_file_store_in_one_line_naming_the_local_store(tmp_path, monkeypatch):
+    """Why the docs name sqlite:///mlflow.db: MLflow 3 refuses ``file:`` without an override; the error
+    is one line that says what works."""
+    mlflow = pytest.importorskip("mlflow")
+    if int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("MLflow 2 still writes file: stores")
+    from cxrbench.train.tracking import open_tracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(InputError) as err:
+        open_tracker("mlflow", tmp_path / "run", project="p", name="n", params={}, resume=False)
+    line = err.value.one_line()
+    assert "MLflow cannot open its tracking store" in line and "sqlite:///mlflow.db" in line
+    assert "\n" not in line
 
 
 def test_wandb_offline_logs_into_the_run_folder(tmp_path, tiny_cache_factory, monkeypatch, torch_one_thread):

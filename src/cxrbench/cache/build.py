@@ -26,7 +26,7 @@ from cxrbench.cache.chunks import (
 )
 from cxrbench.cache.read import CACHE_FORMAT, CACHE_FORMAT_VERSION
 from cxrbench.cache.regions import refresh_regions, regions_of, shapes_by_id, write_cache_regions
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_json, file_lock, read_json
 from cxrbench.common.layout import CACHE_BUILD_DIR as BUILD_DIR
 from cxrbench.common.layout import CACHE_IMAGES as IMAGES_FILE
@@ -88,6 +88,14 @@ def prepare_cache(
     index into a complete cache does nothing. Raises InputError for bad arguments, a different
     recipe in ``out`` (without ``overwrite``) and, unless ``skip_bad``, any unreadable image (all
     named, after every other image was processed; no manifest is written then).
+
+    Returns:
+        The manifest dict (also ``out/manifest.json``): ``shape`` [N, size, size], ``recipe``,
+        ``index_sha256``, failures and decoding warnings, timings. :func:`open_cache` opens the cache.
+
+    Example::
+
+        cxrbench.prepare_cache("nih.parquet", "/data/nih", "cache/nih-224", size=224, workers=8)
     """
     import time
 
@@ -104,7 +112,7 @@ def prepare_cache(
     df, finding_names, source = _load_index(index, findings)
     if not root.is_dir():
         raise InputError("dataset root is not a directory", where=str(root),
-                         fix="pass the folder the index's paths are relative to as --root")
+                         fix=f"pass the folder the index's paths are relative to as {spell('--root')}")
     regions, region_source = regions_of(index, regions)
     recipe = {"size": size, "resize": resize, "equalize": bool(equalize), "resample": resample,
               "index_hash": index_hash(df, finding_names), "preprocess_version": PREPROCESS_VERSION}
@@ -113,7 +121,8 @@ def prepare_cache(
     shape = (n, size, size)
 
     if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a directory", where=str(out), fix="choose another --out")
+        raise InputError(f"{spell('--out')} exists and is not a directory", where=str(out),
+                         fix=f"choose another {spell('--out')}")
     out.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
         up_to_date = _prepare_out_dir(out, recipe, identity, overwrite)
@@ -252,7 +261,7 @@ def _resolve_workers(workers: int | None) -> int:
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
     if isinstance(workers, bool) or int(workers) < 1:
-        raise InputError(f"--workers={workers!r} is not a positive number", where="prepare",
+        raise InputError(f"{spell('--workers')}={workers!r} is not a positive number", where="prepare",
                          fix="use 1 or more worker processes (default: all cores)")
     return int(workers)
 
@@ -293,7 +302,7 @@ def _build_lock(out: Path) -> Iterator[None]:
             yield
     except BlockingIOError:
         raise InputError("another `cxrbench prepare` is building this cache right now", where=str(out),
-                         fix="wait for it to finish, or choose another --out") from None
+                         fix=f"wait for it to finish, or choose another {spell('--out')}") from None
     finally:
         if (out / MANIFEST_FILE).exists():
             (out / LOCK_FILE).unlink(missing_ok=True)
@@ -307,8 +316,8 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
     if manifest_path.exists():
         existing = read_json(manifest_path)
         if not isinstance(existing, dict) or existing.get("format") != CACHE_FORMAT:
-            raise InputError(f"--out holds a {MANIFEST_FILE} that is not a cxrbench cache manifest, so "
-                             "its files are not cxrbench's to replace", where=str(out),
+            raise InputError(f"{spell('--out')} holds a {MANIFEST_FILE} that is not a cxrbench cache "
+                             "manifest, so its files are not cxrbench's to replace", where=str(out),
                              fix="choose a new or empty directory for the cache")
         if _identity(existing.get("recipe", {})) == identity:
             return existing
@@ -316,13 +325,13 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
     elif (build / "state.json").exists():
         state = read_json(build / "state.json")
         if not isinstance(state, dict) or "identity" not in state:
-            raise InputError(f"--out holds a {BUILD_DIR}/state.json that cxrbench did not write",
+            raise InputError(f"{spell('--out')} holds a {BUILD_DIR}/state.json that cxrbench did not write",
                              where=str(out), fix="choose a new or empty directory for the cache")
         if state.get("identity") == identity:
             return None  # an unfinished build of this recipe: resume it
         found = state.get("recipe", {})
     elif any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise InputError("--out is not empty and is not a cxrbench cache", where=str(out),
+        raise InputError(f"{spell('--out')} is not empty and is not a cxrbench cache", where=str(out),
                          fix="choose a new or empty directory for the cache")
     else:
         return None
@@ -330,7 +339,8 @@ def _prepare_out_dir(out: Path, recipe: dict[str, Any], identity: str,
         what = "a cache" if existing is not None else "an unfinished build"
         raise InputError(f"it holds {what} with a different recipe ({_describe(found)}) than "
                          f"requested ({_describe(recipe)})", where=str(out),
-                         fix="choose another --out, or pass --overwrite to rebuild it")
+                         fix=f"choose another {spell('--out')}, or pass {spell('--overwrite')} "
+                             "to rebuild it")
     for name in (MANIFEST_FILE, INDEX_FILE, IMAGES_FILE, REGIONS_FILE):  # manifest first: incomplete now
         (out / name).unlink(missing_ok=True)
     remove_build_files(build)
@@ -400,7 +410,8 @@ def _fail_with(failures: list[dict[str, Any]], build: Path) -> None:
     raise InputError(f"{len(failures)} image(s) could not be read, so no cache was completed: {named}",
                      where=str(build.parent),
                      fix="fix or remove those files and rerun (finished images are kept), "
-                         "or pass --skip-bad to leave them out (they are listed in the manifest)")
+                         f"or pass {spell('--skip-bad')} to leave them out (they are listed in "
+                         "the manifest)")
 
 
 def _fsync_file(path: Path) -> None:

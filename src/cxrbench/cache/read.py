@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import read_json
 from cxrbench.common.layout import CACHE_BUILD_DIR, CACHE_IMAGES, CACHE_INDEX, CACHE_MANIFEST
 from cxrbench.index.schema import read_findings, read_index
@@ -110,7 +110,22 @@ class Cache:
 
 
 def open_cache(cache_dir: str | os.PathLike) -> Cache:
-    """Open a complete cache (manifest present); InputError with the fix otherwise."""
+    """Open a complete cache (made by :func:`~cxrbench.cache.build.prepare_cache`); InputError with the
+    fix otherwise (missing or damaged manifest, images file of the wrong size, ...).
+
+    Args:
+        cache_dir: the cache folder.
+
+    Returns:
+        :class:`Cache`: ``.manifest``, ``.shape`` (N, S, S), ``.size`` (S, px), ``.findings``,
+        ``.recipe`` at once; ``.index`` (the index DataFrame) and ``.images`` (uint8 memmap
+        [N, S, S]; the image of index row i is ``images[index.cache_row[i]]``) on demand.
+
+    Example::
+
+        cache = cxrbench.open_cache("cache/nih-224")
+        cache.findings, cache.images[cache.index["cache_row"][0]].shape   # (224, 224)
+    """
     return Cache(cache_dir)
 
 
@@ -120,14 +135,16 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     manifest_path = cache_dir / CACHE_MANIFEST
     if not cache_dir.is_dir():
         raise InputError("cache directory not found", where=str(cache_dir),
-                         fix="build it with `cxrbench prepare --index ... --root ... --out DIR`")
+                         fix=spell("build it with `cxrbench prepare --index ... --root ... --out DIR`",
+                                   "build it with cxrbench.prepare_cache(index, root, out)"))
     if not manifest_path.exists():
         if (cache_dir / CACHE_BUILD_DIR).exists():
             raise InputError("the cache is incomplete (its build was interrupted or failed)",
                              where=str(cache_dir),
                              fix="rerun the same `cxrbench prepare` command; it resumes where it stopped")
         raise InputError(f"not a cxrbench cache (no {CACHE_MANIFEST})", where=str(cache_dir),
-                         fix="build it with `cxrbench prepare`")
+                         fix=spell("build it with `cxrbench prepare`",
+                                   "build it with cxrbench.prepare_cache"))
     manifest = read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise InputError(f"{CACHE_MANIFEST} is not a cxrbench cache manifest", where=str(manifest_path),

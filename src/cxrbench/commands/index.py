@@ -116,6 +116,9 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     ) -> None:
+        import warnings
+
+        from cxrbench.common.errors import CxrbenchWarning
         from cxrbench.common.layout import index_report_path
         from cxrbench.index.build import build_index
         from cxrbench.index.sources.base import IndexOptions
@@ -127,7 +130,9 @@ def register(app: typer.Typer) -> None:
             radiologist_test=radiologist_test, labels_file=labels_file, mapping=mapping,
             demographics=demographics,
             check_files=check_files, drop_missing=drop_missing), where="cxrbench index")
-        df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
+        with warnings.catch_warnings():  # printed below, one `warning:` line each
+            warnings.simplefilter("ignore", CxrbenchWarning)
+            df, findings, report = build_index(dataset, root, out=out, options=options, quiet=quiet)
         for warning in report.get("warnings", []):
             typer.echo(f"warning: {warning}", err=True)
         if not quiet:

@@ -146,7 +146,6 @@ def register(app: typer.Typer) -> None:
                 where=str(config),
                 fix="fix the errors above and run the same command again (finished steps are kept)",
             )
-        report = study.layout.report_html
         if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
             typer.echo(
                 f"{len(summary.executed)} step(s) run, {len(summary.skipped)} up to date, "
@@ -157,8 +156,8 @@ def register(app: typer.Typer) -> None:
                     f"shard {shard_t[0]}/{shard_t[1]} finished; when every shard has finished, run: "
                     f"cxrbench study report {config}" + (f" --out {out}" if out else "")
                 )
-            elif report.is_file():
-                typer.echo(f"report: {report}")
+            elif summary.report is not None:
+                typer.echo(f"report: {summary.report}")
 
     @study_app.command("report", help=REPORT_HELP, no_args_is_help=True)
     def report_command(
@@ -209,4 +208,41 @@ def register(app: typer.Typer) -> None:
         ids = cancel_study(_load(config, out))
         typer.echo(f"cancelled {len(ids)} job(s)" + (f": {', '.join(ids)}" if ids else ""))
 
+    _add_example(study_app)
     app.add_typer(study_app, name="study")
+
+
+EXAMPLE_HELP = """Write an example study config shipped with cxrbench (for installs without a checkout).
+
+Without NAME, lists the examples. study-2024 is the reference study (six datasets x three
+initializations x three seeds; configs/study-2024.yaml in a checkout), study-dinov3 its DINOv3
+follow-up, demo the phantom study of `cxrbench demo`. Point CXRBENCH_DATA at your datasets (or edit
+the roots), then `cxrbench study run NAME.yaml --dry-run`.
+
+Examples:
+
+  cxrbench study example
+
+  cxrbench study example study-2024 --out my-study.yaml
+"""
+
+
+def _add_example(study_app: typer.Typer) -> None:
+    """Add `study example` to the study group."""
+
+    @study_app.command("example", help=EXAMPLE_HELP)
+    def example_command(
+        name: str = typer.Argument(None, help="The example to write (none: list them).", show_default=False),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="File (or folder) to write [./NAME.yaml].", show_default=False
+        ),
+    ) -> None:
+        from cxrbench.study.examples import EXAMPLES, write_example
+
+        if name is None:
+            for key, what in EXAMPLES.items():
+                typer.echo(f"{key:<14} {what}")
+            return
+        path, written = write_example(name, out)
+        typer.echo(f"{'wrote' if written else 'up to date:'} {path}; next: cxrbench study run {path} "
+                   "--dry-run")

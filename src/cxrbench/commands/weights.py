@@ -37,7 +37,7 @@ def list_rows(pattern: str | None = None) -> list[dict[str, str]]:
     from cxrbench.models import store as wt
 
     rows = []
-    for name in registry.list_inits(pattern):
+    for name in registry.registered_inits(pattern):
         spec = registry.INITS[name]
         found = wt.locate(spec.weight_source)
         rows.append(

@@ -224,6 +224,8 @@ def parquet_errors(path: str | os.PathLike, what: str, fix: str) -> Iterator[Non
                          where=str(path), fix=fix)
     try:
         yield
+    except InputError:  # a ValueError too: a check inside the block names its own problem
+        raise
     except (pa.ArrowException, ValueError, OSError) as e:
         reason = " ".join(str(e).split())[:200]
         raise InputError(f"the {what} is not a readable Parquet file ({reason})", where=str(path),

@@ -3,6 +3,7 @@ one-line errors, plain dicts, the comparison of two configs and the resume merge
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxrbench.common.fileio import json_safe
-from cxrbench.common.validation import config_error
+from cxrbench.common.validation import CheckedModel
 from cxrbench.common.yamlio import load_config_section
 
 
@@ -32,9 +33,10 @@ def betas_option(v: tuple[float, float]) -> tuple[float, float]:
     return v
 
 
-class RunConfig(BaseModel):
+class RunConfig(CheckedModel):
     """Base of an immutable run config; subclasses set :attr:`SECTION` (their ``config.yaml``
-    section and the name of their command) and define :meth:`identity`."""
+    section and the name of their command) and define :meth:`identity`. Constructing one with an
+    unknown key or a bad value raises one InputError (:class:`~cxrbench.common.validation.CheckedModel`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
     SECTION: ClassVar[str] = ""
@@ -43,9 +45,9 @@ class RunConfig(BaseModel):
     def from_dict(cls, data: dict[str, Any], where: str | None = None) -> Any:
         """Validate ``data``; any unknown key or bad value raises one InputError naming the key."""
         try:
-            return cls(**data)
+            return cls.model_validate(dict(data))
         except ValidationError as e:
-            raise config_error(e, cls, where or f"{cls.SECTION} config", f"cxrbench {cls.SECTION}") from None
+            raise cls.input_error(e, where or f"{cls.SECTION} config") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples as lists)."""
@@ -78,3 +80,47 @@ class RunConfig(BaseModel):
         merged.update(given)
         merged["out"] = str(out)
         return merged
+
+
+def _type_text(annotation: Any) -> str:
+    """A field's type as a reader writes it: ``int``, ``float | None``, ``one of constant, cosine``."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def fields_doc(model: type[BaseModel]) -> str:
+    """``model``'s docstring followed by a ``Parameters`` section: every field with its type, default
+    and description (the same text ``--help`` shows), so ``help(model)`` documents each keyword."""
+    lines = [inspect.cleandoc(model.__doc__ or ""), "", "Parameters", "----------"]
+    order = getattr(model, "ordered_fields", None)
+    names = order() if callable(order) else list(model.model_fields)
+    for name in names:
+        info = model.model_fields[name]
+        if info.is_required():
+            default = "required"
+        elif info.default_factory is not None:
+            default = "default: computed when built"
+        else:
+            default = f"default {info.get_default(call_default_factory=False)!r}"
+        lines.append(f"{name} : {_type_text(info.annotation)}, {default}")
+        lines.append(f"    {(info.description or '').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def ordered_signature(model: type[BaseModel], names: list[str]) -> inspect.Signature:
+    """pydantic's keyword-only signature of ``model`` with the parameters in the order ``names``
+    (a config joined from several models lists the shared settings first, as ``--help`` does)."""
+    sig = inspect.signature(model)
+    params = sig.parameters
+    return sig.replace(parameters=[params[n] for n in names if n in params]
+                       + [p for n, p in params.items() if n not in names])

@@ -6,7 +6,10 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-from cxrbench.common.errors import InputError
+from pydantic import BaseModel, ValidationError
+from pydantic._internal._model_construction import ModelMetaclass
+
+from cxrbench.common.errors import InputError, spell
 
 
 def closest(value: str, allowed: Iterable[str]) -> str | None:
@@ -16,7 +19,8 @@ def closest(value: str, allowed: Iterable[str]) -> str | None:
 
 
 def check_choice(name: str, value: str, allowed: Iterable[str], where: str | None = None) -> str:
-    """Return ``value`` if it is one of ``allowed``; otherwise raise one clear InputError.
+    """Return ``value`` if it is one of ``allowed``; otherwise raise one clear InputError (``name``
+    is the command-line flag; from Python the message names the parameter).
 
     >>> check_choice("--resize", "pad", ["stretch", "pad", "crop"])
     'pad'
@@ -24,6 +28,7 @@ def check_choice(name: str, value: str, allowed: Iterable[str], where: str | Non
     allowed = list(allowed)
     if value in allowed:
         return value
+    name = spell(name) if name.startswith("--") else name  # `--resize` on the command line, else `resize`
     hint = closest(value, allowed)
     fix = f"use one of {', '.join(map(str, allowed))}"
     if hint is not None:
@@ -62,18 +67,36 @@ _SAID_BY_ALLOWED = {"greater_than", "greater_than_equal", "less_than", "less_tha
                     "bool_parsing", "finite_number"}
 
 
+def raised_input_error(err: ValidationError) -> InputError | None:
+    """The InputError a validator raised inside ``err``, or None. An InputError is a ValueError, so
+    pydantic wraps one raised inside a validator into its ValidationError; every handler of a
+    ValidationError re-raises it as it was (its own where and fix)."""
+    for e in err.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, InputError):
+            return cause
+    return None
+
+
 def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
     """The first error of a pydantic ``ValidationError`` on ``model`` (a BaseModel class) as one
     InputError naming the key (without list positions: ``knn_k``, not ``knn_k.1``) and the fix;
-    ``command`` is the CLI command whose ``--help`` lists the keys."""
+    ``command`` is the CLI command whose ``--help`` lists the keys. The option is named as the
+    caller writes it (:func:`~cxrbench.common.errors.spell`): ``--lr`` from the command line,
+    ``lr=`` from Python."""
+    inner = raised_input_error(err)
+    if inner is not None:
+        return inner
     first = err.errors()[0]
     key = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "config"
     if first.get("type") == "extra_forbidden":
         hint = closest(key, model.model_fields)
-        fix = f"did you mean {hint!r}?" if hint else f"remove it; see `{command} --help` for the keys"
+        keys = spell(f"`{command} --help`", f"help(cxrbench.{model.__name__})")
+        fix = f"did you mean {hint!r}?" if hint else f"remove it; see {keys} for the keys"
         return InputError(f"unknown key {key!r}", where=where, fix=fix)
     if first.get("type") == "missing":
-        return InputError(f"key {key!r} is required", where=where, fix=f"give --{key.replace('_', '-')}")
+        return InputError(f"key {key!r} is required", where=where,
+                          fix=f"give {spell('--' + key.replace('_', '-'), key + '=')}")
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     given = first.get("input")
     field = model.model_fields.get(key)
@@ -81,8 +104,9 @@ def config_error(err: Any, model: Any, where: str, command: str) -> InputError:
     allowed = field_allowed(field) if field is not None else ""
     if allowed and first.get("type", "") in _SAID_BY_ALLOWED:  # a type, bound or choice: say what is allowed
         option = f"--{key.replace('_', '-')}"
-        return InputError(f"{key} ({option} or '{key}:' in a config file): got {given!r}, expected {allowed}",
-                          where=where, fix=f"give {option} {allowed}{desc}")
+        said = spell(f"{key} ({option} or '{key}:' in a config file)", key)
+        return InputError(f"{said}: got {given!r}, expected {allowed}",
+                          where=where, fix=f"give {spell(option, key + '=')} {allowed}{desc}")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return InputError(f"{key}: {msg}{shown}", where=where, fix=f"correct {key!r}{desc}")
 
@@ -117,3 +141,29 @@ def as_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+class _RaisesInputError(ModelMetaclass):
+    """Calling the class (the constructor) turns pydantic's ValidationError into one InputError;
+    ``model_validate`` and validation as a nested field are left as pydantic made them."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as e:
+            raise cls.input_error(e, cls.__name__) from None  # type: ignore[attr-defined]
+
+
+class CheckedModel(BaseModel, metaclass=_RaisesInputError):
+    """A pydantic model whose constructor raises one :class:`InputError` (``TrainConfig: unknown key
+    'lrr'. Fix: did you mean 'lr'?``) instead of pydantic's multi-line ``ValidationError``.
+
+    The front doors' models (``TrainConfig``, ``PretrainConfig``, ``IndexOptions``) derive from it.
+    ``Model.model_validate(data)`` still raises pydantic's ValidationError (code that adds a file's
+    line numbers to the message uses it), and so does validation as a field of another model.
+    """
+
+    @classmethod
+    def input_error(cls, err: ValidationError, where: str) -> InputError:
+        """``err`` (raised while validating this model) as one InputError at ``where``."""
+        return config_error(err, cls, where, f"cxrbench {getattr(cls, 'SECTION', '') or cls.__name__}")

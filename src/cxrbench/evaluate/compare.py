@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.validation import check_choice
 from cxrbench.evaluate.predictions import (
     METRICS_FILE,
@@ -102,14 +102,35 @@ def compare_predictions(preds: Mapping[str, pd.DataFrame | PredictionSet], refer
     the per-model numbers agree with each run's metrics.json. ``df.attrs`` holds the settings.
     ``fdr``: ``bh`` (Benjamini-Hochberg within each ``family``) or ``none`` (the adjusted columns repeat
     the raw p-values).
+
+    Args:
+        preds: model name -> predictions (:func:`~cxrbench.evaluate.outputs.load_predictions`).
+        reference: compare every model with this one; None: every pair.
+        findings: only these findings (default: the shared ones).
+        n_resamples, seed, cluster: the paired bootstrap (count, seed, ``"patient"``/``"image"``).
+        alternative: ``"two-sided"`` or ``"greater"`` (model beats the reference).
+        family: ``"pair"`` (BH within each pair's findings) or ``"all"``.
+        ci_level: confidence level of the differences' intervals, in (0, 1).
+        memory_bytes: bound of the bootstrap's working memory, bytes.
+
+    Returns:
+        One row per pair and finding (``model_a``, ``model_b``, ``finding``, AUROCs, ``diff`` with
+        its CI, DeLong and bootstrap p-values, adjusted p-values).
+
+    Example::
+
+        runs = {"dinov2": "runs/nih-dinov2", "random": "runs/nih-random"}
+        preds = {k: cxrbench.load_predictions(v) for k, v in runs.items()}
+        cxrbench.compare_predictions(preds, reference="random", n_resamples=1000)
     """
     check_choice("--alternative", alternative, ALTERNATIVES)
     check_choice("--family", family, FAMILIES)
     check_choice("--fdr", fdr, FDR_METHODS)
     check_choice("--cluster", cluster, bs.CLUSTERS)
     if int(n_resamples) < 1:
-        raise InputError(f"bootstrap count {n_resamples} must be at least 1", where="--bootstrap",
-                         fix="e.g. --bootstrap 1000")
+        raise InputError(f"bootstrap count {n_resamples} must be at least 1",
+                         where=spell("--bootstrap", "n_resamples"),
+                         fix=spell("e.g. --bootstrap 1000", "e.g. n_resamples=1000"))
     names = [str(n) for n in preds]
     if len(names) < 2:
         raise InputError(f"need at least two runs to compare, got {len(names)}", where="compare",
@@ -338,7 +359,8 @@ def resample_settings(stored: Mapping[str, dict | None], seed: int | None = None
     evaluation (they must agree), else the defaults of ``evaluate`` (seed 0, 1000, patient)."""
     given = {"seed": seed, "n_resamples": n_resamples, "cluster": cluster}
     defaults = {"seed": 0, "n_resamples": 1000, "cluster": "patient"}
-    flags = {"seed": "--seed", "n_resamples": "--bootstrap", "cluster": "--cluster"}
+    flags = {"seed": spell("--seed", "seed="), "n_resamples": spell("--bootstrap", "n_resamples="),
+             "cluster": spell("--cluster", "cluster=")}
     out: dict[str, Any] = {}
     for key in given:
         if given[key] is not None:

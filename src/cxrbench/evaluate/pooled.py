@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.validation import check_choice
 from cxrbench.evaluate.compare import (
     COLUMNS,
@@ -112,8 +112,9 @@ def _bootstraps(sets: dict[str, list[PredictionSet]], n_resamples: int, seed: in
                 memory_bytes: int, ensemble: bool = True) -> tuple[bs.Resamples, dict[str, sd.ArmBootstrap]]:
     check_choice("--cluster", cluster, bs.CLUSTERS)
     if int(n_resamples) < 1:
-        raise InputError(f"bootstrap count {n_resamples} must be at least 1", where="--bootstrap",
-                         fix="e.g. --bootstrap 1000")
+        raise InputError(f"bootstrap count {n_resamples} must be at least 1",
+                         where=spell("--bootstrap", "n_resamples"),
+                         fix=spell("e.g. --bootstrap 1000", "e.g. n_resamples=1000"))
     first = next(iter(sets.values()))[0]
     resamples = first.resamples(int(n_resamples), int(seed), cluster)
     boots = {arm: sd.arm_bootstrap(runs[0].labels, np.stack([r.scores for r in runs]), resamples,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import read_json
 from cxrbench.common.layout import metrics_path
 
@@ -114,6 +114,22 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], ba
     file and finding there (``<stem>_<finding>.png``, the map of
     :func:`cxrbench.evaluate.saliency.saliency_maps` over the model's input) and ``saliency.json``
     listing them; the folder must be new, empty or a previous saliency folder.
+
+    Args:
+        run_dir: a run folder (``best.safetensors`` and ``best.json``).
+        files: image files (PNG, JPEG, DICOM), folders or glob patterns.
+        batch_size: images per forward pass. device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (default:
+            automatic).
+        skip_bad: leave unreadable files out instead of stopping.
+        saliency_dir: write saliency overlays there; saliency_method: ``"gradcam"`` or ``"rollout"``.
+
+    Returns:
+        A DataFrame with one row per file: ``file``, ``p_<finding>`` (float64 probabilities in
+        [0, 1]), and with validation thresholds ``pred_<finding>``, ``threshold_<finding>``.
+
+    Example::
+
+        df = cxrbench.predict_files("runs/nih", ["scan.dcm", "scans/", "more/*.png"], device="cpu")
     """
     from cxrbench.data.dataset import ArrayDataset
     from cxrbench.evaluate.inference import run_scorer
@@ -160,7 +176,9 @@ def _check_saliency(scorer, run_dir, method: str) -> None:
         from cxrbench.train.methods import method_of
 
         raise InputError(f"{method_of(scorer.meta).no_classifier()}; saliency maps need one",
-                         where=str(run_dir), fix="leave out --saliency, or use a linear/full/lora run")
+                         where=str(run_dir),
+                         fix=f"leave out {spell('--saliency', 'saliency_dir=')}, or use a linear/full/lora "
+                             "run")
     require_gradcam()  # the overlays use the package's colour map, rollout included
 
 
@@ -175,7 +193,8 @@ def _read_files(paths: list[Path], recipe: dict[str, Any], skip_bad: bool,
         except InputError as e:
             if not skip_bad:
                 raise InputError(e.what, where=e.where or str(path),
-                                 fix="check the file, or pass --skip-bad to leave unreadable files out"
+                                 fix=f"check the file, or pass {spell('--skip-bad')} to leave "
+                                     "unreadable files out"
                                  ) from None
             skipped.append((str(path), e.what))
     if not kept:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.common import layout
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_path
 from cxrbench.common.validation import check_columns
 from cxrbench.stats import bootstrap as bs
@@ -137,7 +137,8 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
                              fix="give the run folder (from `cxrbench train`, or one holding "
                                  "eval/SPLIT/predictions.parquet)")
         raise InputError("predictions file not found", where=str(path),
-                         fix="run `cxrbench evaluate RUN --split SPLIT` first, "
+                         fix=spell("run `cxrbench evaluate RUN --split SPLIT` first",
+                                   "run cxrbench.evaluate_run(run, split) first") + ", "
                              "or write Contract-4 predictions there")
     import pyarrow.parquet as pq
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, on_command_line, spell
 from cxrbench.common.fileio import atomic_write_json, file_sha256, read_json
 from cxrbench.common.layout import CALIBRATION_FILE, RUN_CONFIG, STUDY_METRICS_FILE, SUBGROUPS_FILE
 from cxrbench.common.provenance import provenance
@@ -33,6 +33,7 @@ from cxrbench.evaluate.analysis import (
     load_subgroup_metadata,
     subgroup_analysis,
 )
+from cxrbench.evaluate.metrics_table import Metrics
 from cxrbench.evaluate.predictions import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -104,8 +105,10 @@ def stored_settings(metrics: Mapping[str, Any]) -> dict[str, Any]:
                              source=str(source), thresholds=fixed)
 
 
-_FLAGS = {"bootstrap": "--bootstrap", "seed": "--seed", "cluster": "--cluster", "ci": "--ci",
-          "thresholds": "--threshold-from", "fixed": "--threshold"}
+# a setting of analysis_settings -> (its command-line flag, its keyword argument)
+_FLAGS = {"bootstrap": ("--bootstrap", "n_resamples"), "seed": ("--seed", "seed"),
+          "cluster": ("--cluster", "cluster"), "ci": ("--ci", "ci_level"),
+          "thresholds": ("--threshold-from", "threshold_from"), "fixed": ("--threshold", "thresholds")}
 
 
 def settings_conflict(path: Path, new: dict[str, Any]) -> InputError | None:
@@ -118,11 +121,14 @@ def settings_conflict(path: Path, new: dict[str, Any]) -> InputError | None:
     if not differ:
         return None
     change = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in differ)
-    keep = " ".join(f"{_FLAGS[k]} {old[k]}" for k in differ if k in ("bootstrap", "seed", "cluster", "ci")
-                    and old.get(k) is not None)
+    keep = (", " if not on_command_line() else " ").join(
+        spell(f"{_FLAGS[k][0]} {old[k]}", f"{_FLAGS[k][1]}={old[k]!r}") for k in differ
+        if k in ("bootstrap", "seed", "cluster", "ci") and old.get(k) is not None)
+    rest = spell("write the new ones elsewhere with --out-json, or pass --overwrite to replace it",
+                 'pass on_conflict="overwrite" to replace it, or on_conflict="keep" to leave it as it is and '
+                 "only get the metrics")
     return InputError(f"it holds metrics computed with other settings ({change})", where=str(path),
-                      fix=(f"evaluate with the stored settings ({keep}), " if keep else "")
-                      + "write the new ones elsewhere with --out-json, or pass --overwrite to replace it")
+                      fix=(f"evaluate with the stored settings ({keep}), " if keep else "") + rest)
 
 
 ON_CONFLICT = ("refuse", "overwrite", "keep")
@@ -136,35 +142,52 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
                  memory_bytes: int = bs.DEFAULT_MEMORY_BYTES,
                  subgroups: SubgroupOptions | bool | None = None,
                  calibration: CalibrationOptions | bool | None = None,
-                 on_conflict: str = "refuse", study_level: str | None = None) -> dict:
+                 on_conflict: str = "refuse", study_level: str | None = None) -> Metrics:
     """Predict (when needed), evaluate and write ``RUN/eval/SPLIT/{predictions.parquet,metrics.json}``.
 
-    ``subgroups`` / ``calibration``: None (default) computes ``subgroups.json`` when the metadata is
-    found (``subgroups.metadata``, else ``predict_kwargs["cache_dir"]``, else the run's cache) and
-    ``calibration.json`` when the scores are probabilities, and skips them otherwise; False skips
-    them; True or options (``required=True`` by default) compute them or raise InputError. A
-    sibling file this call does not rewrite is removed (it would describe other predictions). Every
-    input is checked and every number computed before anything is written, and each file is
-    replaced atomically, so a failed evaluation never damages an earlier one. An existing
-    metrics.json computed with other settings (bootstrap count, seed, cluster, CI level, threshold
-    policy) is, by ``on_conflict``: ``"refuse"`` (an error naming the settings), ``"overwrite"``
-    (replaced) or ``"keep"`` (left as it is, with its sibling files; the metrics are only returned).
-    ``study_level`` (``max`` or ``mean``): also ``study_metrics.json``, the same metrics of the image
-    scores aggregated per study (:mod:`cxrbench.evaluate.studylevel`; study ids from the metadata
-    source of the subgroups). Returns the metrics dict, with ``"written"``: whether metrics.json was
-    written.
+    Args:
+        run_dir: a run folder of ``cxrbench.train`` (or one holding ``eval/SPLIT/predictions.parquet``).
+        split: ``"test"`` (default), ``"val"`` or ``"train"``.
+        n_resamples, seed, cluster, threshold_from, thresholds, ci_level, memory_bytes: as
+            :func:`~cxrbench.evaluate.scoring.evaluate_predictions` (bootstrap count, its seed,
+            ``"patient"``/``"image"`` resampling, Youden threshold on ``"val"``/``"test"`` or fixed
+            probabilities, CI level in (0, 1), bytes).
+        repredict: score the split again even when predictions newer than the weights exist.
+        predict_fn, predict_kwargs: another scorer (tests) / options of
+            :func:`~cxrbench.evaluate.inference.predict_split` (``cache_dir``, ``batch_size``, ``device``).
+        subgroups, calibration: None (default) computes ``subgroups.json`` when the metadata is found
+            (``subgroups.metadata``, else ``predict_kwargs["cache_dir"]``, else the run's cache) and
+            ``calibration.json`` when the scores are probabilities, and skips them otherwise; False
+            skips them; True or options (``required=True`` by default) compute them or raise. A
+            sibling file this call does not rewrite is removed (it would describe other predictions).
+        on_conflict: what happens to an existing metrics.json computed with other settings
+            (bootstrap count, seed, cluster, CI level, threshold policy): ``"refuse"`` (default: an
+            error naming the settings), ``"overwrite"`` (replaced) or ``"keep"`` (left as it is, with
+            its sibling files; the metrics are only returned).
+        study_level: ``"max"`` or ``"mean"``: also ``study_metrics.json``, the same metrics of the image
+            scores aggregated per study (:mod:`cxrbench.evaluate.studylevel`; study ids from the metadata
+            source of the subgroups).
+
+    Every input is checked and every number computed before anything is written, and each file is
+    replaced atomically, so a failed evaluation never damages an earlier one.
+
+    Returns:
+        :class:`~cxrbench.evaluate.metrics_table.Metrics`: the metrics.json dict plus ``"written"``
+        (whether metrics.json was written); ``.table()`` gives one row per finding and metric.
+
+    Example::
+
+        m = cxrbench.evaluate_run("runs/nih", "test", n_resamples=1000)
+        print(m["macro"]["metrics"]["auroc"])          # value, ci_low, ci_high, ...
+        m.table().query("metric == 'auroc'")[["finding", "value", "ci_low", "ci_high"]]
+        preds = cxrbench.load_predictions("runs/nih", "test")
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError("run folder not found", where=str(run_dir),
-                         fix="give the folder made by `cxrbench train`")
-    check_choice("--split", split, ("train", "val", "test"))
-    check_choice("--cluster", cluster, bs.CLUSTERS)
-    check_choice("on_conflict", on_conflict, ON_CONFLICT)
-    if study_level is not None:
-        from cxrbench.evaluate.studylevel import AGGREGATIONS
-
-        check_choice("--study-level", study_level, AGGREGATIONS)
+                         fix=spell("give the folder made by `cxrbench train`",
+                                   "give the run folder of cxrbench.train(cfg), cfg.out"))
+    _check_choices(split, cluster, on_conflict, study_level)
     source = threshold_source(threshold_from, thresholds)
     metrics_path = eval_dir(run_dir, split) / METRICS_FILE
     conflict = None
@@ -177,40 +200,32 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
     test_df, test_meta = get_predictions(run_dir, split, repredict=repredict, predict_fn=predict_fn,
                                          predict_kwargs=predict_kwargs)
     test_ps = PredictionSet.from_frame(test_df, where=f"{split} predictions of {run_dir}")
-    val_df, val_meta, val_ps = None, None, None
+    val: tuple[pd.DataFrame | None, dict | None] = (None, None)
+    val_ps = None
     if source == "val":
         if split == "val":
             val_ps = test_ps
         else:
-            val_df, val_meta = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
-                                               predict_kwargs=predict_kwargs)
-            val_ps = PredictionSet.from_frame(val_df, where=f"val predictions of {run_dir}")
+            val = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
+                                  predict_kwargs=predict_kwargs)
+            val_ps = PredictionSet.from_frame(val[0], where=f"val predictions of {run_dir}")
     result = evaluate_predictions(test_ps, val_ps, n_resamples=n_resamples, seed=seed, cluster=cluster,
                                   threshold_from=threshold_from, thresholds=thresholds, ci_level=ci_level,
                                   memory_bytes=memory_bytes)
     if source == "val" and split == "val":
         result["threshold_policy"]["description"] += " (here the evaluated split is the validation split)"
+    boot = {"n_resamples": n_resamples, "seed": seed, "ci_level": ci_level, "memory_bytes": memory_bytes}
     extras: dict[str, dict] = {}
-    sub_opts = _options(subgroups, SubgroupOptions)
-    if sub_opts is not None:
-        meta_source = sub_opts.metadata or (predict_kwargs or {}).get("cache_dir") or _run_cache(run_dir)
-        if meta_source is None and sub_opts.required:
-            raise InputError("no metadata for the subgroup analysis (the run's cache is unknown)",
-                             where=str(run_dir), fix="give --metadata INDEX.parquet or --cache CACHE")
-        if meta_source is not None:
-            groups, _ = load_subgroup_metadata(test_ps, sub_opts, meta_source)
-            thr = [float("nan") if e["threshold"] is None else float(e["threshold"])
-                   for e in result["per_finding"].values()]
-            extras[SUBGROUPS_FILE] = subgroup_analysis(test_ps, thr, groups, options=sub_opts,
-                                                       n_resamples=n_resamples, seed=seed, ci_level=ci_level,
-                                                       memory_bytes=memory_bytes, source=str(meta_source))
+    sub_doc = _subgroups(run_dir, test_ps, result, subgroups, predict_kwargs, boot)
+    if sub_doc is not None:
+        extras[SUBGROUPS_FILE] = sub_doc
     cal_opts = _options(calibration, CalibrationOptions)
     if cal_opts is not None and (cal_opts.required or cal.is_probability(test_ps.scores)):
         recal_val = val_ps
         if cal_opts.recalibrate is not None and recal_val is None:
-            val_df, val_meta = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
-                                               predict_kwargs=predict_kwargs)
-            recal_val = PredictionSet.from_frame(val_df, where=f"val predictions of {run_dir}")
+            val = get_predictions(run_dir, "val", repredict=repredict, predict_fn=predict_fn,
+                                  predict_kwargs=predict_kwargs)
+            recal_val = PredictionSet.from_frame(val[0], where=f"val predictions of {run_dir}")
         extras[CALIBRATION_FILE] = calibration_analysis(
             test_ps, recal_val if cal_opts.recalibrate is not None else None, options=cal_opts,
             n_resamples=n_resamples, seed=seed, cluster=cluster, ci_level=ci_level,
@@ -218,17 +233,17 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
     if study_level is not None:
         extras[STUDY_METRICS_FILE] = _study_level(
             run_dir, study_level, test_ps, val_ps if source == "val" else None,
-            (sub_opts.metadata if sub_opts is not None else None) or (predict_kwargs or {}).get("cache_dir"),
+            _options(subgroups, SubgroupOptions), predict_kwargs,
             n_resamples=n_resamples, seed=seed, cluster=cluster, threshold_from=threshold_from,
             thresholds=thresholds, ci_level=ci_level, memory_bytes=memory_bytes)
     out_dir = eval_dir(run_dir, split)
-    if val_meta is not None:
-        write_predictions(val_df, eval_dir(run_dir, "val") / PREDICTIONS_FILE, val_meta)
+    if val[1] is not None:
+        write_predictions(val[0], eval_dir(run_dir, "val") / PREDICTIONS_FILE, val[1])
     if test_meta is not None:
         write_predictions(test_df, out_dir / PREDICTIONS_FILE, test_meta)
-    result = {"run": str(run_dir), "split": split, **result,
-              "predictions_sha256": file_sha256(out_dir / PREDICTIONS_FILE),
-              "provenance": provenance()}
+    result = Metrics({"run": str(run_dir), "split": split, **result,
+                      "predictions_sha256": file_sha256(out_dir / PREDICTIONS_FILE),
+                      "provenance": provenance()})
     if source == "fixed":
         result["fixed_thresholds"] = analysis_settings(n_resamples=0, seed=0, cluster=cluster,
                                                        ci_level=ci_level, source=source,
@@ -238,15 +253,51 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, n_resamples
             atomic_write_json(out_dir / name, {**doc, "predictions_sha256": result["predictions_sha256"]})
         _remove_stale(out_dir, keep=set(extras))
         atomic_write_json(metrics_path, result)  # json_safe: NaN -> null, inf -> "inf"
-    return {**result, "written": conflict is None}
+    return Metrics({**result, "written": conflict is None})
+
+
+def _check_choices(split: str, cluster: str, on_conflict: str, study_level: str | None) -> None:
+    """One InputError naming the option for a split, cluster, conflict policy or aggregation not known."""
+    check_choice("--split", split, ("train", "val", "test"))
+    check_choice("--cluster", cluster, bs.CLUSTERS)
+    check_choice("on_conflict", on_conflict, ON_CONFLICT)
+    if study_level is not None:
+        from cxrbench.evaluate.studylevel import AGGREGATIONS
+
+        check_choice("--study-level", study_level, AGGREGATIONS)
+
+
+def _subgroups(run_dir: Path, test_ps: PredictionSet, result: Mapping[str, Any],
+               subgroups: SubgroupOptions | bool | None, predict_kwargs: Mapping[str, Any] | None,
+               boot: dict[str, Any]) -> dict | None:
+    """The ``subgroups.json`` document of an evaluation, or None when it is skipped."""
+    sub_opts = _options(subgroups, SubgroupOptions)
+    if sub_opts is None:
+        return None
+    meta_source = sub_opts.metadata or (predict_kwargs or {}).get("cache_dir") or _run_cache(run_dir)
+    if meta_source is None:
+        if sub_opts.required:
+            raise InputError("no metadata for the subgroup analysis (the run's cache is unknown)",
+                             where=str(run_dir), fix="give " + spell(
+                                 "--metadata INDEX.parquet or --cache CACHE",
+                                 'subgroups=SubgroupOptions(metadata="INDEX.parquet") or '
+                                 'predict_kwargs={"cache_dir": "CACHE"}'))
+        return None
+    groups, _ = load_subgroup_metadata(test_ps, sub_opts, meta_source)
+    thr = [float("nan") if e["threshold"] is None else float(e["threshold"])
+           for e in result["per_finding"].values()]
+    return subgroup_analysis(test_ps, thr, groups, options=sub_opts, source=str(meta_source), **boot)
 
 
 def _study_level(run_dir: Path, how: str, test_ps: PredictionSet, val_ps: PredictionSet | None,
-                 metadata: Any, **scoring: Any) -> dict:
-    """``study_metrics.json``: the metrics of the image scores aggregated per study."""
+                 sub_opts: SubgroupOptions | None, predict_kwargs: Mapping[str, Any] | None,
+                 **scoring: Any) -> dict:
+    """``study_metrics.json``: the metrics of the image scores aggregated per study (study ids from the
+    subgroups' metadata, else the cache predicted from, else the run's cache)."""
     from cxrbench.evaluate.studylevel import study_level_metrics
 
-    source = metadata or _run_cache(run_dir)
+    chosen = sub_opts.metadata if sub_opts is not None else None
+    source = chosen or (predict_kwargs or {}).get("cache_dir") or _run_cache(run_dir)
     return study_level_metrics(test_ps, val_ps, source, how, where=f"predictions of {run_dir}", **scoring)
 
 
@@ -288,12 +339,12 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def read_metrics(path: str | os.PathLike) -> dict:
-    """Read a metrics.json written by :func:`evaluate_run` (format checked)."""
+def read_metrics(path: str | os.PathLike) -> Metrics:
+    """Read a metrics.json written by :func:`evaluate_run` (format checked); ``.table()`` as there."""
     data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != METRICS_FORMAT:
         fmt = data.get("format") if isinstance(data, dict) else None
         raise InputError(f"not a cxrbench metrics file (format {fmt!r})", where=str(path),
                          fix="re-run `cxrbench evaluate`")
-    return data
+    return Metrics(data)
 

@@ -10,15 +10,15 @@ Keys and formulas: docs/statistics.md.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell, warn
 from cxrbench.common.validation import check_choice
+from cxrbench.evaluate.metrics_table import Metrics
 from cxrbench.evaluate.predictions import PredictionSet
 from cxrbench.stats import bootstrap as bs
 from cxrbench.stats import metrics as mt
@@ -43,8 +43,9 @@ THRESHOLD_DESCRIPTIONS = {
 
 
 def resolve_thresholds(findings: list[str], thresholds: float | Mapping[str, float] | None,
-                       where: str = "--threshold") -> np.ndarray:
+                       where: str | None = None) -> np.ndarray:
     """Per-finding fixed thresholds from one number or a ``{finding: t}`` mapping (key ``"*"`` = default)."""
+    where = where or spell("--threshold", "thresholds")
     if thresholds is None:
         return np.full(len(findings), np.nan)
     if not isinstance(thresholds, Mapping):
@@ -61,19 +62,25 @@ def resolve_thresholds(findings: list[str], thresholds: float | Mapping[str, flo
     missing = [f for f in findings if f not in thresholds and default is None]
     if missing:
         raise InputError(f"no threshold for finding(s) {', '.join(missing)}", where=where,
-                         fix="give a default (--threshold 0.5) besides the per-finding ones "
-                             "(--threshold name=0.3)")
+                         fix=spell("give a default (--threshold 0.5) besides the per-finding ones "
+                                   "(--threshold name=0.3)",
+                                   'give a default besides the per-finding ones: thresholds={"*": 0.5, '
+                                   '"name": 0.3}'))
     values = np.array([float(thresholds[f]) if f in thresholds else float(str(default)) for f in findings])
     if not np.all(np.isfinite(values)):
-        raise InputError("thresholds must be finite numbers", where=where, fix="e.g. --threshold 0.5")
+        raise InputError("thresholds must be finite numbers", where=where,
+                         fix=spell("e.g. --threshold 0.5", "e.g. thresholds=0.5"))
     return values
 
 
 def threshold_source(threshold_from: str | None, thresholds) -> str:
     if thresholds is not None:
         if threshold_from not in (None, "fixed"):
-            raise InputError(f"--threshold-from {threshold_from} conflicts with fixed --threshold values",
-                             where="thresholds", fix="give either --threshold-from or --threshold")
+            given = spell(f"--threshold-from {threshold_from}", f"threshold_from={threshold_from!r}")
+            raise InputError(f"{given} conflicts with fixed {spell('--threshold', 'thresholds=')} values",
+                             where="thresholds",
+                             fix=f"give either {spell('--threshold-from', 'threshold_from=')} or "
+                                 f"{spell('--threshold', 'thresholds=')}")
         return "fixed"
     source = "val" if threshold_from is None else threshold_from
     check_choice("--threshold-from", source, ("val", "test"))
@@ -85,9 +92,10 @@ def _val_thresholds(test: PredictionSet, val: PredictionSet | None) -> tuple[np.
     if val is None:
         raise InputError("thresholds are chosen on the validation split, "
                          "but no validation predictions were given",
-                         where="--threshold-from val",
-                         fix="evaluate a run that has a val split, or use --threshold-from test "
-                             "(reference-study reproduction) or --threshold X")
+                         where=spell("--threshold-from val", "threshold_from='val'"),
+                         fix="evaluate a run that has a val split, or use "
+                             + spell("--threshold-from test (reference-study reproduction) or --threshold X",
+                                     "threshold_from='test' (reference-study reproduction) or thresholds=X"))
     out = np.full(len(test.findings), np.nan)
     reasons: dict[str, str] = {}
     for j, f in enumerate(test.findings):
@@ -108,21 +116,43 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
                          n_resamples: int = 1000, seed: int = 0, cluster: str = "patient",
                          threshold_from: str | None = None,
                          thresholds: float | Mapping[str, float] | None = None,
-                         ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> dict:
+                         ci_level: float = 0.95, memory_bytes: int = bs.DEFAULT_MEMORY_BYTES) -> Metrics:
     """Metrics of one split's predictions with bootstrap CIs, as the dict written to metrics.json.
 
-    ``threshold_from``: ``"val"`` (default; Youden's J on ``val``), ``"test"`` (the reference study:
-    Youden's J on the evaluated split, re-chosen on each resample), or fixed ``thresholds`` (one
-    number or ``{finding: t}``). ``n_resamples=0`` gives point estimates only. Findings with one
-    class are reported as not estimable (NaN plus an :class:`~cxrbench.metrics.UndefinedMetricWarning`).
+    Args:
+        test: the evaluated split's Contract-4 predictions (``image_id``, ``patient_id``,
+            ``p_<finding>`` scores, ``y_<finding>`` labels 1/0/NaN = unknown), a DataFrame.
+        val: the validation split's predictions, where the thresholds are chosen (Youden's J).
+        n_resamples: bootstrap resamples (0: point estimates only). seed: their seed.
+        cluster: the resampling unit, ``"patient"`` (default) or ``"image"``.
+        threshold_from: ``"val"`` (default; Youden's J on ``val``), ``"test"`` (the reference study:
+            Youden's J on the evaluated split, re-chosen on each resample; optimistic), or None.
+        thresholds: fixed thresholds instead, one probability in [0, 1] or ``{finding: t}``
+            (``"*"`` = the default).
+        ci_level: the confidence level of the percentile intervals, in (0, 1).
+        memory_bytes: bound of the bootstrap's working memory, bytes.
+
+    Returns:
+        :class:`~cxrbench.evaluate.metrics_table.Metrics`, the metrics.json dict (``per_finding``:
+        AUROC, AP, sensitivity, specificity, ... with ``value``, ``ci_low``, ``ci_high``; ``macro``;
+        ``bootstrap``; ``warnings``), whose ``.table()`` is the same as a tidy DataFrame. Findings
+        with one class are not estimable (NaN plus an
+        :class:`~cxrbench.stats.metrics.UndefinedMetricWarning` at the caller's line).
+
+    Example::
+
+        m = cxrbench.evaluate_predictions(test_df, val_df, n_resamples=1000)
+        m["macro"]["metrics"]["auroc"]["value"], m.table().query("metric == 'auroc'")
     """
     check_choice("cluster", cluster, bs.CLUSTERS)
     if not 0.0 < ci_level < 1.0:
         raise InputError(f"CI level {ci_level} is not in (0, 1)", where="ci_level", fix="e.g. 0.95")
     if int(n_resamples) < 0:
-        raise InputError(f"bootstrap count {n_resamples} is negative", where="--bootstrap",
+        raise InputError(f"bootstrap count {n_resamples} is negative",
+                         where=spell("--bootstrap", "n_resamples"),
                          fix="give 0 (no bootstrap) or a positive count, e.g. 1000")
-    ps = PredictionSet.from_frame(test, where=getattr(test, "where", "test predictions"))
+    where = test.attrs.get("where") if isinstance(test, pd.DataFrame) else None  # not .where: a method
+    ps = PredictionSet.from_frame(test, where=where or "test predictions")
     source = threshold_source(threshold_from, thresholds)
     reasons: dict[str, str] = {}
     if source == "fixed":
@@ -135,31 +165,8 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
                         if not mt.not_estimable_reason(ps.labels[:, j]) else np.nan
                         for j in range(len(ps.findings))])
     names = list(CURVE_METRICS) + list(mt.THRESHOLD_METRICS)
-    warn_list: list[str] = []
-    not_estimable: dict[str, str] = {}
-    points = np.full((len(names), len(ps.findings)), np.nan)
-    per_finding: dict[str, dict] = {}
-    for j, f in enumerate(ps.findings):
-        y, s = ps.labels[:, j], ps.scores[:, j]
-        why = mt.not_estimable_reason(y)
-        entry: dict[str, Any] = {**mt.class_counts(y)}
-        entry["prevalence"] = entry["n_positive"] / entry["n"] if entry["n"] else float("nan")
-        entry["estimable"] = why is None
-        entry["not_estimable_reason"] = why
-        entry["threshold"] = None if np.isnan(thr[j]) else float(thr[j])
-        entry["threshold_source"] = source
-        entry["threshold_note"] = reasons.get(f)
-        if why:
-            not_estimable[f] = why
-            msg = f"{f}: not estimable ({why}); its metrics are NaN and it is left out of the macro average"
-            warn_list.append(msg)
-            warnings.warn(msg, mt.UndefinedMetricWarning, stacklevel=2)
-        else:
-            pm = mt.point_metrics(y, s, threshold=float(thr[j]))
-            points[:, j] = [pm[name] for name in names]
-            _, lo, hi = delong_auroc_ci(y, s, ci_level)
-            entry["auroc_delong_ci"] = [lo, hi]
-        per_finding[f] = entry
+    points, per_finding, not_estimable, warn_list = _point_estimates(ps, thr, source, reasons, names,
+                                                                     ci_level)
     boot = None
     resamples = None
     if n_resamples > 0:
@@ -191,7 +198,7 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
         msg = (f"resamples with only one class, excluded for that finding (of {n_resamples}): "
                f"{', '.join(one_class)}")
         warn_list.append(msg)
-        warnings.warn(msg, mt.UndefinedMetricWarning, stacklevel=2)
+        warn(msg, mt.UndefinedMetricWarning)
     # Macro average per metric over the findings where it is defined on the full split; a resample
     # where one of them is undefined is excluded (and counted) rather than averaged over fewer findings.
     macro: dict[str, Any] = {"findings": [ps.findings[j] for j in estimable], "metrics": {}}
@@ -200,7 +207,7 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
         point = float(np.mean(points[i, cols])) if cols else float("nan")
         values = boot[name][:, cols].mean(axis=1) if boot is not None and cols else np.zeros(0)
         macro["metrics"][name] = {**bs.summarize(values, point, ci_level), "n_findings": len(cols)}
-    return {
+    return Metrics({
         "format": METRICS_FORMAT,
         "n_images": ps.n,
         "n_patients": int(np.unique(ps.patient_ids).size),
@@ -215,5 +222,38 @@ def evaluate_predictions(test: pd.DataFrame | PredictionSet,
         "macro": macro,
         "not_estimable": not_estimable,
         "warnings": warn_list,
-    }
+    })
+
+
+def _point_estimates(ps: PredictionSet, thr: np.ndarray, source: str, reasons: dict[str, str],
+                     names: list[str], ci_level: float,
+                     ) -> tuple[np.ndarray, dict[str, dict], dict[str, str], list[str]]:
+    """``(points [metric, finding], per-finding entries, not estimable: finding -> why, warnings)``
+    on the whole split; a finding with one class is warned about and left NaN."""
+    warn_list: list[str] = []
+    not_estimable: dict[str, str] = {}
+    points = np.full((len(names), len(ps.findings)), np.nan)
+    per_finding: dict[str, dict] = {}
+    for j, f in enumerate(ps.findings):
+        y, s = ps.labels[:, j], ps.scores[:, j]
+        why = mt.not_estimable_reason(y)
+        entry: dict[str, Any] = {**mt.class_counts(y)}
+        entry["prevalence"] = entry["n_positive"] / entry["n"] if entry["n"] else float("nan")
+        entry["estimable"] = why is None
+        entry["not_estimable_reason"] = why
+        entry["threshold"] = None if np.isnan(thr[j]) else float(thr[j])
+        entry["threshold_source"] = source
+        entry["threshold_note"] = reasons.get(f)
+        if why:
+            not_estimable[f] = why
+            msg = f"{f}: not estimable ({why}); its metrics are NaN and it is left out of the macro average"
+            warn_list.append(msg)
+            warn(msg, mt.UndefinedMetricWarning)
+        else:
+            pm = mt.point_metrics(y, s, threshold=float(thr[j]))
+            points[:, j] = [pm[name] for name in names]
+            _, lo, hi = delong_auroc_ci(y, s, ci_level)
+            entry["auroc_delong_ci"] = [lo, hi]
+        per_finding[f] = entry
+    return points, per_finding, not_estimable, warn_list
 

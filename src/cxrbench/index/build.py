@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell, warn
 from cxrbench.common.fileio import atomic_write_json, file_sha256
 from cxrbench.common.layout import index_report_path, regions_path
 from cxrbench.common.provenance import provenance
@@ -36,13 +36,33 @@ def build_index(
     quiet: bool = True,
     **option_values: Any,
 ) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
-    """Index ``dataset`` under ``root``; returns (index frame, finding columns, report).
+    """Index ``dataset`` under ``root``, as ``cxrbench index``; reads metadata only, never an image.
 
-    The options are an :class:`IndexOptions` (``options=``) or its fields as keywords
-    (``labels="study-cxr14", uncertain="zeros", ...``: the options of ``cxrbench index``). With
-    ``out`` the index is written there (atomically) and the report beside it
-    (:func:`cxrbench.common.layout.index_report_path`); ``quiet`` hides the progress bar of the
-    image-file check. Every bad input raises :class:`~cxrbench.common.errors.InputError`.
+    Args:
+        dataset: the source: ``nih``, ``chexpert``, ``mimic``, ``padchest``, ``vindr`` or ``csv``
+            (your own data, with ``mapping=``).
+        root: the dataset folder as released (the index's ``path`` column is relative to it).
+        out: where to write the index (``.parquet``, atomically) and its report beside it
+            (:func:`cxrbench.common.layout.index_report_path`); None writes nothing.
+        options: an :class:`~cxrbench.index.sources.base.IndexOptions`, or instead
+        option_values: its fields as keywords (``labels="study-cxr14", uncertain="zeros",
+            split_mode="hash", split_seed=0, ...``: the options of ``cxrbench index``).
+        quiet: hide the progress bar of the image-file check.
+
+    Returns:
+        ``(df, findings, report)``: the Contract-2 index (one row per image: ``image_id``,
+        ``patient_id``, ``path``, ``split``, ``view``, ``sex``, ``age``, one float32 column per
+        finding coded 1/0/NaN), its finding columns, and the report dict (dropped rows by reason,
+        split counts, policies, ``warnings``).
+
+    Example::
+
+        df, findings, report = cxrbench.build_index("nih", "/data/nih", out="nih.parquet",
+                                                     labels="study-cxr14")
+        df.groupby("split").size()
+ Every bad input raises :class:`~cxrbench.common.errors.InputError`; each line of
+    ``report["warnings"]`` (thin splits, missing image files, ...) is also issued as a
+    :class:`~cxrbench.common.errors.CxrbenchWarning` pointing at the caller's line.
     """
     if options is not None and option_values:
         raise InputError("give either options= or option keywords, not both", where="build_index",
@@ -55,8 +75,8 @@ def build_index(
         raise InputError(
             "dataset root is not a folder", where=str(root), fix="pass the folder holding the release"
         )
-    for name, value in (("--labels-file", opts.labels_file), ("--mapping", opts.mapping),
-                        ("--demographics", opts.demographics)):
+    for name, value in ((spell("--labels-file"), opts.labels_file), (spell("--mapping"), opts.mapping),
+                        (spell("--demographics"), opts.demographics)):
         if value is not None and not Path(value).is_file():
             raise InputError(f"{name} file not found", where=str(value), fix="check the path")
     data = adapter(root, opts)
@@ -70,7 +90,8 @@ def build_index(
             report.setdefault("dropped", {})["missing_images"] = int((~keep).sum())
             df = df.loc[keep].reset_index(drop=True)
             if df.empty:
-                raise InputError("no image file found under --root", where=str(root), fix="check --root")
+                raise InputError(f"no image file found under {spell('--root')}", where=str(root),
+                                 fix=f"check {spell('--root')}")
             # the split counts and the warnings that quote them: of the index written, after the drop
             recount_splits(df, findings, opts, report, str(root))
     else:  # the fast check, on by default: missing images are found now, not after minutes of decoding
@@ -97,6 +118,8 @@ def build_index(
         report["provenance"] = provenance()
         _write_regions(regions, out, data.dataset, report)
         atomic_write_json(index_report_path(out), report)
+    for line in report.get("warnings", []):  # also in the report; as warnings a notebook can filter
+        warn(line)
     return df, findings, report
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.validation import closest
 
 # Fixed by Contract 2 (ARCHITECTURE.md). Order is the display order.
@@ -278,7 +278,7 @@ def resolve_labels(spec: str, available: Sequence[str], source: str = "source") 
     if not items or (len(items) == 1 and unknown):
         hint = closest(spec, PRESET_NAMES)
         raise InputError(
-            f"--labels got {spec!r}, which is neither a preset nor a finding list",
+            f"{spell('--labels')} got {spec!r}, which is neither a preset nor a finding list",
             fix=(f"did you mean {hint!r}? " if hint else "")
             + f"presets: {', '.join(PRESET_NAMES)}; or list findings (and presets) separated by commas",
         )
@@ -287,7 +287,8 @@ def resolve_labels(spec: str, available: Sequence[str], source: str = "source") 
     missing = [w for w in wanted if w not in have]
     if missing:
         raise InputError(
-            f"{source} does not provide finding(s) {', '.join(missing)} asked for by --labels {spec}",
+            f"{source} does not provide finding(s) {', '.join(missing)} asked for by "
+            f"{spell(f'--labels {spec}', f'labels={spec!r}')}",
             fix=f"available: {', '.join(sort_findings(have))}",
         )
     return wanted

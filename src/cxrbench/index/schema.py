@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_path
 from cxrbench.common.layout import FINDINGS_META_KEY
 from cxrbench.common.validation import check_columns
@@ -133,7 +133,9 @@ def read_index(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     """Read an index written by :func:`write_index`; returns (frame, finding names)."""
     path = Path(path)
     if not path.exists():
-        raise InputError("index file not found", where=str(path), fix="create it with `cxrbench index`")
+        raise InputError("index file not found", where=str(path),
+                         fix=spell("create it with `cxrbench index`",
+                                   "create it with cxrbench.build_index(..., out=)"))
     from cxrbench.common.fileio import parquet_errors
 
     findings = read_findings(path)

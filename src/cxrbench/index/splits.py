@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.index.schema import SPLITS, check_no_leakage
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -55,13 +55,13 @@ def parse_fractions(value: str | Sequence[float]) -> tuple[float, float, float]:
         parts = []
     if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
         raise InputError(
-            f"--split-fractions got {value!r}",
+            f"{spell('--split-fractions')} got {value!r}",
             fix="give three non-negative numbers TRAIN,VAL,TEST, e.g. 0.7,0.1,0.2 or 80,0,20",
         )
     total = sum(parts)
     if parts[0] == 0:
         raise InputError(
-            f"--split-fractions got {value!r}: the train fraction is 0", fix="give train a share"
+            f"{spell('--split-fractions')} got {value!r}: the train fraction is 0", fix="give train a share"
         )
     return tuple(p / total for p in parts)  # type: ignore[return-value]
 

@@ -160,7 +160,18 @@ def create_model(
     ``keep_head_for`` (``checkpoint:`` inits with findings in their json only) lists the target
     findings in output order (length ``num_classes``); rows of findings the source also predicts are
     copied from the source head, the others stay new. Extra ``timm_kwargs`` (e.g. ``drop_path_rate``)
-    go to ``timm.create_model``. Returns ``(model, info)``; the model is on CPU in float32, train mode.
+    go to ``timm.create_model``. ``num_classes``: outputs of the head (one logit per finding);
+    ``seed``: the head's initialization.
+
+    Returns:
+        ``(model, info)``: the ``torch.nn.Module`` on CPU in float32, train mode, and a frozen
+        :class:`ModelInfo` (``arch``, ``mean``, ``std``, ``image_size`` px, ``patch_size``,
+        ``weights``, ``num_params``, ...; ``info.to_dict()``).
+
+    Example::
+
+        model, info = cxrbench.create_model("random-vit-test", num_classes=4, image_size=64, seed=0)
+        info.mean, info.std, info.image_size          # what the loader normalizes with
     """
     import torch
 

@@ -65,7 +65,19 @@ def pretraining_datasets(init: str, _depth: int = 0) -> tuple[str, ...]:
 
 
 def contamination_warnings(init: str, tested_on: Iterable[str]) -> list[str]:
-    """One line per dataset in ``tested_on`` that ``init`` was pretrained on (empty when clean)."""
+    """One warning line per dataset in ``tested_on`` that ``init`` was pretrained on (empty when clean).
+
+    Args:
+        init: an init name (registry entry, or ``checkpoint:PATH`` whose ``best.json`` records it).
+        tested_on: the datasets the init is evaluated on (index names: ``nih``, ``mimic``, ...).
+
+    Returns:
+        A list of one-line warnings; ``cxrbench audit`` counts the images involved.
+
+    Example::
+
+        cxrbench.contamination_warnings("rad-dino", ["mimic", "nih"])   # RAD-DINO saw MIMIC-CXR
+    """
     seen = set(pretraining_datasets(init))
     lines = []
     for ds in dict.fromkeys(str(d) for d in tested_on):

@@ -414,10 +414,46 @@ RANDOM_NOTES: Mapping[str, str] = {
 """What each random alias is, for ``cxrbench weights list``."""
 
 
-def list_inits(pattern: str | None = None) -> list[str]:
-    """Registered init names, optionally filtered by a shell wildcard (``'dinov2*'``)."""
-    names = list(INITS)
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+def registered_inits(pattern: str | None = None) -> list[str]:
+    """The registered init names (:data:`INITS`), optionally filtered by a shell wildcard."""
+    return [n for n in INITS if fnmatch.fnmatchcase(n, pattern)] if pattern else list(INITS)
+
+
+def list_inits(pattern: str | None = None, *, timm: bool | None = None) -> list[str]:
+    """Every init name a user can pass, optionally filtered by a shell wildcard, as timm's
+    ``list_models`` lists its models.
+
+    Args:
+        pattern: a shell wildcard (``"dinov2*"``, ``"random*"``, ``"*-reg"``, ``"timm:vit_base*"``);
+            None lists everything below.
+        timm: also ask timm (imports it, hence torch): ``random-<architecture>`` for every timm
+            architecture and ``timm:<model>.<tag>`` for every pretrained tag timm knows. None (default)
+            asks timm only for a pattern that starts with ``timm:``.
+
+    Returns:
+        The registered inits (``dinov2-vitb14``, ... :data:`INITS`), then the random ones: the short
+        aliases (``random-vit-test``, ``random-vit-tiny``, ... :data:`RANDOM_ALIASES`) and
+        ``random-<registered init>`` (its architecture, size and normalization with random weights);
+        with ``timm``, timm's names after them. ``checkpoint:PATH``, ``hf-hub:ORG/NAME`` and a study's
+        ``domain:``/``ssl:`` arms name files and runs, so they are not listed.
+
+    Example::
+
+        >>> cxrbench.list_inits("random-vit-*")
+        ['random-vit-tiny', 'random-vit-small', 'random-vit-base', 'random-vit-test']
+        >>> cxrbench.list_inits("timm:vit_base_patch16_224.augreg*")   # doctest: +SKIP
+        ['timm:vit_base_patch16_224.augreg2_in21k_ft_in1k', 'timm:vit_base_patch16_224.augreg_in1k', ...]
+    """
+    names = [*INITS, *(f"random-{a}" for a in RANDOM_ALIASES), *(f"random-{n}" for n in INITS)]
+    out = [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+    if timm if timm is not None else bool(pattern and pattern.startswith("timm:")):
+        import timm as timm_lib
+
+        timm_names = [f"random-{m}" for m in timm_lib.list_models()]
+        timm_names += [f"timm:{m}" for m in timm_lib.list_models(pretrained=True)]
+        seen = set(out)
+        out += [n for n in timm_names if n not in seen and (not pattern or fnmatch.fnmatchcase(n, pattern))]
+    return out
 
 
 def get_init(name: str) -> InitSpec:

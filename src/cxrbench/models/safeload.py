@@ -174,6 +174,8 @@ def safetensors_errors(path: str | os.PathLike, fix: str = "download or copy it 
 
     try:
         yield
+    except InputError:  # a ValueError too: a check inside the block names its own problem
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
         if isinstance(e, OSError) and not Path(path).is_file():
             raise os_error(e, path) from None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_json, ensure_dir
 from cxrbench.common.layout import regions_path
 from cxrbench.common.progress import make_progress
@@ -30,9 +30,9 @@ from cxrbench.index.schema import validate_index, write_index
 from cxrbench.phantom.anatomy import sample_params
 from cxrbench.phantom.cohort import check_prevalence, check_views, sample_cohort
 from cxrbench.phantom.formats import FORMATS
-from cxrbench.phantom.formats.base import MASK_THRESHOLD, REGION_MASKS
+from cxrbench.phantom.formats.base import MASK_THRESHOLD, REGION_MASKS, PhantomFormat
 from cxrbench.phantom.render import BOX_NAMES, render
-from cxrbench.phantom.style import site_style
+from cxrbench.phantom.style import SiteStyle, site_style
 
 MARKER_DIR = "_phantom"
 TRUTH_FILE = "truth.parquet"
@@ -114,19 +114,19 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                          if not p.is_dir() and not p.relative_to(out).parts[0].startswith(".phantom-"))
         if present and not overwrite:
             raise InputError("output directory is not empty", where=str(out),
-                             fix="choose an empty or new directory, or pass --overwrite to replace a "
-                                 "previous phantom")
+                             fix=f"choose an empty or new directory, or pass {spell('--overwrite')} to "
+                                 "replace a previous phantom")
         if present:
             ours = phantom_files(out)
             if ours is None:
-                raise InputError(f"--overwrite replaces only a phantom dataset cxrbench wrote, and this "
-                                 f"folder holds none (no {MARKER_DIR}/{INFO_FILE} listing its files); it "
-                                 f"would delete: {_listing(present)}", where=str(out),
+                raise InputError(f"{spell('--overwrite')} replaces only a phantom dataset cxrbench wrote, "
+                                 f"and this folder holds none (no {MARKER_DIR}/{INFO_FILE} listing its "
+                                 f"files); it would delete: {_listing(present)}", where=str(out),
                                  fix="choose an empty or new directory")
             foreign = [f for f in present if f not in ours]
             if foreign:
-                raise InputError(f"--overwrite would delete files the previous phantom did not write: "
-                                 f"{_listing(foreign)}", where=str(out),
+                raise InputError(f"{spell('--overwrite')} would delete files the previous phantom did not "
+                                 f"write: {_listing(foreign)}", where=str(out),
                                  fix="move them out, or choose an empty or new directory")
             for rel in present:
                 (out / rel).unlink()
@@ -165,18 +165,29 @@ def generate(
     The truth's localization ground truth (every positive finding drawn in a known region: the
     union of its render masks, as masks in the written images' pixels) goes beside it in the regions
     table (``_phantom/truth.regions.parquet``, :mod:`cxrbench.index.regions`).
+
+    Args:
+        out: the dataset folder to write (new, empty, or a previous phantom with ``overwrite=True``).
+        fmt: the layout to imitate: a name of ``cxrbench.phantom.FORMATS`` (``nih``, ``chexpert``,
+            ``mimic``, ``padchest``, ``vindr``, ``vindr-pcxr``, ``rsna``, ``siim``, ``csv``, ...).
+        n_patients: number of synthetic patients (each with one or more images).
+        size: image side, px (32-4096). site: acquisition site (``A``, ``B``, ``C`` presets: detector,
+            processing, collimation). seed: everything is drawn from it.
+        options: the options above.
+
+    Returns:
+        The ground-truth index (DataFrame) described above; ``build_index(fmt, out)`` reads the
+        written files back as a user's dataset would be read.
+
+    Example::
+
+        truth = cxrbench.generate_phantom("data/nih-phantom", "nih", n_patients=200, size=64, seed=0)
+        df, findings, _ = cxrbench.build_index("nih", "data/nih-phantom")
     """
-    fmt = check_choice("--format", fmt, FORMATS)
+    fmt = check_choice(spell("--format", "fmt"), fmt, FORMATS)
     cls = FORMATS[fmt]
     opts = cls.resolve_options(options)
-    if isinstance(n_patients, bool) or not isinstance(n_patients, int | np.integer) or n_patients < 1:
-        raise InputError(
-            f"number of patients is {n_patients!r}", where="--patients", fix="give an integer >= 1"
-        )
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not 32 <= size <= 4096:
-        raise InputError(f"image size is {size!r}", where="--size", fix="give an integer between 32 and 4096")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InputError(f"seed is {seed!r}", where="--seed", fix="give an integer >= 0")
+    _check_numbers(n_patients, size, seed)
     style = site_style(site)
     check_prevalence(opts["prevalence"], cls.drawn)  # validate everything before touching the disk
     check_views(opts["views"])
@@ -203,33 +214,8 @@ def generate(
     params = sample_params(plan, rng_anat)
 
     staging = Path(tempfile.mkdtemp(prefix=".phantom-", dir=out))
-    drawn: dict[str, dict[str, str]] = {}  # image id -> mask name -> run-length code (non-empty masks)
     try:
-        records = plan.to_dict("records")
-        batch = int(opts["batch_size"])
-        with make_progress(bool(opts["quiet"])) as progress:
-            task = progress.add_task(f"phantom {fmt}", total=len(plan))
-            for start in range(0, len(plan), batch):
-                chunk = params.iloc[start : start + batch]
-                # masks for the truth regions; boxes from the same masks are those of the box-only path
-                got = render(chunk, int(size), style, batch_size=batch, return_masks=True,
-                             return_boxes=cls.needs_boxes)
-                imgs, masks = got[0], got[1]
-                boxes = got[2] if cls.needs_boxes else None
-                for j in range(len(chunk)):
-                    on = {k: masks[k][j] > MASK_THRESHOLD for k in BOX_NAMES}
-                    codes = {k: encode_rle(m) for k, m in on.items() if m.any()}
-                    drawn[str(records[start + j]["image_id"])] = codes
-                    if cls.needs_masks:
-                        writer.take_masks(records[start + j], on)
-                    b = None
-                    if boxes is not None:
-                        b = {
-                            k: (None if np.isnan(v[j, 0]) else tuple(float(x) for x in v[j]))
-                            for k, v in boxes.items()
-                        }
-                    writer.write_image(staging, records[start + j], imgs[j], b)
-                progress.advance(task, len(chunk))
+        drawn = _render_images(writer, cls, plan, params, staging, int(size), style, opts, fmt)
         writer.finish(staging, plan, rng_tables)
         truth = writer.truth(plan)
         validate_index(truth, list(cls.truth_findings), where=f"phantom truth ({fmt})")
@@ -263,3 +249,51 @@ def generate(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return truth
+
+
+def _render_images(writer: PhantomFormat, cls: type[PhantomFormat], plan: pd.DataFrame, params: pd.DataFrame,
+                   staging: Path, size: int, style: SiteStyle, opts: dict[str, Any],
+                   fmt: str) -> dict[str, dict[str, str]]:
+    """Render and write every planned image into ``staging`` in batches; returns image id -> mask name
+    -> run-length code of its non-empty finding masks (``size`` x ``size`` px), for the truth regions."""
+    drawn: dict[str, dict[str, str]] = {}
+    records = plan.to_dict("records")
+    batch = int(opts["batch_size"])
+    with make_progress(bool(opts["quiet"])) as progress:
+        task = progress.add_task(f"phantom {fmt}", total=len(plan))
+        for start in range(0, len(plan), batch):
+            chunk = params.iloc[start : start + batch]
+            # masks for the truth regions; boxes from the same masks are those of the box-only path
+            got = render(chunk, int(size), style, batch_size=batch, return_masks=True,
+                         return_boxes=cls.needs_boxes)
+            imgs, masks = got[0], got[1]
+            boxes = got[2] if cls.needs_boxes else None
+            for j in range(len(chunk)):
+                on = {k: masks[k][j] > MASK_THRESHOLD for k in BOX_NAMES}
+                codes = {k: encode_rle(m) for k, m in on.items() if m.any()}
+                drawn[str(records[start + j]["image_id"])] = codes
+                if cls.needs_masks:
+                    writer.take_masks(records[start + j], on)
+                b: dict[str, tuple[float, float, float, float] | None] | None = None
+                if boxes is not None:
+                    b = {k: (None if np.isnan(v[j, 0]) else (float(v[j, 0]), float(v[j, 1]), float(v[j, 2]),
+                                                             float(v[j, 3])))
+                         for k, v in boxes.items()}
+                writer.write_image(staging, records[start + j], imgs[j], b)
+            progress.advance(task, len(chunk))
+    return drawn
+
+
+def _check_numbers(n_patients: Any, size: Any, seed: Any) -> None:
+    """InputError naming the argument (as the caller writes it) unless each is a whole number in range."""
+    def whole(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int | np.integer)
+
+    if not whole(n_patients) or n_patients < 1:
+        raise InputError(f"number of patients is {n_patients!r}", where=spell("--patients", "n_patients"),
+                         fix="give an integer >= 1")
+    if not whole(size) or not 32 <= size <= 4096:
+        raise InputError(f"image size is {size!r}", where=spell("--size"),
+                         fix="give an integer between 32 and 4096")
+    if not whole(seed) or seed < 0:
+        raise InputError(f"seed is {seed!r}", where=spell("--seed"), fix="give an integer >= 0")

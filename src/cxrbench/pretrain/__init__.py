@@ -7,21 +7,12 @@ DINO, iBOT, KoLeo), ``schedules``, ``model`` (building student and teacher), ``r
 (:func:`~cxrbench.pretrain.loop.pretrain`). The run's teacher backbone is an init:
 ``checkpoint:RUN/best.safetensors``.
 
-The package itself is callable: ``cxrbench.pretrain(cfg)`` is :func:`cxrbench.pretrain.loop.pretrain`.
+The package itself is callable: ``cxrbench.pretrain(cfg)`` is :func:`cxrbench.pretrain.loop.pretrain`;
+``help(cxrbench.pretrain)`` and ``inspect.signature`` show that function's.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+from cxrbench.common.callable_stage import make_callable
 
-
-class _CallableStage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from cxrbench.pretrain.loop import pretrain
-
-        return pretrain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableStage
+make_callable(__name__, "cxrbench.pretrain.loop:pretrain")

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cxrbench.common.errors import InputError
-from cxrbench.common.runconfig import RunConfig, betas_option, device_option
+from cxrbench.common.errors import InputError, spell
+from cxrbench.common.runconfig import RunConfig, betas_option, device_option, fields_doc
 
 RUNTIME_KEYS: frozenset[str] = frozenset(
     {"caches", "exclude", "unlabeled", "out", "workers", "device", "log_every", "checkpoint_every",
@@ -49,7 +49,18 @@ _KEYED_V1: tuple[str, ...] = (
 
 
 class PretrainConfig(RunConfig):
-    """Everything ``cxrbench pretrain`` needs; immutable once built."""
+    """Everything ``cxrbench pretrain`` needs; immutable once built.
+
+    Every keyword is an option of ``cxrbench pretrain`` (``lr`` is ``--lr``, ``caches`` is
+    ``--cache``, repeated) with the same description (listed below). An unknown keyword or a bad
+    value raises one :class:`~cxrbench.common.errors.InputError`.
+
+    Example::
+
+        cfg = cxrbench.PretrainConfig(caches=["cache/nih-224"], init="dinov2-vitb14", out="runs/ssl",
+                                      epochs=10, batch_size=64)
+        result = cxrbench.pretrain(cfg)        # its teacher: init checkpoint:runs/ssl/best.safetensors
+    """
 
     SECTION: ClassVar[str] = SECTION
 
@@ -79,7 +90,7 @@ class PretrainConfig(RunConfig):
     warmup_epochs: float = Field(10.0, ge=0, description="Linear lr warmup, epochs.")
     weight_decay: float = Field(0.04, ge=0, description="Weight decay at the start of its cosine schedule.")
     weight_decay_end: float = Field(0.2, ge=0, description="Weight decay at the end of its cosine schedule.")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (two numbers in [0, 1)).")
     layer_decay: float | None = Field(0.9, gt=0, le=1, description="Layer-wise lr decay; off when unset.")
     clip_grad: float | None = Field(3.0, gt=0, description="Max global grad norm; off when unset.")
     drop_path: float = Field(0.1, ge=0, lt=1, description="Stochastic depth of the student.")
@@ -94,20 +105,22 @@ class PretrainConfig(RunConfig):
     teacher_temp: float = Field(0.07, gt=0, le=1, description="Teacher temperature after warmup.")
     warmup_teacher_temp: float = Field(0.04, gt=0, le=1, description="teacher temperature at the start")
     warmup_teacher_temp_epochs: float = Field(30.0, ge=0, description="teacher temperature warmup, epochs")
-    student_temp: float = Field(0.1, gt=0, le=1)
+    student_temp: float = Field(0.1, gt=0, le=1, description="Student temperature.")
     centering: Literal["center", "sinkhorn"] = Field(
         "center", description="Teacher targets: center (DINO's centering) or sinkhorn (DINOv2's "
                               "Sinkhorn-Knopp)."
     )
-    center_momentum: float = Field(0.9, ge=0, lt=1)
-    sinkhorn_iterations: int = Field(3, ge=1, le=100)
+    center_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the teacher's center "
+                                                             "(centering: center).")
+    sinkhorn_iterations: int = Field(3, ge=1, le=100, description="Sinkhorn-Knopp iterations (centering: "
+                                                                  "sinkhorn).")
     out_dim: int = Field(65536, ge=2, description="Prototypes of the DINO head.")
-    head_hidden: int = Field(2048, ge=1)
-    head_bottleneck: int = Field(256, ge=1)
-    head_layers: int = Field(3, ge=1, le=8)
-    dino_weight: float = Field(1.0, ge=0)
+    head_hidden: int = Field(2048, ge=1, description="Hidden width of the DINO head's MLP.")
+    head_bottleneck: int = Field(256, ge=1, description="Bottleneck width before the prototypes.")
+    head_layers: int = Field(3, ge=1, le=8, description="Layers of the DINO head's MLP.")
+    dino_weight: float = Field(1.0, ge=0, description="Weight of the DINO (CLS) loss.")
     ibot: bool = Field(True, description="iBOT masked-patch loss, ViTs only.")
-    ibot_weight: float = Field(1.0, ge=0)
+    ibot_weight: float = Field(1.0, ge=0, description="Weight of the iBOT (masked patch) loss.")
     ibot_separate_head: bool = Field(False, description="a second head for patch tokens")
     mask_probability: float = Field(0.5, ge=0, le=1, description="share of global views that are masked")
     mask_ratio: tuple[float, float] = Field((0.1, 0.5), description="(min, max) share of masked patches")
@@ -128,10 +141,10 @@ class PretrainConfig(RunConfig):
     global_scale: tuple[float, float] = Field((0.4, 1.0), description="MIN,MAX area fraction of global "
                                                                       "crops.")
     local_scale: tuple[float, float] = Field((0.1, 0.4), description="MIN,MAX area fraction of local crops.")
-    hflip: float = Field(0.5, ge=0, le=1)
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip per view.")
     rotate: float = Field(7.0, ge=0, le=180, description="max rotation, degrees")
-    brightness: float = Field(0.2, ge=0, lt=1)
-    contrast: float = Field(0.2, ge=0, lt=1)
+    brightness: float = Field(0.2, ge=0, lt=1, description="Max relative brightness jitter per view.")
+    contrast: float = Field(0.2, ge=0, lt=1, description="Max relative contrast jitter per view.")
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur per view")
     blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="(min, max) blur sigma, px")
 
@@ -242,11 +255,12 @@ class PretrainConfig(RunConfig):
         per = self.batch_size // self.grad_accum
         if per % world_size or per // world_size < 2:
             raise InputError(
-                f"--batch-size {self.batch_size} / --grad-accum {self.grad_accum} = {per} images per "
+                f"{spell('--batch-size')} {self.batch_size} / {spell('--grad-accum')} {self.grad_accum} = "
+                f"{per} images per "
                 f"micro-step cannot be split over {world_size} process(es) with at least 2 images each "
                 "(KoLeo and the DINO targets need a batch)",
                 where="batch_size",
-                fix=f"use a --batch-size divisible by {self.grad_accum * world_size} and at least "
+                fix=f"use a {spell('--batch-size')} divisible by {self.grad_accum * world_size} and at least "
                 f"{2 * self.grad_accum * world_size}",
             )
         return per // world_size
@@ -269,11 +283,14 @@ class PretrainConfig(RunConfig):
         """
         merged = cls.merged_options(out, {k: v for k, v in options.items() if v is not None and v != ()},
                                     config_file=config_file, overwrite=overwrite)
-        for key, flag in (("caches", "--cache"), ("init", "--init")):
+        for key, flag in (("caches", spell("--cache", "caches=")), ("init", spell("--init", "init="))):
             if not merged.get(key):
                 raise InputError(
                     f"{flag} is required for a new run",
                     where=str(out),
-                    fix=f"give {flag} (or point --out at an existing run to resume it)",
+                    fix=f"give {flag} (or point {spell('--out', 'out=')} at an existing run to resume it)",
                 )
         return cls.from_dict(merged, where=where)
+
+
+PretrainConfig.__doc__ = fields_doc(PretrainConfig)  # help() lists every keyword with its description

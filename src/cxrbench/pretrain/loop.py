@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from cxrbench.common import distributed as dist_
-from cxrbench.common.errors import InputError, TrainingDiverged
+from cxrbench.common.errors import InputError, TrainingDiverged, spell
 from cxrbench.common.layout import RUN_PRETRAIN_IMAGES
 from cxrbench.pretrain.config import PretrainConfig
 from cxrbench.train.checkpoint import (
@@ -76,10 +76,26 @@ def pretrain(
     on_step: Callable[[int, int], None] | None = None,
     loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> PretrainResult:
-    """Pretrain (or resume) the run ``cfg.out``; returns its summary (on every rank).
+    """Pretrain (or resume) the run ``cfg.out`` (DINOv2 recipe), as ``cxrbench pretrain``.
 
-    ``on_step(step, epoch)`` is called after every optimizer step; ``loss_hook(step, loss)`` may
-    replace a micro-step's loss (tests use both, e.g. to inject a NaN).
+    Args:
+        cfg: the run's :class:`~cxrbench.pretrain.config.PretrainConfig` (caches, init, out, recipe).
+        overwrite: restart an existing run folder (only its own files go); else it is resumed.
+        quiet: no console output.
+        on_step: ``on_step(step, epoch)`` after every optimizer step.
+        loss_hook: ``loss_hook(step, loss)`` may replace a micro-step's loss (tests use both, e.g. to
+            inject a NaN).
+
+    Returns:
+        :class:`PretrainResult` (on every rank): ``run_dir``, ``epochs_done``, ``steps``,
+        ``final_loss``, ``resumed``, ``images`` (how many pretraining images), ``history``; its
+        ``init`` (``checkpoint:RUN/best.safetensors``) fine-tunes from the teacher backbone.
+
+    Example::
+
+        result = cxrbench.pretrain(cxrbench.PretrainConfig(caches=["cache/nih-224"], init="dinov2-vitb14",
+                                                           out="runs/ssl", epochs=10))
+        cxrbench.train(cxrbench.TrainConfig(cache="cache/nih-224", init=result.init, out="runs/ft"))
     """
     env = dist_.detect()
     device = dist_.device_for(env, cfg.device)
@@ -124,7 +140,7 @@ class SelfDistillation:
             raise InputError(
                 f"the run was trained with {n} process(es), now {env.world_size}",
                 where=str(run_dir),
-                fix=f"resume with torchrun --nproc_per_node={n} or restart with --overwrite",
+                fix=f"resume with torchrun --nproc_per_node={n} or restart with {spell('--overwrite')}",
             )
         # -- networks -----------------------------------------------------------------------------------
         self.nets = nets = build_networks(cfg, self.data.size)
@@ -155,7 +171,7 @@ class SelfDistillation:
             raise InputError(
                 f"{len(self.data)} images are fewer than one batch of {cfg.batch_size}",
                 where=", ".join(self.selection.caches),
-                fix="lower --batch-size or add images",
+                fix=f"lower {spell('--batch-size', 'batch_size')} or add images",
             )
         self.steps_per_epoch = self.n_micro // self.accum
         self.sched = SSLSchedules.from_config(cfg, self.steps_per_epoch)
@@ -167,7 +183,8 @@ class SelfDistillation:
         auto = "bf16" if device.type == "cuda" else "fp32"
         precision = cfg.precision if cfg.precision != "auto" else auto
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise InputError("this GPU has no bf16 support", where="--precision", fix="use --precision fp32")
+            raise InputError("this GPU has no bf16 support", where=spell("--precision"),
+                             fix=spell("use --precision fp32", "use precision='fp32'"))
         self.precision = precision
         self.amp = torch.bfloat16 if precision == "bf16" else None
 
@@ -202,7 +219,7 @@ class SelfDistillation:
                 raise InputError(
                     "the checkpoint's schedules differ from this config's",
                     where=str(self.run_dir / LAST),
-                    fix="resume with the same data and options, or restart with --overwrite",
+                    fix=f"resume with the same data and options, or restart with {spell('--overwrite')}",
                 )
             self.progress, self.history = dict(state["progress"]), list(state["history"])
             self.rng_state = state["ranks"][self.env.rank]["rng"]
@@ -397,8 +414,10 @@ class SelfDistillation:
                 f"the pretraining loss became NaN/Inf by step {self.progress['step']} "
                 f"(epoch {self.progress['epoch'] + 1})",
                 where=str(self.run_dir),
-                fix="lower --lr, lower --clip-grad or use --precision fp32; the last "
-                f"good checkpoint is kept in {self.run_dir / LAST} (restart with --overwrite)",
+                fix=spell("lower --lr, lower --clip-grad or use --precision fp32",
+                          "lower lr, lower clip_grad or use precision='fp32'") + "; the last "
+                f"good checkpoint is kept in {self.run_dir / LAST} (restart with "
+                f"{spell('--overwrite')})",
             )
 
     def _reduced(self) -> dict[str, float]:

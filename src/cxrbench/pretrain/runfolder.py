@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_text
 from cxrbench.common.layout import RUN_CONFIG, RUN_LAST, RUN_PRETRAIN_IMAGES
 from cxrbench.pretrain.config import SECTION, PretrainConfig
@@ -41,7 +41,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise InputError(
             f"{RUN_CONFIG} has no '{SECTION}' section: not a pretraining run",
             where=str(run_dir),
-            fix="give a folder made by `cxrbench pretrain`, or another --out",
+            fix=f"give a folder made by `cxrbench pretrain`, or another {spell('--out')}",
         )
     return doc
 
@@ -59,23 +59,24 @@ def check_run_dir(
             raise InputError(
                 f"this run folder was started with other settings ({'; '.join(diffs)})",
                 where=str(run_dir),
-                fix="pass the same options to resume it, --overwrite to "
-                "restart it, or another --out for a new run",
+                fix=f"pass the same options to resume it, {spell('--overwrite')} to "
+                f"restart it, or another {spell('--out')} for a new run",
             )
         data = saved.get("data") or {}
         if data.get("manifest_sha256") != fingerprints:
             raise InputError(
                 "the caches changed since this run started (manifest sha256 differ, or another "
-                "order of --cache)",
+                f"order of {spell('--cache', 'caches')})",
                 where=str(run_dir),
-                fix="resume with the original caches in their order, or restart with --overwrite",
+                fix=f"resume with the original caches in their order, or restart with {spell('--overwrite')}",
             )
         if data.get("images_sha256") != images_sha:
             raise InputError(
                 "the selected images differ from the ones this run started with (another "
-                "--exclude, or changed indexes)",
+                f"{spell('--exclude', 'exclude')}, or changed indexes)",
                 where=str(run_dir),
-                fix="resume with the original --exclude list, or restart with --overwrite",
+                fix=f"resume with the original {spell('--exclude', 'exclude')} list, or restart with "
+                f"{spell('--overwrite')}",
             )
         resume = (run_dir / RUN_LAST).is_file()
     else:  # new, empty, or restarted: only a run's own files may go (the training rule)

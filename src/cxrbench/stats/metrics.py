@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 from scipy.stats import rankdata
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import CxrbenchWarning, InputError, warn
 
 THRESHOLD_METRICS: tuple[str, ...] = (
     "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy",
@@ -27,7 +27,7 @@ THRESHOLD_METRICS: tuple[str, ...] = (
 """Metrics computed from the confusion matrix at a decision threshold."""
 
 
-class UndefinedMetricWarning(UserWarning):
+class UndefinedMetricWarning(CxrbenchWarning):
     """A metric is undefined for the given labels (only one class present); its value is NaN."""
 
 
@@ -91,7 +91,7 @@ def not_estimable_reason(y: np.ndarray) -> str | None:
 
 
 def _undefined(what: str, reason: str) -> float:
-    warnings.warn(f"{what} is undefined ({reason}); returning NaN", UndefinedMetricWarning, stacklevel=3)
+    warn(f"{what} is undefined ({reason}); returning NaN", UndefinedMetricWarning)  # at the caller's line
     return float("nan")
 
 

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from cxrbench.common.errors import CxrbenchError, InputError
+from cxrbench.common.layout import RESULTS_CSV
 from cxrbench.common.progress import console
 from cxrbench.common.provenance import now_iso
 from cxrbench.study.config import LoadedStudy
 from cxrbench.study.executors import EXECUTORS, Context, Executor
+from cxrbench.study.layout import StudyLayout
 from cxrbench.study.plan import build_plan
 from cxrbench.study.shard import select_shard
 from cxrbench.study.state import is_finished, read_marker, set_aside, step_lock, write_marker
@@ -35,7 +39,14 @@ _WAIT_POLL_S = 2.0
 
 @dataclass
 class RunSummary:
-    """What one invocation did."""
+    """What one invocation did, and where the study's outputs are.
+
+    ``executed`` / ``skipped`` / ``blocked``: step ids; ``failed``: step id -> its one-line error;
+    ``seconds``: wall time; ``plan``: the study's steps; ``submitted`` / ``kept``: step id -> job id
+    (job executors); ``out``: the study folder; :attr:`report` and :attr:`results` the report's
+    ``index.html`` and ``results.csv`` (None until the report step wrote them);
+    :meth:`load_results` the results as a typed DataFrame.
+    """
 
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -45,6 +56,29 @@ class RunSummary:
     plan: Plan | None = None
     submitted: dict[str, str] = field(default_factory=dict)  # step id -> job id (slurm executor)
     kept: dict[str, str] = field(default_factory=dict)  # step id -> its job still queued or running
+    out: Path | None = None  # the study folder
+
+    @property
+    def report(self) -> Path | None:
+        """The report's ``index.html`` when it exists."""
+        path = StudyLayout(self.out).report_html if self.out is not None else None
+        return path if path is not None and path.is_file() else None
+
+    @property
+    def results(self) -> Path | None:
+        """The report's ``results.csv`` (one row per dataset x recipe x condition x seed x init x
+        finding) when it exists."""
+        path = StudyLayout(self.out).report_dir / RESULTS_CSV if self.out is not None else None
+        return path if path is not None and path.is_file() else None
+
+    def load_results(self) -> pd.DataFrame:
+        """``results.csv`` as a typed DataFrame (:func:`cxrbench.report.results_table.load_results`)."""
+        from cxrbench.report.results_table import load_results
+
+        if self.results is None:
+            raise InputError("the study has no results.csv yet", where=str(self.out),
+                             fix="run the study to its end (its report step writes it)")
+        return load_results(self.results)
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -7,12 +7,13 @@ staleness and progress. Heavy modules are imported inside the functions.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import CxrbenchWarning, InputError, warn
 from cxrbench.common.layout import COMPARISON_CSV, COMPARISON_JSON, INDEX_FILE, POOLED_FILE, predictions_path
 from cxrbench.study.config import LoadedStudy
 from cxrbench.study.load import expand_path
@@ -91,12 +92,12 @@ def run_index(step: Step, ctx: Context) -> None:
             where=f"{ctx.study.path}: datasets.{p.dataset}.root",
             fix="put the release there (layouts: docs/datasets.md) or correct 'root' / $CXRBENCH_DATA",
         )
-    _, _, report = build_index(ctx.study.config.datasets[p.dataset].adapter, root, out=step.out / INDEX_FILE,
-                               options=index_options(ctx.study, p.dataset))
-    import warnings
-
+    with warnings.catch_warnings():  # issued again below, naming the dataset
+        warnings.simplefilter("ignore", CxrbenchWarning)
+        _, _, report = build_index(ctx.study.config.datasets[p.dataset].adapter, root,
+                                   out=step.out / INDEX_FILE, options=index_options(ctx.study, p.dataset))
     for line in report.get("warnings", []):  # on the study's console too, not only in index.report.json
-        warnings.warn(f"index of {p.dataset}: {line}", UserWarning, stacklevel=2)
+        warn(f"index of {p.dataset}: {line}")
 
 
 def run_cache(step: Step, ctx: Context) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from cxrbench.common.errors import InputError
-from cxrbench.common.validation import closest
+from cxrbench.common.validation import closest, raised_input_error
 from cxrbench.common.yamlio import load_yaml
 from cxrbench.study.config import (
     ComparisonSpec,
@@ -64,6 +65,9 @@ def expand_path(value: str, base: Path, where: str) -> Path:
 
 
 def _validation_error(err: ValidationError, where: str, lines: dict[tuple, int]) -> InputError:
+    inner = raised_input_error(err)  # an InputError a validator raised: as it was
+    if inner is not None:
+        return inner
     errors = err.errors()
     # a typo makes two errors (unknown key + missing key): report the typo, it is the cause
     first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
@@ -284,8 +288,11 @@ def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> 
                 )
         merged = {**cfg.train, **section} if loc != ("train",) else section
         try:
-            TrainConfig(cache="x", init="x", out="x", **merged)
+            TrainConfig.model_validate({**merged, "cache": "x", "init": "x", "out": "x"})
         except ValidationError as e:
+            inner = raised_input_error(e)
+            if inner is not None:
+                raise inner from None
             first = e.errors()[0]
             key = str(first.get("loc", ("?",))[0])
             line = _line_of(lines, loc + (key,)) or _line_of(lines, ("train", key))
@@ -306,13 +313,37 @@ def _check_train_keys(cfg: StudyConfig, where: str, lines: dict[tuple, int]) -> 
             ) from None
 
 
-def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> LoadedStudy:
-    """Read and validate a study YAML file; resolve its output folder and dataset roots.
+DICT_SOURCE = "<study dict>"  # the name a study given as a dict goes by (its folder: the current one)
+
+
+def load_study(path: str | os.PathLike | Mapping[str, Any],
+               out: str | os.PathLike | None = None) -> LoadedStudy:
+    """Read and validate a study config, a YAML file or a dict; resolve its output folder and roots.
 
     Args:
-        path: the STUDY.yaml file.
+        path: the STUDY.yaml file, or the same config as a dict (``{"name": ..., "datasets": ...,
+            "inits": ...}``, keys as in docs/study.md; paths may be ``Path`` objects; relative paths
+            are relative to the current directory).
         out: overrides the config's ``out`` (relative to the current directory).
+
+    Returns:
+        :class:`~cxrbench.study.config.LoadedStudy`: ``.config`` (the validated, frozen
+        :class:`~cxrbench.study.config.StudyConfig`), ``.out`` (the study folder), ``.roots``
+        (dataset -> folder), ``.layout`` (every path of the study folder). A problem is one
+        InputError naming the file, line and key (``unknown key 'seed'. Fix: did you mean 'seeds'?``).
+
+    Example::
+
+        study = cxrbench.load_study({
+            "name": "mini", "seeds": [0, 1],
+            "datasets": {"a": {"adapter": "nih", "phantom": {"patients": 60, "size": 32}}},
+            "inits": ["random-vit-test"], "train": {"epochs": 2, "batch_size": 8},
+        }, out="studies/mini")
+        cxrbench.run_study(study, device="cpu")
     """
+    if isinstance(path, Mapping):
+        data = _plain(path)
+        return resolve(parse_study(data, DICT_SOURCE), Path.cwd() / DICT_SOURCE, out)
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -343,3 +374,13 @@ def resolve(cfg: StudyConfig, path: str | os.PathLike, out: str | os.PathLike | 
             roots[name] = out_dir / "data" / name
     return LoadedStudy(config=cfg, path=path.resolve(), out=out_dir, roots=roots, train=dict(cfg.train))
 
+
+def _plain(value: Any) -> Any:
+    """A config given from Python as YAML would give it: mappings as dicts, tuples as lists, paths as text."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

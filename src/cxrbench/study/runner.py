@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from cxrbench.common.errors import CxrbenchError, InputError
+from cxrbench.common.errors import CxrbenchError, InputError, spell
 from cxrbench.common.fileio import atomic_write_text
 from cxrbench.common.progress import console
 from cxrbench.study.config import LoadedStudy
@@ -55,10 +55,11 @@ def run_study(
     executors: dict[str, Executor] | None = None,
     executor: str | None = None,
 ) -> RunSummary:
-    """Run (or resume) the study; returns what was executed, skipped and failed.
+    """Run (or resume) the study, as ``cxrbench study run``; returns what was done and where the
+    report and results are.
 
     Args:
-        study: the loaded config.
+        study: the loaded config (:func:`~cxrbench.study.load.load_study`: a YAML file or a dict).
         shard: ``(i, n)``: only shard i of n of the training runs (1-based); no comparisons/report.
         kinds: only these step kinds (plus what they need), e.g. ``("compare", "report")``.
         quiet: no progress lines (errors still raise).
@@ -67,13 +68,36 @@ def run_study(
         executors: step kind -> function (tests replace them); defaults to :data:`EXECUTORS`.
         executor: ``local`` (inline, here), ``slurm`` (submit one job per step and return) or
             ``submitit-local`` (one subprocess per step); the config's ``executor.kind`` when None.
+
+    Returns:
+        :class:`~cxrbench.study.execute.RunSummary`: ``executed``, ``skipped``, ``failed`` step ids,
+        ``seconds``; ``out`` (the study folder), ``report`` (``report/index.html``) and ``results``
+        (``report/results.csv``) paths, ``load_results()`` (the typed DataFrame).
+
+    Example::
+
+        study = cxrbench.load_study("configs/study-2024.yaml", out="/scratch/study-2024")
+        summary = cxrbench.run_study(study, device="cuda")   # resumable: rerun to continue
+        print(summary.report)
+        df = summary.load_results()
     """
     kind = executor or study.config.executor.kind
     if kind != "local":  # one job per step (study/jobs.py); this process only submits or drives them
         study.out.mkdir(parents=True, exist_ok=True)
         _write_study_copy(study)
-        return _run_with_jobs(study, kind, shard=shard, kinds=kinds, quiet=quiet, device=device,
-                              keep_going=keep_going)
+        summary = _run_with_jobs(study, kind, shard=shard, kinds=kinds, quiet=quiet, device=device,
+                                 keep_going=keep_going)
+    else:
+        summary = _run_here(study, shard=shard, kinds=kinds, quiet=quiet, device=device,
+                            keep_going=keep_going, executors=executors)
+    summary.out = study.out
+    return summary
+
+
+def _run_here(study: LoadedStudy, *, shard: tuple[int, int] | None, kinds: tuple[str, ...] | None,
+              quiet: bool, device: str | None, keep_going: bool,
+              executors: dict[str, Executor] | None) -> RunSummary:
+    """The local executor: every step inline, in dependency order (all ranks under torchrun)."""
     execs = study_executors(study, executors)
     rank, world = rank_and_world()
     main = rank == 0
@@ -154,8 +178,8 @@ def _run_with_jobs(
     subprocess per step, in dependency order."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError(
-            f"--executor {kind} under torchrun",
-            where="--executor",
+            f"{spell(f'--executor {kind}', f'executor={kind!r}')} under torchrun",
+            where=spell("--executor"),
             fix="run `cxrbench study run` once (not under torchrun); multi-GPU runs come from "
             "executor.gpus_per_run",
         )
@@ -164,7 +188,7 @@ def _run_with_jobs(
     if kind == "submitit-local":
         return drive_local(study, shard=shard, kinds=kinds, device=device, quiet=quiet, keep_going=keep_going)
     raise InputError(
-        f"unknown executor {kind!r}", where="--executor", fix="use local, slurm or submitit-local"
+        f"unknown executor {kind!r}", where=spell("--executor"), fix="use local, slurm or submitit-local"
     )
 
 
@@ -309,4 +333,5 @@ def report_study(
     summary.executed.append(report.id)
     summary.seconds = time.perf_counter() - t0
     summary.plan = build_plan(study)
+    summary.out = study.out
     return study.layout.report_html, summary

@@ -5,22 +5,13 @@ resume merge rule, runtime keys), ``loop`` (:func:`train` and the readable fine-
 ``loss``, ``checkpoint`` (last.pt, best.*), ``runfolder`` (new/resume/restart, config.yaml, best.json,
 overlap guard), ``runlog``, ``console``, ``setup``, ``result``, ``tracking``.
 
-The package itself is callable: ``cxrbench.train(cfg)`` is :func:`cxrbench.train.loop.train`
+The package itself is callable: ``cxrbench.train(cfg)`` is :func:`cxrbench.train.loop.train`;
+``help(cxrbench.train)`` and ``inspect.signature`` show that function's
 (the front door keeps its name although a folder of the same name holds the stage).
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+from cxrbench.common.callable_stage import make_callable
 
-
-class _CallableStage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from cxrbench.train.loop import train
-
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableStage
+make_callable(__name__, "cxrbench.train.loop:train")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_path, atomic_write_json, read_json
 from cxrbench.common.layout import RUN_BEST_META, RUN_BEST_WEIGHTS, RUN_LAST
 
@@ -161,10 +161,14 @@ def read_best_meta(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise InputError("run folder or checkpoint not found", where=str(path),
-                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
+                         fix=spell("give the folder made by `cxrbench train` (or its best.safetensors)",
+                                   "give the run folder of cxrbench.train(cfg), cfg.out (or its "
+                                   "best.safetensors)"))
     if path.is_file() and path.suffix not in (".safetensors", ".json"):
         raise InputError("is a file, not a run folder", where=str(path),
-                         fix="give the folder made by `cxrbench train` (or its best.safetensors)")
+                         fix=spell("give the folder made by `cxrbench train` (or its best.safetensors)",
+                                   "give the run folder of cxrbench.train(cfg), cfg.out (or its "
+                                   "best.safetensors)"))
     meta_path = path / BEST_META if path.is_dir() else path.with_name(BEST_META)
     if not meta_path.is_file():
         raise InputError("no best.json beside the weights", where=str(meta_path.resolve()),

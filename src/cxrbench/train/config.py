@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import field_validator
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
+from cxrbench.common.runconfig import fields_doc, ordered_signature
 from cxrbench.common.validation import one_of
 from cxrbench.train.methods import AllMethodOptions, method_names, owned_options
 from cxrbench.train.settings import TrainSettings
@@ -46,7 +47,20 @@ _KEYED_CONSTANTS: dict[str, Any] = {"compile": False}
 class TrainConfig(TrainSettings, AllMethodOptions):
     """Everything ``cxrbench train`` needs; immutable once built: the shared settings
     (:class:`~cxrbench.train.settings.TrainSettings`) and the options each adaptation method owns
-    (:mod:`cxrbench.train.methods`), as the flat keys of ``config.yaml``'s ``train`` section."""
+    (:mod:`cxrbench.train.methods`), as the flat keys of ``config.yaml``'s ``train`` section.
+
+    Every keyword is an option of ``cxrbench train`` (``lr`` is ``--lr``) with the same description
+    (listed below). An unknown keyword or a bad value raises one
+    :class:`~cxrbench.common.errors.InputError` (``TrainConfig: unknown key 'lrr'. Fix: did you mean
+    'lr'?``); :meth:`for_run` resumes a run folder with the options left out taken from its
+    ``config.yaml``; :meth:`model_copy` (``update={...}``) derives a variant.
+
+    Example::
+
+        cfg = cxrbench.TrainConfig(cache="cache/nih-224", init="dinov2-vitb14", out="runs/nih",
+                                   epochs=20, lr=1e-5, seed=1)
+        result = cxrbench.train(cfg)           # -> TrainResult (run_dir, best_metric, ...)
+    """
 
     @field_validator("adaptation")
     @classmethod
@@ -103,9 +117,16 @@ class TrainConfig(TrainSettings, AllMethodOptions):
                                     config_file=config_file, overwrite=overwrite)
         for key in ("cache", "init"):
             if key not in merged:
-                raise InputError(f"--{key} is required for a new run", where=str(out),
-                                 fix=f"give --{key} (or point --out at an existing run to resume it)")
+                flag = spell(f"--{key}", f"{key}=")
+                raise InputError(f"{flag} is required for a new run", where=str(out),
+                                 fix=f"give {flag} (or point {spell('--out', 'out=')} at an existing run to "
+                                     "resume it)")
         return cls.from_dict(merged, where=where)
+
+
+# help(TrainConfig): every keyword with its description, the shared settings first (as --help lists them)
+TrainConfig.__doc__ = fields_doc(TrainConfig)
+TrainConfig.__signature__ = ordered_signature(TrainConfig, TrainConfig.ordered_fields())
 
 
 def _defaults() -> dict[str, Any]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from cxrbench.common import distributed as dist_
-from cxrbench.common.errors import InputError, TrainingDiverged
+from cxrbench.common.errors import InputError, TrainingDiverged, spell
 from cxrbench.common.fileio import file_sha256
 from cxrbench.common.layout import RUN_BEST_WEIGHTS
 from cxrbench.common.progress import console
@@ -78,10 +78,31 @@ LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False, on_step: StepHook | None = None,
           loss_hook: LossHook | None = None) -> TrainResult:
-    """Train (or resume) the run ``cfg.out``; returns its summary (on every rank).
+    """Train (or resume) the run ``cfg.out``, as ``cxrbench train``; returns its summary (on every rank).
 
-    ``on_step(step, epoch)`` is called after every optimizer step; ``loss_hook(step, loss_sum)``
-    may replace the summed loss of a micro-batch (tests use both, e.g. to inject a NaN).
+    Args:
+        cfg: the run's :class:`~cxrbench.train.config.TrainConfig` (cache, init, out and the recipe).
+        overwrite: restart an existing run folder from scratch (only the run's own files are
+            deleted); without it an existing run is resumed exactly (its identity options and cache
+            must match) or, when finished, returned as it is.
+        quiet: no progress bar or log lines on the console (``log.jsonl`` is written either way).
+        on_step: ``on_step(step, epoch)`` after every optimizer step.
+        loss_hook: ``loss_hook(step, loss_sum)`` may replace the summed loss of a micro-batch (tests
+            use both, e.g. to inject a NaN).
+
+    Returns:
+        :class:`~cxrbench.train.result.TrainResult`: ``run_dir``, ``best_metric`` (validation mean
+        AUROC in [0, 1]), ``best_epoch``, ``epochs_done``, ``steps``, ``stopped_early``, ``resumed``,
+        ``history`` (one dict per epoch). The run folder holds ``best.safetensors``/``best.json``
+        (the checkpoint with the best validation mean AUROC), ``config.yaml`` and ``log.jsonl``.
+        The caller's torch RNG and determinism settings are left as they were.
+
+    Example::
+
+        cfg = cxrbench.TrainConfig(cache="cache/nih-224", init="random-vit-test", out="runs/a",
+                                   epochs=2, batch_size=16, seed=0, workers=0)
+        result = cxrbench.train(cfg)
+        print(result.best_metric, result.run_dir / "best.safetensors")
     """
     method = get_method(cfg.adaptation)
     method.check_init(cfg.init, where="init")
@@ -128,7 +149,7 @@ class FineTune:
             raise InputError(f"the run was trained with {n} process(es), now {env.world_size}",
                              where=str(run_dir),
                              fix=f"resume with torchrun --nproc_per_node={n} (exact resume needs the same "
-                                 "sharding) or restart with --overwrite")
+                                 f"sharding) or restart with {spell('--overwrite')}")
         # -- model ---------------------------------------------------------------------------------------
         self.image_size = cfg.image_size or data.train.size
         self.model, self.info, self.overlap_note = build_run_model(cfg, data.findings, self.image_size)
@@ -191,7 +212,8 @@ class FineTune:
             if state["schedule"] != self.schedule.state_dict():
                 raise InputError("the checkpoint's lr schedule differs from this config's",
                                  where=str(self.run_dir / LAST),
-                                 fix="resume with the same data and options, or restart with --overwrite")
+                                 fix="resume with the same data and options, or restart with "
+                                     f"{spell('--overwrite')}")
             self.progress, self.best = dict(state["progress"]), dict(state["best"])
             self.history = list(state["history"])
             self.rng_state = state["ranks"][self.env.rank]["rng"]
@@ -401,13 +423,14 @@ class FineTune:
         if dist_.any_flag(not bool(torch.isfinite(self.loss_sum).item()), self.env, self.device):
             last = self.run_dir / LAST
             kept = (f"the last good checkpoint is kept in {last} (resume after changing nothing would "
-                    "diverge again: restart with --overwrite)" if last.is_file() else
-                    "no checkpoint was written before it (restart with --overwrite)")
+                    f"diverge again: restart with {spell('--overwrite')})" if last.is_file() else
+                    f"no checkpoint was written before it (restart with {spell('--overwrite')})")
             raise TrainingDiverged(
                 f"the training loss became NaN/Inf by step {self.progress['step']} "
                 f"(epoch {self.progress['epoch'] + 1})",
                 where=str(self.run_dir),
-                fix=f"lower --lr, add --clip-grad 1.0 or use --precision bf16/fp32; {kept}")
+                fix=spell("lower --lr, add --clip-grad 1.0 or use --precision bf16/fp32",
+                          "lower lr, set clip_grad=1.0 or precision='bf16'/'fp32'") + f"; {kept}")
 
     @torch.no_grad()
     def _validate(self) -> dict[str, Any]:

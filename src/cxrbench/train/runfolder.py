@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_text, ensure_dir
 from cxrbench.common.layout import (
     CACHE_INDEX,
@@ -33,12 +33,13 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise InputError(f"no {RUN_CONFIG} in the run folder", where=str(run_dir),
-                         fix="give the folder made by `cxrbench train`")
+                         fix=spell("give the folder made by `cxrbench train`",
+                                   "give the run folder of cxrbench.train(cfg), cfg.out"))
     doc, _ = load_yaml(path, f"run's {RUN_CONFIG}")
     doc = doc or {}
     if not isinstance(doc, dict):
         raise InputError(f"{RUN_CONFIG} is not a mapping", where=str(path),
-                         fix="restart the run with --overwrite")
+                         fix=f"restart the run with {spell('--overwrite')}")
     return doc
 
 
@@ -56,13 +57,14 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, cache_sha: s
         diffs = saved_cfg.differences(cfg)
         if diffs:
             raise InputError(f"this run folder was started with other settings ({'; '.join(diffs)})",
-                             where=str(run_dir), fix="pass the same options to resume it, --overwrite to "
-                             "restart it, or another --out for a new run")
+                             where=str(run_dir),
+                             fix=f"pass the same options to resume it, {spell('--overwrite')} to restart it, "
+                             f"or another {spell('--out')} for a new run")
         saved_sha = (saved.get("cache") or {}).get("manifest_sha256")
         if saved_sha != cache_sha:
             raise InputError(f"the cache changed since this run started (manifest sha256 "
                              f"{str(saved_sha)[:12]}..., now {cache_sha[:12]}...)", where=str(run_dir),
-                             fix="resume with the original cache, or restart with --overwrite")
+                             fix=f"resume with the original cache, or restart with {spell('--overwrite')}")
         resume = (run_dir / RUN_LAST).is_file()
     else:
         check_restart(run_dir, overwrite)
@@ -73,20 +75,21 @@ def check_restart(run_dir: Path, overwrite: bool, extra: tuple[str, ...] = ()) -
     """Refuse to start in ``run_dir`` unless it is new, empty, or (with ``overwrite``) a cxrbench run
     holding only the files its contract names (plus ``extra``): what would go is listed."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise InputError("--out is a file, not a folder", where=str(run_dir),
+        raise InputError(f"{spell('--out')} is a file, not a folder", where=str(run_dir),
                          fix="choose a folder for the run")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return
     owned, foreign = run_files(run_dir, extra)
     if not (run_dir / RUN_CONFIG).is_file():
-        what = "--overwrite would delete files it did not write" if overwrite else "it is not empty"
+        what = f"{spell('--overwrite')} would delete files it did not write" if overwrite else \
+            "it is not empty"
         raise InputError(f"the folder is not a cxrbench run (no {RUN_CONFIG}) and {what}: "
                          f"{_listing(owned + foreign, run_dir)}", where=str(run_dir),
-                         fix="choose a new or empty --out")
+                         fix=f"choose a new or empty {spell('--out')}")
     if foreign:
-        raise InputError(f"--overwrite would delete files that are not the run's own: "
+        raise InputError(f"{spell('--overwrite')} would delete files that are not the run's own: "
                          f"{_listing(foreign, run_dir)}", where=str(run_dir),
-                         fix="move them out of the run folder, or choose another --out")
+                         fix=f"move them out of the run folder, or choose another {spell('--out')}")
 
 
 def run_files(run_dir: Path, extra: tuple[str, ...] = ()) -> tuple[list[Path], list[Path]]:
@@ -164,15 +167,17 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
             return "patient overlap with the checkpoint's training data not checked (--allow-overlap)"
         raise InputError(f"cannot check patient overlap: {meta_path.name} beside the checkpoint does not "
                          "record the cache it was trained on", where=str(source),
-                         fix="use a checkpoint written by `cxrbench train`, or pass --allow-overlap if you "
-                             "know its training patients are not in this cache")
+                         fix="use a checkpoint written by `cxrbench train`, or pass "
+                             f"{spell('--allow-overlap')} if you know its training patients are not in this "
+                             "cache")
     a_index_path = Path(a_cache) / CACHE_INDEX
     if not a_index_path.is_file():
         if cfg.allow_overlap:
             return f"patient overlap not checked: {a_cache} is gone (--allow-overlap)"
         raise InputError(f"cannot check patient overlap: the checkpoint's training cache {a_cache} is not "
                          "available", where=str(source),
-                         fix="make that cache available at its recorded path, or pass --allow-overlap")
+                         fix="make that cache available at its recorded path, or pass "
+                             f"{spell('--allow-overlap')}")
     a_index, _ = read_index(a_index_path)
     b_index, _ = read_index(Path(cfg.cache) / CACHE_INDEX)
     a_keys = set(zip(a_index["dataset"].astype(str), a_index["patient_id"].astype(str), strict=True))
@@ -182,7 +187,8 @@ def check_overlap(source: Path, cfg: TrainConfig) -> str:
         ds, pid = sorted(shared)[0]
         raise InputError(f"{len(shared)} patient(s) of this cache are also in the checkpoint's training "
                          f"cache {a_cache} (e.g. {ds}/{pid}): its weights have seen them", where=cfg.init,
-                         fix="pretrain on data without these patients, or pass --allow-overlap to accept it")
+                         fix="pretrain on data without these patients, or pass "
+                             f"{spell('--allow-overlap')} to accept it")
     if shared:
         return f"{len(shared)} patient(s) shared with the checkpoint's training cache (--allow-overlap)"
     return f"no patient shared with the checkpoint's training cache ({len(a_keys):,} patients checked)"
@@ -204,8 +210,9 @@ def check_ssl_overlap(source: Path, cfg: TrainConfig) -> str:
             return "patients of the self-supervised pretraining not checked (--allow-overlap)"
         raise InputError(f"cannot check patient overlap: the self-supervised checkpoint has no {images.name} "
                          "beside it", where=str(source),
-                         fix="copy the whole pretraining run folder, or pass --allow-overlap if you know its "
-                             "images hold no val/test patient of this cache")
+                         fix="copy the whole pretraining run folder, or pass "
+                             f"{spell('--allow-overlap')} if you know its images hold no val/test patient of "
+                             "this cache")
     seen = pd.read_parquet(images, columns=["dataset", "patient_id"]).astype(str)
     seen_keys = set(zip(seen["dataset"], seen["patient_id"], strict=True))
     b_index, _ = read_index(Path(cfg.cache) / CACHE_INDEX)
@@ -216,8 +223,8 @@ def check_ssl_overlap(source: Path, cfg: TrainConfig) -> str:
         ds, pid = sorted(shared)[0]
         raise InputError(f"{len(shared)} val/test patient(s) of this cache are among the images the "
                          f"self-supervised checkpoint was pretrained on (e.g. {ds}/{pid})", where=cfg.init,
-                         fix="pretrain with this cache's index in --exclude, or pass --allow-overlap to "
-                             "accept it")
+                         fix=f"pretrain with this cache's index in {spell('--exclude', 'exclude=')}, or pass "
+                             f"{spell('--allow-overlap')} to accept it")
     train = b[b["split"] == "train"]
     train_keys = set(zip(train["dataset"], train["patient_id"], strict=True))
     note = (f"self-supervised checkpoint: {len(seen_keys & train_keys):,} of this cache's train patients "

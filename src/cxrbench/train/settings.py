@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.runconfig import RunConfig, betas_option, device_option
 
 DEFAULT_ADAPTATION = "full"
@@ -176,9 +176,10 @@ class TrainSettings(RunConfig):
         per = self.batch_size // self.grad_accum
         if per % world_size:
             raise InputError(
-                f"--batch-size {self.batch_size} / --grad-accum {self.grad_accum} = {per} images per "
+                f"{spell('--batch-size')} {self.batch_size} / {spell('--grad-accum')} {self.grad_accum} = "
+                f"{per} images per "
                 f"micro-step cannot be split over {world_size} processes", where="batch_size",
-                fix=f"use a --batch-size divisible by {self.grad_accum * world_size}")
+                fix=f"use a {spell('--batch-size')} divisible by {self.grad_accum * world_size}")
         return per // world_size
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import file_sha256
 from cxrbench.common.layout import CACHE_MANIFEST
 from cxrbench.train.config import TrainConfig
@@ -95,7 +95,8 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, torc
     """``(precision name, autocast dtype or None)``: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError("this GPU has no bf16 support", where="--precision", fix="use --precision fp16")
+        raise InputError("this GPU has no bf16 support", where=spell("--precision"),
+                         fix=spell("use --precision fp16", "use precision='fp16'"))
     return precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 

@@ -6,8 +6,10 @@ scalar written to TensorBoard as a metric at its optimizer step, and at the end 
 ``RUN/tracker.json`` records which tracker run this is, so a resumed run keeps logging to the same
 one. Neither library is a dependency: ``pip install 'cxrbench[mlflow]'`` / ``'cxrbench[wandb]'``.
 
-MLflow logs where ``MLFLOW_TRACKING_URI`` points (a server, ``sqlite:///mlflow.db``, or a file store
-``file:/path`` with ``MLFLOW_ALLOW_FILE_STORE=true``); W&B where its login and ``WANDB_MODE`` say
+MLflow logs where ``MLFLOW_TRACKING_URI`` points: a server (``http://host:5000``) or, on this machine,
+``sqlite:///mlflow.db`` (the ``mlflow`` extra installs mlflow-skinny with SQLAlchemy and Alembic, which
+that store needs: MLflow 3 refuses the ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``, and
+mlflow-skinny alone has no ``sqlite:``); W&B where its login and ``WANDB_MODE`` say
 (``WANDB_MODE=offline`` writes ``RUN/wandb/`` only, for ``wandb sync`` later).
 """
 
@@ -22,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_write_json, json_safe
 from cxrbench.common.layout import RUN_TRACKER
 
@@ -35,8 +37,9 @@ def _require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise InputError(
-            f"--tracker {extra} needs the {module!r} package, which is not installed",
-            where="--tracker",
+            f"{spell(f'--tracker {extra}', f'tracker={extra!r}')} needs the {module!r} package, which is not "
+            "installed",
+            where=spell("--tracker"),
             fix=f"pip install 'cxrbench[{extra}]'",
         ) from None
 
@@ -99,8 +102,8 @@ class MlflowTracker(Tracker):
             raise InputError(
                 f"MLflow cannot open its tracking store {self.uri or '(default)'}: {first}",
                 where="MLFLOW_TRACKING_URI",
-                fix="set MLFLOW_TRACKING_URI to your server (http://host:5000), sqlite:///mlflow.db, "
-                "or file:/path with MLFLOW_ALLOW_FILE_STORE=true",
+                fix="set MLFLOW_TRACKING_URI to your server (http://host:5000) or to sqlite:///mlflow.db "
+                "for a local store (needs SQLAlchemy and Alembic: pip install 'cxrbench[mlflow]')",
             ) from None
         self.run_id = run_id
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError, field_validator, model_validator
 
-from cxrbench.common.errors import InputError
-from cxrbench.common.validation import check_choice, closest
+from cxrbench.common.errors import InputError, spell
+from cxrbench.common.validation import CheckedModel, check_choice, closest, raised_input_error
 from cxrbench.index.schema import FRONTAL_VIEWS, SPLITS, VIEWS
 from cxrbench.index.sources.labels import (
     BLANK_POLICIES,
@@ -39,12 +39,33 @@ MIN_POSITIVES = 10  # fewer positives (or negatives) of a finding in a split: a 
 _FLAGS = {"split_mode": "--splits"}  # options whose command-line flag is not --<name>
 
 
-class IndexOptions(BaseModel):
+class IndexOptions(CheckedModel):
     """Every option of ``cxrbench index``, the single list used by the CLI, the Python API
     (:func:`cxrbench.index.build.build_index`) and a study's ``datasets.<name>`` section.
 
     Frozen and validated: an unknown option or a bad value raises one InputError naming it
-    (``--uncertain got 'zero'... did you mean 'zeros'?``).
+    (``IndexOptions(uncertain="zero")``: ``uncertain got 'zero', which is not allowed. Fix: did you
+    mean 'zeros'?``; ``--uncertain`` on the command line). The options (``cxrbench index --help``
+    and docs/datasets.md say more):
+
+    - ``labels``: a label preset (``study-cxr14``, ...) or a comma list of findings and presets.
+    - ``uncertain`` / ``blank``: policy for uncertain (-1) / blank labels: ``zeros``, ``ones``
+      (uncertain only) or ``ignore`` (unknown, masked).
+    - ``views``: ``frontal``, ``all`` or a list such as ``PA,AP``.
+    - ``split_mode`` (``--splits``): ``official``, ``stratified`` or ``hash``; ``carve``: how missing
+      splits are made (``stratified``, ``hash``); ``split_seed``; ``split_fractions``: train, val,
+      test shares (``"0.7,0.1,0.2"``).
+    - ``readers`` (VinDr: ``majority``/``any``), ``labeler`` (MIMIC: ``chexpert``/``negbio``),
+      ``radiologist_test`` (MIMIC's radiologist-labelled test set).
+    - ``labels_file``: the label CSV when not at its official place; ``mapping``: the YAML mapping of
+      a ``csv`` dataset; ``check_files``: every image must exist; ``drop_missing``: drop rows whose
+      image is missing; ``demographics``: CheXpert's released demographics table (``CHEXPERT
+      DEMO.xlsx`` or a CSV export), joined by patient as subgroup columns.
+
+    Example::
+
+        opts = IndexOptions(labels="study-cxr14", split_mode="hash", split_seed=1)
+        df, findings, report = cxrbench.build_index("nih", "/data/nih", options=opts)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -77,8 +98,13 @@ class IndexOptions(BaseModel):
     @classmethod
     def _seed(cls, v: Any) -> Any:
         if isinstance(v, bool) or not str(v).lstrip("-").isdigit():
-            raise InputError(f"--split-seed got {v!r}", where="--split-seed", fix="give an integer")
+            flag = spell("--split-seed")
+            raise InputError(f"{flag} got {v!r}", where=flag, fix="give an integer")
         return int(v)
+
+    @model_validator(mode="after")
+    def _choices(self) -> IndexOptions:
+        return self.validated()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "index options") -> IndexOptions:
@@ -90,14 +116,26 @@ class IndexOptions(BaseModel):
                              fix=(f"did you mean {hint!r}? " if hint else "")
                              + f"options: {', '.join(cls.model_fields)}")
         try:
-            opts = cls(**values)
+            return cls.model_validate(dict(values))
         except ValidationError as e:
-            first = e.errors()[0]
-            key = str(first.get("loc", ("option",))[0])
-            msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-            raise InputError(f"{_FLAGS.get(key, '--' + key.replace('_', '-'))}: {msg} "
-                             f"(got {first.get('input')!r})", where=where, fix="correct the value") from None
-        return opts.validated()
+            raise cls.input_error(e, where) from None
+
+    @classmethod
+    def input_error(cls, err: ValidationError, where: str) -> InputError:
+        """The first problem of ``err`` as one InputError naming the option as the caller writes it."""
+        inner = raised_input_error(err)
+        if inner is not None:
+            return inner
+        first = next((e for e in err.errors() if e.get("type") == "extra_forbidden"), err.errors()[0])
+        key = str(first.get("loc", ("option",))[0])
+        if first.get("type") == "extra_forbidden":
+            hint = closest(key, cls.model_fields)
+            return InputError(f"unknown index option {key!r}", where=where,
+                              fix=(f"did you mean {hint!r}? " if hint else "")
+                              + f"options: {', '.join(cls.model_fields)}")
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        flag = spell(_FLAGS.get(key, "--" + key.replace("_", "-")), key)
+        return InputError(f"{flag}: {msg} (got {first.get('input')!r})", where=where, fix="correct the value")
 
     def validated(self) -> IndexOptions:
         """Raise InputError on an unknown choice; return self."""
@@ -105,7 +143,7 @@ class IndexOptions(BaseModel):
         check_choice("--blank", self.blank, BLANK_POLICIES)
         check_choice("--readers", self.readers, READER_RULES)
         check_choice("--labeler", self.labeler, LABELERS)
-        check_choice("--splits", self.split_mode, SPLIT_MODES)
+        check_choice(spell("--splits", "split_mode"), self.split_mode, SPLIT_MODES)
         check_choice("--carve", self.carve, CARVE_METHODS)
         parse_views(self.views)
         return self
@@ -201,11 +239,13 @@ def finalize(data: SourceData, opts: IndexOptions) -> tuple[pd.DataFrame, list[s
                              fix="check the file and the options that drop rows")
         seen = kept["view"].astype(str).value_counts()
         found = ", ".join(f"{v} ({n:,})" for v, n in seen.items())
-        fix = "choose --views from the views found, or --views all"
+        every = spell("--views all", "views='all'")
+        fix = f"choose {spell('--views')} from the views found, or {every}"
         if "UNKNOWN" in seen and report.get("mapping"):  # the csv source: views come from its mapping
             fix += ("; the CSV has no view column: set default_view (e.g. PA) in the mapping, or map a "
                     "view column under columns.view")
-        raise InputError(f"no image left after --views {opts.views}: the rows have views {found}",
+        asked = spell(f"--views {opts.views}", f"views={opts.views!r}")
+        raise InputError(f"no image left after {asked}: the rows have views {found}",
                          where=files, fix=fix)
 
     cols = list(data.findings)
@@ -329,8 +369,8 @@ def split_warnings(counts: dict[str, dict[str, Any]], minimum: int = MIN_POSITIV
         if thin:
             parts = "; ".join(f"{s} {c['positive']} positive / {c['negative']} negative" for s, c in thin)
             lines.append(f"finding {f!r}: {parts} (fewer than {minimum}: its AUROC there is unreliable or "
-                         "undefined; try another --split-seed or --split-fractions, or leave it out with "
-                         "--labels)")
+                         f"undefined; try another {spell('--split-seed')} or {spell('--split-fractions')}, "
+                         f"or leave it out with {spell('--labels')})")
     return lines
 
 
@@ -343,7 +383,8 @@ def _check_split_sizes(df: pd.DataFrame, opts: IndexOptions, info: dict[str, Any
             shares = ",".join(f"{x:g}" for x in opts.split_fractions)
             raise InputError(f"the {s} split got no image ({len(df):,} images of "
                              f"{df['patient_id'].nunique():,} patients in all)", where=where,
-                             fix=f"give {s} a larger share with --split-fractions (now {shares}), or index "
+                             fix=f"give {s} a larger share with {spell('--split-fractions')} (now {shares}), "
+                                 "or index "
                                  "more patients")
 
 
@@ -357,7 +398,7 @@ def parse_views(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | Non
         spec = "frontal"
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
-        raise InputError("--views is empty", fix="use frontal, all, or a list such as PA,AP")
+        raise InputError(f"{spell('--views')} is empty", fix="use frontal, all, or a list such as PA,AP")
     if items == ["all"] or items == ["*"]:
         return None, True
     frontal = "frontal" in items

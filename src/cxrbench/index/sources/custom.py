@@ -240,8 +240,11 @@ def _snake(name: str) -> str:
 def _mapping_error(err: ValidationError, path: Path, lines: dict[tuple, int]) -> InputError:
     """The first problem of a mapping as one line: an unknown key (with the closest valid one) is
     reported before the "required" error it causes."""
-    from cxrbench.common.validation import closest
+    from cxrbench.common.validation import closest, raised_input_error
 
+    inner = raised_input_error(err)  # an InputError a validator raised: as it was
+    if inner is not None:
+        return inner
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])

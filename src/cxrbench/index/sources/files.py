@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.index.sources.tables import at_row
 
 
@@ -38,7 +38,7 @@ def clean_relative_paths(paths: pd.Series, where: str, column: str = "path") -> 
         raise InputError(
             f"path {paths.iloc[pos]!r} in column {column!r} is absolute or escapes the dataset root",
             where=at_row(where, row),
-            fix="paths must be relative to --root, without '..'",
+            fix=f"paths must be relative to {spell('--root')}, without '..'",
         )
     return norm
 
@@ -66,7 +66,7 @@ def locate_images(
         for d in dirs:
             if d != root and not d.resolve().is_relative_to(root.resolve()):
                 raise InputError(f"image folder {pattern!r} is outside the dataset root", where=str(root),
-                                 fix="folder names in the metadata must stay inside --root")
+                                 fix=f"folder names in the metadata must stay inside {spell('--root')}")
             rel = "" if d == root else d.relative_to(root).as_posix() + "/"
             try:
                 entries = list(os.scandir(d))
@@ -171,10 +171,12 @@ def missing_images(n_missing: int, n_total: int, root: Path, info: dict[str, Any
             f"(e.g. {ex})")
     hint = info.get("prefix_hint")
     if hint:
-        fix = (f"they exist under {hint}: use --root {root / hint.rstrip('/')} (or path_prefix: {hint} in a "
-               "csv mapping)")
+        there = root / hint.rstrip("/")
+        fix = (f"they exist under {hint}: use {spell(f'--root {there}', f'root={str(there)!r}')} (or "
+               f"path_prefix: {hint} in a csv mapping)")
     else:
-        fix = "complete the download or fix --root, or pass --drop-missing to leave them out"
+        fix = (f"complete the download or fix {spell('--root')}, or pass "
+               f"{spell('--drop-missing')} to leave them out")
     return what, fix
 
 
@@ -191,5 +193,5 @@ def check_image_files(
     missing = int((~found).sum())
     if missing and not drop:
         what, fix = missing_images(missing, len(paths), root, info)
-        raise InputError(what, where="--check-files", fix=fix)
+        raise InputError(what, where=spell("--check-files"), fix=fix)
     return found, {**info, "dropped": missing if drop else 0}

@@ -52,6 +52,8 @@ class Option:
                 value = str(value)
             elif self.kind is dict:
                 value = parse_mapping(value, where)
+        except InputError:  # a ValueError too: parse_mapping's own message
+            raise
         except (TypeError, ValueError):
             raise InputError(
                 f"got {value!r}, expected a {self.kind.__name__}", where=where, fix=self.help

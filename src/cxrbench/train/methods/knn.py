@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from cxrbench.common.errors import InputError
+from cxrbench.common.errors import InputError, spell
 from cxrbench.common.fileio import atomic_path, file_sha256
 from cxrbench.common.layout import RUN_KNN_BANK
 from cxrbench.stats.metrics import mean_auroc
@@ -127,7 +127,7 @@ def load_run_bank(run_dir: Any, meta: dict[str, Any]) -> tuple[torch.Tensor, np.
     chosen = meta.get("knn") or {}
     if "k" not in chosen or "temperature" not in chosen or labels.shape[1] != len(meta["findings"]):
         raise InputError("best.json and the kNN bank do not belong together", where=str(run_dir),
-                         fix="re-train the run with --overwrite")
+                         fix=f"re-train the run with {spell('--overwrite')}")
     return bank, labels, int(chosen["k"]), float(chosen["temperature"])
 
 

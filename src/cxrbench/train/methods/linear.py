@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from cxrbench.common.errors import TrainingDiverged
+from cxrbench.common.errors import TrainingDiverged, spell
 from cxrbench.stats.metrics import mean_auroc
 from cxrbench.train.methods.base import EmbeddingFit, EmbeddingTask, Method, Regime
 from cxrbench.train.settings import TrainSettings
@@ -133,7 +133,9 @@ def fit_linear_head(cfg: TrainSettings, model: nn.Module, head: nn.Module, train
             if step % cfg.log_every == 0 or m + 1 == n_micro:
                 if not math.isfinite(loss_sum):
                     raise TrainingDiverged(f"the training loss became NaN/Inf by step {step}",
-                                           where=str(cfg.out), fix="lower --lr or add --clip-grad 1.0")
+                                           where=str(cfg.out),
+                                           fix=spell("lower --lr or add --clip-grad 1.0",
+                                                     "lower lr or set clip_grad=1.0"))
                 now = time.perf_counter()
                 rec = {"kind": "step", "epoch": epoch + 1, "step": step, "lr": lr,
                        "loss": loss_sum / max(loss_cnt, 1.0),
