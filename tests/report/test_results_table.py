@@ -48,6 +48,17 @@ def test_seed_is_an_integer_and_pooled_a_flag(tmp_path):
     assert load_results(tmp_path / "report" / "results.csv").equals(df)
 
 
+def test_the_text_and_flag_columns_of_tuning_and_deterministic_arms_keep_their_values(tmp_path):
+    covers = "fine-tuning (head initialization, data order, augmentation); the pretrained weights are fixed"
+    write_results(tmp_path / "results.csv", extra={"tuning": "tuned", "seed_sd_covers": covers,
+                                                   "deterministic": True})
+    df = load_results(tmp_path / "results.csv")
+    assert df["tuning"].tolist() == ["tuned"] * 13 and df["seed_sd_covers"].iloc[0] == covers
+    assert str(df["deterministic"].dtype) == "boolean" and df["deterministic"].all()
+    write_results(tmp_path / "results.csv", extra={"deterministic": False})
+    assert not load_results(tmp_path / "results.csv")["deterministic"].any()
+
+
 def test_columns_a_later_version_adds_keep_an_inferred_type(tmp_path):
     write_results(tmp_path / "results.csv", extra={"new_number": 1.5, "new_text": "x"})
     df = load_results(tmp_path / "results.csv")

@@ -18,20 +18,23 @@ from cxrbench.common.errors import InputError
 from cxrbench.common.layout import RESULTS_CSV
 from cxrbench.report.results import POOLED, RESULT_COLUMNS
 
-_TEXT = ("dataset", "init", "finding", "recipe", "adaptation", "init_name", "subgroup")
+_TEXT = ("dataset", "init", "finding", "recipe", "adaptation", "tuning", "init_name", "subgroup",
+         "seed_sd_covers")
+_FLAGS = ("deterministic",)
 _COUNTS = ("n", "n_positive", "n_findings", "n_seeds")
 
 RESULT_DTYPES: dict[str, str] = {
     **{c: "float64" for c in RESULT_COLUMNS},
     **{c: "string" for c in _TEXT},
     **{c: "Int64" for c in _COUNTS},
+    **{c: "boolean" for c in _FLAGS},
     "seed": "Int64",
     "pooled": "bool",
 }
 """The type of every contract column of :func:`load_results`' frame: text as pandas ``string``,
 counts and ``seed`` as nullable ``Int64`` (``seed`` is ``<NA>`` where ``pooled``), ``pooled`` as
-``bool``, every other number (AUROC and its CI, p-values, shares, thresholds, ECE, ...) as
-``float64``. Columns a later cxrbench adds keep the type pandas infers."""
+``bool``, ``deterministic`` as nullable ``boolean``, every other number (AUROC and its CI, p-values,
+shares, thresholds, ECE, ...) as ``float64``. Columns a later cxrbench adds keep the type pandas infers."""
 
 
 def results_path(source: str | os.PathLike) -> Path:
@@ -98,6 +101,8 @@ def load_results(source: str | os.PathLike) -> pd.DataFrame:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
         elif kind == "Int64":
             out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+        elif kind == "boolean":
+            out[col] = out[col].str.lower().map({"true": True, "false": False}).astype("boolean")
     return out
 
 
