@@ -24,15 +24,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from cxrbench.index.findings import sort_findings
 from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
 from cxrbench.index.sources.files import locate_images
-from cxrbench.index.sources.tables import check_unique, find_file
+from cxrbench.index.sources.tables import find_file
 from cxrbench.index.sources.terms import PCXR_TERMS
-from cxrbench.index.sources.vindr import IMAGE_EXTENSION, WIDE_FILES, read_regions, read_wide
+from cxrbench.index.sources.vindr import IMAGE_EXTENSION, WIDE_FILES, read_regions, read_wide, stack_parts
 
 
 def read(root: Path, opts: IndexOptions) -> SourceData:
@@ -62,18 +60,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         ids, findings, block, readers = read_wide(path, opts.readers, report, role, PCXR_TERMS, "VinDr-PCXR")
         report.setdefault("max_readers", {})[role] = readers
         parts.append((role, ids, findings, block))
-    findings = sort_findings(f for _, _, fs, _ in parts for f in fs)
-    ids_all, blocks, roles = [], [], []
-    for role, ids, fs, block in parts:
-        full = np.full((len(ids), len(findings)), np.nan, dtype=np.float32)
-        for j, f in enumerate(fs):
-            full[:, findings.index(f)] = block[:, j]
-        ids_all.append(ids.to_series().reset_index(drop=True))
-        blocks.append(full)
-        roles += [role] * len(ids)
-    image_id = pd.concat(ids_all, ignore_index=True)
-    check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
-    split_dir = pd.Series(roles, dtype=object)
+    findings, image_id, block, split_dir = stack_parts(parts, files)
     default = split_dir + "/" + image_id + IMAGE_EXTENSION
     paths, report["images"], found = locate_images(
         root, image_id, default, ["train", "test", "."], by_stem=True
@@ -96,7 +83,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         "vindr-pcxr",
         frame,
         findings,
-        np.vstack(blocks),
+        block,
         blank_is_unknown=False,
         report=report,
         regions=regions,

@@ -227,19 +227,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         report.setdefault("max_readers", {})[role] = readers
         parts.append((role, ids, findings, block))
 
-    findings = sort_findings(f for _, _, fs, _ in parts for f in fs)
-    ids_all, blocks, roles = [], [], []
-    for role, ids, fs, block in parts:
-        full = np.full((len(ids), len(findings)), np.nan, dtype=np.float32)
-        for j, f in enumerate(fs):
-            full[:, findings.index(f)] = block[:, j]
-        ids_all.append(ids.to_series().reset_index(drop=True))
-        blocks.append(full)
-        roles += [role] * len(ids)
-    image_id = pd.concat(ids_all, ignore_index=True)
-    check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
-    block = np.vstack(blocks)
-    split_dir = pd.Series(roles, dtype=object)
+    findings, image_id, block, split_dir = stack_parts(parts, files)
     default = split_dir + "/" + image_id + IMAGE_EXTENSION
     paths, report["images"], found = locate_images(root, image_id, default, ["train", "test", "."],
                                                    by_stem=True)
@@ -259,6 +247,26 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
                               + " marked it; on test the consensus of five radiologists")
     regions = read_regions(files, report)
     return SourceData("vindr", frame, findings, block, blank_is_unknown=False, report=report, regions=regions)
+
+
+def stack_parts(parts: list[tuple[str, pd.Index, list[str], np.ndarray]], files: dict[str, Path],
+                ) -> tuple[list[str], pd.Series, np.ndarray, pd.Series]:
+    """The label files of a release (``(role, image ids, findings, block)`` each) as one table: the
+    union of their findings (canonical order), image ids (unique across the files, else InputError),
+    the labels (n_images x n_findings float32, NaN where a file has no such column) and each image's
+    role (``train``/``test``: its folder)."""
+    findings = sort_findings(f for _, _, fs, _ in parts for f in fs)
+    ids_all, blocks, roles = [], [], []
+    for role, ids, fs, block in parts:
+        full = np.full((len(ids), len(findings)), np.nan, dtype=np.float32)
+        for j, f in enumerate(fs):
+            full[:, findings.index(f)] = block[:, j]
+        ids_all.append(ids.to_series().reset_index(drop=True))
+        blocks.append(full)
+        roles += [role] * len(ids)
+    image_id = pd.concat(ids_all, ignore_index=True)
+    check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
+    return findings, image_id, np.vstack(blocks), pd.Series(roles, dtype=object)
 
 
 def read_regions(files: dict[str, Path], report: dict, terms: dict | None = None,
