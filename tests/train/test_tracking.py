@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,20 @@ def _wandb_records(run: Path) -> list:
     return out
 
 
+def _wandb_records_flushed(run: Path, timeout: float = 60.0) -> list:
+    """The offline run file's records once its run record and final summary are on disk: W&B's service
+    (wandb-core) may still be writing the file when ``finish()`` has returned on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(run) if list((run / "wandb").glob("offline-run-*/run-*.wandb")) else []
+        has_run = any(r.WhichOneof("record_type") == "run" for r in records)
+        final = any(_key(i) == "best_weights_sha256" for r in records
+                    if r.WhichOneof("record_type") == "summary" for i in r.summary.update)
+        if (has_run and final) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _key(item) -> str:
     return item.key or "/".join(item.nested_key)  # "train/loss" is stored as a nested key
 
@@ -153,7 +168,7 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path, tiny_cache_factory, mo
     run = tmp_path / "run"
     train(_cfg(cache, run, tracker="wandb", tracker_project="cxr-test"), quiet=True)
     state = json.loads((run / "tracker.json").read_text())
-    records = _wandb_records(run)
+    records = _wandb_records_flushed(run)
     runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert runs[0].run_id == state["run_id"] and runs[0].project == "cxr-test"
     assert runs[0].display_name == "tmp_path/run".replace("tmp_path", tmp_path.name)
