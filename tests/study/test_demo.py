@@ -79,25 +79,32 @@ def test_tiny_demo_end_to_end_and_cached_rerun(cli_runner, offline_weights, tmp_
     assert set(df["label_fraction"]) == {0.25, 1.0}
     assert set(df.loc[df["init"] == "source-pretrained", "adaptation"]) == {"full", "knn"}
     assert set(df.loc[df["init"] != "source-pretrained", "adaptation"]) == {"full"}
-    cells = df.groupby(["dataset", "init", "adaptation", "label_fraction", "seed"]).size()
-    assert (cells == 5).all() and len(cells) == 2 * (3 + 1) * 2 * 3  # 4 findings + mean per cell
+    # the tuned recipe: each arm's own learning rate, chosen on validation, with all labels; kNN untuned
+    tuned = df[df["tuning"] == "tuned"]
+    assert set(df["tuning"]) == {"default", "tuned"} and set(tuned["init"]) == set(ARMS)
+    assert set(tuned["adaptation"]) == {"full"} and set(tuned["label_fraction"]) == {1.0}
+    cells = df.groupby(["dataset", "init", "adaptation", "label_fraction", "tuning", "seed"]).size()
+    assert (cells == 5).all() and len(cells) == 2 * ((3 + 1) * 2 + 3) * 3  # 4 findings + mean per cell
     pooled = df[(df["seed"].astype(str) == "pooled") & (df["finding"] == "mean")]
     assert (pooled["n_seeds"] == 2).all() and pooled["seed_sd"].notna().all()
-    main = pooled[(pooled["adaptation"] == "full") & (pooled["label_fraction"] == 1.0)]
+    main = pooled[(pooled["adaptation"] == "full") & (pooled["label_fraction"] == 1.0)
+                  & (pooled["tuning"] == "default")]
     assert main.loc[main["init"] != "random", "p_vs_reference"].notna().all() and len(main) == 6
     assert df["auroc"].between(0, 1).all() and (df["auroc_lo"] <= df["auroc_hi"]).all()
     html = report.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 6  # forest, ROC x2, training x2, external, curves
     assert "External validation" in html and "random initialization (no weights)" in html
     for section in ("Does the winner hold?", "Adaptation methods: mean AUROC per initialization and method",
-                    "Label efficiency", "Right for the right reasons?", "metadata-only shortcut"):
+                    "Label efficiency", "Right for the right reasons?", "metadata-only shortcut",
+                    "Does the ranking survive tuning?"):
         assert section in html, section
     methods = html[html.index("Methods (generated)"):html.index("Provenance</h2>")]
     for fact in ("Labels: NLP-mined from the reports", "Split by patient", "exact area averaging",
                  "from random initialization (no pretrained weights)", "supervised pretraining run on source",
                  "self-supervised pretraining run", "no validation or test patient",
                  "multi-label classification", "drawn by patient", "chosen on the validation split",
-                 "2 training seeds", "two-level bootstrap", "label budgets of 0.25 and 1", "kNN (cosine"):
+                 "2 training seeds", "two-level bootstrap", "label budgets of 0.25 and 1", "kNN (cosine",
+                 "Tuning: each initialization"):
         assert fact in methods, fact
     assert (out / "demo.yaml").is_file() and (out / "runs" / "target1").is_dir()
 
@@ -155,7 +162,9 @@ def test_tiny_demo_with_cached_pretrained_arms(cli_runner, offline_weights, tmp_
     assert result.exit_code == 0, result.output
     assert "note:" not in result.output
     df = pd.read_csv(out / "report" / "results.csv")
-    assert set(df["init"]) == {*ARMS, "dinov2", "imagenet"}
+    assert set(df["init"]) == {*ARMS, "dinov2", "imagenet", "shortcut"}  # the shortcut baseline's rows too
+    tuned = df[df["tuning"] == "tuned"]  # each pretrained arm tuned around its own learning rate
+    assert {"dinov2", "imagenet"} <= set(tuned["init"])
     html = (out / "report" / "index.html").read_text(encoding="utf-8")
     from cxrbench.common.fileio import file_sha256
 

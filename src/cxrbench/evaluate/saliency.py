@@ -5,10 +5,12 @@
   first norm of **every** block (the input of each attention, where the class token reads the
   patches; the per-layer maps are averaged by the package) and the reshape transform drops the
   prefix tokens (class and register tokens) and folds the patch tokens back into their grid; for a
-  ConvNeXt it is the last stage. One map per finding (the gradient of that finding's logit). With
-  the last block alone (the usual tutorial choice) the maps of a small ViT pointed away from the
-  lesion in our phantom test (the class token had read it in earlier blocks); with every block
-  they peak on it (``tests/evaluate/test_saliency.py``).
+  ConvNeXt it is the last stage. One map per finding (the gradient of that finding's logit). Grad-CAM
+  on a ViT is no localization guarantee: in our phantom test (``tests/evaluate/test_saliency.py``) a
+  small ViT's maps peaked on the lesion with every block and not with the last one alone under earlier
+  libraries, and under torch 2.14 / timm 1.0.31 a retrained one's peak hits it no more often than
+  chance at any block while rollout hits it every time; hence every map a study shows is scored
+  against chance (:mod:`cxrbench.evaluate.localization`).
 * **Attention rollout** (Abnar & Zuidema, ACL 2020), ViTs only: per block the head-averaged
   attention plus the identity (residual), rows renormalized, multiplied through the blocks; the map
   is the class token's row over the patches (the mean of the patch rows without a class token).

@@ -74,7 +74,10 @@ def demo_config(tiny: bool = False, optional: bool = True) -> tuple[dict[str, An
         for label, (init, overrides) in OPTIONAL_INITS.items():
             if cached_weights(init):
                 targets = [d for d in cfg["datasets"] if d != "source"]
-                cfg["inits"][label] = {"init": init, "datasets": targets, "train": dict(overrides)}
+                lr = overrides["lr"]  # tuned around its own (pretrained) learning rate, on its schedule
+                tuning = {"space": {"lr": [lr, lr / 3]}, "epochs": overrides["epochs"]}
+                cfg["inits"][label] = {"init": init, "datasets": targets, "train": dict(overrides),
+                                       "tuning": tuning}
             else:
                 skipped.append(
                     f"{init}: weights not on this machine, arm skipped "
@@ -90,11 +93,15 @@ def demo_config(tiny: bool = False, optional: bool = True) -> tuple[dict[str, An
             if "pretrain" in spec:
                 spec["pretrain"]["epochs"] = TINY["pretrain_epochs"]
         for label, spec in cfg["inits"].items():
+            if isinstance(spec.get("tuning"), dict):
+                spec["tuning"]["epochs"] = min(spec["tuning"]["epochs"], TINY["epochs"])
             if "train" in spec:
                 spec["train"]["epochs"] = min(spec["train"].get("epochs", 99), TINY["epochs"])
                 if "image_size" in spec["train"]:
                     p = _PATCH.get(label, 16)
                     spec["train"]["image_size"] = p * max(1, round(TINY["size"] / p))
+        if "tuning" in cfg:
+            cfg["tuning"]["epochs"] = min(cfg["tuning"].get("epochs", 99), TINY["epochs"])
         cfg["evaluation"]["bootstrap"] = TINY["bootstrap"]
         cfg["name"] = "demo-tiny"
     return cfg, skipped
