@@ -60,6 +60,7 @@ def test_the_tiny_demo_through_local_jobs_gives_the_inline_results(tmp_path, job
     # ssl arm only add more of the same kinds, each a process here, minutes more on 2 cores)
     cfg["inits"] = {k: v for k, v in cfg["inits"].items() if k in ("random", "source-pretrained")}
     cfg["inits"]["source-pretrained"].pop("adaptations", None)
+    cfg.pop("tuning", None)  # tuning trials: train steps of another kind (tests/study/test_tuning.py)
     cfg.update(seeds=[0], label_fractions=[1.0])
     inline = load_study(_write(tmp_path, "inline", cfg))
     run_study(inline, quiet=True, device="cpu")
