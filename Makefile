@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@echo "==> installed; next runs skip this step"
 
 demo: $(STAMP)
-	@echo "==> running the demo study (phantom data, CPU): about 5 minutes on a quiet 2-core machine,"
+	@echo "==> running the demo study (phantom data, CPU): about 8 minutes on a quiet 2-core machine,"
 	@echo "    longer on a busy one; each step prints a line as it starts"
 	$(BIN)/cxrbench demo --out demo-out
 
