@@ -24,13 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from cxrbench.index.sources.base import IndexOptions, SourceData, make_frame, register_file
-from cxrbench.index.sources.files import locate_images
+from cxrbench.index.sources.base import IndexOptions, SourceData, register_file
 from cxrbench.index.sources.tables import find_file
 from cxrbench.index.sources.terms import PCXR_TERMS
-from cxrbench.index.sources.vindr import IMAGE_EXTENSION, WIDE_FILES, read_regions, read_wide, stack_parts
+from cxrbench.index.sources.vindr import WIDE_FILES, image_frame, read_regions, read_wide
 
 
 def read(root: Path, opts: IndexOptions) -> SourceData:
@@ -60,21 +57,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         ids, findings, block, readers = read_wide(path, opts.readers, report, role, PCXR_TERMS, "VinDr-PCXR")
         report.setdefault("max_readers", {})[role] = readers
         parts.append((role, ids, findings, block))
-    findings, image_id, block, split_dir = stack_parts(parts, files)
-    default = split_dir + "/" + image_id + IMAGE_EXTENSION
-    paths, report["images"], found = locate_images(
-        root, image_id, default, ["train", "test", "."], by_stem=True
-    )
-    frame = make_frame(
-        len(image_id),
-        image_id=image_id,
-        patient_id=image_id,
-        path=paths,
-        found=found,
-        view=pd.Series("PA", index=image_id.index, dtype=object),
-        official_split=split_dir,
-    )
-    report["rows_read"] = len(frame)
+    findings, block, frame = image_frame(root, parts, files, report)
     report["label_source"] = (
         "pediatric radiologists' image-level diagnoses (0/1); on the test set the curated reading"
     )

@@ -227,20 +227,7 @@ def read(root: Path, opts: IndexOptions) -> SourceData:
         report.setdefault("max_readers", {})[role] = readers
         parts.append((role, ids, findings, block))
 
-    findings, image_id, block, split_dir = stack_parts(parts, files)
-    default = split_dir + "/" + image_id + IMAGE_EXTENSION
-    paths, report["images"], found = locate_images(root, image_id, default, ["train", "test", "."],
-                                                   by_stem=True)
-    frame = make_frame(
-        len(image_id),
-        image_id=image_id,
-        patient_id=image_id,
-        path=paths,
-        found=found,
-        view=pd.Series("PA", index=image_id.index, dtype=object),
-        official_split=split_dir if official else None,
-    )
-    report["rows_read"] = len(frame)
+    findings, block, frame = image_frame(root, parts, files, report, official)
     report["label_source"] = ("radiologists' image-level marks (0/1): on train positive when "
                               + ("more than half of the image's readers" if opts.readers == "majority"
                                  else "any of the image's readers")
@@ -267,6 +254,28 @@ def stack_parts(parts: list[tuple[str, pd.Index, list[str], np.ndarray]], files:
     image_id = pd.concat(ids_all, ignore_index=True)
     check_unique(image_id, ", ".join(str(p) for p in files.values()), "image_id (train and test files)")
     return findings, image_id, np.vstack(blocks), pd.Series(roles, dtype=object)
+
+
+def image_frame(root: Path, parts: list[tuple[str, pd.Index, list[str], np.ndarray]], files: dict[str, Path],
+                report: dict, official: bool = True) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    """The findings, labels and index frame of a VinDr-style release (:func:`stack_parts`): one row
+    per image, which is its own patient, PA, found as ``<role>/<image_id>.dicom`` (or by its stem);
+    ``official``: the roles are the official split. Counts the images and rows into ``report``."""
+    findings, image_id, block, split_dir = stack_parts(parts, files)
+    default = split_dir + "/" + image_id + IMAGE_EXTENSION
+    paths, report["images"], found = locate_images(root, image_id, default, ["train", "test", "."],
+                                                   by_stem=True)
+    frame = make_frame(
+        len(image_id),
+        image_id=image_id,
+        patient_id=image_id,
+        path=paths,
+        found=found,
+        view=pd.Series("PA", index=image_id.index, dtype=object),
+        official_split=split_dir if official else None,
+    )
+    report["rows_read"] = len(frame)
+    return findings, block, frame
 
 
 def read_regions(files: dict[str, Path], report: dict, terms: dict | None = None,
